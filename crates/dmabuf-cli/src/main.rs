@@ -1,0 +1,2 @@
+//! The `dmabuf` command.
+fn main() {}

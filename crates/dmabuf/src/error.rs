@@ -1,0 +1,297 @@
+//! The one error type of the library.
+//!
+//! # Rules
+//!
+//! Every failure names three things, so that a person reading the message
+//! alone knows what went wrong:
+//!
+//! * the **operation** (`"udmabuf"`, `"mmap"`, `"sync-file merge"`…),
+//! * the **object** it was applied to (`"memfd 5"`, `"/dev/dma_heap/system"`,
+//!   `"buffer 'frames-0'"`), and
+//! * the **cause** in words (`"offset 100 is not a multiple of the page size
+//!   4096"`),
+//!
+//! and keeps the kernel's errno when there was one, so that programs can still
+//! match on it ([`Error::errno`]) and `std::io::Error` conversions keep
+//! `raw_os_error()`.
+//!
+//! Where the library validates input before the kernel sees it (to give a
+//! precise message), the error carries the errno the kernel *would* have
+//! answered, so the two paths are indistinguishable to a program that only
+//! looks at [`Error::kind`] or [`Error::errno`].
+
+use std::fmt;
+use std::io;
+
+pub use rustix::io::Errno;
+
+/// A convenient alias for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of failure an [`Error`] is, for programs that branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller passed something the operation cannot accept (EINVAL and
+    /// friends).
+    InvalidInput,
+    /// The kernel, device or object does not offer this (ENOTTY, EOPNOTSUPP,
+    /// a missing device node).
+    NotSupported,
+    /// A file, device, heap, buffer or attachment that does not exist.
+    NotFound,
+    /// The caller lacks the right (EPERM, EACCES, a read-only mapping).
+    PermissionDenied,
+    /// Something else holds the object (EBUSY, a conflicting CPU window, a
+    /// pending fence past its timeout).
+    Busy,
+    /// A wait ran out of time.
+    TimedOut,
+    /// A non-blocking operation would have had to wait (EAGAIN).
+    WouldBlock,
+    /// A fence signalled with an error; the errno is the fence's error.
+    FenceFailed,
+    /// The fence or transfer was cancelled (a detach, a dropped producer).
+    Cancelled,
+    /// The peer process closed its end or died.
+    PeerGone,
+    /// A message from a peer was malformed or hostile.
+    Protocol,
+    /// Any other failure reported by the operating system.
+    Os,
+}
+
+impl ErrorKind {
+    /// The kind that best describes an errno from the kernel.
+    pub fn from_errno(errno: Errno) -> Self {
+        match errno {
+            Errno::INVAL | Errno::BADFD | Errno::BADF | Errno::FAULT | Errno::RANGE => {
+                ErrorKind::InvalidInput
+            }
+            Errno::NOTTY | Errno::OPNOTSUPP | Errno::NOSYS | Errno::NODEV | Errno::NXIO => {
+                ErrorKind::NotSupported
+            }
+            Errno::NOENT => ErrorKind::NotFound,
+            Errno::PERM | Errno::ACCESS | Errno::ROFS => ErrorKind::PermissionDenied,
+            Errno::BUSY => ErrorKind::Busy,
+            Errno::TIMEDOUT | Errno::TIME => ErrorKind::TimedOut,
+            Errno::AGAIN => ErrorKind::WouldBlock,
+            Errno::CANCELED | Errno::SHUTDOWN => ErrorKind::Cancelled,
+            Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN => ErrorKind::PeerGone,
+            _ => ErrorKind::Os,
+        }
+    }
+}
+
+/// A failure of an operation of this library.
+///
+/// Display form: `"<operation>: <object>: <cause> (<ERRNO>)"`, for example
+/// `udmabuf: memfd 5: offset 100 is not a multiple of the page size 4096 (EINVAL)`.
+#[derive(Debug, Clone)]
+pub struct Error {
+    op: &'static str,
+    object: String,
+    cause: String,
+    kind: ErrorKind,
+    errno: Option<Errno>,
+}
+
+impl Error {
+    /// A new error of `kind`, without an errno.
+    pub fn new(
+        kind: ErrorKind,
+        op: &'static str,
+        object: impl Into<String>,
+        cause: impl Into<String>,
+    ) -> Self {
+        Error {
+            op,
+            object: object.into(),
+            cause: cause.into(),
+            kind,
+            errno: None,
+        }
+    }
+
+    /// Input rejected by the library on the user side; carries EINVAL, the
+    /// errno the kernel would have answered.
+    pub fn invalid(op: &'static str, object: impl Into<String>, cause: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidInput, op, object, cause).with_errno(Errno::INVAL)
+    }
+
+    /// A failure answered by the kernel with `errno`; `cause` says what it
+    /// means for this operation (use [`Error::os`] when nothing more
+    /// specific than the errno's text is known).
+    pub fn kernel(
+        op: &'static str,
+        object: impl Into<String>,
+        errno: Errno,
+        cause: impl Into<String>,
+    ) -> Self {
+        Error::new(ErrorKind::from_errno(errno), op, object, cause).with_errno(errno)
+    }
+
+    /// A failure answered by the kernel with `errno`, described by the
+    /// errno's own text.
+    pub fn os(op: &'static str, object: impl Into<String>, errno: Errno) -> Self {
+        let cause = io::Error::from_raw_os_error(errno.raw_os_error()).to_string();
+        // io::Error's text ends in " (os error N)"; the errno name is added by Display.
+        let cause = match cause.find(" (os error") {
+            Some(i) => cause[..i].to_string(),
+            None => cause,
+        };
+        Error::kernel(op, object, errno, cause)
+    }
+
+    /// Sets the errno this error carries.
+    pub fn with_errno(mut self, errno: Errno) -> Self {
+        self.errno = Some(errno);
+        self
+    }
+
+    /// Replaces the kind (when the errno alone would mislead).
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The operation that failed, such as `"udmabuf"` or `"mmap"`.
+    pub fn operation(&self) -> &'static str {
+        self.op
+    }
+
+    /// The object it was applied to, such as `"memfd 5"`.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+
+    /// The cause in words.
+    pub fn cause(&self) -> &str {
+        &self.cause
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The errno from the kernel (or the one it would have given).
+    pub fn errno(&self) -> Option<Errno> {
+        self.errno
+    }
+}
+
+/// The symbolic name of an errno (`"EINVAL"`), or its number.
+pub fn errno_name(errno: Errno) -> String {
+    let name = match errno {
+        Errno::PERM => "EPERM",
+        Errno::NOENT => "ENOENT",
+        Errno::INTR => "EINTR",
+        Errno::IO => "EIO",
+        Errno::NXIO => "ENXIO",
+        Errno::BADF => "EBADF",
+        Errno::AGAIN => "EAGAIN",
+        Errno::NOMEM => "ENOMEM",
+        Errno::ACCESS => "EACCES",
+        Errno::FAULT => "EFAULT",
+        Errno::BUSY => "EBUSY",
+        Errno::EXIST => "EEXIST",
+        Errno::NODEV => "ENODEV",
+        Errno::INVAL => "EINVAL",
+        Errno::MFILE => "EMFILE",
+        Errno::NOTTY => "ENOTTY",
+        Errno::NOSPC => "ENOSPC",
+        Errno::ROFS => "EROFS",
+        Errno::PIPE => "EPIPE",
+        Errno::RANGE => "ERANGE",
+        Errno::NOSYS => "ENOSYS",
+        Errno::TIME => "ETIME",
+        Errno::BADFD => "EBADFD",
+        Errno::OPNOTSUPP => "EOPNOTSUPP",
+        Errno::CONNRESET => "ECONNRESET",
+        Errno::NOTCONN => "ENOTCONN",
+        Errno::SHUTDOWN => "ESHUTDOWN",
+        Errno::TIMEDOUT => "ETIMEDOUT",
+        Errno::CANCELED => "ECANCELED",
+        Errno::PROTO => "EPROTO",
+        _ => return format!("errno {}", errno.raw_os_error()),
+    };
+    name.to_string()
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.op)?;
+        if !self.object.is_empty() {
+            write!(f, ": {}", self.object)?;
+        }
+        write!(f, ": {}", self.cause)?;
+        if let Some(errno) = self.errno {
+            write!(f, " ({})", errno_name(errno))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        let kind = match e.kind {
+            ErrorKind::InvalidInput | ErrorKind::Protocol => io::ErrorKind::InvalidInput,
+            ErrorKind::NotSupported => io::ErrorKind::Unsupported,
+            ErrorKind::NotFound => io::ErrorKind::NotFound,
+            ErrorKind::PermissionDenied => io::ErrorKind::PermissionDenied,
+            ErrorKind::TimedOut => io::ErrorKind::TimedOut,
+            ErrorKind::WouldBlock => io::ErrorKind::WouldBlock,
+            ErrorKind::PeerGone => io::ErrorKind::BrokenPipe,
+            _ => io::ErrorKind::Other,
+        };
+        // The message (with the errno name) is kept; `Error::errno` is
+        // reachable through `get_ref()`/`downcast`.
+        io::Error::new(kind, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_operation_object_cause_and_errno() {
+        let e = Error::invalid(
+            "udmabuf",
+            "memfd 5",
+            "offset 100 is not a multiple of the page size 4096",
+        );
+        assert_eq!(
+            e.to_string(),
+            "udmabuf: memfd 5: offset 100 is not a multiple of the page size 4096 (EINVAL)"
+        );
+        assert_eq!(e.errno(), Some(Errno::INVAL));
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn os_error_uses_errno_text() {
+        let e = Error::os("open", "/dev/udmabuf", Errno::NOENT);
+        assert_eq!(
+            e.to_string(),
+            "open: /dev/udmabuf: No such file or directory (ENOENT)"
+        );
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn empty_object_is_left_out() {
+        let e = Error::new(ErrorKind::Protocol, "share", "", "message too short");
+        assert_eq!(e.to_string(), "share: message too short");
+    }
+
+    #[test]
+    fn kind_from_errno() {
+        assert_eq!(ErrorKind::from_errno(Errno::BUSY), ErrorKind::Busy);
+        assert_eq!(ErrorKind::from_errno(Errno::NOTTY), ErrorKind::NotSupported);
+        assert_eq!(ErrorKind::from_errno(Errno::BADFD), ErrorKind::InvalidInput);
+    }
+}

@@ -1,0 +1,1 @@
+//! Inspection of the dma-bufs in a system.

@@ -1,0 +1,8 @@
+//! Linux DMA-BUF for user space.
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod error;
+pub mod inspect;
+
+pub use error::{Error, ErrorKind, Result};
