@@ -1,2 +1,42 @@
-//! The `dmabuf` command.
-fn main() {}
+//! `dmabuf`: probe what a kernel offers, list who holds which buffers,
+//! allocate, stream and benchmark. A thin layer over the `dmabuf` library.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod ls;
+
+/// The error type of every subcommand: a message for people.
+pub type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "dmabuf",
+    version,
+    about = "Linux DMA-BUF buffer sharing: probe, inspect, allocate, stream, benchmark"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the dma-bufs in this system and who holds them.
+    Ls(ls::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ls(args) => ls::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("dmabuf: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
