@@ -4,5 +4,6 @@
 
 pub mod error;
 pub mod inspect;
+pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};
