@@ -1,9 +1,62 @@
-//! Linux DMA-BUF for user space.
+//! Linux DMA-BUF for user space: safe buffers, CPU-access windows,
+//! udmabuf, DMA heaps, sync files and fences, device endpoints, sharing
+//! between processes and inspection — with a portable engine that follows
+//! the same rules where the kernel has no exporter.
+//!
+//! # Architecture
+//!
+//! * [`sys`] — the kernel-facing layer: `#[repr(C)]` structs, ioctl
+//!   numbers, thin syscall wrappers. The only module with `unsafe`.
+//! * [`buffer`] — [`DmaBuf`] (a checked dma-buf fd) and [`Buffer`] (any
+//!   kind of memory, one API).
+//! * [`mapping`] — [`Mapping`] and [`Window`]: the bytes are only reachable
+//!   inside a CPU-access window bracketed by `DMA_BUF_IOCTL_SYNC`.
+//! * [`udmabuf`], [`heap`], [`portable`] — the three kinds of memory;
+//!   [`alloc`] chooses between them.
+//! * [`fence`] — kernel sync files and user fences, one [`Fence`] type;
+//!   [`reservation`] — the implicit-sync rules that make CPU, devices and
+//!   processes take turns.
+//! * [`inspect`] — who holds which dma-buf in this system.
+//!
+//! # Example
+//!
+//! ```
+//! use dmabuf::{Allocate, Allocator};
+//!
+//! # fn main() -> dmabuf::Result<()> {
+//! let alloc = Allocator::auto(); // heap, else udmabuf, else portable
+//! let buf = alloc.allocate(4096, "example")?;
+//! let map = buf.map()?;
+//! {
+//!     let mut w = map.write()?; // DMA_BUF_IOCTL_SYNC START|WRITE
+//!     w.fill(0xab);
+//! } // END|WRITE
+//! let r = map.read()?;
+//! assert!(r.iter().all(|&b| b == 0xab));
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod alloc;
+pub mod buffer;
 pub mod error;
+pub mod fence;
+pub mod heap;
 pub mod inspect;
+pub mod mapping;
+pub mod portable;
+pub mod reservation;
 pub mod sys;
+pub mod udmabuf;
 
-pub use error::{Error, ErrorKind, Result};
+pub use alloc::{Allocate, Allocator, Backend};
+pub use buffer::{Access, Buffer, BufferKind, DmaBuf, MAX_NAME_LEN, PORTABLE_MEMFD_PREFIX};
+pub use error::{Errno, Error, ErrorKind, Result};
+pub use fence::{Fence, FenceContext, FenceStatus, SyncFile, UserFence};
+pub use heap::Heap;
+pub use mapping::{Mapping, Window};
+pub use portable::Portable;
+pub use reservation::{Reservation, Usage};
+pub use udmabuf::{Memfd, Udmabuf};

@@ -14,9 +14,9 @@ pub struct DmaBufSync {
 }
 
 /// Access for reading (`DMA_BUF_SYNC_READ`).
-pub const DMA_BUF_SYNC_READ: u64 = 1 << 0;
+pub const DMA_BUF_SYNC_READ: u64 = 1;
 /// Access for writing (`DMA_BUF_SYNC_WRITE`).
-pub const DMA_BUF_SYNC_WRITE: u64 = 2 << 0;
+pub const DMA_BUF_SYNC_WRITE: u64 = 2;
 /// Access for reading and writing (`DMA_BUF_SYNC_RW`).
 pub const DMA_BUF_SYNC_RW: u64 = DMA_BUF_SYNC_READ | DMA_BUF_SYNC_WRITE;
 /// Begin CPU access (`DMA_BUF_SYNC_START`).
@@ -122,12 +122,12 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_uapi() {
-        assert_eq!(DMA_BUF_IOCTL_SYNC as u32, 0x4008_6200);
-        assert_eq!(DMA_BUF_SET_NAME_A as u32, 0x4004_6201);
-        assert_eq!(DMA_BUF_SET_NAME_B as u32, 0x4008_6201);
-        assert_eq!(DMA_BUF_SET_NAME as u32, 0x4008_6201);
-        assert_eq!(DMA_BUF_IOCTL_EXPORT_SYNC_FILE as u32, 0xc008_6202);
-        assert_eq!(DMA_BUF_IOCTL_IMPORT_SYNC_FILE as u32, 0x4008_6203);
+        assert_eq!(DMA_BUF_IOCTL_SYNC, 0x4008_6200);
+        assert_eq!(DMA_BUF_SET_NAME_A, 0x4004_6201);
+        assert_eq!(DMA_BUF_SET_NAME_B, 0x4008_6201);
+        assert_eq!(DMA_BUF_SET_NAME, 0x4008_6201);
+        assert_eq!(DMA_BUF_IOCTL_EXPORT_SYNC_FILE, 0xc008_6202);
+        assert_eq!(DMA_BUF_IOCTL_IMPORT_SYNC_FILE, 0x4008_6203);
     }
 
     #[test]

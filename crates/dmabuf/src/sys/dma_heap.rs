@@ -58,7 +58,7 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_uapi() {
-        assert_eq!(DMA_HEAP_IOCTL_ALLOC as u32, 0xc018_4800);
+        assert_eq!(DMA_HEAP_IOCTL_ALLOC, 0xc018_4800);
         assert_eq!(DMA_HEAP_VALID_FD_FLAGS, 0x80003);
     }
 }

@@ -66,8 +66,8 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_uapi() {
-        assert_eq!(FUNCTIONFS_DMABUF_ATTACH as u32, 0x4004_6783);
-        assert_eq!(FUNCTIONFS_DMABUF_DETACH as u32, 0x4004_6784);
-        assert_eq!(FUNCTIONFS_DMABUF_TRANSFER as u32, 0x4010_6785);
+        assert_eq!(FUNCTIONFS_DMABUF_ATTACH, 0x4004_6783);
+        assert_eq!(FUNCTIONFS_DMABUF_DETACH, 0x4004_6784);
+        assert_eq!(FUNCTIONFS_DMABUF_TRANSFER, 0x4010_6785);
     }
 }

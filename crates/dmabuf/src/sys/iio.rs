@@ -86,9 +86,9 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_uapi() {
-        assert_eq!(IIO_BUFFER_GET_FD_IOCTL as u32, 0xc004_6991);
-        assert_eq!(IIO_BUFFER_DMABUF_ATTACH_IOCTL as u32, 0x4004_6992);
-        assert_eq!(IIO_BUFFER_DMABUF_DETACH_IOCTL as u32, 0x4004_6993);
-        assert_eq!(IIO_BUFFER_DMABUF_ENQUEUE_IOCTL as u32, 0x4010_6994);
+        assert_eq!(IIO_BUFFER_GET_FD_IOCTL, 0xc004_6991);
+        assert_eq!(IIO_BUFFER_DMABUF_ATTACH_IOCTL, 0x4004_6992);
+        assert_eq!(IIO_BUFFER_DMABUF_DETACH_IOCTL, 0x4004_6993);
+        assert_eq!(IIO_BUFFER_DMABUF_ENQUEUE_IOCTL, 0x4010_6994);
     }
 }

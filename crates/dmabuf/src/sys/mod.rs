@@ -24,6 +24,9 @@ pub mod sync_file;
 pub mod udmabuf;
 pub mod v4l2;
 
+#[cfg(feature = "tokio")]
+pub mod readiness;
+
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
 pub use rustix::io::{Errno, Result};

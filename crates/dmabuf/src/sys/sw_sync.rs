@@ -70,8 +70,8 @@ mod tests {
     fn layouts_and_numbers_match_uapi() {
         assert_eq!(size_of::<SwSyncCreateFenceData>(), 40);
         assert_eq!(size_of::<SwSyncGetDeadline>(), 16);
-        assert_eq!(SW_SYNC_IOC_CREATE_FENCE as u32, 0xc028_5700);
-        assert_eq!(SW_SYNC_IOC_INC as u32, 0x4004_5701);
-        assert_eq!(SW_SYNC_GET_DEADLINE as u32, 0xc010_5702);
+        assert_eq!(SW_SYNC_IOC_CREATE_FENCE, 0xc028_5700);
+        assert_eq!(SW_SYNC_IOC_INC, 0x4004_5701);
+        assert_eq!(SW_SYNC_GET_DEADLINE, 0xc010_5702);
     }
 }

@@ -23,7 +23,7 @@ pub struct SyncMergeData {
 
 /// `struct sync_fence_info`.
 #[repr(C)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct SyncFenceInfo {
     /// Timeline name.
     pub obj_name: [u8; 32],
@@ -37,17 +37,6 @@ pub struct SyncFenceInfo {
     pub timestamp_ns: u64,
 }
 
-impl Default for SyncFenceInfo {
-    fn default() -> Self {
-        SyncFenceInfo {
-            obj_name: [0; 32],
-            driver_name: [0; 32],
-            status: 0,
-            flags: 0,
-            timestamp_ns: 0,
-        }
-    }
-}
 
 /// `struct sync_file_info`.
 #[repr(C)]
@@ -173,8 +162,8 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_uapi() {
-        assert_eq!(SYNC_IOC_MERGE as u32, 0xc030_3e03);
-        assert_eq!(SYNC_IOC_FILE_INFO as u32, 0xc038_3e04);
-        assert_eq!(SYNC_IOC_SET_DEADLINE as u32, 0x4010_3e05);
+        assert_eq!(SYNC_IOC_MERGE, 0xc030_3e03);
+        assert_eq!(SYNC_IOC_FILE_INFO, 0xc038_3e04);
+        assert_eq!(SYNC_IOC_SET_DEADLINE, 0x4010_3e05);
     }
 }

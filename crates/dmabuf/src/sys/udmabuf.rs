@@ -73,8 +73,7 @@ pub fn create_list(dev: impl AsFd, flags: u32, items: &[UdmabufCreateItem]) -> R
     // The kernel reads the head, then `count` items right after it: build
     // one contiguous, 8-byte aligned buffer of u64 words.
     let head = std::mem::size_of::<UdmabufCreateList>();
-    let item = std::mem::size_of::<UdmabufCreateItem>();
-    let words = (head + item * items.len()).div_ceil(8);
+        let words = (head + std::mem::size_of_val(items)).div_ceil(8);
     let mut buf = vec![0u64; words];
     let count = u32::try_from(items.len()).map_err(|_| super::Errno::INVAL)?;
     let base = buf.as_mut_ptr().cast::<u8>();
@@ -117,8 +116,8 @@ mod tests {
 
     #[test]
     fn ioctl_numbers_match_uapi() {
-        assert_eq!(UDMABUF_CREATE as u32, 0x4018_7542);
-        assert_eq!(UDMABUF_CREATE_LIST as u32, 0x4008_7543);
+        assert_eq!(UDMABUF_CREATE, 0x4018_7542);
+        assert_eq!(UDMABUF_CREATE_LIST, 0x4008_7543);
         assert_eq!(UDMABUF_FLAGS_CLOEXEC, 1);
     }
 }

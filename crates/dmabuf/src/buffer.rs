@@ -1,0 +1,741 @@
+//! Buffers: kernel dma-bufs and portable memfd buffers, behind one API.
+//!
+//! # DOC: buffers
+//!
+//! A [`DmaBuf`] is the thin handle on a kernel dma-buf fd: it refuses fds
+//! that are not dma-bufs (filesystem magic `0x444d4142`), and reports the
+//! buffer's size, inode, exporter and name (from `/proc/self/fdinfo`).
+//!
+//! A [`Buffer`] is what programs use: memory of one of three kinds (a DMA
+//! heap's dma-buf, a udmabuf made of memfd pages, or a *portable* sealed
+//! memfd on kernels that offer neither), with the same rules for all:
+//!
+//! * the bytes are reached only through a [`Mapping`](crate::Mapping) and a
+//!   CPU-access [`Window`](crate::Window) (see the `mapping` module);
+//! * the buffer is mapped into the process at most once; every mapping
+//!   handle, range and window shares that one mapping (refcounted), which
+//!   is unmapped when the last user drops it — the idea of the kernel's
+//!   `vmap`/`vmap_local`, for user space;
+//! * it has a [`Reservation`] of fences and CPU windows that orders CPU,
+//!   devices and other processes (see the `reservation` module), combined
+//!   with the kernel's own for dma-bufs.
+//!
+//! A portable buffer is a memfd named `dmabuf-portable:<name>`, sealed
+//! against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`), so that a
+//! process it is shared with can never be killed by `SIGBUS` through a
+//! truncation. Its name is kept by the library (a memfd cannot be renamed).
+
+use std::fmt;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+use rustix::fs::{fcntl_get_seals, SealFlags, SeekFrom};
+
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::{poll_events, Fence, SyncFile};
+use crate::mapping::Mapping;
+use crate::reservation::{Reservation, Usage};
+use crate::sys;
+use crate::sys::mem::Region;
+
+/// Prefix of the memfd name of portable buffers (visible in
+/// `/proc/PID/fd` and `/proc/PID/maps`, which is how inspection finds them).
+pub const PORTABLE_MEMFD_PREFIX: &str = "dmabuf-portable:";
+
+/// Longest buffer name, in bytes (the kernel's `DMA_BUF_NAME_LEN` less the
+/// NUL).
+pub const MAX_NAME_LEN: usize = sys::dma_buf::DMA_BUF_NAME_LEN - 1;
+
+/// The direction of a CPU access or of a fence export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Reading: waits for writers.
+    Read,
+    /// Writing: waits for everyone.
+    Write,
+    /// Both.
+    ReadWrite,
+}
+
+impl Access {
+    /// Whether the access writes.
+    pub fn writes(self) -> bool {
+        matches!(self, Access::Write | Access::ReadWrite)
+    }
+
+    /// The `DMA_BUF_SYNC_*` direction flags.
+    pub fn sync_flags(self) -> u64 {
+        match self {
+            Access::Read => sys::dma_buf::DMA_BUF_SYNC_READ,
+            Access::Write => sys::dma_buf::DMA_BUF_SYNC_WRITE,
+            Access::ReadWrite => sys::dma_buf::DMA_BUF_SYNC_RW,
+        }
+    }
+
+    /// Lower-case name for messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read-write",
+        }
+    }
+}
+
+fn fd_object(fd: BorrowedFd<'_>) -> String {
+    format!("fd {}", fd.as_raw_fd())
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_io_error(e).unwrap_or(Errno::IO)
+}
+
+/// The fields of `/proc/self/fdinfo/N` of a dma-buf.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DmaBufFdInfo {
+    /// `exp_name`: the exporter.
+    pub exporter: String,
+    /// `name`, if one was set.
+    pub name: Option<String>,
+    /// `count`: references to the file, less one.
+    pub count: Option<u64>,
+    /// `size`.
+    pub size: Option<u64>,
+    /// `ino`.
+    pub inode: Option<u64>,
+    /// `flags` (octal in the file).
+    pub flags: Option<u32>,
+}
+
+impl DmaBufFdInfo {
+    /// Parses fdinfo text; unknown lines are ignored, missing ones `None`.
+    pub fn parse(text: &str) -> DmaBufFdInfo {
+        let mut info = DmaBufFdInfo::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let v = v.trim();
+            match k.trim() {
+                "exp_name" => info.exporter = v.to_string(),
+                "name" => info.name = Some(v.to_string()),
+                "count" => info.count = v.parse().ok(),
+                "size" => info.size = v.parse().ok(),
+                "ino" => info.inode = v.parse().ok(),
+                "flags" => info.flags = u32::from_str_radix(v, 8).ok(),
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// A kernel dma-buf fd: the thin, checked handle.
+#[derive(Debug)]
+pub struct DmaBuf {
+    fd: OwnedFd,
+    size: u64,
+    inode: u64,
+    writable: bool,
+}
+
+impl DmaBuf {
+    /// Takes ownership of `fd` after checking it is a dma-buf (filesystem
+    /// magic), and reads its size and inode.
+    pub fn from_fd(fd: OwnedFd) -> Result<DmaBuf> {
+        let obj = fd_object(fd.as_fd());
+        let st = rustix::fs::fstatfs(&fd).map_err(|e| Error::os("dma-buf", obj.clone(), e))?;
+        if st.f_type as i64 != sys::dma_buf::DMA_BUF_MAGIC {
+            return Err(Error::invalid(
+                "dma-buf",
+                obj,
+                format!(
+                    "not a dma-buf (filesystem magic {:#x}, dma-bufs have {:#x})",
+                    st.f_type,
+                    sys::dma_buf::DMA_BUF_MAGIC
+                ),
+            ));
+        }
+        let size = rustix::fs::seek(&fd, SeekFrom::End(0))
+            .map_err(|e| Error::kernel("dma-buf", obj.clone(), e, "cannot read the size"))?;
+        let _ = rustix::fs::seek(&fd, SeekFrom::Start(0));
+        let stat = rustix::fs::fstat(&fd).map_err(|e| Error::os("dma-buf", obj.clone(), e))?;
+        let mode = rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::os("dma-buf", obj, e))?;
+        let acc = mode & rustix::fs::OFlags::ACCMODE;
+        let writable = acc == rustix::fs::OFlags::RDWR || acc == rustix::fs::OFlags::WRONLY;
+        Ok(DmaBuf {
+            fd,
+            size,
+            inode: stat.st_ino,
+            writable,
+        })
+    }
+
+    fn object(&self) -> String {
+        format!("dma-buf fd {} (inode {})", self.fd.as_raw_fd(), self.inode)
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The buffer's unique inode number (the key of fdinfo, maps, sysfs).
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Whether the fd was opened for writing (heap buffers can be
+    /// allocated read-only).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The fdinfo of this fd (exporter, name, count…).
+    pub fn fdinfo(&self) -> Result<DmaBufFdInfo> {
+        let path = format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd());
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::os("dma-buf fdinfo", path, io_errno(&e)))?;
+        Ok(DmaBufFdInfo::parse(&text))
+    }
+
+    /// The exporter's name (`"udmabuf"`, `"system"`…).
+    pub fn exporter(&self) -> Result<String> {
+        Ok(self.fdinfo()?.exporter)
+    }
+
+    /// The buffer's name, if one was set.
+    pub fn name(&self) -> Result<Option<String>> {
+        Ok(self.fdinfo()?.name)
+    }
+
+    /// Sets the name (`DMA_BUF_SET_NAME`): at most 31 bytes, no NUL.
+    pub fn set_name(&self, name: &str) -> Result<()> {
+        check_name(name, &self.object())?;
+        sys::dma_buf::set_name(&self.fd, name)
+            .map_err(|e| Error::os("dma-buf set name", self.object(), e))
+    }
+
+    /// A second handle on the same buffer (dup'd fd, close-on-exec).
+    pub fn try_clone(&self) -> Result<DmaBuf> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::os("dup", self.object(), io_errno(&e)))?;
+        Ok(DmaBuf {
+            fd,
+            size: self.size,
+            inode: self.inode,
+            writable: self.writable,
+        })
+    }
+
+    /// A sync file of the buffer's kernel fences that `access` must wait
+    /// for (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`): the writers for a read, all
+    /// for a write. With no fences the kernel returns a signalled fence.
+    pub fn export_sync_file(&self, access: Access) -> Result<SyncFile> {
+        let fd = sys::dma_buf::export_sync_file(&self.fd, access.sync_flags() as u32)
+            .map_err(|e| Error::os("dma-buf export sync file", self.object(), e))?;
+        Ok(SyncFile::from_fd_unchecked(fd))
+    }
+
+    /// Adds the fence of `sync_file` to the buffer's kernel reservation
+    /// (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`), as a writer or a reader.
+    pub fn import_sync_file(&self, sync_file: &SyncFile, usage: Usage) -> Result<()> {
+        let flags = match usage {
+            Usage::Read => sys::dma_buf::DMA_BUF_SYNC_READ,
+            Usage::Write => sys::dma_buf::DMA_BUF_SYNC_WRITE,
+        } as u32;
+        sys::dma_buf::import_sync_file(&self.fd, flags, sync_file).map_err(|e| match e {
+            Errno::INVAL => Error::kernel(
+                "dma-buf import sync file",
+                self.object(),
+                e,
+                "the fd is not a sync file (or bad flags)",
+            ),
+            e => Error::os("dma-buf import sync file", self.object(), e),
+        })
+    }
+
+    /// Waits until the kernel's fences that `access` must wait for have
+    /// signalled, by polling the fd (`POLLIN` for a read: writers done;
+    /// `POLLOUT` for a write: everyone done). False on timeout.
+    pub fn poll_idle(&self, access: Access, deadline: Option<Instant>) -> Result<bool> {
+        let events = if access.writes() {
+            PollFlags::OUT
+        } else {
+            PollFlags::IN
+        };
+        let got = poll_events(self.fd.as_fd(), events, deadline)
+            .map_err(|e| Error::os("dma-buf idle wait", self.object(), e))?;
+        if got.contains(PollFlags::ERR) {
+            return Err(Error::kernel(
+                "dma-buf idle wait",
+                self.object(),
+                Errno::IO,
+                "the buffer has no reservation (POLLERR)",
+            ));
+        }
+        Ok(got.intersects(events))
+    }
+
+    /// Gives up the fd.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for DmaBuf {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn check_name(name: &str, object: &str) -> Result<()> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            "set name",
+            object,
+            format!(
+                "name '{name}' is {} bytes; at most {MAX_NAME_LEN} fit",
+                name.len()
+            ),
+        ));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid(
+            "set name",
+            object,
+            "name contains a NUL byte",
+        ));
+    }
+    Ok(())
+}
+
+/// What memory a [`Buffer`] is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind", content = "detail")]
+pub enum BufferKind {
+    /// A dma-buf from the DMA heap of this name.
+    Heap(String),
+    /// A dma-buf made of memfd pages by `/dev/udmabuf`.
+    Udmabuf,
+    /// A sealed memfd, for kernels without a dma-buf exporter.
+    Portable,
+    /// A dma-buf from another exporter (received or imported), by its
+    /// exporter name.
+    Imported(String),
+}
+
+impl BufferKind {
+    /// Whether the memory is a kernel dma-buf.
+    pub fn is_dma_buf(&self) -> bool {
+        !matches!(self, BufferKind::Portable)
+    }
+}
+
+impl fmt::Display for BufferKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BufferKind::Heap(h) => write!(f, "heap:{h}"),
+            BufferKind::Udmabuf => f.write_str("udmabuf"),
+            BufferKind::Portable => f.write_str("portable"),
+            BufferKind::Imported(e) => write!(f, "dma-buf:{e}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Memory {
+    DmaBuf(DmaBuf),
+    Memfd(OwnedFd),
+}
+
+impl Memory {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Memory::DmaBuf(d) => d.as_fd(),
+            Memory::Memfd(m) => m.as_fd(),
+        }
+    }
+}
+
+static NEXT_BUFFER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A buffer of any kind; cheap to clone (a shared handle).
+///
+/// See the module documentation for the rules.
+#[derive(Debug, Clone)]
+pub struct Buffer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u64,
+    memory: Memory,
+    kind: BufferKind,
+    size: u64,
+    writable: bool,
+    name: Mutex<String>,
+    reservation: Reservation,
+    region: Mutex<Weak<Region>>,
+}
+
+impl Buffer {
+    fn build(memory: Memory, kind: BufferKind, size: u64, writable: bool, name: String) -> Buffer {
+        Buffer {
+            inner: Arc::new(Inner {
+                id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+                memory,
+                kind,
+                size,
+                writable,
+                name: Mutex::new(name),
+                reservation: Reservation::default(),
+                region: Mutex::new(Weak::new()),
+            }),
+        }
+    }
+
+    /// A buffer on a kernel dma-buf of known kind (allocators use this).
+    pub fn from_dma_buf_of_kind(dmabuf: DmaBuf, kind: BufferKind) -> Buffer {
+        let name = dmabuf.name().ok().flatten().unwrap_or_default();
+        let (size, writable) = (dmabuf.size(), dmabuf.is_writable());
+        Buffer::build(Memory::DmaBuf(dmabuf), kind, size, writable, name)
+    }
+
+    /// A buffer on a kernel dma-buf; the kind comes from its exporter name
+    /// (`udmabuf` → [`BufferKind::Udmabuf`], a present heap's name →
+    /// [`BufferKind::Heap`], else [`BufferKind::Imported`]).
+    pub fn from_dma_buf(dmabuf: DmaBuf) -> Buffer {
+        let exporter = dmabuf.exporter().unwrap_or_default();
+        let kind = if exporter == "udmabuf" {
+            BufferKind::Udmabuf
+        } else if !exporter.is_empty()
+            && std::path::Path::new(sys::dma_heap::DMA_HEAP_DIR)
+                .join(&exporter)
+                .exists()
+        {
+            BufferKind::Heap(exporter)
+        } else {
+            BufferKind::Imported(exporter)
+        };
+        Buffer::from_dma_buf_of_kind(dmabuf, kind)
+    }
+
+    /// A portable buffer on `memfd`, which must be sealed against
+    /// shrinking and growing (so nobody can truncate it under a mapping).
+    pub fn from_memfd(memfd: OwnedFd, name: &str) -> Result<Buffer> {
+        let obj = format!("memfd {}", memfd.as_raw_fd());
+        let seals = fcntl_get_seals(&memfd).map_err(|e| {
+            Error::kernel(
+                "portable buffer",
+                obj.clone(),
+                e,
+                "not a memfd (cannot read its seals)",
+            )
+        })?;
+        let missing: Vec<&str> = [
+            (SealFlags::SHRINK, "F_SEAL_SHRINK"),
+            (SealFlags::GROW, "F_SEAL_GROW"),
+        ]
+        .iter()
+        .filter(|(s, _)| !seals.contains(*s))
+        .map(|(_, n)| *n)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::invalid(
+                "portable buffer",
+                obj,
+                format!(
+                    "memfd lacks {}: its owner could truncate it and readers would die of SIGBUS",
+                    missing.join(" and ")
+                ),
+            ));
+        }
+        let st =
+            rustix::fs::fstat(&memfd).map_err(|e| Error::os("portable buffer", obj.clone(), e))?;
+        if st.st_size <= 0 {
+            return Err(Error::invalid("portable buffer", obj, "memfd is empty"));
+        }
+        let mode =
+            rustix::fs::fcntl_getfl(&memfd).map_err(|e| Error::os("portable buffer", obj, e))?;
+        let writable = !seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE)
+            && (mode & rustix::fs::OFlags::ACCMODE) != rustix::fs::OFlags::RDONLY;
+        Ok(Buffer::build(
+            Memory::Memfd(memfd),
+            BufferKind::Portable,
+            st.st_size as u64,
+            writable,
+            name.to_string(),
+        ))
+    }
+
+    /// Wraps any fd: a dma-buf, or a sealed memfd (portable). Anything
+    /// else is refused.
+    pub fn from_fd(fd: OwnedFd, name: &str) -> Result<Buffer> {
+        let obj = fd_object(fd.as_fd());
+        let st = rustix::fs::fstatfs(&fd).map_err(|e| Error::os("buffer", obj.clone(), e))?;
+        if st.f_type as i64 == sys::dma_buf::DMA_BUF_MAGIC {
+            return Ok(Buffer::from_dma_buf(DmaBuf::from_fd(fd)?));
+        }
+        if fcntl_get_seals(&fd).is_ok() {
+            return Buffer::from_memfd(fd, name);
+        }
+        Err(Error::invalid(
+            "buffer",
+            obj,
+            "neither a dma-buf nor a sealed memfd",
+        ))
+    }
+
+    /// A process-unique id (for messages and pools).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// What memory this is.
+    pub fn kind(&self) -> &BufferKind {
+        &self.inner.kind
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
+
+    /// Whether the buffer can be written by this process.
+    pub fn is_writable(&self) -> bool {
+        self.inner.writable
+    }
+
+    /// The name (empty if none).
+    pub fn name(&self) -> String {
+        self.inner
+            .name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sets the name: at most 31 bytes, no NUL. For dma-bufs the kernel's
+    /// name is set too (`DMA_BUF_SET_NAME`, shown in fdinfo and maps).
+    pub fn set_name(&self, name: &str) -> Result<()> {
+        check_name(name, &self.describe())?;
+        if let Memory::DmaBuf(d) = &self.inner.memory {
+            d.set_name(name)?;
+        }
+        *self.inner.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
+        Ok(())
+    }
+
+    /// "buffer 'name' (kind, N bytes)" for messages.
+    pub fn describe(&self) -> String {
+        let name = self.name();
+        let name = if name.is_empty() {
+            format!("#{}", self.id())
+        } else {
+            format!("'{name}'")
+        };
+        format!("buffer {name} ({}, {} bytes)", self.kind(), self.size())
+    }
+
+    /// The fd of the memory (dma-buf or memfd).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.inner.memory.fd()
+    }
+
+    /// A dup of the fd, to hand to a device or another process.
+    pub fn try_clone_fd(&self) -> Result<OwnedFd> {
+        self.fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::os("dup", self.describe(), io_errno(&e)))
+    }
+
+    /// The kernel dma-buf, for kinds that are one.
+    pub fn dma_buf(&self) -> Option<&DmaBuf> {
+        match &self.inner.memory {
+            Memory::DmaBuf(d) => Some(d),
+            Memory::Memfd(_) => None,
+        }
+    }
+
+    /// The library's reservation of this buffer (user fences, CPU windows).
+    pub fn reservation(&self) -> &Reservation {
+        &self.inner.reservation
+    }
+
+    /// Whether `other` is a handle on the same buffer.
+    pub fn same_as(&self, other: &Buffer) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Maps the whole buffer, read-write if the buffer is writable.
+    pub fn map(&self) -> Result<Mapping> {
+        self.map_range(0..self.size(), self.is_writable())
+    }
+
+    /// Maps the whole buffer for reading only.
+    pub fn map_read_only(&self) -> Result<Mapping> {
+        self.map_range(0..self.size(), false)
+    }
+
+    /// Maps `range` of the buffer (its start page-aligned, not empty, not
+    /// past the end), writable if `writable`.
+    pub fn map_range(&self, range: Range<u64>, writable: bool) -> Result<Mapping> {
+        let page = sys::mem::page_size() as u64;
+        if range.start >= range.end {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!("range {}..{} is empty", range.start, range.end),
+            ));
+        }
+        if range.start % page != 0 {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!(
+                    "offset {} is not a multiple of the page size {page}",
+                    range.start
+                ),
+            ));
+        }
+        if range.end > self.size() {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!(
+                    "range {}..{} goes past the end of the buffer ({} bytes)",
+                    range.start,
+                    range.end,
+                    self.size()
+                ),
+            ));
+        }
+        if writable && !self.is_writable() {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "map",
+                self.describe(),
+                "the buffer is read-only; map it with map_read_only()",
+            )
+            .with_errno(Errno::ACCESS));
+        }
+        let region = self.shared_region()?;
+        Ok(Mapping::new(
+            self.clone(),
+            region,
+            range.start as usize..range.end as usize,
+            writable,
+        ))
+    }
+
+    /// The buffer's one mapping, made on first use and shared until the
+    /// last user drops it.
+    fn shared_region(&self) -> Result<Arc<Region>> {
+        let mut slot = self.inner.region.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = slot.upgrade() {
+            return Ok(r);
+        }
+        let len = usize::try_from(self.size()).map_err(|_| {
+            Error::invalid("map", self.describe(), "too large for this address space")
+        })?;
+        let region = Region::map(self.fd(), 0, len, self.is_writable()).map_err(|e| match e {
+            Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
+                "mmap",
+                self.describe(),
+                e,
+                "the exporter refused the mapping (it may not support mmap)",
+            ),
+            e => Error::os("mmap", self.describe(), e),
+        })?;
+        let region = Arc::new(region);
+        *slot = Arc::downgrade(&region);
+        Ok(region)
+    }
+
+    /// Whether the buffer is mapped into this process now, and where.
+    pub fn mapped_at(&self) -> Option<usize> {
+        let slot = self.inner.region.lock().unwrap_or_else(|e| e.into_inner());
+        slot.upgrade().map(|r| r.addr())
+    }
+
+    /// Waits until the buffer is idle for `access` (a read waits for
+    /// writers, a write for everyone): the library's fences, then the
+    /// kernel's (`poll`). Gives a [`ErrorKind::TimedOut`] error naming
+    /// what is still busy after `timeout`.
+    pub fn wait_idle(&self, access: Access, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.reservation()
+            .wait(access, deadline, &self.describe())
+            .map_err(|e| {
+                if e.kind() == ErrorKind::Busy {
+                    e.with_kind(ErrorKind::TimedOut).with_errno(Errno::TIMEDOUT)
+                } else {
+                    e
+                }
+            })?;
+        if let Some(d) = self.dma_buf() {
+            if !d.poll_idle(access, deadline)? {
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    "wait for buffer",
+                    self.describe(),
+                    format!(
+                        "kernel fences for {} access still pending after {:?}",
+                        access.as_str(),
+                        timeout.unwrap_or_default()
+                    ),
+                )
+                .with_errno(Errno::TIMEDOUT));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the buffer is idle for `access` now.
+    pub fn is_idle(&self, access: Access) -> Result<bool> {
+        match self.wait_idle(access, Some(Duration::ZERO)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::TimedOut => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One fence covering what `access` must wait for: the library's
+    /// fences merged with the kernel's (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`).
+    pub fn export_fence(&self, access: Access) -> Result<Fence> {
+        let mut fences = self.reservation().fences_for(access);
+        if let Some(d) = self.dma_buf() {
+            fences.push(Fence::from(d.export_sync_file(access)?));
+        }
+        Fence::merge(fences)
+    }
+
+    /// Adds `fence` to the buffer for `usage`: kernel fences of dma-bufs go
+    /// into the kernel's reservation (so drivers and other processes see
+    /// them), everything else into the library's.
+    pub fn add_fence(&self, fence: Fence, usage: Usage) -> Result<()> {
+        match (&fence, self.dma_buf()) {
+            (Fence::Signalled, _) => Ok(()),
+            (Fence::Kernel(s), Some(d)) => d.import_sync_file(s, usage),
+            (Fence::All(v), _) => {
+                for f in v.iter() {
+                    self.add_fence(f.clone(), usage)?;
+                }
+                Ok(())
+            }
+            _ => {
+                self.reservation().add(fence, usage);
+                Ok(())
+            }
+        }
+    }
+}

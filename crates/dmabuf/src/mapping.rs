@@ -1,0 +1,332 @@
+//! Mappings and CPU-access windows.
+//!
+//! # DOC: CPU access is always bracketed
+//!
+//! A dma-buf's memory may sit behind caches that a device does not see, or
+//! be written by a device right now. The kernel's rule (seeds 000, 002,
+//! 004) is that CPU access through a mapping is *bracketed*:
+//! `DMA_BUF_IOCTL_SYNC` with `START` and the direction before touching the
+//! bytes, and `END` after, so the exporter can flush or invalidate caches
+//! and the kernel can wait for the device fences in the way.
+//!
+//! Here that rule is the only way to the bytes:
+//!
+//! * a [`Mapping`] is a handle on (a page-aligned range of) the buffer's
+//!   one shared mapping; it hands out no bytes itself;
+//! * [`Mapping::read`], [`Mapping::write`] and [`Mapping::read_write`] open
+//!   a [`Window`]: they wait for the fences the access must wait for (a
+//!   read waits for writers, a write for everyone), issue `START` with the
+//!   direction, and only then hand out `&[u8]` (and `&mut [u8]` for
+//!   writing windows);
+//! * closing the window — [`Window::end`], which returns `END`'s error, or
+//!   just dropping it — issues `END` with the same direction. There is no
+//!   way to issue `END` without a `START` (a udmabuf would answer EINVAL);
+//! * windows of one buffer may overlap only if none of them writes: an
+//!   overlapping write window is refused with a [`ErrorKind::Busy`] error
+//!   rather than aliasing memory;
+//! * while a window is open, device transfers that conflict with it wait
+//!   (see `reservation`).
+//!
+//! Portable buffers follow the same rules without asking the kernel: the
+//! windows, waits and refusals are the same, there is just no cache to
+//! maintain.
+//!
+//! The memory is shared with devices and other processes; a window is a
+//! promise between cooperating parties (through fences), not a lock the
+//! kernel enforces on others.
+
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut, Range};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::buffer::{Access, Buffer};
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::sys;
+use crate::sys::mem::{BorrowError, Region, RegionMut, RegionRef};
+
+/// A handle on (a range of) a buffer's shared mapping. Cheap; make as
+/// many as needed: the buffer is mapped once.
+#[derive(Debug)]
+pub struct Mapping {
+    buffer: Buffer,
+    region: Arc<Region>,
+    range: Range<usize>,
+    writable: bool,
+}
+
+/// The kind of a [`Window`]: [`Read`], [`Write`] or [`ReadWrite`].
+pub trait WindowMode: sealed::Sealed {
+    /// The access it stands for.
+    const ACCESS: Access;
+}
+
+/// Window modes that hand out `&mut [u8]`.
+pub trait Writable: WindowMode {}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A window for reading.
+#[derive(Debug)]
+pub enum Read {}
+/// A window for writing.
+#[derive(Debug)]
+pub enum Write {}
+/// A window for reading and writing.
+#[derive(Debug)]
+pub enum ReadWrite {}
+
+impl sealed::Sealed for Read {}
+impl sealed::Sealed for Write {}
+impl sealed::Sealed for ReadWrite {}
+impl WindowMode for Read {
+    const ACCESS: Access = Access::Read;
+}
+impl WindowMode for Write {
+    const ACCESS: Access = Access::Write;
+}
+impl WindowMode for ReadWrite {
+    const ACCESS: Access = Access::ReadWrite;
+}
+impl Writable for Write {}
+impl Writable for ReadWrite {}
+
+impl Mapping {
+    pub(crate) fn new(
+        buffer: Buffer,
+        region: Arc<Region>,
+        range: Range<usize>,
+        writable: bool,
+    ) -> Mapping {
+        Mapping {
+            buffer,
+            region,
+            range,
+            writable,
+        }
+    }
+
+    /// The buffer mapped.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// Length of the mapped range in bytes.
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    /// Whether the mapped range is empty (never: empty ranges are refused).
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// Offset of the range in the buffer.
+    pub fn offset(&self) -> usize {
+        self.range.start
+    }
+
+    /// Whether write windows may be opened.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Address of the buffer's shared mapping in this process.
+    pub fn addr(&self) -> usize {
+        self.region.addr()
+    }
+
+    /// Opens a read window on the whole mapping (waits for writers).
+    pub fn read(&self) -> Result<Window<'_, Read>> {
+        self.window(0..self.len(), None)
+    }
+
+    /// Opens a write window on the whole mapping (waits for everyone).
+    pub fn write(&self) -> Result<Window<'_, Write>> {
+        self.window(0..self.len(), None)
+    }
+
+    /// Opens a read-write window on the whole mapping.
+    pub fn read_write(&self) -> Result<Window<'_, ReadWrite>> {
+        self.window(0..self.len(), None)
+    }
+
+    /// Opens a window of mode `M` on `range` (relative to the mapping),
+    /// waiting at most `timeout` for the library's fences in the way
+    /// (`None`: no limit). Kernel fences are waited for by `START` itself.
+    pub fn window<M: WindowMode>(
+        &self,
+        range: Range<usize>,
+        timeout: Option<Duration>,
+    ) -> Result<Window<'_, M>> {
+        let access = M::ACCESS;
+        let op = "open CPU window";
+        let obj = || self.buffer.describe();
+        if range.start > range.end || range.end > self.len() {
+            return Err(Error::invalid(
+                op,
+                obj(),
+                format!(
+                    "range {}..{} is outside the mapping (0..{})",
+                    range.start,
+                    range.end,
+                    self.len()
+                ),
+            ));
+        }
+        if access.writes() && !self.writable {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                op,
+                obj(),
+                "the mapping is read-only",
+            )
+            .with_errno(Errno::ACCESS));
+        }
+        let abs = self.range.start + range.start..self.range.start + range.end;
+        let bytes = if access.writes() {
+            self.region.borrow_mut(abs.clone()).map(Bytes::Exclusive)
+        } else {
+            self.region.borrow(abs.clone()).map(Bytes::Shared)
+        }
+        .map_err(|e| match e {
+            BorrowError::Conflict { with_exclusive } => Error::new(
+                ErrorKind::Busy,
+                op,
+                obj(),
+                format!(
+                    "a {} window overlapping bytes {}..{} is already open",
+                    if with_exclusive { "write" } else { "read" },
+                    abs.start,
+                    abs.end
+                ),
+            )
+            .with_errno(Errno::BUSY),
+            BorrowError::ReadOnly => Error::new(
+                ErrorKind::PermissionDenied,
+                op,
+                obj(),
+                "the mapping is read-only",
+            )
+            .with_errno(Errno::ACCESS),
+            BorrowError::OutOfBounds => Error::invalid(op, obj(), "range outside the mapping"),
+        })?;
+        let res = self.buffer.reservation();
+        res.cpu_begin(access);
+        let window = Window {
+            mapping: self,
+            bytes: Some(bytes),
+            started: false,
+            _mode: PhantomData,
+        };
+        // From here on, dropping `window` undoes what was done.
+        let mut window = window;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        res.wait(access, deadline, &obj())?;
+        if let Some(d) = self.buffer.dma_buf() {
+            let flags = sys::dma_buf::DMA_BUF_SYNC_START | access.sync_flags();
+            loop {
+                match sys::dma_buf::sync(d, flags) {
+                    Ok(()) => break,
+                    Err(Errno::INTR) => continue,
+                    Err(e) => {
+                        return Err(Error::kernel(
+                            op,
+                            obj(),
+                            e,
+                            format!("DMA_BUF_IOCTL_SYNC START|{} failed", access.as_str()),
+                        ))
+                    }
+                }
+            }
+        }
+        window.started = true;
+        Ok(window)
+    }
+}
+
+#[derive(Debug)]
+enum Bytes<'a> {
+    Shared(RegionRef<'a>),
+    Exclusive(RegionMut<'a>),
+}
+
+/// An open CPU-access window: the only holder of the buffer's bytes.
+///
+/// Dereferences to `[u8]`; windows of a writing mode also to `mut [u8]`.
+/// Closing it ([`Window::end`] or drop) issues `DMA_BUF_IOCTL_SYNC END`.
+#[derive(Debug)]
+pub struct Window<'a, M: WindowMode> {
+    mapping: &'a Mapping,
+    bytes: Option<Bytes<'a>>,
+    started: bool,
+    _mode: PhantomData<M>,
+}
+
+impl<M: WindowMode> Window<'_, M> {
+    /// The window's access.
+    pub fn access(&self) -> Access {
+        M::ACCESS
+    }
+
+    /// Closes the window, returning `END`'s result.
+    pub fn end(mut self) -> Result<()> {
+        self.close()
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let Some(bytes) = self.bytes.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        if self.started {
+            if let Some(d) = self.mapping.buffer.dma_buf() {
+                let flags = sys::dma_buf::DMA_BUF_SYNC_END | M::ACCESS.sync_flags();
+                let mut r = sys::dma_buf::sync(d, flags);
+                while r == Err(Errno::INTR) {
+                    r = sys::dma_buf::sync(d, flags);
+                }
+                result = r.map_err(|e| {
+                    Error::kernel(
+                        "close CPU window",
+                        self.mapping.buffer.describe(),
+                        e,
+                        format!("DMA_BUF_IOCTL_SYNC END|{} failed", M::ACCESS.as_str()),
+                    )
+                });
+            }
+        }
+        drop(bytes);
+        self.mapping.buffer.reservation().cpu_end(M::ACCESS);
+        result
+    }
+}
+
+impl<M: WindowMode> Deref for Window<'_, M> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self.bytes.as_ref() {
+            Some(Bytes::Shared(b)) => b,
+            Some(Bytes::Exclusive(b)) => b,
+            None => &[],
+        }
+    }
+}
+
+impl<M: Writable> DerefMut for Window<'_, M> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self.bytes.as_mut() {
+            Some(Bytes::Exclusive(b)) => b,
+            // Writable modes always borrow exclusively.
+            Some(Bytes::Shared(_)) | None => &mut [],
+        }
+    }
+}
+
+impl<M: WindowMode> Drop for Window<'_, M> {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}

@@ -1,0 +1,166 @@
+//! The reservation: which fences and CPU windows a buffer's next user must
+//! wait for.
+//!
+//! # DOC: implicit synchronisation
+//!
+//! Every [`Buffer`](crate::Buffer) has a reservation, like the kernel's
+//! `dma_resv`: a set of *read* fences and *write* fences of work that is
+//! using the buffer, plus the CPU windows open on it in this process. The
+//! rules are those of the kernel (`uapi.md` §1):
+//!
+//! * **reading** waits for the writers: a read window, a read idle-wait
+//!   (`POLLIN`) and a fence exported for reading cover the write fences;
+//! * **writing** waits for everyone: a write window, a write idle-wait
+//!   (`POLLOUT`) and a fence exported for writing cover read and write
+//!   fences;
+//! * a device transfer that **writes** the buffer waits for every open CPU
+//!   window on it to close; one that only reads it waits for CPU writers.
+//!
+//! For kernel dma-bufs the kernel keeps its own reservation (fences added
+//! by drivers and by `DMA_BUF_IOCTL_IMPORT_SYNC_FILE`); the library keeps
+//! this one for user fences and CPU windows, and every wait and export
+//! combines the two. For portable buffers this reservation is all there
+//! is, and it follows the same rules.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::buffer::Access;
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::{Fence, FenceStatus};
+
+/// How a fence uses the buffer it is added to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    /// The work reads the buffer (readers may share it).
+    Read,
+    /// The work writes the buffer (exclusive).
+    Write,
+}
+
+/// A buffer's fences and CPU windows. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    fences: Vec<(Fence, Usage)>,
+    cpu_readers: usize,
+    cpu_writers: usize,
+}
+
+impl Reservation {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `fence` for `usage`. Fences that have signalled successfully
+    /// are pruned as they are found.
+    pub fn add(&self, fence: Fence, usage: Usage) {
+        let mut st = self.lock();
+        st.fences
+            .retain(|(f, _)| f.status() != FenceStatus::Signalled);
+        if fence.status() != FenceStatus::Signalled {
+            st.fences.push((fence, usage));
+        }
+    }
+
+    /// The unsignalled fences an access must wait for: the writers for
+    /// [`Access::Read`], everyone for writes.
+    pub fn fences_for(&self, access: Access) -> Vec<Fence> {
+        let mut st = self.lock();
+        st.fences
+            .retain(|(f, _)| f.status() != FenceStatus::Signalled);
+        st.fences
+            .iter()
+            .filter(|(_, u)| access.writes() || *u == Usage::Write)
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
+    /// Number of fences (signalled ones pruned first).
+    pub fn len(&self) -> usize {
+        self.fences_for(Access::ReadWrite).len()
+    }
+
+    /// Whether no unsignalled fence is left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits for the fences `access` must wait for, until `deadline`.
+    pub fn wait(&self, access: Access, deadline: Option<Instant>, object: &str) -> Result<()> {
+        for f in self.fences_for(access) {
+            f.wait_until(deadline).map_err(|e| {
+                if e.kind() == ErrorKind::TimedOut {
+                    Error::new(
+                        ErrorKind::Busy,
+                        "wait for buffer",
+                        object,
+                        format!("{} has not signalled in time", f.describe()),
+                    )
+                    .with_errno(Errno::BUSY)
+                } else {
+                    e
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// CPU windows open now: (readers, writers).
+    pub fn cpu_windows(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.cpu_readers, st.cpu_writers)
+    }
+
+    pub(crate) fn cpu_begin(&self, access: Access) {
+        let mut st = self.lock();
+        if access.writes() {
+            st.cpu_writers += 1;
+        } else {
+            st.cpu_readers += 1;
+        }
+    }
+
+    pub(crate) fn cpu_end(&self, access: Access) {
+        let mut st = self.lock();
+        if access.writes() {
+            st.cpu_writers = st.cpu_writers.saturating_sub(1);
+        } else {
+            st.cpu_readers = st.cpu_readers.saturating_sub(1);
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Waits until no CPU window conflicts with a device access of kind
+    /// `device` (a device write waits for all windows, a device read for
+    /// CPU writers), until `deadline`. False on timeout.
+    pub fn wait_cpu_windows(&self, device: Access, deadline: Option<Instant>) -> bool {
+        let mut st = self.lock();
+        loop {
+            let busy = st.cpu_writers > 0 || (device.writes() && st.cpu_readers > 0);
+            if !busy {
+                return true;
+            }
+            st = match deadline {
+                None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left == Duration::ZERO {
+                        return false;
+                    }
+                    self.changed
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
