@@ -41,6 +41,7 @@
 
 pub mod alloc;
 pub mod buffer;
+pub mod endpoint;
 pub mod error;
 pub mod fence;
 pub mod heap;

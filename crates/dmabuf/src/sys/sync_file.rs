@@ -37,7 +37,6 @@ pub struct SyncFenceInfo {
     pub timestamp_ns: u64,
 }
 
-
 /// `struct sync_file_info`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]

@@ -73,7 +73,7 @@ pub fn create_list(dev: impl AsFd, flags: u32, items: &[UdmabufCreateItem]) -> R
     // The kernel reads the head, then `count` items right after it: build
     // one contiguous, 8-byte aligned buffer of u64 words.
     let head = std::mem::size_of::<UdmabufCreateList>();
-        let words = (head + std::mem::size_of_val(items)).div_ceil(8);
+    let words = (head + std::mem::size_of_val(items)).div_ceil(8);
     let mut buf = vec![0u64; words];
     let count = u32::try_from(items.len()).map_err(|_| super::Errno::INVAL)?;
     let base = buf.as_mut_ptr().cast::<u8>();
