@@ -37,6 +37,7 @@ use rustix::fs::{fcntl_get_seals, SealFlags, SeekFrom};
 
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, SyncFile};
+use crate::inspect::{parse_fdinfo, FdInfo};
 use crate::mapping::Mapping;
 use crate::reservation::{Reservation, Usage};
 use crate::sys;
@@ -93,46 +94,6 @@ fn fd_object(fd: BorrowedFd<'_>) -> String {
 
 fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_io_error(e).unwrap_or(Errno::IO)
-}
-
-/// The fields of `/proc/self/fdinfo/N` of a dma-buf.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DmaBufFdInfo {
-    /// `exp_name`: the exporter.
-    pub exporter: String,
-    /// `name`, if one was set.
-    pub name: Option<String>,
-    /// `count`: references to the file, less one.
-    pub count: Option<u64>,
-    /// `size`.
-    pub size: Option<u64>,
-    /// `ino`.
-    pub inode: Option<u64>,
-    /// `flags` (octal in the file).
-    pub flags: Option<u32>,
-}
-
-impl DmaBufFdInfo {
-    /// Parses fdinfo text; unknown lines are ignored, missing ones `None`.
-    pub fn parse(text: &str) -> DmaBufFdInfo {
-        let mut info = DmaBufFdInfo::default();
-        for line in text.lines() {
-            let Some((k, v)) = line.split_once(':') else {
-                continue;
-            };
-            let v = v.trim();
-            match k.trim() {
-                "exp_name" => info.exporter = v.to_string(),
-                "name" => info.name = Some(v.to_string()),
-                "count" => info.count = v.parse().ok(),
-                "size" => info.size = v.parse().ok(),
-                "ino" => info.inode = v.parse().ok(),
-                "flags" => info.flags = u32::from_str_radix(v, 8).ok(),
-                _ => {}
-            }
-        }
-        info
-    }
 }
 
 /// A kernel dma-buf fd: the thin, checked handle.
@@ -197,16 +158,16 @@ impl DmaBuf {
     }
 
     /// The fdinfo of this fd (exporter, name, count…).
-    pub fn fdinfo(&self) -> Result<DmaBufFdInfo> {
+    pub fn fdinfo(&self) -> Result<FdInfo> {
         let path = format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd());
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::os("dma-buf fdinfo", path, io_errno(&e)))?;
-        Ok(DmaBufFdInfo::parse(&text))
+        Ok(parse_fdinfo(&text))
     }
 
     /// The exporter's name (`"udmabuf"`, `"system"`…).
     pub fn exporter(&self) -> Result<String> {
-        Ok(self.fdinfo()?.exporter)
+        Ok(self.fdinfo()?.exp_name.unwrap_or_default())
     }
 
     /// The buffer's name, if one was set.

@@ -104,4 +104,4 @@ pub use snapshot::{
 /// The name prefix of this library's portable memfd buffers: the portable
 /// backend creates them with `memfd_create("dmabuf-portable:<name>")`, and
 /// the inspector recognises them by it.
-pub const PORTABLE_MEMFD_PREFIX: &str = "dmabuf-portable:";
+pub use crate::buffer::PORTABLE_MEMFD_PREFIX;
