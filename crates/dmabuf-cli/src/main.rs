@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod ls;
+mod probe;
 
 /// The error type of every subcommand: a message for people.
 pub type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show what this kernel offers: exporters, heaps, sync files, devices, introspection.
+    Probe(probe::Args),
     /// List the dma-bufs in this system and who holds them.
     Ls(ls::Args),
 }
@@ -30,6 +33,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Probe(args) => probe::run(args),
         Command::Ls(args) => ls::run(args),
     };
     match result {

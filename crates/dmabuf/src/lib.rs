@@ -48,6 +48,7 @@ pub mod heap;
 pub mod inspect;
 pub mod mapping;
 pub mod portable;
+pub mod probe;
 pub mod reservation;
 pub mod sys;
 pub mod udmabuf;
