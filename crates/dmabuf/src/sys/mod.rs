@@ -23,6 +23,7 @@ pub mod sw_sync;
 pub mod sync_file;
 pub mod udmabuf;
 pub mod v4l2;
+pub mod vgem;
 
 #[cfg(feature = "tokio")]
 pub mod readiness;
