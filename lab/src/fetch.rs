@@ -339,15 +339,6 @@ pub fn private_sources_list(src: &Source) -> String {
     s
 }
 
-/// Reports an unusable cache with instructions.
-pub fn missing_kernel(cache: &Path) -> crate::util::Error {
-    crate::util::Error::msg(format!(
-        "the lab's kernel ({KERNEL_PACKAGE}) is not in {}: run `cargo run -p dmabuf-lab -- fetch` \
-         (downloads ~106 MB from Debian's {KERNEL_SUITE})",
-        cache.display()
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,8 +387,11 @@ mod tests {
             uri: "http://m/debian".into(),
             signed_by: None,
         });
-        assert!(s.contains("deb [arch=amd64] http://m/debian bookworm main\n"));
-        assert!(s.contains("deb [arch=amd64] http://m/debian bookworm-backports main\n"));
+        let opts = "[arch=amd64]";
+        assert!(s.contains(&format!("deb {opts} http://m/debian bookworm main\n")));
+        assert!(s.contains(&format!(
+            "deb {opts} http://m/debian bookworm-backports main\n"
+        )));
     }
 
     #[test]

@@ -93,7 +93,13 @@ fn boot(mode: Mode, mut show: impl FnMut(Channel, &str, Line)) -> Result<(Report
     util::require_tool("qemu-system-x86_64", "qemu-system-x86")?;
     util::require_tool("busybox", "busybox-static")?;
     let cache = fetch::cache_dir();
-    let kernel = fetch::cached(&cache).ok_or_else(|| fetch::missing_kernel(&cache))?;
+    // Downloads nothing when the kernel is already cached.
+    let kernel = fetch::fetch(&cache).with_ctx(|| {
+        format!(
+            "the lab needs the kernel package {} (`cargo run -p dmabuf-lab -- fetch`) and could not get it",
+            fetch::KERNEL_PACKAGE
+        )
+    })?;
     let repo = util::repo_root();
     let target_dir = repo.join("target/lab");
     let tests = guest_build::build_tests(&repo, &target_dir)?;
@@ -140,9 +146,13 @@ fn cmd_test(filters: Vec<String>) -> Result<ExitCode> {
         eprintln!("{}", "!".repeat(78));
         return Ok(ExitCode::SUCCESS);
     }
+    // Blank lines are held back until more output follows, so the ones /init
+    // prints before its markers do not pile up.
+    let mut blanks = 0;
     let (report, exit) = boot(Mode::Test(filters), |ch, line, kind| match (ch, kind) {
-        (Channel::Console, _) => println!("[console] {line}"),
+        (Channel::Console, _) => println!("[console] {}", report::sanitize(line)),
         (Channel::Guest, Line::Marker) => {
+            blanks = 0;
             let m = line.split_once(report::MARK).map_or(line, |(_, m)| m);
             if let Some(name) = m.strip_prefix("BEGIN ") {
                 println!("lab: ---- {} ----", name.trim());
@@ -150,7 +160,13 @@ fn cmd_test(filters: Vec<String>) -> Result<ExitCode> {
                 println!("lab: guest userspace up: kernel {up}s");
             }
         }
-        (Channel::Guest, Line::Output) => println!("{line}"),
+        (Channel::Guest, Line::Output) if line.trim().is_empty() => blanks += 1,
+        (Channel::Guest, Line::Output) => {
+            for _ in 0..std::mem::take(&mut blanks) {
+                println!();
+            }
+            println!("{line}");
+        }
     })?;
     print_timing(&report, &exit);
     let (passed, failed, problems) = report.totals();
@@ -182,10 +198,17 @@ fn cmd_test(filters: Vec<String>) -> Result<ExitCode> {
 }
 
 fn cmd_run(command: Vec<String>) -> Result<ExitCode> {
+    let mut blanks = 0;
     let (report, exit) = boot(Mode::Run(command), |ch, line, kind| match (ch, kind) {
-        (Channel::Console, _) => eprintln!("[console] {line}"),
-        (Channel::Guest, Line::Marker) => {}
-        (Channel::Guest, Line::Output) => println!("{line}"),
+        (Channel::Console, _) => eprintln!("[console] {}", report::sanitize(line)),
+        (Channel::Guest, Line::Marker) => blanks = 0,
+        (Channel::Guest, Line::Output) if line.is_empty() => blanks += 1,
+        (Channel::Guest, Line::Output) => {
+            for _ in 0..std::mem::take(&mut blanks) {
+                println!();
+            }
+            println!("{line}");
+        }
     })?;
     print_timing(&report, &exit);
     match report.binaries.first().and_then(|b| b.rc) {

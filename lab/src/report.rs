@@ -4,6 +4,33 @@
 /// Prefix of the markers the VM's `/init` prints.
 pub const MARK: &str = "@@LAB ";
 
+/// Removes terminal escape sequences (SeaBIOS clears the screen) and other
+/// control characters from a line of serial output.
+pub fn sanitize(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => match chars.next() {
+                // CSI: parameters, then one final byte in @..~
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // Two-character sequences such as ESC c (reset).
+                _ => {}
+            },
+            '\t' => out.push(c),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// libtest's counts for one `test result:` line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -155,6 +182,15 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sanitizes_escapes() {
+        assert_eq!(
+            sanitize("\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1)"),
+            "SeaBIOS (version 1)"
+        );
+        assert_eq!(sanitize("a\tb\x07c"), "a\tbc");
+    }
 
     #[test]
     fn parses_libtest_lines() {
