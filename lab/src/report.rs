@@ -11,18 +11,17 @@ pub fn sanitize(line: &str) -> String {
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
-            '\x1b' => match chars.next() {
-                // CSI: parameters, then one final byte in @..~
-                Some('[') => {
+            // CSI: parameters, then one final byte in @..~. Two-character
+            // sequences such as ESC c (reset) just lose their second character.
+            '\x1b' => {
+                if chars.next() == Some('[') {
                     for c in chars.by_ref() {
                         if ('@'..='~').contains(&c) {
                             break;
                         }
                     }
                 }
-                // Two-character sequences such as ESC c (reset).
-                _ => {}
-            },
+            }
             '\t' => out.push(c),
             c if c.is_control() => {}
             c => out.push(c),
