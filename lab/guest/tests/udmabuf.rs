@@ -49,7 +49,10 @@ fn refused(
 ) {
     let e = r.expect_err("the library must refuse");
     assert!(e.to_string().contains(message), "message: {e}");
-    assert!(e.to_string().starts_with("udmabuf: "), "names the operation: {e}");
+    assert!(
+        e.to_string().starts_with("udmabuf: "),
+        "names the operation: {e}"
+    );
     assert_eq!(e.errno(), Some(errno), "{e}");
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     assert_eq!(kernel, Err(kernel_errno), "the real kernel refuses it too");
@@ -205,7 +208,11 @@ fn a_memfd_without_shrink_seal_is_refused() {
 #[test]
 fn a_write_sealed_memfd_is_refused() {
     let dev = dev();
-    let fd = memfd_create("write-seal", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    let fd = memfd_create(
+        "write-seal",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
     ftruncate(&fd, PAGE).unwrap();
     fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::WRITE).unwrap();
     refused(
@@ -216,7 +223,11 @@ fn a_write_sealed_memfd_is_refused() {
         Errno::INVAL,
     );
     // 6.12.7+ also refuses F_SEAL_FUTURE_WRITE (the lab runs 6.12.95).
-    let fd = memfd_create("future-seal", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    let fd = memfd_create(
+        "future-seal",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
     ftruncate(&fd, PAGE).unwrap();
     fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::FUTURE_WRITE).unwrap();
     refused(
