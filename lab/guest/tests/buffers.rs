@@ -295,7 +295,12 @@ fn idle_waits_follow_poll_semantics_with_real_kernel_fences() {
     let b = &v.buffer;
     // DRM's PRIME export names the exporter after the drm module, not the
     // driver (found in the lab: exp_name is "drm").
-    assert_eq!(b.kind(), &BufferKind::Imported("drm".into()), "{:?}", b.kind());
+    assert_eq!(
+        b.kind(),
+        &BufferKind::Imported("drm".into()),
+        "{:?}",
+        b.kind()
+    );
     assert!(b.is_idle(Access::Write).unwrap());
 
     // A read fence: readers go on, writers wait.
