@@ -272,9 +272,10 @@ pub fn boot(
     let mut child = cmd
         .spawn()
         .with_ctx(|| format!("cannot start `{}`", show(&cmd)))?;
+    // Guest first: its last lines come before the console's "Power down".
     let mut tails = [
-        (Channel::Console, Tail::new(console)),
         (Channel::Guest, Tail::new(guest)),
+        (Channel::Console, Tail::new(console)),
     ];
     let mut timed_out = false;
     let status = loop {
