@@ -34,6 +34,16 @@
 use std::fmt;
 use std::time::Duration;
 
+pub mod copy;
+pub mod fd;
+pub mod functionfs;
+pub mod iio;
+
+pub use copy::{CopyEngine, CopyOptions};
+pub use fd::FdEndpoint;
+pub use functionfs::FunctionFsEndpoint;
+pub use iio::IioEndpoint;
+
 use crate::buffer::Buffer;
 use crate::error::Result;
 use crate::fence::Fence;
