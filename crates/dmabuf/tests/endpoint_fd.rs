@@ -486,6 +486,13 @@ fn bad_inputs_are_refused_with_their_reason() {
     );
     assert!(e.object().contains(&buf2.describe()), "{e}");
 
+    // The same buffer attached to another endpoint: that attachment is
+    // still not this endpoint's.
+    let a3 = other.attach(&buf).unwrap();
+    let e = tx.transfer(&a3, 1, TransferOptions::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert_ne!(a3.id, a.id);
+
     // A read-only buffer cannot be written by a from-device endpoint.
     let mut rx = FdEndpoint::new(r, Direction::FromDevice).unwrap();
     let ro = read_only_copy(&buf);

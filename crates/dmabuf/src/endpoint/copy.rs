@@ -55,6 +55,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -729,17 +730,20 @@ pub(crate) fn wait_for_conflicts(
     Ok(())
 }
 
+/// Attachment ids are unique in the process, not just per endpoint, so
+/// an attachment of one endpoint is never mistaken for another's (the
+/// same buffer can be attached to both).
+static NEXT_ATTACHMENT: AtomicU64 = AtomicU64::new(1);
+
 /// The buffers attached to an endpoint, by attachment id.
 #[derive(Debug)]
 pub(crate) struct Attachments<T> {
-    next: u64,
     map: HashMap<u64, (Buffer, T)>,
 }
 
 impl<T> Default for Attachments<T> {
     fn default() -> Self {
         Attachments {
-            next: 0,
             map: HashMap::new(),
         }
     }
@@ -780,8 +784,7 @@ impl<T> Attachments<T> {
 
     /// Records `buffer` with `extra`, returning its attachment.
     pub(crate) fn insert(&mut self, buffer: &Buffer, extra: T) -> Attachment {
-        self.next += 1;
-        let id = self.next;
+        let id = NEXT_ATTACHMENT.fetch_add(1, Ordering::Relaxed);
         self.map.insert(id, (buffer.clone(), extra));
         Attachment {
             id,

@@ -178,12 +178,22 @@ impl FunctionFsEndpoint {
     }
 
     /// An endpoint on an open endpoint file, named `name` in messages.
-    /// Where the kernel tells the endpoint's descriptor
-    /// (`FUNCTIONFS_ENDPOINT_DESC`), a direction that does not match it
-    /// is refused.
+    /// Where the kernel tells the endpoint's descriptor at once
+    /// (`FUNCTIONFS_ENDPOINT_DESC`; only once the host has enabled the
+    /// endpoint), a direction that does not match it is refused.
     pub fn from_fd(fd: OwnedFd, direction: Direction, name: &str) -> Result<FunctionFsEndpoint> {
         let object = format!("FunctionFS endpoint {name} (fd {})", fd.as_raw_fd());
-        if let Ok(desc) = sys::functionfs::endpoint_desc(&fd) {
+        // Non-blocking: the kernel waits for the host to enable the
+        // endpoint before answering, and may never.
+        let desc = match copy::set_nonblocking(&fd, true) {
+            Ok(old) => {
+                let d = sys::functionfs::endpoint_desc(&fd);
+                let _ = rustix::fs::fcntl_setfl(&fd, old);
+                d
+            }
+            Err(e) => Err(e),
+        };
+        if let Ok(desc) = desc {
             let is_in = desc.b_endpoint_address & sys::functionfs::USB_DIR_IN != 0;
             let want_in = direction == Direction::ToDevice;
             if is_in != want_in {
@@ -238,6 +248,12 @@ impl FunctionFsEndpoint {
     /// The full error of a copy-path transfer whose fence failed.
     pub fn failure(&self, fence: &Fence) -> Option<Error> {
         self.engine.failure(fence)
+    }
+
+    /// Copy-path transfers queued or running (zero-copy transfers are the
+    /// kernel's; their fences tell).
+    pub fn pending(&self) -> usize {
+        self.engine.pending()
     }
 
     /// The endpoint's descriptor as the kernel has it (the function must
@@ -400,5 +416,63 @@ impl Drop for FunctionFsEndpoint {
 impl AsFd for FunctionFsEndpoint {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.file.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_fallbacks_are_explained() {
+        let why = fallback_reason(Errno::PERM).unwrap();
+        assert!(
+            why.starts_with("FUNCTIONFS_DMABUF_ATTACH answered EPERM: "),
+            "{why}"
+        );
+        assert!(why.contains("scatter-gather"), "{why}");
+        assert!(fallback_reason(Errno::NOTTY).unwrap().contains("6.9"));
+        assert!(fallback_reason(Errno::INVAL).is_some());
+        for real in [Errno::BADF, Errno::NODEV, Errno::BUSY, Errno::NOMEM] {
+            assert!(fallback_reason(real).is_none(), "{real:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_errnos_map_to_kinds_with_causes() {
+        let cases = [
+            (Errno::BUSY, ErrorKind::Busy, "still active"),
+            (Errno::PERM, ErrorKind::NotFound, "no attachment"),
+            (Errno::INVAL, ErrorKind::InvalidInput, "length or the flags"),
+            (Errno::NODEV, ErrorKind::NotSupported, "not active"),
+            (Errno::SHUTDOWN, ErrorKind::Cancelled, "disabled"),
+            (Errno::AGAIN, ErrorKind::WouldBlock, "not enabled"),
+            (Errno::NOMEM, ErrorKind::Os, "ENOMEM"),
+        ];
+        for (errno, kind, words) in cases {
+            let e = transfer_error("ep1", errno);
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(e.errno(), Some(errno));
+            assert_eq!(e.operation(), "FunctionFS DMABUF transfer");
+            assert_eq!(e.object(), "ep1");
+            assert!(e.to_string().contains(words), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_plain_file_is_refused_by_the_kernel_and_falls_back() {
+        // A pipe is no FunctionFS endpoint: no descriptor to check, and a
+        // portable buffer takes the copy path with its reason.
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        let mut ep = FunctionFsEndpoint::from_fd(w, Direction::ToDevice, "pipe").unwrap();
+        assert_eq!(ep.data_path(), DataPath::Copy(UNDECIDED.into()));
+        let buf = crate::Allocate::allocate(&crate::Portable, 4096, "p").unwrap();
+        let a = ep.attach(&buf).unwrap();
+        match ep.data_path() {
+            DataPath::Copy(why) => assert!(why.contains("portable memory"), "{why}"),
+            p => panic!("{p}"),
+        }
+        assert!(ep.descriptor().is_err());
+        ep.detach(&a).unwrap();
     }
 }
