@@ -161,6 +161,19 @@ impl Mapping {
         range: Range<usize>,
         timeout: Option<Duration>,
     ) -> Result<Window<'_, M>> {
+        self.window_excluding(range, timeout.map(|t| Instant::now() + t), &|_| false)
+    }
+
+    /// [`Mapping::window`] until `deadline`, not waiting for the fences
+    /// `skip` says yes to: an endpoint's copy worker skips its own
+    /// transfers' fences, which its queue already orders (it would
+    /// otherwise wait for itself).
+    pub(crate) fn window_excluding<M: WindowMode>(
+        &self,
+        range: Range<usize>,
+        deadline: Option<Instant>,
+        skip: &dyn Fn(&crate::fence::Fence) -> bool,
+    ) -> Result<Window<'_, M>> {
         let access = M::ACCESS;
         let op = "open CPU window";
         let obj = || self.buffer.describe();
@@ -186,6 +199,12 @@ impl Mapping {
             .with_errno(Errno::ACCESS));
         }
         let abs = self.range.start + range.start..self.range.start + range.end;
+        let res = self.buffer.reservation();
+        // Wait for the fences in the way *before* registering the window:
+        // a registered window never waits for a fence, so a transfer that
+        // waits for registered windows cannot deadlock with it (see the
+        // `reservation` module).
+        res.wait_excluding(access, deadline, &obj(), skip)?;
         let bytes = if access.writes() {
             self.region.borrow_mut(abs.clone()).map(Bytes::Exclusive)
         } else {
@@ -213,18 +232,14 @@ impl Mapping {
             .with_errno(Errno::ACCESS),
             BorrowError::OutOfBounds => Error::invalid(op, obj(), "range outside the mapping"),
         })?;
-        let res = self.buffer.reservation();
         res.cpu_begin(access);
-        let window = Window {
+        // From here on, dropping `window` undoes what was done.
+        let mut window = Window {
             mapping: self,
             bytes: Some(bytes),
             started: false,
             _mode: PhantomData,
         };
-        // From here on, dropping `window` undoes what was done.
-        let mut window = window;
-        let deadline = timeout.map(|t| Instant::now() + t);
-        res.wait(access, deadline, &obj())?;
         if let Some(d) = self.buffer.dma_buf() {
             let flags = sys::dma_buf::DMA_BUF_SYNC_START | access.sync_flags();
             loop {

@@ -21,13 +21,25 @@
 //! this one for user fences and CPU windows, and every wait and export
 //! combines the two. For portable buffers this reservation is all there
 //! is, and it follows the same rules.
+//!
+//! A fence that has signalled *with an error* is done, like a successful
+//! one: it is pruned, and the buffer's next user goes ahead (as the
+//! kernel's `dma_resv` does). Its error belongs to whoever waits for that
+//! fence itself — otherwise one failed transfer would make every later
+//! CPU window on the buffer fail.
+//!
+//! Deadlock freedom between CPU windows and device transfers comes from
+//! one order: a CPU window waits for the fences in its way *before* it is
+//! registered as open, and a transfer registers its fence before it waits
+//! for registered CPU windows. So a registered window never waits for a
+//! fence, and a window and a transfer never wait for each other.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::buffer::Access;
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::fence::{Fence, FenceStatus};
+use crate::fence::Fence;
 
 /// How a fence uses the buffer it is added to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -58,13 +70,12 @@ impl Reservation {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `fence` for `usage`. Fences that have signalled successfully
-    /// are pruned as they are found.
+    /// Adds `fence` for `usage`. Fences that have signalled (successfully
+    /// or not) are pruned as they are found.
     pub fn add(&self, fence: Fence, usage: Usage) {
         let mut st = self.lock();
-        st.fences
-            .retain(|(f, _)| f.status() != FenceStatus::Signalled);
-        if fence.status() != FenceStatus::Signalled {
+        st.fences.retain(|(f, _)| !f.is_signalled());
+        if !fence.is_signalled() {
             st.fences.push((fence, usage));
         }
     }
@@ -73,8 +84,7 @@ impl Reservation {
     /// [`Access::Read`], everyone for writes.
     pub fn fences_for(&self, access: Access) -> Vec<Fence> {
         let mut st = self.lock();
-        st.fences
-            .retain(|(f, _)| f.status() != FenceStatus::Signalled);
+        st.fences.retain(|(f, _)| !f.is_signalled());
         st.fences
             .iter()
             .filter(|(_, u)| access.writes() || *u == Usage::Write)
@@ -92,22 +102,40 @@ impl Reservation {
         self.len() == 0
     }
 
-    /// Waits for the fences `access` must wait for, until `deadline`.
+    /// Waits for the fences `access` must wait for, until `deadline`. A
+    /// fence still active at the deadline gives a [`ErrorKind::Busy`]
+    /// error naming it; fences that signal with an error count as done.
     pub fn wait(&self, access: Access, deadline: Option<Instant>, object: &str) -> Result<()> {
+        self.wait_excluding(access, deadline, object, &|_| false)
+    }
+
+    /// [`Reservation::wait`], skipping the fences `skip` says yes to (an
+    /// endpoint skips its own, which its queue already orders).
+    pub(crate) fn wait_excluding(
+        &self,
+        access: Access,
+        deadline: Option<Instant>,
+        object: &str,
+        skip: &dyn Fn(&Fence) -> bool,
+    ) -> Result<()> {
         for f in self.fences_for(access) {
-            f.wait_until(deadline).map_err(|e| {
-                if e.kind() == ErrorKind::TimedOut {
-                    Error::new(
+            if skip(&f) {
+                continue;
+            }
+            match f.wait_until(deadline) {
+                Ok(()) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::FenceFailed | ErrorKind::Cancelled) => {}
+                Err(e) if e.kind() == ErrorKind::TimedOut => {
+                    return Err(Error::new(
                         ErrorKind::Busy,
                         "wait for buffer",
                         object,
                         format!("{} has not signalled in time", f.describe()),
                     )
-                    .with_errno(Errno::BUSY)
-                } else {
-                    e
+                    .with_errno(Errno::BUSY))
                 }
-            })?;
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }

@@ -15,6 +15,9 @@
 //! wait_for_path("/dev/video0", Duration::from_secs(10)).unwrap();
 //! ```
 
+pub mod sys;
+pub mod usb;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;

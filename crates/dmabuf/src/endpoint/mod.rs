@@ -29,10 +29,44 @@
 //! DMABUF path, or a copy path through a CPU window (because the kernel,
 //! the controller or the buffer kind does not allow zero-copy) and why.
 //!
+//! Precisions every endpoint follows:
+//!
+//! * the wait for conflicting fences happens inside [`Endpoint::transfer`]
+//!   (like the kernel's enqueue ioctls): a `Busy` error means nothing was
+//!   queued; failures after queueing are the fence's error;
+//! * an endpoint does not wait for its own earlier transfers: its queue
+//!   orders them;
+//! * a fence that signalled with an error is done for the buffer's next
+//!   user (see `reservation`);
+//! * attaching a buffer that is attached already is refused (`EBUSY`);
+//!   an attachment unknown to the endpoint (never attached, detached, or
+//!   another endpoint's) gives [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) with `EPERM`, the
+//!   kernel's answer;
+//! * a from-device endpoint refuses read-only buffers at attach
+//!   (`EACCES`).
+//!
+//! # The endpoints
+//!
+//! * [`copy`] — [`CopyEngine`], the copy path every endpoint falls back to;
+//! * [`fd`] — [`FdEndpoint`], any file, pipe or socket;
+//! * [`functionfs`] — [`FunctionFsEndpoint`], USB gadget endpoints;
+//! * [`iio`] — [`IioEndpoint`], IIO buffers;
+//! * V4L2 lives in its own module.
+//!
 //! [`ErrorKind::Busy`]: crate::ErrorKind::Busy
 
 use std::fmt;
 use std::time::Duration;
+
+pub mod copy;
+pub mod fd;
+pub mod functionfs;
+pub mod iio;
+
+pub use copy::{CopyEngine, CopyOptions};
+pub use fd::FdEndpoint;
+pub use functionfs::FunctionFsEndpoint;
+pub use iio::IioEndpoint;
 
 use crate::buffer::Buffer;
 use crate::error::Result;
@@ -98,7 +132,8 @@ impl Default for TransferOptions {
 /// given back to [`Endpoint::transfer`] and [`Endpoint::detach`].
 #[derive(Debug, Clone)]
 pub struct Attachment {
-    /// The endpoint-unique id of the attachment.
+    /// The id of the attachment (unique in the process, so another
+    /// endpoint's attachment of the same buffer is never taken for it).
     pub id: u64,
     /// The buffer.
     pub buffer: Buffer,

@@ -1,0 +1,478 @@
+//! FunctionFS data endpoints (`/dev/ffs-NAME/ep1`…) with the DMABUF
+//! interface of Linux 6.9+ and a copy-path fallback.
+//!
+//! # DOC: FunctionFS endpoints
+//!
+//! A USB gadget function written in user space (FunctionFS) moves data
+//! through its endpoint files: an **IN** endpoint (device to host) takes
+//! buffers [`Direction::ToDevice`] — the controller reads them — and an
+//! **OUT** endpoint fills them, [`Direction::FromDevice`].
+//!
+//! **Attach** decides the data path per buffer:
+//!
+//! * a dma-buf is offered to the kernel with `FUNCTIONFS_DMABUF_ATTACH`,
+//!   which maps it for the controller once. If that works, transfers of it
+//!   are zero-copy: `FUNCTIONFS_DMABUF_TRANSFER` queues the controller's
+//!   DMA and the kernel's fence is the transfer's fence;
+//! * if the kernel answers `EPERM` (the controller has no scatter-gather:
+//!   `gadget->sg_supported` is false — always so on `dummy_hcd`), `ENOTTY`
+//!   (a kernel before 6.9) or `EINVAL` (the controller cannot map this
+//!   buffer), the endpoint falls back to the [copy engine](super::copy)
+//!   behind the same API: `write()`/`read()` on the endpoint file through
+//!   a CPU window, one call per transfer up to 256 KiB (larger transfers
+//!   are cut into 256 KiB calls, a multiple of every USB packet size, so
+//!   the host sees one stream; the kernel copies each call through a
+//!   `kmalloc`ed bounce buffer). A short read ends a from-device transfer,
+//!   as a short packet ends a USB transfer;
+//! * a portable buffer (not a dma-buf) always takes the copy path.
+//!
+//! [`Endpoint::data_path`] reports the path of the latest attach, with the
+//! kernel's answer in words for the copy path, e.g. *"FUNCTIONFS_DMABUF_
+//! ATTACH answered EPERM: the USB device controller has no scatter-gather
+//! support (dummy_hcd never has)"*; [`FunctionFsEndpoint::path_of`] gives
+//! each attachment's.
+//!
+//! **Zero-copy transfers.** The library first checks the request (length
+//! 0 or past the buffer, unknown flags, not attached: `EINVAL`/`EPERM`
+//! with a message, before the kernel sees it) and waits for the library's
+//! own fences and CPU windows in the way, and for the kernel's fences, at
+//! most [`TransferOptions::timeout`]; the kernel then waits again (at most
+//! its own 5 s; `O_NONBLOCK` is set on the endpoint file for the ioctl of
+//! a non-blocking transfer). Right after the ioctl the transfer's fence is
+//! taken from the dma-buf's reservation with
+//! `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for **writing** (it covers every
+//! fence, so it covers this transfer whatever usage the kernel gave it).
+//!
+//! **The 6.12 direction bug** (uapi.md §5, fixed upstream by 0145e7acd298):
+//! Linux 6.12 adds the fence of an OUT transfer (the controller *writes*
+//! the buffer) as a *read* fence, so `poll(POLLIN)`, read exports and
+//! `DMA_BUF_IOCTL_SYNC START|READ` do not wait for it. The endpoint adds
+//! the exported fence back as a write fence (`IMPORT_SYNC_FILE`) after
+//! every from-device transfer, so CPU read windows wait for the data as
+//! they must, on fixed and unfixed kernels alike.
+//!
+//! **Kernel errors** of the ioctls become errors naming the endpoint and
+//! the buffer, with the errno: `EBUSY` (fences still active after the
+//! kernel's wait, or the reservation lock taken, non-blocking) →
+//! [`ErrorKind::Busy`]; `EPERM` (not attached in the kernel) →
+//! [`ErrorKind::NotFound`]; `EINVAL` (length, flags) →
+//! [`ErrorKind::InvalidInput`]; `ENODEV` (the function is not active) →
+//! [`ErrorKind::NotSupported`]; `ESHUTDOWN` (the endpoint was disabled:
+//! host reset or unbind) → [`ErrorKind::Cancelled`]; `EAGAIN` (the host
+//! has not enabled the endpoint yet, non-blocking) →
+//! [`ErrorKind::WouldBlock`]. A controller's failure after queueing is
+//! the fence's error.
+//!
+//! **Detach** cancels pending transfers: `FUNCTIONFS_DMABUF_DETACH`
+//! dequeues the kernel's, the copy engine's fail with `ECANCELED`.
+//! Dropping the endpoint detaches everything and closes the file.
+//!
+//! The endpoint file is shared by the ioctls and the copy worker (a `dup`,
+//! one open file description: the kernel detaches every dma-buf of the
+//! endpoint when *a* file description of it is released, so the endpoint
+//! never opens the file twice).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use super::copy::{self, AttachPath, Attachments, CopyEngine, CopyOptions};
+use super::fd::check_attachable;
+use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
+use crate::buffer::{Access, Buffer, DmaBuf};
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::Fence;
+use crate::reservation::Usage;
+use crate::sys;
+
+/// Largest `read`/`write` call of the copy path (a multiple of every USB
+/// packet size).
+pub const FUNCTIONFS_COPY_CHUNK: usize = 256 * 1024;
+
+/// What [`Endpoint::data_path`] says before the first attach.
+pub const UNDECIDED: &str =
+    "not decided yet: the first attach of a dma-buf probes FUNCTIONFS_DMABUF_ATTACH";
+
+/// A FunctionFS data endpoint. See the module documentation.
+#[derive(Debug)]
+pub struct FunctionFsEndpoint {
+    file: OwnedFd,
+    direction: Direction,
+    object: String,
+    attachments: Attachments<AttachPath>,
+    latest: Option<AttachPath>,
+    engine: CopyEngine,
+}
+
+/// The reason in words for a copy-path fallback after `FUNCTIONFS_DMABUF_
+/// ATTACH` answered `errno`, or `None` if that errno is a real failure.
+pub fn fallback_reason(errno: Errno) -> Option<String> {
+    let why = match errno {
+        Errno::PERM => {
+            "the USB device controller has no scatter-gather support (gadget->sg_supported \
+             is false; dummy_hcd never has it)"
+        }
+        Errno::NOTTY => "this kernel has no FunctionFS DMABUF interface (it came in Linux 6.9)",
+        Errno::INVAL => "the controller cannot import this dma-buf",
+        _ => return None,
+    };
+    Some(format!(
+        "FUNCTIONFS_DMABUF_ATTACH answered {}: {why}",
+        copy::name_of(errno)
+    ))
+}
+
+/// The error for an errno of `FUNCTIONFS_DMABUF_TRANSFER`.
+pub fn transfer_error(object: &str, errno: Errno) -> Error {
+    let (kind, cause) = match errno {
+        Errno::BUSY => (
+            ErrorKind::Busy,
+            "the kernel found fences of the dma-buf still active after its wait (at most \
+             5 s, none for a non-blocking transfer) or its reservation locked",
+        ),
+        Errno::PERM => (
+            ErrorKind::NotFound,
+            "the kernel has no attachment of this dma-buf to the endpoint",
+        ),
+        Errno::INVAL => (
+            ErrorKind::InvalidInput,
+            "the kernel refused the length or the flags",
+        ),
+        Errno::NODEV => (
+            ErrorKind::NotSupported,
+            "the FunctionFS function is not active (not bound, or ep0 closed)",
+        ),
+        Errno::SHUTDOWN => (
+            ErrorKind::Cancelled,
+            "the endpoint was disabled while the transfer was queued (host reset or unbind)",
+        ),
+        Errno::AGAIN => (
+            ErrorKind::WouldBlock,
+            "the host has not enabled the endpoint yet, and the transfer is non-blocking",
+        ),
+        e => return Error::os("FunctionFS DMABUF transfer", object, e),
+    };
+    Error::new(kind, "FunctionFS DMABUF transfer", object, cause).with_errno(errno)
+}
+
+impl FunctionFsEndpoint {
+    /// Opens the endpoint file at `path` (`/dev/ffs-NAME/ep1`) for
+    /// `direction`: [`Direction::ToDevice`] for an IN endpoint,
+    /// [`Direction::FromDevice`] for an OUT one.
+    pub fn open(path: impl AsRef<Path>, direction: Direction) -> Result<FunctionFsEndpoint> {
+        let path = path.as_ref();
+        let fd = rustix::fs::open(
+            path,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NODEV => Error::kernel(
+                "open FunctionFS endpoint",
+                path.display().to_string(),
+                e,
+                "the function is not active (descriptors not written, or not bound to a UDC)",
+            ),
+            e => Error::os("open FunctionFS endpoint", path.display().to_string(), e),
+        })?;
+        FunctionFsEndpoint::from_fd(fd, direction, &path.display().to_string())
+    }
+
+    /// An endpoint on an open endpoint file, named `name` in messages.
+    /// Where the kernel tells the endpoint's descriptor at once
+    /// (`FUNCTIONFS_ENDPOINT_DESC`; only once the host has enabled the
+    /// endpoint), a direction that does not match it is refused.
+    pub fn from_fd(fd: OwnedFd, direction: Direction, name: &str) -> Result<FunctionFsEndpoint> {
+        let object = format!("FunctionFS endpoint {name} (fd {})", fd.as_raw_fd());
+        // Non-blocking: the kernel waits for the host to enable the
+        // endpoint before answering, and may never.
+        let desc = match copy::set_nonblocking(&fd, true) {
+            Ok(old) => {
+                let d = sys::functionfs::endpoint_desc(&fd);
+                let _ = rustix::fs::fcntl_setfl(&fd, old);
+                d
+            }
+            Err(e) => Err(e),
+        };
+        if let Ok(desc) = desc {
+            let is_in = desc.b_endpoint_address & sys::functionfs::USB_DIR_IN != 0;
+            let want_in = direction == Direction::ToDevice;
+            if is_in != want_in {
+                return Err(Error::invalid(
+                    "FunctionFS endpoint",
+                    object,
+                    format!(
+                        "endpoint address {:#04x} is an {} endpoint, which moves data {}; \
+                         asked for {:?}",
+                        desc.b_endpoint_address,
+                        if is_in { "IN" } else { "OUT" },
+                        if is_in {
+                            "to the host (Direction::ToDevice)"
+                        } else {
+                            "from the host (Direction::FromDevice)"
+                        },
+                        direction
+                    ),
+                ));
+            }
+        }
+        let dup = fd
+            .try_clone()
+            .map_err(|e| Error::os("dup", object.clone(), io_errno(&e)))?;
+        let engine = CopyEngine::with_options(
+            dup,
+            direction,
+            name,
+            CopyOptions {
+                chunk: FUNCTIONFS_COPY_CHUNK,
+                short_read_completes: true,
+            },
+        )?;
+        Ok(FunctionFsEndpoint {
+            file: fd,
+            direction,
+            object,
+            attachments: Attachments::default(),
+            latest: None,
+            engine,
+        })
+    }
+
+    /// The data path of one attachment.
+    pub fn path_of(&self, attachment: &Attachment) -> Result<DataPath> {
+        Ok(self
+            .attachments
+            .get("data path", &self.object, attachment)?
+            .data_path())
+    }
+
+    /// The full error of a copy-path transfer whose fence failed.
+    pub fn failure(&self, fence: &Fence) -> Option<Error> {
+        self.engine.failure(fence)
+    }
+
+    /// Copy-path transfers queued or running (zero-copy transfers are the
+    /// kernel's; their fences tell).
+    pub fn pending(&self) -> usize {
+        self.engine.pending()
+    }
+
+    /// The endpoint's descriptor as the kernel has it (the function must
+    /// be active).
+    pub fn descriptor(&self) -> Result<sys::functionfs::UsbEndpointDescriptor> {
+        sys::functionfs::endpoint_desc(&self.file).map_err(|e| {
+            Error::kernel(
+                "FunctionFS endpoint descriptor",
+                &self.object,
+                e,
+                "FUNCTIONFS_ENDPOINT_DESC failed (is the function active?)",
+            )
+        })
+    }
+
+    fn transfer_zero_copy(
+        &mut self,
+        buffer: &Buffer,
+        dmabuf: &DmaBuf,
+        len: u64,
+        opts: TransferOptions,
+    ) -> Result<Fence> {
+        let obj = format!("{}, {}", self.object, buffer.describe());
+        copy::check_transfer(&self.object, buffer, len, opts)?;
+        copy::wait_for_conflicts(buffer, self.direction, opts, &self.object, &|_| false)?;
+        let old = if opts.nonblocking {
+            Some(
+                copy::set_nonblocking(&self.file, true)
+                    .map_err(|e| Error::os("FunctionFS DMABUF transfer", obj.clone(), e))?,
+            )
+        } else {
+            None
+        };
+        let r = loop {
+            match sys::functionfs::transfer(&self.file, dmabuf, opts.flags, len) {
+                Err(Errno::INTR) => continue,
+                r => break r,
+            }
+        };
+        if let Some(old) = old {
+            let _ = rustix::fs::fcntl_setfl(&self.file, old);
+        }
+        r.map_err(|e| transfer_error(&obj, e))?;
+        // The kernel put the transfer's fence in the reservation; a write
+        // export covers every fence whatever usage it was given.
+        let sync = dmabuf.export_sync_file(Access::Write)?;
+        if self.direction == Direction::FromDevice {
+            // 6.12 adds an OUT transfer's fence as a reader (uapi.md §5);
+            // add it back as a writer so CPU reads wait for the data.
+            dmabuf.import_sync_file(&sync, Usage::Write)?;
+        }
+        Ok(Fence::from(sync))
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_io_error(e).unwrap_or(Errno::IO)
+}
+
+impl Endpoint for FunctionFsEndpoint {
+    fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    fn data_path(&self) -> DataPath {
+        match &self.latest {
+            Some(p) => p.data_path(),
+            None => DataPath::Copy(UNDECIDED.into()),
+        }
+    }
+
+    fn attach(&mut self, buffer: &Buffer) -> Result<Attachment> {
+        check_attachable(&self.object, self.direction, buffer)?;
+        self.attachments.check_new(&self.object, buffer)?;
+        let path = match buffer.dma_buf() {
+            None => AttachPath::Copy(format!(
+                "{} is portable memory, not a dma-buf: the controller cannot import it",
+                buffer.describe()
+            )),
+            Some(d) => match sys::functionfs::attach(&self.file, d) {
+                Ok(()) => AttachPath::ZeroCopy,
+                Err(e) => match fallback_reason(e) {
+                    Some(why) => AttachPath::Copy(why),
+                    None => {
+                        let obj = format!("{}, {}", self.object, buffer.describe());
+                        return Err(match e {
+                            Errno::NODEV => Error::kernel(
+                                "FunctionFS DMABUF attach",
+                                obj,
+                                e,
+                                "the FunctionFS function is not active",
+                            ),
+                            Errno::BUSY => Error::kernel(
+                                "FunctionFS DMABUF attach",
+                                obj,
+                                e,
+                                "the dma-buf's reservation is locked (non-blocking endpoint file)",
+                            ),
+                            e => Error::os("FunctionFS DMABUF attach", obj, e),
+                        });
+                    }
+                },
+            },
+        };
+        self.latest = Some(path.clone());
+        Ok(self.attachments.insert(buffer, path))
+    }
+
+    fn transfer(
+        &mut self,
+        attachment: &Attachment,
+        len: u64,
+        opts: TransferOptions,
+    ) -> Result<Fence> {
+        let path = self
+            .attachments
+            .get("transfer", &self.object, attachment)?
+            .clone();
+        match (path, attachment.buffer.dma_buf()) {
+            (AttachPath::ZeroCopy, Some(d)) => {
+                let buffer = attachment.buffer.clone();
+                self.transfer_zero_copy(&buffer, d, len, opts)
+            }
+            _ => self.engine.queue(attachment, len, opts),
+        }
+    }
+
+    fn detach(&mut self, attachment: &Attachment) -> Result<()> {
+        let path = self
+            .attachments
+            .remove("detach", &self.object, attachment)?;
+        self.engine.cancel(attachment.id);
+        if let (AttachPath::ZeroCopy, Some(d)) = (path, attachment.buffer.dma_buf()) {
+            sys::functionfs::detach(&self.file, d).map_err(|e| {
+                let obj = format!("{}, {}", self.object, attachment.buffer.describe());
+                match e {
+                    Errno::PERM => Error::new(
+                        ErrorKind::NotFound,
+                        "FunctionFS DMABUF detach",
+                        obj,
+                        "the kernel has no attachment of this dma-buf to the endpoint",
+                    )
+                    .with_errno(e),
+                    e => Error::os("FunctionFS DMABUF detach", obj, e),
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FunctionFsEndpoint {
+    fn drop(&mut self) {
+        for a in self.attachments.all() {
+            let _ = self.detach(&a);
+        }
+    }
+}
+
+impl AsFd for FunctionFsEndpoint {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_fallbacks_are_explained() {
+        let why = fallback_reason(Errno::PERM).unwrap();
+        assert!(
+            why.starts_with("FUNCTIONFS_DMABUF_ATTACH answered EPERM: "),
+            "{why}"
+        );
+        assert!(why.contains("scatter-gather"), "{why}");
+        assert!(fallback_reason(Errno::NOTTY).unwrap().contains("6.9"));
+        assert!(fallback_reason(Errno::INVAL).is_some());
+        for real in [Errno::BADF, Errno::NODEV, Errno::BUSY, Errno::NOMEM] {
+            assert!(fallback_reason(real).is_none(), "{real:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_errnos_map_to_kinds_with_causes() {
+        let cases = [
+            (Errno::BUSY, ErrorKind::Busy, "still active"),
+            (Errno::PERM, ErrorKind::NotFound, "no attachment"),
+            (Errno::INVAL, ErrorKind::InvalidInput, "length or the flags"),
+            (Errno::NODEV, ErrorKind::NotSupported, "not active"),
+            (Errno::SHUTDOWN, ErrorKind::Cancelled, "disabled"),
+            (Errno::AGAIN, ErrorKind::WouldBlock, "not enabled"),
+            (Errno::NOMEM, ErrorKind::Os, "ENOMEM"),
+        ];
+        for (errno, kind, words) in cases {
+            let e = transfer_error("ep1", errno);
+            assert_eq!(e.kind(), kind, "{e}");
+            assert_eq!(e.errno(), Some(errno));
+            assert_eq!(e.operation(), "FunctionFS DMABUF transfer");
+            assert_eq!(e.object(), "ep1");
+            assert!(e.to_string().contains(words), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_plain_file_is_refused_by_the_kernel_and_falls_back() {
+        // A pipe is no FunctionFS endpoint: no descriptor to check, and a
+        // portable buffer takes the copy path with its reason.
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        let mut ep = FunctionFsEndpoint::from_fd(w, Direction::ToDevice, "pipe").unwrap();
+        assert_eq!(ep.data_path(), DataPath::Copy(UNDECIDED.into()));
+        let buf = crate::Allocate::allocate(&crate::Portable, 4096, "p").unwrap();
+        let a = ep.attach(&buf).unwrap();
+        match ep.data_path() {
+            DataPath::Copy(why) => assert!(why.contains("portable memory"), "{why}"),
+            p => panic!("{p}"),
+        }
+        assert!(ep.descriptor().is_err());
+        ep.detach(&a).unwrap();
+    }
+}
