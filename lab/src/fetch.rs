@@ -1,0 +1,406 @@
+//! `fetch`: downloads Debian's 6.12 kernel package with a private apt configuration
+//! and unpacks it into the lab's cache directory.
+//!
+//! The machine's global apt configuration is never changed: a private
+//! `sources.list` (bookworm + bookworm-backports, on the mirror the machine
+//! already uses) and private lists/cache directories live under the cache dir.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{mkdir_p, require_tool, rm_rf, run_output, run_status, Context, Result};
+
+/// Debian package holding the lab's kernel.
+pub const KERNEL_PACKAGE: &str = "linux-image-6.12.95+deb12-amd64";
+/// Suite the package comes from.
+pub const KERNEL_SUITE: &str = "bookworm-backports";
+/// `uname -r` of that kernel (the name of its `/lib/modules` directory).
+pub const KERNEL_VERSION: &str = "6.12.95+deb12-amd64";
+/// Mirror used when the machine's apt sources name none for bookworm.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// Paths of an unpacked kernel.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// The bzImage to pass to QEMU's `-kernel`.
+    pub vmlinuz: PathBuf,
+    /// `lib/modules/<version>` of the unpacked package (modules are `.ko.xz`).
+    pub modules: PathBuf,
+    /// The kernel release string.
+    pub version: String,
+}
+
+/// The cache directory: `$DMABUF_LAB_CACHE`, or `lab/cache` in the repository.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("DMABUF_LAB_CACHE") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => crate::util::repo_root().join("lab/cache"),
+    }
+}
+
+fn unpacked_dir(cache: &Path) -> PathBuf {
+    cache.join("kernel").join(KERNEL_VERSION)
+}
+
+fn stamp(cache: &Path) -> PathBuf {
+    unpacked_dir(cache).join(".unpacked")
+}
+
+/// Returns the unpacked kernel if `fetch` already ran, without touching the network.
+pub fn cached(cache: &Path) -> Option<Kernel> {
+    let root = unpacked_dir(cache);
+    let k = Kernel {
+        vmlinuz: root.join(format!("boot/vmlinuz-{KERNEL_VERSION}")),
+        modules: root.join(format!("lib/modules/{KERNEL_VERSION}")),
+        version: KERNEL_VERSION.to_string(),
+    };
+    let ok =
+        stamp(cache).is_file() && k.vmlinuz.is_file() && k.modules.join("modules.dep").is_file();
+    ok.then_some(k)
+}
+
+/// Makes sure the kernel is downloaded and unpacked; downloads nothing when it is.
+pub fn fetch(cache: &Path) -> Result<Kernel> {
+    if let Some(k) = cached(cache) {
+        eprintln!(
+            "lab: kernel {KERNEL_VERSION} already in {}",
+            cache.display()
+        );
+        return Ok(k);
+    }
+    mkdir_p(cache)?;
+    let deb = match find_deb(cache)? {
+        Some(deb) => deb,
+        None => download(cache)?,
+    };
+    unpack(cache, &deb)?;
+    cached(cache).ok_or_else(|| {
+        crate::util::Error::msg(format!(
+            "{} unpacked into {} but has no boot/vmlinuz-{KERNEL_VERSION} or lib/modules/{KERNEL_VERSION}",
+            deb.display(),
+            unpacked_dir(cache).display()
+        ))
+    })
+}
+
+fn find_deb(cache: &Path) -> Result<Option<PathBuf>> {
+    let dir = cache.join("debs");
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let prefix = format!("{KERNEL_PACKAGE}_");
+    for e in fs::read_dir(&dir).with_ctx(|| format!("cannot read {}", dir.display()))? {
+        let p = e
+            .with_ctx(|| format!("cannot read {}", dir.display()))?
+            .path();
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with("_amd64.deb") {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+fn download(cache: &Path) -> Result<PathBuf> {
+    let apt_get = require_tool("apt-get", "apt")?;
+    let src = machine_source();
+    let apt = cache.join("apt");
+    for d in [
+        "lists/partial",
+        "cache/archives/partial",
+        "sources.list.d",
+        "preferences.d",
+    ] {
+        mkdir_p(&apt.join(d))?;
+    }
+    let list = apt.join("sources.list");
+    fs::write(&list, private_sources_list(&src))
+        .with_ctx(|| format!("cannot write {}", list.display()))?;
+    eprintln!(
+        "lab: downloading {KERNEL_PACKAGE} from {} {KERNEL_SUITE} (private apt config in {})",
+        src.uri,
+        apt.display()
+    );
+    let opts = private_apt_options(&apt);
+    let mut update = Command::new(&apt_get);
+    update.args(&opts).arg("update");
+    run_status(&mut update)?;
+
+    let debs = cache.join("debs");
+    mkdir_p(&debs)?;
+    let mut dl = Command::new(&apt_get);
+    dl.args(&opts)
+        .arg("download")
+        .arg(format!("{KERNEL_PACKAGE}/{KERNEL_SUITE}"))
+        .current_dir(&debs);
+    run_status(&mut dl)?;
+    find_deb(cache)?.ok_or_else(|| {
+        crate::util::Error::msg(format!(
+            "apt-get download succeeded but no {KERNEL_PACKAGE}_*.deb is in {}",
+            debs.display()
+        ))
+    })
+}
+
+fn unpack(cache: &Path, deb: &Path) -> Result<()> {
+    let dpkg = require_tool("dpkg", "dpkg")?;
+    let root = unpacked_dir(cache);
+    let tmp = root.with_extension("partial");
+    rm_rf(&tmp)?;
+    mkdir_p(&tmp)?;
+    eprintln!("lab: unpacking {}", deb.display());
+    run_output(Command::new(dpkg).arg("-x").arg(deb).arg(&tmp))?;
+    // The package ships no modules.dep (its postinst would make it).
+    crate::modules::depmod_tree(&tmp, KERNEL_VERSION)?;
+    rm_rf(&root)?;
+    fs::rename(&tmp, &root)
+        .with_ctx(|| format!("cannot rename {} to {}", tmp.display(), root.display()))?;
+    fs::write(stamp(cache), format!("{}\n", deb.display()))
+        .with_ctx(|| format!("cannot write {}", stamp(cache).display()))?;
+    Ok(())
+}
+
+/// The apt `-o` options that keep everything apt reads or writes (sources,
+/// lists, caches, preferences) inside `apt_dir`.
+pub fn private_apt_options(apt_dir: &Path) -> Vec<String> {
+    let d = apt_dir.display();
+    vec![
+        format!("-oDir::Etc::SourceList={d}/sources.list"),
+        format!("-oDir::Etc::SourceParts={d}/sources.list.d"),
+        format!("-oDir::Etc::Preferences={d}/preferences"),
+        format!("-oDir::Etc::PreferencesParts={d}/preferences.d"),
+        format!("-oDir::State::Lists={d}/lists"),
+        format!("-oDir::Cache={d}/cache"),
+        format!("-oDir::Cache::Archives={d}/cache/archives"),
+        "-oAPT::Sandbox::User=root".into(),
+        "-oAcquire::Languages=none".into(),
+        "-oAPT::Architectures=amd64".into(),
+        "-q".into(),
+    ]
+}
+
+/// A Debian archive as named in the machine's apt sources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    /// Mirror URI, e.g. `http://deb.debian.org/debian`.
+    pub uri: String,
+    /// Keyring named by the source's `signed-by`, if any.
+    pub signed_by: Option<String>,
+}
+
+/// The bookworm mirror the machine's apt uses (`$DMABUF_LAB_MIRROR` overrides),
+/// falling back to deb.debian.org.
+pub fn machine_source() -> Source {
+    let default_key = Path::new(DEFAULT_KEYRING)
+        .is_file()
+        .then(|| DEFAULT_KEYRING.to_string());
+    if let Ok(uri) = std::env::var("DMABUF_LAB_MIRROR") {
+        if !uri.is_empty() {
+            return Source {
+                uri,
+                signed_by: default_key,
+            };
+        }
+    }
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<_> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        more.sort();
+        files.extend(more);
+    }
+    for f in files {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        let name = f.to_string_lossy();
+        let found = if name.ends_with(".sources") {
+            find_in_deb822(&text)
+        } else if name.ends_with(".list") {
+            find_in_one_line(&text)
+        } else {
+            None
+        };
+        if let Some(mut s) = found {
+            if s.signed_by.is_none() {
+                s.signed_by = default_key;
+            }
+            return s;
+        }
+    }
+    Source {
+        uri: DEFAULT_MIRROR.into(),
+        signed_by: default_key,
+    }
+}
+
+fn is_main_suite(suite: &str) -> bool {
+    suite.starts_with("bookworm") && !suite.contains("security")
+}
+
+/// Finds a bookworm (non-security) `deb` entry in one-line-style sources.
+pub fn find_in_one_line(text: &str) -> Option<Source> {
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
+            continue;
+        };
+        let mut rest = rest.trim_start();
+        let mut signed_by = None;
+        if let Some(r) = rest.strip_prefix('[') {
+            let (opts, after) = r.split_once(']')?;
+            for o in opts.split_whitespace() {
+                if let Some(v) = o.strip_prefix("signed-by=") {
+                    signed_by = Some(v.to_string());
+                }
+            }
+            rest = after.trim_start();
+        }
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if is_main_suite(suite) {
+            return Some(Source {
+                uri: uri.trim_end_matches('/').to_string(),
+                signed_by,
+            });
+        }
+    }
+    None
+}
+
+/// Finds a bookworm (non-security) `deb` entry in deb822-style sources.
+pub fn find_in_deb822(text: &str) -> Option<Source> {
+    let mut paragraphs: Vec<Vec<(String, String)>> = vec![vec![]];
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            paragraphs.push(vec![]);
+        } else if line.starts_with('#') {
+            continue;
+        } else if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(last) = paragraphs.last_mut().and_then(|p| p.last_mut()) {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            let p = paragraphs.last_mut().expect("never empty");
+            p.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    for p in paragraphs {
+        let get = |k: &str| p.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        if get("enabled").is_some_and(|v| v.eq_ignore_ascii_case("no")) {
+            continue;
+        }
+        if !get("types")
+            .unwrap_or("")
+            .split_whitespace()
+            .any(|t| t == "deb")
+        {
+            continue;
+        }
+        if !get("suites")
+            .unwrap_or("")
+            .split_whitespace()
+            .any(is_main_suite)
+        {
+            continue;
+        }
+        let Some(uri) = get("uris").and_then(|u| u.split_whitespace().next()) else {
+            continue;
+        };
+        // An inline (multi-line) key cannot be passed on as a path.
+        let signed_by = get("signed-by")
+            .filter(|s| s.starts_with('/') && !s.contains(' '))
+            .map(str::to_string);
+        return Some(Source {
+            uri: uri.trim_end_matches('/').to_string(),
+            signed_by,
+        });
+    }
+    None
+}
+
+/// The lab's private `sources.list`: bookworm and bookworm-backports on `src`.
+pub fn private_sources_list(src: &Source) -> String {
+    let opts = match &src.signed_by {
+        Some(k) => format!("[arch=amd64 signed-by={k}]"),
+        None => "[arch=amd64]".into(),
+    };
+    let mut s = String::from("# Written by dmabuf-lab fetch; private to the lab.\n");
+    for suite in ["bookworm", KERNEL_SUITE] {
+        s.push_str(&format!("deb {opts} {} {suite} main\n", src.uri));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deb822_picks_bookworm_not_security() {
+        let text = "Types: deb\n# comment\nURIs: http://deb.debian.org/debian-security\n\
+                    Suites: bookworm-security\nComponents: main\n\n\
+                    Types: deb deb-src\nURIs: http://mirror.example/debian/\n\
+                    Suites: bookworm bookworm-updates\nComponents: main\n\
+                    Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n";
+        assert_eq!(
+            find_in_deb822(text),
+            Some(Source {
+                uri: "http://mirror.example/debian".into(),
+                signed_by: Some("/usr/share/keyrings/debian-archive-keyring.gpg".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn deb822_skips_disabled_and_other_suites() {
+        let text = "Types: deb\nURIs: http://a/\nSuites: bookworm\nEnabled: no\n\n\
+                    Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\n";
+        assert_eq!(find_in_deb822(text), None);
+    }
+
+    #[test]
+    fn one_line_with_options() {
+        let text = "# deb http://old bookworm main\n\
+                    deb http://security.debian.org/debian-security bookworm-security main\n\
+                    deb [arch=amd64 signed-by=/k.gpg] http://m/debian bookworm main contrib\n";
+        assert_eq!(
+            find_in_one_line(text),
+            Some(Source {
+                uri: "http://m/debian".into(),
+                signed_by: Some("/k.gpg".into())
+            })
+        );
+        assert_eq!(find_in_one_line("deb http://x nodistro main\n"), None);
+    }
+
+    #[test]
+    fn private_list_names_both_suites() {
+        let s = private_sources_list(&Source {
+            uri: "http://m/debian".into(),
+            signed_by: None,
+        });
+        let opts = "[arch=amd64]";
+        assert!(s.contains(&format!("deb {opts} http://m/debian bookworm main\n")));
+        assert!(s.contains(&format!(
+            "deb {opts} http://m/debian bookworm-backports main\n"
+        )));
+    }
+
+    #[test]
+    fn apt_options_stay_private() {
+        let opts = private_apt_options(Path::new("/c/apt"));
+        for o in &opts {
+            if let Some(v) = o.strip_prefix("-oDir::") {
+                assert!(v.contains("=/c/apt/"), "{o} escapes the private dir");
+            }
+        }
+    }
+}
