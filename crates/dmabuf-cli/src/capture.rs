@@ -4,8 +4,8 @@
 //! # DOC: capture
 //!
 //! * Every buffer slot the driver grants gets a buffer of its own from the
-//!   chosen backend, and all are queued at once (drivers such as vivid
-//!   start capturing only once several buffers are queued); each buffer is
+//!   chosen backend, and all are queued at once (some drivers start
+//!   capturing only once several buffers are queued); each buffer is
 //!   queued again as soon as its frame has been read, until `--frames`
 //!   frames were read. Frames still in the device then are cancelled.
 //! * A frame is read only inside a read window, which waits for the

@@ -47,8 +47,11 @@
 //!   Dropping the endpoint does the same for everything.
 //! * Drivers built on videobuf2 may need several buffers queued before
 //!   they start capturing (`min_queued_buffers`): until then fences stay
-//!   pending. Queue at least as many buffers as the driver wants (vivid:
-//!   see the lab tests), or wait with a timeout.
+//!   pending, so wait with a timeout. (vivid, measured in the lab: a
+//!   request for 1 slot is raised to 2, but one queued buffer is enough
+//!   for it to capture.)
+//! * The format is device state: it outlives the open file, so ask for
+//!   the one you need rather than relying on the driver's default.
 //!
 //! All ioctls on the device and all changes to the queue state happen
 //! under one lock, so a frame is never both dequeued and cancelled.
