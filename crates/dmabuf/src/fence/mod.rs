@@ -18,7 +18,7 @@
 //! [`Fence::merge`] combines any mix into one fence that signals when all
 //! have (kernel sync files are merged by the kernel, `SYNC_IOC_MERGE`;
 //! user fences are kept side by side, only the latest per timeline). With
-//! the `tokio` feature, [`Fence::wait_async`] awaits either kind through
+//! the `tokio` feature, `Fence::wait_async` awaits either kind through
 //! `AsyncFd` — no thread per wait.
 //!
 //! Waiting for a fence that signalled with an error returns an error of
