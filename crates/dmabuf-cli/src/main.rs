@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod alloc;
+mod backend;
+mod capture;
 mod ls;
 mod probe;
 
@@ -28,6 +31,10 @@ enum Command {
     Probe(probe::Args),
     /// List the dma-bufs in this system and who holds them.
     Ls(ls::Args),
+    /// Allocate a buffer, name it, fill it and hold it.
+    Alloc(alloc::Args),
+    /// Capture video frames from a V4L2 device straight into dma-bufs.
+    Capture(capture::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +42,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Probe(args) => probe::run(args),
         Command::Ls(args) => ls::run(args),
+        Command::Alloc(args) => alloc::run(args),
+        Command::Capture(args) => capture::run(args),
     };
     match result {
         Ok(code) => code,

@@ -71,10 +71,21 @@ impl Reservation {
     }
 
     /// Adds `fence` for `usage`. Fences that have signalled (successfully
-    /// or not) are pruned as they are found.
+    /// or not: like the kernel's implicit sync, a wait covers completion,
+    /// not success) are pruned as they are found. As the kernel's
+    /// `dma_resv_add_fence` does, a user fence replaces the earlier fences
+    /// of its own timeline (same context, lower sequence number): a later
+    /// fence of a timeline signals after the earlier ones, so waiting for
+    /// it covers them.
     pub fn add(&self, fence: Fence, usage: Usage) {
         let mut st = self.lock();
         st.fences.retain(|(f, _)| !f.is_signalled());
+        if let Fence::User(new) = &fence {
+            st.fences.retain(|(f, _)| match f {
+                Fence::User(old) => old.context() != new.context() || old.seqno() >= new.seqno(),
+                _ => true,
+            });
+        }
         if !fence.is_signalled() {
             st.fences.push((fence, usage));
         }
@@ -190,5 +201,44 @@ impl Reservation {
                 }
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fence::{FenceContext, UserFence};
+
+    #[test]
+    fn a_later_fence_of_a_timeline_replaces_earlier_ones_even_failed() {
+        let res = Reservation::default();
+        let ctx = FenceContext::new("test");
+        let first = ctx.next_fence().unwrap();
+        res.add(Fence::User(first.clone()), Usage::Write);
+        first.fail(Errno::CANCELED).unwrap();
+        // The failed fence stays and is reported to readers…
+        let e = res.wait(Access::Read, None, "buffer").unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::CANCELED));
+        // …until the next fence of the same timeline replaces it.
+        let second = ctx.next_fence().unwrap();
+        res.add(Fence::User(second.clone()), Usage::Write);
+        assert_eq!(res.len(), 1);
+        second.signal().unwrap();
+        res.wait(Access::Read, None, "buffer").unwrap();
+        assert!(res.is_empty());
+    }
+
+    #[test]
+    fn fences_of_other_timelines_are_kept() {
+        let res = Reservation::default();
+        let a = FenceContext::new("a").next_fence().unwrap();
+        let b = UserFence::new().unwrap();
+        res.add(Fence::User(a.clone()), Usage::Write);
+        res.add(Fence::User(b.clone()), Usage::Read);
+        assert_eq!(res.len(), 2);
+        assert_eq!(res.fences_for(Access::Read).len(), 1);
+        a.signal().unwrap();
+        b.signal().unwrap();
+        assert!(res.is_empty());
     }
 }

@@ -55,6 +55,8 @@
 //!
 //! [`ErrorKind::Busy`]: crate::ErrorKind::Busy
 
+pub mod v4l2;
+
 use std::fmt;
 use std::time::Duration;
 

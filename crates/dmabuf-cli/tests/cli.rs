@@ -1,0 +1,218 @@
+//! The `dmabuf` binary run as a process on the development machine (no
+//! kernel exporter here: portable buffers only, no V4L2 device).
+
+use std::process::{Command, Output};
+
+fn dmabuf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dmabuf"))
+        .args(args)
+        .output()
+        .expect("run the dmabuf binary")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no '{key}:' line in:\n{out}"))
+}
+
+#[test]
+fn alloc_portable_works_here() {
+    let out = dmabuf(&[
+        "alloc",
+        "--size",
+        "6K",
+        "--backend",
+        "portable",
+        "--name",
+        "cli-test",
+        "--fill",
+        "0xab",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(field(&stdout, "kind"), "portable");
+    // Rounded up to whole pages.
+    let page = rustix_page_size();
+    let size: u64 = field(&stdout, "size").parse().unwrap();
+    assert_eq!(size, 6144u64.div_ceil(page) * page);
+    assert_eq!(field(&stdout, "name"), "cli-test");
+    assert_eq!(field(&stdout, "inode"), "-");
+    assert_eq!(field(&stdout, "fill"), "0xab");
+    let pid: u32 = field(&stdout, "pid").parse().unwrap();
+    assert!(pid > 0);
+    let fd: i32 = field(&stdout, "fd").parse().unwrap();
+    assert!(fd > 2);
+}
+
+fn rustix_page_size() -> u64 {
+    // The CLI crate does not depend on rustix; ask getconf.
+    let out = Command::new("getconf").arg("PAGESIZE").output().unwrap();
+    text(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn alloc_holds_the_buffer_visibly_in_proc() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmabuf"))
+        .args([
+            "alloc",
+            "--size",
+            "4K",
+            "--backend",
+            "portable",
+            "--name",
+            "held",
+            "--hold-forever",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut fd = None;
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        if let Some(v) = l.strip_prefix("fd: ") {
+            fd = Some(v.to_string());
+        }
+        if l.starts_with("holding:") {
+            break;
+        }
+    }
+    let fd = fd.expect("fd line");
+    let link = std::fs::read_link(format!("/proc/{}/fd/{fd}", child.id()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let link = link.unwrap().to_string_lossy().into_owned();
+    assert!(link.contains("dmabuf-portable:held"), "{link}");
+}
+
+#[test]
+fn alloc_refuses_bad_sizes_and_conflicting_holds() {
+    let out = dmabuf(&["alloc", "--size", "4MB", "--backend", "portable"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("decimal units are ambiguous"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = dmabuf(&["alloc", "--size", "0", "--backend", "portable"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("at least one byte"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = dmabuf(&[
+        "alloc",
+        "--size",
+        "4K",
+        "--backend",
+        "portable",
+        "--hold",
+        "1",
+        "--hold-forever",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = dmabuf(&["alloc", "--size", "4K", "--backend", "gpu"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("unknown backend 'gpu'"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = dmabuf(&[
+        "alloc",
+        "--size",
+        "4K",
+        "--backend",
+        "portable",
+        "--fill",
+        "300",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("neither a byte"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn alloc_library_errors_print_as_dmabuf_message() {
+    // A name longer than 31 bytes is refused by the library.
+    let long = "n".repeat(40);
+    let out = dmabuf(&[
+        "alloc",
+        "--size",
+        "4K",
+        "--backend",
+        "portable",
+        "--name",
+        &long,
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.starts_with("dmabuf: "), "{err}");
+    assert!(err.contains("at most 31 fit"), "{err}");
+}
+
+#[test]
+fn capture_validates_its_arguments() {
+    for (args, want) in [
+        (&["capture", "--frames", "0"][..], "--frames"),
+        (&["capture", "--buffers", "0"][..], "--buffers"),
+        (&["capture", "--buffers", "33"][..], "--buffers"),
+        (&["capture", "--format", "TOOLONG"][..], "fourcc"),
+        (&["capture", "--width", "0"][..], "--width"),
+        (&["capture", "--backend", "gpu"][..], "unknown backend"),
+    ] {
+        let out = dmabuf(args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn capture_from_a_missing_device_says_so() {
+    let out = dmabuf(&[
+        "capture",
+        "--device",
+        "/nonexistent/video7",
+        "--backend",
+        "portable",
+    ]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("dmabuf: v4l2 open: /nonexistent/video7: no such device node"),
+        "{err}"
+    );
+    assert!(err.contains("(ENOENT)"), "{err}");
+}
+
+#[test]
+fn capture_from_a_non_v4l2_file_says_so() {
+    let out = dmabuf(&["capture", "--device", "/dev/null", "--backend", "portable"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("not a V4L2 device"), "{err}");
+}
