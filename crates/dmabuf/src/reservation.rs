@@ -14,7 +14,13 @@
 //!   (`POLLOUT`) and a fence exported for writing cover read and write
 //!   fences;
 //! * a device transfer that **writes** the buffer waits for every open CPU
-//!   window on it to close; one that only reads it waits for CPU writers.
+//!   window on it to close; one that only reads it waits for CPU writers;
+//! * a wait covers *completion*, not success: a fence that signalled with
+//!   an error no longer holds anyone up (as in the kernel); its error is
+//!   reported to whoever waits on that fence itself (the transfer's
+//!   caller);
+//! * a later user fence of a timeline replaces the earlier ones of that
+//!   timeline, which it implies (`dma_resv_add_fence` does the same).
 //!
 //! For kernel dma-bufs the kernel keeps its own reservation (fences added
 //! by drivers and by `DMA_BUF_IOCTL_IMPORT_SYNC_FILE`); the library keeps
@@ -210,20 +216,26 @@ mod tests {
     use crate::fence::{FenceContext, UserFence};
 
     #[test]
-    fn a_later_fence_of_a_timeline_replaces_earlier_ones_even_failed() {
+    fn a_later_fence_of_a_timeline_replaces_earlier_ones() {
         let res = Reservation::default();
         let ctx = FenceContext::new("test");
         let first = ctx.next_fence().unwrap();
         res.add(Fence::User(first.clone()), Usage::Write);
-        first.fail(Errno::CANCELED).unwrap();
-        // The failed fence stays and is reported to readers…
-        let e = res.wait(Access::Read, None, "buffer").unwrap_err();
-        assert_eq!(e.errno(), Some(Errno::CANCELED));
-        // …until the next fence of the same timeline replaces it.
         let second = ctx.next_fence().unwrap();
         res.add(Fence::User(second.clone()), Usage::Write);
         assert_eq!(res.len(), 1);
+        assert!(!first.is_signalled());
         second.signal().unwrap();
+        res.wait(Access::Read, None, "buffer").unwrap();
+        assert!(res.is_empty());
+    }
+
+    #[test]
+    fn a_failed_fence_counts_as_done_for_waiters() {
+        let res = Reservation::default();
+        let f = UserFence::new().unwrap();
+        res.add(Fence::User(f.clone()), Usage::Write);
+        f.fail(Errno::CANCELED).unwrap();
         res.wait(Access::Read, None, "buffer").unwrap();
         assert!(res.is_empty());
     }
