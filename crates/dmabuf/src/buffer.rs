@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use rustix::event::PollFlags;
 use rustix::fs::{fcntl_get_seals, SealFlags, SeekFrom};
 
-use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::error::{io_errno, Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, SyncFile};
 use crate::inspect::{parse_fdinfo, FdInfo};
 use crate::mapping::Mapping;
@@ -90,10 +90,6 @@ impl Access {
 
 fn fd_object(fd: BorrowedFd<'_>) -> String {
     format!("fd {}", fd.as_raw_fd())
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_io_error(e).unwrap_or(Errno::IO)
 }
 
 /// A kernel dma-buf fd: the thin, checked handle.

@@ -181,6 +181,11 @@ impl Error {
     }
 }
 
+/// The errno of an `std::io::Error` (EIO when it carries none).
+pub(crate) fn io_errno(e: &io::Error) -> Errno {
+    Errno::from_io_error(e).unwrap_or(Errno::IO)
+}
+
 /// The symbolic name of an errno (`"EINVAL"`), or its number.
 pub fn errno_name(errno: Errno) -> String {
     let name = match errno {

@@ -79,7 +79,7 @@ use super::copy::{self, AttachPath, Attachments, CopyEngine, CopyOptions};
 use super::fd::check_attachable;
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
 use crate::buffer::{Access, Buffer, DmaBuf};
-use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::error::{io_errno, Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
 use crate::reservation::Usage;
 use crate::sys;
@@ -307,10 +307,6 @@ impl FunctionFsEndpoint {
         }
         Ok(Fence::from(sync))
     }
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_io_error(e).unwrap_or(Errno::IO)
 }
 
 impl Endpoint for FunctionFsEndpoint {

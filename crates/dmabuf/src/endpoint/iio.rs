@@ -172,13 +172,9 @@ impl IioEndpoint {
     /// `name` in messages.
     pub fn from_buffer_fd(fd: OwnedFd, direction: Direction, name: &str) -> Result<IioEndpoint> {
         let object = format!("IIO {name} (fd {})", fd.as_raw_fd());
-        let dup = fd.try_clone().map_err(|e| {
-            Error::os(
-                "dup",
-                object.clone(),
-                Errno::from_io_error(&e).unwrap_or(Errno::IO),
-            )
-        })?;
+        let dup = fd
+            .try_clone()
+            .map_err(|e| Error::os("dup", object.clone(), crate::error::io_errno(&e)))?;
         let engine = CopyEngine::new(dup, direction, name)?;
         Ok(IioEndpoint {
             buffer_fd: fd,

@@ -148,13 +148,10 @@ impl SyncFile {
 
     /// A second handle to the same fence (a dup'd fd).
     pub fn try_clone(&self) -> Result<SyncFile> {
-        let fd = self.fd.try_clone().map_err(|e| {
-            Error::os(
-                "dup",
-                self.object(),
-                Errno::from_io_error(&e).unwrap_or(Errno::IO),
-            )
-        })?;
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::os("dup", self.object(), crate::error::io_errno(&e)))?;
         Ok(SyncFile { fd })
     }
 

@@ -347,11 +347,7 @@ impl UserFence {
     #[cfg(feature = "tokio")]
     pub async fn wait_async(&self) -> Result<()> {
         let io = |e: std::io::Error| {
-            Error::os(
-                "fence wait",
-                self.describe(),
-                Errno::from_io_error(&e).unwrap_or(Errno::IO),
-            )
+            Error::os("fence wait", self.describe(), crate::error::io_errno(&e))
         };
         let fd = self.inner.event.try_clone().map_err(io)?;
         crate::sys::readiness::until_readable_and(fd, || self.is_signalled())
