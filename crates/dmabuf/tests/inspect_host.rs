@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 
 use dmabuf::inspect::{BufferKind, Scanner, SizeSource, Snapshot, PORTABLE_MEMFD_PREFIX};
 use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
-use rustix::mm::{mmap, munmap, MapFlags, ProtFlags};
+use dmabuf::sys::mem::Region;
 
 const SIZE: usize = 64 * 1024;
 
@@ -32,19 +32,8 @@ fn portable_memfd_held_by_fd_mapping_and_child() {
     ftruncate(&memfd, SIZE as u64).unwrap();
     let inode = fstat(&memfd).unwrap().st_ino;
     let fd = memfd.as_raw_fd();
-    // SAFETY: a fresh shared mapping of a file we own, at an address the
-    // kernel picks; unmapped below and never used as a Rust reference.
-    let addr = unsafe {
-        mmap(
-            std::ptr::null_mut(),
-            SIZE,
-            ProtFlags::READ | ProtFlags::WRITE,
-            MapFlags::SHARED,
-            &memfd,
-            0,
-        )
-    }
-    .unwrap();
+    // A mapping that outlives the fd (the library's safe mapping type).
+    let mapping = Region::map(&memfd, 0, SIZE, true).unwrap();
 
     let mut child = Command::new("sleep")
         .arg("60")
@@ -95,8 +84,7 @@ fn portable_memfd_held_by_fd_mapping_and_child() {
     assert_eq!(buf.size, SIZE as u64);
     let before = snap;
 
-    // SAFETY: the mapping made above, not used since.
-    unsafe { munmap(addr, SIZE) }.unwrap();
+    drop(mapping);
     let after = Scanner::new().scan().unwrap();
     assert!(find(&after, &name).is_none());
     let changes = after.changes_since(&before);
