@@ -49,6 +49,7 @@ pub mod inspect;
 pub mod mapping;
 pub mod portable;
 pub mod reservation;
+pub mod share;
 pub mod sys;
 pub mod udmabuf;
 
