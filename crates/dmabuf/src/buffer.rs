@@ -10,7 +10,7 @@
 //! heap's dma-buf, a udmabuf made of memfd pages, or a *portable* sealed
 //! memfd on kernels that offer neither), with the same rules for all:
 //!
-//! * the bytes are reached only through a [`Mapping`](crate::Mapping) and a
+//! * the bytes are reached only through a [`Mapping`] and a
 //!   CPU-access [`Window`](crate::Window) (see the `mapping` module);
 //! * the buffer is mapped into the process at most once; every mapping
 //!   handle, range and window shares that one mapping (refcounted), which

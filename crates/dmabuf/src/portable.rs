@@ -4,7 +4,7 @@
 //! # DOC: the portable kind
 //!
 //! A portable buffer is a memfd named `dmabuf-portable:<name>` (see
-//! [`PORTABLE_MEMFD_PREFIX`](crate::PORTABLE_MEMFD_PREFIX)), sized once and
+//! [`PORTABLE_MEMFD_PREFIX`]), sized once and
 //! sealed with `F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`: its size can
 //! never change, so a process it is shared with cannot be made to fault.
 //! It is never sealed against writing. It behaves like a dma-buf in every

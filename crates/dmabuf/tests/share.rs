@@ -653,6 +653,7 @@ impl Helper {
     }
 }
 
+#[cfg(feature = "tokio")]
 #[test]
 fn async_pool_streams() {
     let _g = lock();
