@@ -7,9 +7,13 @@ use clap::{Parser, Subcommand};
 
 mod alloc;
 mod backend;
+#[cfg_attr(not(feature = "iceoryx2"), allow(dead_code))]
+mod bench;
 mod capture;
 mod ls;
+mod pattern;
 mod probe;
+mod stream;
 
 /// The error type of every subcommand: a message for people.
 pub type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -35,6 +39,11 @@ enum Command {
     Alloc(alloc::Args),
     /// Capture video frames from a V4L2 device straight into dma-bufs.
     Capture(capture::Args),
+    /// Stream buffers from a producer process to consumer processes.
+    Stream(stream::Args),
+    /// Compare the stream with pipes, Unix sockets, iceoryx2 and the
+    /// one-process bound.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +53,8 @@ fn main() -> ExitCode {
         Command::Ls(args) => ls::run(args),
         Command::Alloc(args) => alloc::run(args),
         Command::Capture(args) => capture::run(args),
+        Command::Stream(args) => stream::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

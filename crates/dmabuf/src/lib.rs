@@ -50,6 +50,7 @@ pub mod mapping;
 pub mod portable;
 pub mod probe;
 pub mod reservation;
+pub mod share;
 pub mod sys;
 pub mod udmabuf;
 

@@ -8,8 +8,8 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
 use dmabuf::inspect::{BufferKind, Scanner, SizeSource, Snapshot, PORTABLE_MEMFD_PREFIX};
-use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
 use dmabuf::sys::mem::Region;
+use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
 
 const SIZE: usize = 64 * 1024;
 

@@ -30,3 +30,12 @@ pub async fn until_readable_and(fd: OwnedFd, mut done: impl FnMut() -> bool) -> 
         guard.clear_ready();
     }
 }
+
+/// Registers `fd` with tokio for readability (the pool's sockets and
+/// fence fds). The `AsyncFd` owns it until dropped.
+pub fn register_readable(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is an open fd moved into the AsyncFd, which owns it for
+    // its whole life and never closes or replaces it, so the raw fd stays
+    // valid and refers to the same file description until it is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+}

@@ -1,0 +1,122 @@
+//! The test pattern every producer writes and every consumer checks: byte
+//! `i` of item `seq` is `(i * 31 + seq) mod 256`, written and compared in
+//! 256-byte blocks (a copy and a compare of a precomputed block, so the
+//! pattern costs what touching the bytes costs).
+
+/// The 256-byte block of item `seq`.
+pub fn block(seq: u64) -> [u8; 256] {
+    let mut b = [0u8; 256];
+    for (i, v) in b.iter_mut().enumerate() {
+        *v = (i as u64).wrapping_mul(31).wrapping_add(seq) as u8;
+    }
+    b
+}
+
+/// Writes the pattern of item `seq` into every byte of `buf`.
+pub fn fill(buf: &mut [u8], seq: u64) {
+    let b = block(seq);
+    for c in buf.chunks_mut(256) {
+        c.copy_from_slice(&b[..c.len()]);
+    }
+}
+
+/// The offset of the first byte of `buf` that breaks the pattern of item
+/// `seq`, if any (reads every byte).
+pub fn check(buf: &[u8], seq: u64) -> Option<usize> {
+    let b = block(seq);
+    for (n, c) in buf.chunks(256).enumerate() {
+        if c != &b[..c.len()] {
+            let i = c
+                .iter()
+                .zip(b.iter())
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            return Some(n * 256 + i);
+        }
+    }
+    None
+}
+
+/// Latency percentiles of `samples` (ns), in µs: p50, p90, p99.
+pub fn percentiles_us(samples: &mut [u64]) -> (f64, f64, f64) {
+    if samples.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    samples.sort_unstable();
+    let at = |p: f64| {
+        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+        samples[i.min(samples.len() - 1)] as f64 / 1000.0
+    };
+    (at(0.50), at(0.90), at(0.99))
+}
+
+/// Parses sizes such as `4096`, `64K`, `4M`, `1G` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                _ => return Err(format!("unknown unit in size '{s}' (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (like 4096, 64K, 4M)"))?;
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("size '{s}' is zero or too large"))
+}
+
+/// "4 KiB", "16 MiB".
+pub fn human_size(n: u64) -> String {
+    if n >= 1 << 30 && n % (1 << 30) == 0 {
+        format!("{} GiB", n >> 30)
+    } else if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_round_trips_and_finds_the_first_bad_byte() {
+        let mut v = vec![0u8; 1000];
+        fill(&mut v, 7);
+        assert_eq!(check(&v, 7), None);
+        assert_eq!(check(&v, 8), Some(0));
+        v[600] ^= 1;
+        assert_eq!(check(&v, 7), Some(600));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("3X").is_err());
+        assert_eq!(human_size(16 << 20), "16 MiB");
+    }
+
+    #[test]
+    fn percentiles() {
+        let mut v: Vec<u64> = (1..=100).map(|x| x * 1000).collect();
+        let (a, b, c) = percentiles_us(&mut v);
+        assert_eq!((a.round(), b.round(), c.round()), (51.0, 90.0, 99.0));
+    }
+}

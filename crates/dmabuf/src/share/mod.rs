@@ -1,0 +1,732 @@
+//! Passing buffers and fences between processes over a Unix socket.
+//!
+//! # DOC: sharing
+//!
+//! A [`Channel`] is one end of a connected `AF_UNIX` `SOCK_SEQPACKET`
+//! socket (so every message arrives whole, with its fds, or not at all).
+//! Buffers ([`Buffer`], any kind) and fences ([`Fence`]: kernel sync files
+//! and user fences) travel as fds with `SCM_RIGHTS`, described by a small
+//! versioned binary message. [`Listener`] and [`Channel::connect`] make
+//! connections by path; [`Channel::pair`] makes a connected pair for a
+//! child process. The [`pool`] module builds a streaming buffer pool on top.
+//!
+//! ## Rules
+//!
+//! * **The receiver trusts nothing.** Every message is decoded with every
+//!   length, count, kind and reserved field checked; the number of fds
+//!   received must equal the number the message implies; a buffer
+//!   announced as a dma-buf must be one (filesystem magic) from the
+//!   announced exporter; a buffer announced as portable must be a memfd
+//!   sealed with `F_SEAL_SHRINK` and `F_SEAL_GROW` (else the sender could
+//!   truncate it and the receiver would die of `SIGBUS` on its mapping); the
+//!   announced size must be the fd's size; a sync file must be a sync file
+//!   and a user fence a sealed fence memfd plus an eventfd. Anything else is
+//!   an error of kind [`ErrorKind::Protocol`] naming what was wrong —
+//!   never a panic.
+//! * **No fd leaks.** Received fds are `OwnedFd` the moment they leave the
+//!   kernel (`MSG_CMSG_CLOEXEC`, so they are close-on-exec too); fds of a
+//!   refused message, fds beyond what the message implies and fds of a
+//!   truncated control message are closed.
+//! * **A peer that goes away is an error, not a hang.** End of file, `EPIPE`
+//!   and `ECONNRESET` give an error of kind [`ErrorKind::PeerGone`]; user
+//!   fences received from that peer that have not signalled are failed
+//!   with `ECONNRESET` ([`UserFence::fail_received`]), so every waiter
+//!   wakes. Sends use `MSG_NOSIGNAL` (no `SIGPIPE`).
+//!
+//! ## Message format (version 1, little-endian)
+//!
+//! Every message is one seqpacket datagram: a 16-byte header, then the
+//! body, with the header's fd count of fds attached.
+//!
+//! | offset | size | field                                              |
+//! |-------:|-----:|----------------------------------------------------|
+//! | 0      | 4    | magic `"DMBS"`                                     |
+//! | 4      | 2    | version (1)                                        |
+//! | 6      | 2    | type (below)                                       |
+//! | 8      | 4    | body length in bytes (at most 1024)                |
+//! | 12     | 2    | number of fds attached                             |
+//! | 14     | 2    | flags, must be 0                                   |
+//!
+//! | type | name        | body                                                                                                   | fds                 |
+//! |-----:|-------------|--------------------------------------------------------------------------------------------------------|---------------------|
+//! | 1    | buffer      | id u64, size u64, kind u8 (1 portable, 2 udmabuf, 3 heap, 4 other dma-buf), detail length u8, name length u8, 0 u8, detail (heap or exporter name), name (≤ 31 bytes) | 1: the buffer       |
+//! | 2    | fence       | tag u64, fence list                                                                                    | per fence list      |
+//! | 3    | pool ready  | buffer count u32, consumer index u32                                                                   | 0                   |
+//! | 4    | item        | buffer id u64, sequence u64, length u64, sent at u64 (CLOCK_MONOTONIC ns), fence list (ready fence)    | per fence list      |
+//! | 5    | release     | buffer id u64, sequence u64, fence list (release fence)                                                | per fence list      |
+//! | 6    | bye         | empty: orderly end of the stream                                                                       | 0                   |
+//!
+//! A *fence list* is a count u8 (at most 8) followed by one kind u8 per
+//! fence: 1 a kernel sync file (1 fd), 2 a user fence (2 fds: its state
+//! memfd, then its eventfd). An empty list is a signalled fence. Fds are
+//! attached in the order of the list.
+
+pub mod pool;
+mod wire;
+
+use std::collections::VecDeque;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::event::PollFlags;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+
+use crate::buffer::{Buffer, BufferKind, DmaBuf};
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence};
+
+use wire::{Frame, WireFence, WireKind};
+pub use wire::{HEADER_LEN, MAGIC, MAX_BODY, MAX_FDS, MAX_FENCES, VERSION};
+
+/// The errno with which fences received from a peer that went away are
+/// failed.
+pub const PEER_GONE_ERRNO: Errno = Errno::CONNRESET;
+
+/// A message, with its buffers and fences already checked and rebuilt.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A buffer, with the sender's id for it.
+    Buffer {
+        /// The sender's id of the buffer (a pool slot, for pools).
+        id: u64,
+        /// The buffer (received: a new handle on the same memory).
+        buffer: Buffer,
+    },
+    /// A fence, with a tag of the sender's choosing.
+    Fence {
+        /// Sender-chosen tag.
+        tag: u64,
+        /// The fence ([`Fence::Signalled`] travels as no fd at all).
+        fence: Fence,
+    },
+    /// Pool handshake: every buffer has been sent.
+    PoolReady {
+        /// How many buffer messages preceded this one.
+        buffers: u32,
+        /// The receiver's index among the pool's consumers.
+        consumer: u32,
+    },
+    /// Pool: buffer `buffer` holds an item of `len` bytes, readable once
+    /// `ready` signals.
+    Item {
+        /// The buffer's id (its pool slot).
+        buffer: u64,
+        /// The item's sequence number (increasing).
+        seq: u64,
+        /// Bytes of the item, from the start of the buffer.
+        len: u64,
+        /// When the producer sent it (CLOCK_MONOTONIC ns).
+        sent_ns: u64,
+        /// When the bytes may be read.
+        ready: Fence,
+    },
+    /// Pool: the consumer is done with buffer `buffer` once `fence`
+    /// signals.
+    Release {
+        /// The buffer's id.
+        buffer: u64,
+        /// The sequence number of the item it held.
+        seq: u64,
+        /// When the consumer's last access is over.
+        fence: Fence,
+    },
+    /// Orderly end: the sender will send nothing more.
+    Bye,
+}
+
+impl Message {
+    /// A short name of the message type, for errors.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Buffer { .. } => "buffer",
+            Message::Fence { .. } => "fence",
+            Message::PoolReady { .. } => "pool-ready",
+            Message::Item { .. } => "item",
+            Message::Release { .. } => "release",
+            Message::Bye => "bye",
+        }
+    }
+}
+
+/// One end of a connected Unix seqpacket socket that carries [`Message`]s.
+/// See the module documentation for the rules.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+    peer: String,
+    /// User fences received that had not signalled yet, failed if the peer
+    /// goes away.
+    received: Mutex<Vec<UserFence>>,
+}
+
+impl Channel {
+    /// A connected pair (`socketpair`, close-on-exec), e.g. to hand one end
+    /// to a child process.
+    pub fn pair() -> Result<(Channel, Channel)> {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::os("socketpair", "unix seqpacket", e))?;
+        Ok((Channel::wrap(a), Channel::wrap(b)))
+    }
+
+    /// Connects to a [`Listener`] at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Channel> {
+        let path = path.as_ref();
+        let obj = format!("socket {}", path.display());
+        let addr = SocketAddrUnix::new(path).map_err(|e| Error::os("connect", obj.clone(), e))?;
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::os("socket", obj.clone(), e))?;
+        loop {
+            match rustix::net::connect(&fd, &addr) {
+                Ok(()) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(Error::os("connect", obj, e)),
+            }
+        }
+        Ok(Channel::wrap(fd))
+    }
+
+    /// Takes a connected socket fd (e.g. inherited from a parent), after
+    /// checking it is a Unix seqpacket socket.
+    pub fn from_fd(fd: OwnedFd) -> Result<Channel> {
+        let obj = format!("fd {}", fd.as_raw_fd());
+        let ty = rustix::net::sockopt::socket_type(&fd)
+            .map_err(|e| Error::kernel("channel", obj.clone(), e, "not a socket"))?;
+        let domain = rustix::net::sockopt::socket_domain(&fd)
+            .map_err(|e| Error::os("channel", obj.clone(), e))?;
+        if ty != SocketType::SEQPACKET || domain != AddressFamily::UNIX {
+            return Err(Error::invalid(
+                "channel",
+                obj,
+                "not a Unix seqpacket socket (AF_UNIX, SOCK_SEQPACKET)",
+            ));
+        }
+        Ok(Channel::wrap(fd))
+    }
+
+    fn wrap(fd: OwnedFd) -> Channel {
+        let peer = match rustix::net::sockopt::socket_peercred(&fd) {
+            Ok(c) => format!(
+                "peer pid {} (socket fd {})",
+                c.pid.as_raw_nonzero(),
+                fd.as_raw_fd()
+            ),
+            Err(_) => format!("peer on socket fd {}", fd.as_raw_fd()),
+        };
+        Channel {
+            fd,
+            peer,
+            received: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// "peer pid N (socket fd M)", for messages.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// The socket fd (for event loops: readable when a message or the
+    /// peer's hang-up is waiting).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn gone(&self, op: &'static str, errno: Errno) -> Error {
+        self.fail_received_fences();
+        Error::new(
+            ErrorKind::PeerGone,
+            op,
+            self.peer.clone(),
+            "the peer closed the connection or died",
+        )
+        .with_errno(errno)
+    }
+
+    /// Fails every user fence received on this channel that has not
+    /// signalled, with [`PEER_GONE_ERRNO`]. Done automatically when the
+    /// peer is found gone; call it when giving up on a peer otherwise.
+    pub fn fail_received_fences(&self) {
+        let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        for f in v.drain(..) {
+            f.fail_received(PEER_GONE_ERRNO);
+        }
+    }
+
+    /// Sends `msg` (blocking while the socket buffer is full).
+    pub fn send(&self, msg: &Message) -> Result<()> {
+        let op = "send message";
+        let mut fences = Vec::new();
+        let frame = match msg {
+            Message::Buffer { id, buffer } => {
+                let kind = match buffer.kind() {
+                    BufferKind::Portable => WireKind::Portable,
+                    BufferKind::Udmabuf => WireKind::Udmabuf,
+                    BufferKind::Heap(h) => WireKind::Heap(h.clone()),
+                    BufferKind::Imported(e) => WireKind::Imported(e.clone()),
+                };
+                let detail_len = match &kind {
+                    WireKind::Heap(s) | WireKind::Imported(s) => s.len(),
+                    _ => 0,
+                };
+                if detail_len > 255 {
+                    return Err(Error::invalid(
+                        op,
+                        buffer.describe(),
+                        "its heap or exporter name is longer than 255 bytes",
+                    ));
+                }
+                Frame::Buffer {
+                    id: *id,
+                    size: buffer.size(),
+                    kind,
+                    name: buffer.name(),
+                }
+            }
+            Message::Fence { tag, fence } => Frame::Fence {
+                tag: *tag,
+                fences: flatten_for_send(fence, &mut fences, op)?,
+            },
+            Message::PoolReady { buffers, consumer } => Frame::PoolReady {
+                buffers: *buffers,
+                consumer: *consumer,
+            },
+            Message::Item {
+                buffer,
+                seq,
+                len,
+                sent_ns,
+                ready,
+            } => Frame::Item {
+                buffer: *buffer,
+                seq: *seq,
+                len: *len,
+                sent_ns: *sent_ns,
+                fences: flatten_for_send(ready, &mut fences, op)?,
+            },
+            Message::Release { buffer, seq, fence } => Frame::Release {
+                buffer: *buffer,
+                seq: *seq,
+                fences: flatten_for_send(fence, &mut fences, op)?,
+            },
+            Message::Bye => Frame::Bye,
+        };
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        if let Message::Buffer { buffer, .. } = msg {
+            fds.push(buffer.fd());
+        }
+        for f in &fences {
+            match f {
+                Fence::Kernel(s) => fds.push(s.as_fd()),
+                Fence::User(u) => {
+                    fds.push(u.state_fd());
+                    fds.push(u.event_fd());
+                }
+                _ => {}
+            }
+        }
+        debug_assert_eq!(fds.len(), frame.fd_count());
+        self.send_raw(&wire::encode(&frame), &fds)
+    }
+
+    /// Sends raw bytes and fds as one message (tests use it to play a
+    /// hostile peer; programs use [`Channel::send`]).
+    #[doc(hidden)]
+    pub fn send_raw(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        let op = "send message";
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 4))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(Error::invalid(
+                op,
+                self.peer.clone(),
+                format!("{} fds do not fit in one message", fds.len()),
+            ));
+        }
+        let iov = [IoSlice::new(bytes)];
+        loop {
+            match rustix::net::sendmsg(&self.fd, &iov, &mut cmsg, SendFlags::NOSIGNAL) {
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e @ (Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN)) => {
+                    return Err(self.gone(op, e))
+                }
+                Err(e) => return Err(Error::os(op, self.peer.clone(), e)),
+            }
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout` (`None`:
+    /// until one arrives or the peer goes away).
+    pub fn recv(&self, timeout: Option<Duration>) -> Result<Message> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(m) = self.try_recv()? {
+                return Ok(m);
+            }
+            let got = poll_events(self.fd.as_fd(), PollFlags::IN, deadline)
+                .map_err(|e| Error::os("receive message", self.peer.clone(), e))?;
+            if got.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    "receive message",
+                    self.peer.clone(),
+                    format!("nothing arrived within {:?}", timeout.unwrap_or_default()),
+                )
+                .with_errno(Errno::TIMEDOUT));
+            }
+        }
+    }
+
+    /// Receives a message if one is waiting, without blocking.
+    pub fn try_recv(&self) -> Result<Option<Message>> {
+        let op = "receive message";
+        let mut bytes = [0u8; HEADER_LEN + MAX_BODY + 1];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 1))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        // A peer that closes with messages of ours unread makes the kernel
+        // report ECONNRESET once, before the messages it sent last (a bye,
+        // say); those are still read, and the loss is reported after them.
+        let mut reset: Option<Errno> = None;
+        let res = loop {
+            let mut iov = [IoSliceMut::new(&mut bytes)];
+            match rustix::net::recvmsg(
+                &self.fd,
+                &mut iov,
+                &mut cmsg,
+                RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+            ) {
+                Ok(r) => break r,
+                Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => match reset {
+                    Some(e) => return Err(self.gone(op, e)),
+                    None => return Ok(None),
+                },
+                Err(e @ (Errno::CONNRESET | Errno::PIPE | Errno::NOTCONN)) => {
+                    if reset.is_some() {
+                        return Err(self.gone(op, e));
+                    }
+                    reset = Some(e);
+                }
+                Err(e) => return Err(Error::os(op, self.peer.clone(), e)),
+            }
+        };
+        // Own every fd first, whatever happens next.
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for m in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(it) = m {
+                fds.extend(it);
+            }
+        }
+        if res.bytes == 0 && fds.is_empty() {
+            return Err(self.gone(op, reset.unwrap_or(Errno::CONNRESET)));
+        }
+        if res.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS {
+            return Err(self.hostile(format!(
+                "more fds were attached than any message carries (at most {MAX_FDS}); the extra ones were closed"
+            )));
+        }
+        if res.flags.contains(ReturnFlags::TRUNC) || res.bytes > HEADER_LEN + MAX_BODY {
+            return Err(self.hostile(format!(
+                "message longer than the {} bytes any message may have",
+                HEADER_LEN + MAX_BODY
+            )));
+        }
+        let frame = wire::decode(&bytes[..res.bytes], fds.len()).map_err(|e| {
+            Error::new(
+                ErrorKind::Protocol,
+                op,
+                self.peer.clone(),
+                e.cause().to_string(),
+            )
+            .with_errno(Errno::PROTO)
+        })?;
+        self.attach(frame, fds).map(Some)
+    }
+
+    fn hostile(&self, cause: impl Into<String>) -> Error {
+        Error::new(
+            ErrorKind::Protocol,
+            "receive message",
+            self.peer.clone(),
+            cause,
+        )
+        .with_errno(Errno::PROTO)
+    }
+
+    /// A refusal of a received object, keeping the check's errno.
+    fn refuse(&self, what: String, e: Error) -> Error {
+        let mut out = self.hostile(format!("{what} refused: {e}"));
+        if let Some(errno) = e.errno() {
+            out = out.with_errno(errno);
+        }
+        out
+    }
+
+    fn attach(&self, frame: Frame, fds: Vec<OwnedFd>) -> Result<Message> {
+        let mut fds: VecDeque<OwnedFd> = fds.into();
+        Ok(match frame {
+            Frame::Buffer {
+                id,
+                size,
+                kind,
+                name,
+            } => {
+                let fd = fds
+                    .pop_front()
+                    .ok_or_else(|| self.hostile("buffer without fd"))?;
+                let what = format!("buffer {id} ('{name}', {size} bytes)");
+                let buffer = self.check_buffer(fd, size, &kind, &name, &what)?;
+                Message::Buffer { id, buffer }
+            }
+            Frame::Fence { tag, fences } => Message::Fence {
+                tag,
+                fence: self.take_fences(&fences, &mut fds, &format!("fence {tag}"))?,
+            },
+            Frame::PoolReady { buffers, consumer } => Message::PoolReady { buffers, consumer },
+            Frame::Item {
+                buffer,
+                seq,
+                len,
+                sent_ns,
+                fences,
+            } => Message::Item {
+                buffer,
+                seq,
+                len,
+                sent_ns,
+                ready: self.take_fences(
+                    &fences,
+                    &mut fds,
+                    &format!("ready fence of item {seq}"),
+                )?,
+            },
+            Frame::Release {
+                buffer,
+                seq,
+                fences,
+            } => Message::Release {
+                buffer,
+                seq,
+                fence: self.take_fences(
+                    &fences,
+                    &mut fds,
+                    &format!("release fence of buffer {buffer}"),
+                )?,
+            },
+            Frame::Bye => Message::Bye,
+        })
+    }
+
+    fn check_buffer(
+        &self,
+        fd: OwnedFd,
+        size: u64,
+        kind: &WireKind,
+        name: &str,
+        what: &str,
+    ) -> Result<Buffer> {
+        // f_type's integer type differs between architectures.
+        #[allow(clippy::unnecessary_cast)]
+        let is_dma_buf = rustix::fs::fstatfs(&fd)
+            .map(|st| st.f_type as i64 == crate::sys::dma_buf::DMA_BUF_MAGIC)
+            .map_err(|e| self.refuse(what.to_string(), Error::os("fstatfs", "fd", e)))?;
+        let buffer = match kind {
+            WireKind::Portable => {
+                if is_dma_buf {
+                    return Err(self.hostile(format!(
+                        "{what} refused: announced as portable (a sealed memfd) but the fd is a dma-buf"
+                    )));
+                }
+                Buffer::from_memfd(fd, name).map_err(|e| self.refuse(what.to_string(), e))?
+            }
+            _ => {
+                let d = DmaBuf::from_fd(fd).map_err(|e| self.refuse(what.to_string(), e))?;
+                let exporter = d.exporter().unwrap_or_default();
+                let (expected, kind) = match kind {
+                    WireKind::Udmabuf => ("udmabuf", BufferKind::Udmabuf),
+                    WireKind::Heap(h) => (h.as_str(), BufferKind::Heap(h.clone())),
+                    WireKind::Imported(e) => (e.as_str(), BufferKind::Imported(e.clone())),
+                    WireKind::Portable => unreachable!("handled above"),
+                };
+                if exporter != expected {
+                    return Err(self.hostile(format!(
+                        "{what} refused: announced as {kind} but the dma-buf's exporter is '{exporter}'"
+                    )));
+                }
+                Buffer::from_dma_buf_of_kind(d, kind)
+            }
+        };
+        if buffer.size() != size {
+            return Err(self.hostile(format!(
+                "{what} refused: the message announces {size} bytes but the fd has {}",
+                buffer.size()
+            )));
+        }
+        Ok(buffer)
+    }
+
+    fn take_fences(
+        &self,
+        kinds: &[WireFence],
+        fds: &mut VecDeque<OwnedFd>,
+        what: &str,
+    ) -> Result<Fence> {
+        let mut out = Vec::with_capacity(kinds.len());
+        for k in kinds {
+            let missing = || self.hostile(format!("{what}: fewer fds than fences"));
+            match k {
+                WireFence::SyncFile => {
+                    let fd = fds.pop_front().ok_or_else(missing)?;
+                    let s = SyncFile::from_fd(fd).map_err(|e| self.refuse(what.to_string(), e))?;
+                    out.push(Fence::from(s));
+                }
+                WireFence::User => {
+                    let state = fds.pop_front().ok_or_else(missing)?;
+                    let event = fds.pop_front().ok_or_else(missing)?;
+                    let u = UserFence::from_fds(state, event)
+                        .map_err(|e| self.refuse(what.to_string(), e))?;
+                    if u.status() == FenceStatus::Active {
+                        let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
+                        v.retain(|f| f.status() == FenceStatus::Active);
+                        v.push(u.clone());
+                    }
+                    out.push(Fence::User(u));
+                }
+            }
+        }
+        Ok(match out.len() {
+            0 => Fence::Signalled,
+            1 => out.pop().expect("one fence"),
+            _ => Fence::All(out.into()),
+        })
+    }
+
+    /// Half-closes the sending side: the peer sees end of file.
+    pub fn shutdown(&self) {
+        let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
+    }
+}
+
+/// The unsignalled parts of `fence`, at most [`MAX_FENCES`], with their
+/// wire kinds.
+fn flatten_for_send(
+    fence: &Fence,
+    out: &mut Vec<Fence>,
+    op: &'static str,
+) -> Result<Vec<WireFence>> {
+    fn walk(f: &Fence, out: &mut Vec<Fence>) {
+        match f {
+            Fence::Signalled => {}
+            Fence::All(v) => v.iter().for_each(|f| walk(f, out)),
+            f => {
+                if f.status() != FenceStatus::Signalled {
+                    out.push(f.clone())
+                }
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    walk(fence, &mut parts);
+    if parts.len() > MAX_FENCES {
+        let merged = Fence::merge(parts)?;
+        parts = Vec::new();
+        walk(&merged, &mut parts);
+    }
+    if parts.len() > MAX_FENCES {
+        return Err(Error::invalid(
+            op,
+            fence.describe(),
+            format!(
+                "{} fences after merging; at most {MAX_FENCES} travel in one message",
+                parts.len()
+            ),
+        ));
+    }
+    let kinds = parts
+        .iter()
+        .map(|f| match f {
+            Fence::Kernel(_) => WireFence::SyncFile,
+            _ => WireFence::User,
+        })
+        .collect();
+    out.extend(parts);
+    Ok(kinds)
+}
+
+/// A listening Unix seqpacket socket at a path; removes the path when
+/// dropped.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Listener {
+    /// Binds and listens at `path` (which must not exist).
+    pub fn bind(path: impl AsRef<Path>) -> Result<Listener> {
+        let path = path.as_ref().to_path_buf();
+        let obj = format!("socket {}", path.display());
+        let addr = SocketAddrUnix::new(&path).map_err(|e| Error::os("bind", obj.clone(), e))?;
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::os("socket", obj.clone(), e))?;
+        rustix::net::bind(&fd, &addr).map_err(|e| Error::os("bind", obj.clone(), e))?;
+        rustix::net::listen(&fd, 64).map_err(|e| Error::os("listen", obj, e))?;
+        Ok(Listener { fd, path })
+    }
+
+    /// The path it listens at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits at most `timeout` (`None`: forever) for the next connection.
+    pub fn accept(&self, timeout: Option<Duration>) -> Result<Channel> {
+        let obj = || format!("socket {}", self.path.display());
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let got = poll_events(self.fd.as_fd(), PollFlags::IN, deadline)
+                .map_err(|e| Error::os("accept", obj(), e))?;
+            if got.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    "accept",
+                    obj(),
+                    format!("no peer connected within {:?}", timeout.unwrap_or_default()),
+                )
+                .with_errno(Errno::TIMEDOUT));
+            }
+            match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC) {
+                Ok(fd) => return Ok(Channel::wrap(fd)),
+                Err(Errno::INTR | Errno::AGAIN) => continue,
+                Err(e) => return Err(Error::os("accept", obj(), e)),
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,898 @@
+//! A streaming buffer pool between processes: one producer, one or more
+//! consumers, a fixed set of shared buffers reused with back-pressure.
+//!
+//! # DOC: the streaming pool
+//!
+//! * **Shared once.** [`Producer::new`] sends each of its N buffers to every
+//!   consumer (a buffer message with the slot index as id), then a
+//!   pool-ready message; [`Consumer::new`] receives and checks them all
+//!   (see the `share` module's rules). After that only small messages
+//!   travel: no fd per item except fences.
+//! * **Per item**, the producer [`acquire`](Producer::acquire)s a free
+//!   buffer (a [`Lease`]), writes it (inside a write window, or by a
+//!   device), and [`submit`](Lease::submit)s it with its length and a
+//!   *ready* fence; [`Fence::Signalled`] travels as "no fence". Every live
+//!   consumer gets the item; [`Consumer::next`] returns it once the ready
+//!   fence has signalled, and the consumer hands the buffer back with a
+//!   *release* fence ([`Item::release`], or by dropping the [`Item`], which
+//!   releases it at once).
+//! * **Reuse only when every consumer released it**: a buffer goes back to
+//!   the free list when each consumer that got the item has sent its
+//!   release, and is leased again only after those release fences have
+//!   signalled. When every buffer is in flight, `acquire` waits
+//!   (back-pressure), or times out with [`ErrorKind::TimedOut`].
+//! * **Failures.** A consumer that closes its socket or dies is found by
+//!   the producer's next call, which returns one [`ErrorKind::PeerGone`]
+//!   error naming it; its buffers count as released, its release fences
+//!   are failed, and the pool carries on with the other consumers (with
+//!   none left every call fails with `PeerGone`). A producer that dies is
+//!   found by the consumer while it waits for an item or for its ready
+//!   fence: the fence is failed (`ECONNRESET`) and `next` returns
+//!   `PeerGone`. No wait in this module ignores the peer's socket, so
+//!   nothing blocks forever on a peer that is gone. A message that breaks
+//!   the protocol (an unknown buffer, a release of a buffer not held, an
+//!   item in a buffer still held) is a [`ErrorKind::Protocol`] error; the
+//!   producer then drops that consumer.
+//! * **Orderly end.** [`Producer::finish`] sends a bye message and waits
+//!   for every buffer to come back; [`Consumer::next`] then returns
+//!   `Ok(None)`. A consumer leaving early sends a bye
+//!   ([`Consumer::leave`]), which the producer takes as a clean departure.
+//!
+//! With the `tokio` feature, [`AsyncProducer`] and [`AsyncConsumer`] offer
+//! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
+//! instead of `poll`.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use super::{Channel, Message};
+use crate::buffer::Buffer;
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::{monotonic_ns, Fence, FenceStatus};
+
+/// Most buffers a pool may have.
+pub const MAX_POOL_BUFFERS: usize = 1024;
+
+/// The fds to poll to learn that `fence` may have signalled (empty if it
+/// has).
+fn fence_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) {
+    if fence.status() != FenceStatus::Active {
+        return;
+    }
+    match fence {
+        Fence::Kernel(s) => out.push(s.as_fd()),
+        Fence::User(u) => out.push(u.event_fd()),
+        Fence::All(v) => v.iter().for_each(|f| fence_fds(f, out)),
+        Fence::Signalled => {}
+    }
+}
+
+/// Polls `fds` for input until `deadline`; false on timeout. Restarts on
+/// EINTR.
+fn poll_any(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+    op: &'static str,
+    obj: &str,
+) -> Result<bool> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+        .collect();
+    loop {
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            rustix::time::Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(Error::os(op, obj.to_string(), e)),
+        }
+    }
+}
+
+fn timed_out(op: &'static str, obj: String, cause: String) -> Error {
+    Error::new(ErrorKind::TimedOut, op, obj, cause).with_errno(Errno::TIMEDOUT)
+}
+
+fn protocol(op: &'static str, obj: &str, cause: String) -> Error {
+    Error::new(ErrorKind::Protocol, op, obj.to_string(), cause).with_errno(Errno::PROTO)
+}
+
+#[derive(Debug)]
+struct Peer {
+    channel: Channel,
+    alive: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    buffer: Buffer,
+    /// Per consumer: holds the buffer's current item.
+    holders: Vec<bool>,
+    /// Release fences not yet known to have signalled.
+    releases: Vec<Fence>,
+    /// Sequence number of the item in flight.
+    seq: u64,
+    /// Whether the slot is leased or in flight (not in the free list).
+    busy: bool,
+}
+
+/// The producing end of a pool. See the module documentation.
+#[derive(Debug)]
+pub struct Producer {
+    peers: Vec<Peer>,
+    slots: Vec<Slot>,
+    free: VecDeque<usize>,
+    seq: u64,
+}
+
+/// A free buffer of a [`Producer`], leased for writing one item. Dropping
+/// it without [`Lease::submit`] returns the buffer to the free list.
+#[derive(Debug)]
+pub struct Lease<'a> {
+    producer: &'a mut Producer,
+    slot: usize,
+    done: bool,
+}
+
+impl Producer {
+    /// Shares `buffers` with every consumer on `consumers` (one channel
+    /// each) and returns the producer. Fails if any consumer cannot be
+    /// reached.
+    pub fn new(buffers: Vec<Buffer>, consumers: Vec<Channel>) -> Result<Producer> {
+        if buffers.is_empty() || buffers.len() > MAX_POOL_BUFFERS {
+            return Err(Error::invalid(
+                "pool",
+                "producer",
+                format!(
+                    "{} buffers; a pool has 1 to {MAX_POOL_BUFFERS}",
+                    buffers.len()
+                ),
+            ));
+        }
+        if consumers.is_empty() {
+            return Err(Error::invalid("pool", "producer", "no consumers"));
+        }
+        let n = consumers.len();
+        for (i, c) in consumers.iter().enumerate() {
+            for (id, b) in buffers.iter().enumerate() {
+                c.send(&Message::Buffer {
+                    id: id as u64,
+                    buffer: b.clone(),
+                })?;
+            }
+            c.send(&Message::PoolReady {
+                buffers: buffers.len() as u32,
+                consumer: i as u32,
+            })?;
+        }
+        Ok(Producer {
+            peers: consumers
+                .into_iter()
+                .map(|channel| Peer {
+                    channel,
+                    alive: true,
+                })
+                .collect(),
+            free: (0..buffers.len()).collect(),
+            slots: buffers
+                .into_iter()
+                .map(|buffer| Slot {
+                    buffer,
+                    holders: vec![false; n],
+                    releases: Vec::new(),
+                    seq: 0,
+                    busy: false,
+                })
+                .collect(),
+            seq: 0,
+        })
+    }
+
+    /// The pool's buffers, by slot.
+    pub fn buffers(&self) -> impl Iterator<Item = &Buffer> {
+        self.slots.iter().map(|s| &s.buffer)
+    }
+
+    /// How many consumers are still connected.
+    pub fn consumers(&self) -> usize {
+        self.peers.iter().filter(|p| p.alive).count()
+    }
+
+    /// How many buffers are leased or held by consumers.
+    pub fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.busy).count()
+    }
+
+    fn object(&self) -> String {
+        format!(
+            "pool producer ({} buffers, {} consumers)",
+            self.slots.len(),
+            self.consumers()
+        )
+    }
+
+    /// Drops consumer `i`: its buffers count as released, its fences fail.
+    fn drop_peer(&mut self, i: usize) {
+        let peer = &mut self.peers[i];
+        if !peer.alive {
+            return;
+        }
+        peer.alive = false;
+        peer.channel.fail_received_fences();
+        peer.channel.shutdown();
+        for s in 0..self.slots.len() {
+            if self.slots[s].holders[i] {
+                self.slots[s].holders[i] = false;
+                self.maybe_free(s);
+            }
+        }
+    }
+
+    fn maybe_free(&mut self, s: usize) {
+        let slot = &mut self.slots[s];
+        if slot.busy && !slot.holders.iter().any(|h| *h) {
+            slot.busy = false;
+            self.free.push_back(s);
+        }
+    }
+
+    /// Reads every waiting message from every consumer. The first error
+    /// (a consumer gone or misbehaving, which is then dropped) is returned
+    /// after all were read.
+    fn pump(&mut self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        for i in 0..self.peers.len() {
+            while self.peers[i].alive {
+                let msg = match self.peers[i].channel.try_recv() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.drop_peer(i);
+                        first.get_or_insert(e);
+                        break;
+                    }
+                };
+                if let Err(e) = self.handle(i, msg) {
+                    self.drop_peer(i);
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn handle(&mut self, i: usize, msg: Message) -> Result<()> {
+        let peer = self.peers[i].channel.peer().to_string();
+        match msg {
+            Message::Release { buffer, seq, fence } => {
+                let s = usize::try_from(buffer)
+                    .ok()
+                    .filter(|s| *s < self.slots.len())
+                    .ok_or_else(|| {
+                        protocol(
+                            "pool release",
+                            &peer,
+                            format!(
+                                "release of buffer {buffer}, but the pool has {} buffers",
+                                self.slots.len()
+                            ),
+                        )
+                    })?;
+                let slot = &mut self.slots[s];
+                if !slot.holders[i] || slot.seq != seq {
+                    return Err(protocol(
+                        "pool release",
+                        &peer,
+                        format!(
+                            "release of buffer {buffer} (item {seq}), which this consumer does not hold"
+                        ),
+                    ));
+                }
+                slot.holders[i] = false;
+                if fence.status() == FenceStatus::Active {
+                    slot.releases.push(fence);
+                }
+                self.maybe_free(s);
+                Ok(())
+            }
+            Message::Bye => {
+                // A clean departure: the consumer's buffers come back.
+                self.drop_peer(i);
+                Ok(())
+            }
+            other => Err(protocol(
+                "pool",
+                &peer,
+                format!("unexpected {} message from a consumer", other.type_name()),
+            )),
+        }
+    }
+
+    /// A free slot whose release fences have all signalled.
+    fn pick(&mut self) -> Option<usize> {
+        let pos = self.free.iter().position(|&s| {
+            self.slots[s]
+                .releases
+                .iter()
+                .all(|f| f.status() != FenceStatus::Active)
+        })?;
+        let s = self.free.remove(pos)?;
+        self.slots[s].releases.clear();
+        Some(s)
+    }
+
+    fn no_consumers(&self, op: &'static str) -> Error {
+        Error::new(
+            ErrorKind::PeerGone,
+            op,
+            self.object(),
+            "every consumer has gone away",
+        )
+        .with_errno(Errno::PIPE)
+    }
+
+    /// Non-blocking: a free buffer if one is ready now.
+    pub fn try_acquire(&mut self) -> Result<Option<Lease<'_>>> {
+        self.pump()?;
+        if self.consumers() == 0 {
+            return Err(self.no_consumers("pool acquire"));
+        }
+        Ok(self.pick().map(|slot| self.lease(slot)))
+    }
+
+    fn lease(&mut self, slot: usize) -> Lease<'_> {
+        self.slots[slot].busy = true;
+        Lease {
+            producer: self,
+            slot,
+            done: false,
+        }
+    }
+
+    /// The fds whose readiness may change what `try_acquire` answers:
+    /// every live consumer socket, and the pending release fences of free
+    /// slots.
+    fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut fds: Vec<BorrowedFd<'_>> = self
+            .peers
+            .iter()
+            .filter(|p| p.alive)
+            .map(|p| p.channel.fd())
+            .collect();
+        for &s in &self.free {
+            for f in &self.slots[s].releases {
+                fence_fds(f, &mut fds);
+            }
+        }
+        fds
+    }
+
+    /// A free buffer, waiting at most `timeout` (`None`: as long as it
+    /// takes) while every buffer is in flight (back-pressure).
+    pub fn acquire(&mut self, timeout: Option<Duration>) -> Result<Lease<'_>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.pump()?;
+            if self.consumers() == 0 {
+                return Err(self.no_consumers("pool acquire"));
+            }
+            if let Some(slot) = self.pick() {
+                return Ok(self.lease(slot));
+            }
+            let obj = self.object();
+            if !poll_any(&self.wait_fds(), deadline, "pool acquire", &obj)? {
+                return Err(timed_out(
+                    "pool acquire",
+                    obj,
+                    format!(
+                        "all {} buffers still in flight after {:?}",
+                        self.slots.len(),
+                        timeout.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn submit_slot(&mut self, slot: usize, len: u64, ready: Fence) -> Result<u64> {
+        let size = self.slots[slot].buffer.size();
+        if len > size {
+            self.slots[slot].busy = false;
+            self.free.push_front(slot);
+            return Err(Error::invalid(
+                "pool submit",
+                self.slots[slot].buffer.describe(),
+                format!("item length {len} exceeds the buffer size {size}"),
+            ));
+        }
+        self.seq += 1;
+        let seq = self.seq;
+        self.slots[slot].seq = seq;
+        let sent_ns = monotonic_ns();
+        let msg = Message::Item {
+            buffer: slot as u64,
+            seq,
+            len,
+            sent_ns,
+            ready,
+        };
+        let mut first: Option<Error> = None;
+        for i in 0..self.peers.len() {
+            if !self.peers[i].alive {
+                continue;
+            }
+            match self.peers[i].channel.send(&msg) {
+                Ok(()) => self.slots[slot].holders[i] = true,
+                Err(e) => {
+                    self.drop_peer(i);
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        // Nobody got it: the buffer is free again.
+        self.maybe_free(slot);
+        match first {
+            Some(e) => Err(e),
+            None if self.consumers() == 0 => Err(self.no_consumers("pool submit")),
+            None => Ok(seq),
+        }
+    }
+
+    /// Sends a bye to every consumer and waits at most `timeout` for every
+    /// buffer to come back. Consumers that go away meanwhile are not an
+    /// error here: the stream is over.
+    pub fn finish(mut self, timeout: Option<Duration>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        for i in 0..self.peers.len() {
+            if self.peers[i].alive && self.peers[i].channel.send(&Message::Bye).is_err() {
+                self.drop_peer(i);
+            }
+        }
+        loop {
+            let _ = self.pump();
+            let pending = self.slots.iter().any(|s| s.holders.iter().any(|h| *h));
+            if !pending || self.consumers() == 0 {
+                return Ok(());
+            }
+            let obj = self.object();
+            if !poll_any(&self.wait_fds(), deadline, "pool finish", &obj)? {
+                return Err(timed_out(
+                    "pool finish",
+                    obj,
+                    format!(
+                        "buffers still held by consumers after {:?}",
+                        timeout.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+impl Lease<'_> {
+    /// The buffer to write.
+    pub fn buffer(&self) -> &Buffer {
+        &self.producer.slots[self.slot].buffer
+    }
+
+    /// The buffer's slot in the pool (its id on the wire).
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// Sends the item (`len` bytes from the start of the buffer, readable
+    /// once `ready` signals) to every consumer; returns its sequence
+    /// number. A consumer found gone is dropped and reported once as
+    /// [`ErrorKind::PeerGone`]; the others still got the item.
+    pub fn submit(mut self, len: u64, ready: Fence) -> Result<u64> {
+        self.done = true;
+        let slot = self.slot;
+        self.producer.submit_slot(slot, len, ready)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.producer.slots[self.slot].busy = false;
+            self.producer.free.push_front(self.slot);
+        }
+    }
+}
+
+/// The consuming end of a pool. See the module documentation.
+#[derive(Debug)]
+pub struct Consumer {
+    channel: Arc<Channel>,
+    buffers: Vec<Buffer>,
+    index: u32,
+    queue: VecDeque<Message>,
+    /// An item whose ready fence had not signalled when a wait ran out
+    /// of time (or an async wait was cancelled): the next call resumes it.
+    waiting: Option<Item>,
+    last_seq: u64,
+    ended: bool,
+}
+
+/// The consumer's side of the pool handshake, one message at a time.
+#[derive(Debug, Default)]
+struct Handshake {
+    buffers: Vec<Buffer>,
+}
+
+impl Handshake {
+    /// Takes one message; the consumer index once the pool is complete.
+    fn step(&mut self, msg: Message, obj: &str) -> Result<Option<u32>> {
+        match msg {
+            Message::Buffer { id, buffer } => {
+                if id != self.buffers.len() as u64 || self.buffers.len() >= MAX_POOL_BUFFERS {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        format!(
+                            "buffer id {id} out of order (expected {}, at most {MAX_POOL_BUFFERS})",
+                            self.buffers.len()
+                        ),
+                    ));
+                }
+                self.buffers.push(buffer);
+                Ok(None)
+            }
+            Message::PoolReady { buffers, consumer } => {
+                if buffers as usize != self.buffers.len() || buffers == 0 {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        format!(
+                            "pool-ready announces {buffers} buffers but {} arrived",
+                            self.buffers.len()
+                        ),
+                    ));
+                }
+                Ok(Some(consumer))
+            }
+            other => Err(protocol(
+                "pool handshake",
+                obj,
+                format!(
+                    "unexpected {} message before the pool was shared",
+                    other.type_name()
+                ),
+            )),
+        }
+    }
+}
+
+/// An item received from a pool: a buffer with bytes ready to read.
+///
+/// Hand it back with [`Item::release`]; dropping it releases it at once
+/// (with no fence).
+#[derive(Debug)]
+pub struct Item {
+    channel: Arc<Channel>,
+    buffer: Buffer,
+    slot: u64,
+    seq: u64,
+    len: u64,
+    sent_ns: u64,
+    ready_ns: u64,
+    ready: Fence,
+    released: bool,
+}
+
+impl Consumer {
+    /// Receives the pool's buffers on `channel` (waiting at most `timeout`
+    /// for each message), checking each.
+    pub fn new(channel: Channel, timeout: Option<Duration>) -> Result<Consumer> {
+        let obj = channel.peer().to_string();
+        let mut hs = Handshake::default();
+        loop {
+            let m = channel.recv(timeout)?;
+            if let Some(index) = hs.step(m, &obj)? {
+                return Ok(Consumer::from_handshake(channel, hs.buffers, index));
+            }
+        }
+    }
+
+    fn from_handshake(channel: Channel, buffers: Vec<Buffer>, index: u32) -> Consumer {
+        Consumer {
+            channel: Arc::new(channel),
+            buffers,
+            index,
+            queue: VecDeque::new(),
+            waiting: None,
+            last_seq: 0,
+            ended: false,
+        }
+    }
+
+    /// The pool's buffers, by slot.
+    pub fn buffers(&self) -> &[Buffer] {
+        &self.buffers
+    }
+
+    /// This consumer's index among the pool's consumers.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The channel to the producer.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Reads every waiting message into the queue.
+    fn pump(&mut self) -> Result<()> {
+        while let Some(m) = self.channel.try_recv()? {
+            self.queue.push_back(m);
+        }
+        Ok(())
+    }
+
+    fn take_item(&mut self, msg: Message) -> Result<Option<Item>> {
+        let obj = self.channel.peer().to_string();
+        match msg {
+            Message::Item {
+                buffer,
+                seq,
+                len,
+                sent_ns,
+                ready,
+            } => {
+                let b = usize::try_from(buffer)
+                    .ok()
+                    .and_then(|i| self.buffers.get(i))
+                    .ok_or_else(|| {
+                        protocol(
+                            "pool next",
+                            &obj,
+                            format!(
+                                "item {seq} in buffer {buffer}, but the pool has {} buffers",
+                                self.buffers.len()
+                            ),
+                        )
+                    })?;
+                if len > b.size() {
+                    return Err(protocol(
+                        "pool next",
+                        &obj,
+                        format!(
+                            "item {seq} of {len} bytes in buffer {buffer} of {} bytes",
+                            b.size()
+                        ),
+                    ));
+                }
+                if seq <= self.last_seq {
+                    return Err(protocol(
+                        "pool next",
+                        &obj,
+                        format!(
+                            "item {seq} after item {}: sequence went back",
+                            self.last_seq
+                        ),
+                    ));
+                }
+                self.last_seq = seq;
+                Ok(Some(Item {
+                    channel: self.channel.clone(),
+                    buffer: b.clone(),
+                    slot: buffer,
+                    seq,
+                    len,
+                    sent_ns,
+                    ready_ns: 0,
+                    ready,
+                    released: false,
+                }))
+            }
+            Message::Bye => {
+                self.ended = true;
+                Ok(None)
+            }
+            other => Err(protocol(
+                "pool next",
+                &obj,
+                format!("unexpected {} message from the producer", other.type_name()),
+            )),
+        }
+    }
+
+    /// The next item once its ready fence has signalled, waiting at most
+    /// `timeout`; `Ok(None)` once the producer has finished the stream.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let op = "pool next";
+        loop {
+            if let Some(mut item) = self.waiting.take() {
+                if let Err(e) = self.wait_ready(&item, deadline, timeout) {
+                    if e.kind() == ErrorKind::TimedOut {
+                        self.waiting = Some(item);
+                    }
+                    return Err(e);
+                }
+                item.ready_ns = monotonic_ns();
+                return Ok(Some(item));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            if let Some(m) = self.queue.pop_front() {
+                match self.take_item(m)? {
+                    Some(item) => self.waiting = Some(item),
+                    None => return Ok(None),
+                }
+                continue;
+            }
+            if let Some(m) = self.channel.try_recv()? {
+                self.queue.push_back(m);
+                continue;
+            }
+            let obj = self.channel.peer().to_string();
+            if !poll_any(&[self.channel.fd()], deadline, op, &obj)? {
+                return Err(timed_out(
+                    op,
+                    obj,
+                    format!("no item within {:?}", timeout.unwrap_or_default()),
+                ));
+            }
+        }
+    }
+
+    /// Waits for `item`'s ready fence, watching the socket so that a
+    /// producer that dies is noticed.
+    fn wait_ready(
+        &mut self,
+        item: &Item,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let op = "pool next";
+        loop {
+            if item.ready.status() != FenceStatus::Active {
+                return self.check_ready(item);
+            }
+            self.pump()?;
+            let mut fds = vec![self.channel.fd()];
+            fence_fds(&item.ready, &mut fds);
+            let obj = self.channel.peer().to_string();
+            if !poll_any(&fds, deadline, op, &obj)? {
+                return Err(timed_out(
+                    op,
+                    obj,
+                    format!(
+                        "ready fence of item {} did not signal within {:?}",
+                        item.seq,
+                        timeout.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// `Ok` if `item`'s ready fence signalled without error; a peer-gone
+    /// error if it was failed because the producer went away.
+    fn check_ready(&self, item: &Item) -> Result<()> {
+        let op = "pool next";
+        match item.ready.status() {
+            FenceStatus::Error(e) if e == super::PEER_GONE_ERRNO => Err(Error::new(
+                ErrorKind::PeerGone,
+                op,
+                self.channel.peer().to_string(),
+                format!("the producer went away before item {} was ready", item.seq),
+            )
+            .with_errno(e)),
+            FenceStatus::Error(e) => Err(Error::new(
+                if e == Errno::CANCELED {
+                    ErrorKind::Cancelled
+                } else {
+                    ErrorKind::FenceFailed
+                },
+                op,
+                self.channel.peer().to_string(),
+                format!(
+                    "ready fence of item {} in buffer {} signalled with error {}",
+                    item.seq,
+                    item.slot,
+                    crate::error::errno_name(e)
+                ),
+            )
+            .with_errno(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Tells the producer this consumer leaves (a clean departure).
+    pub fn leave(self) -> Result<()> {
+        self.channel.send(&Message::Bye)
+    }
+}
+
+impl Item {
+    /// The buffer holding the item.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// The buffer's slot in the pool.
+    pub fn slot(&self) -> u64 {
+        self.slot
+    }
+
+    /// The item's sequence number (1, 2, …).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Length of the item in bytes, from the start of the buffer.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the item is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// When the producer sent it (CLOCK_MONOTONIC ns).
+    pub fn sent_ns(&self) -> u64 {
+        self.sent_ns
+    }
+
+    /// When it became ready here (CLOCK_MONOTONIC ns).
+    pub fn ready_ns(&self) -> u64 {
+        self.ready_ns
+    }
+
+    /// Time from the producer's submit to the item being ready here (the
+    /// handoff latency).
+    pub fn handoff(&self) -> Duration {
+        Duration::from_nanos(self.ready_ns.saturating_sub(self.sent_ns))
+    }
+
+    /// The item's ready fence (signalled by the time `next` returned it).
+    pub fn ready(&self) -> &Fence {
+        &self.ready
+    }
+
+    /// Hands the buffer back: the producer may reuse it once `fence`
+    /// signals (pass [`Fence::Signalled`] when every access is over).
+    pub fn release(mut self, fence: Fence) -> Result<()> {
+        self.released = true;
+        self.channel.send(&Message::Release {
+            buffer: self.slot,
+            seq: self.seq,
+            fence,
+        })
+    }
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.channel.send(&Message::Release {
+                buffer: self.slot,
+                seq: self.seq,
+                fence: Fence::Signalled,
+            });
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod asynch;
+#[cfg(feature = "tokio")]
+pub use asynch::{AsyncConsumer, AsyncProducer};

@@ -1,0 +1,236 @@
+//! The pool's `async` face (feature `tokio`): the same state machine as
+//! the blocking [`Producer`] and [`Consumer`], waiting through tokio's
+//! `AsyncFd` on the peer sockets and the fences' fds instead of `poll`.
+//! Sends stay plain `sendmsg` calls: pool messages are small and the
+//! socket buffer holds far more of them than a pool has buffers.
+
+use std::future::poll_fn;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::task::Poll;
+
+use tokio::io::unix::AsyncFd;
+
+use super::{fence_fds, Consumer, Item, Lease, Producer};
+use crate::buffer::Buffer;
+use crate::error::{Errno, Error, Result};
+use crate::fence::FenceStatus;
+use crate::share::Channel;
+
+fn io_error(op: &'static str, obj: &str, e: std::io::Error) -> Error {
+    Error::os(
+        op,
+        obj.to_string(),
+        Errno::from_io_error(&e).unwrap_or(Errno::IO),
+    )
+}
+
+fn register(fd: BorrowedFd<'_>, op: &'static str, obj: &str) -> Result<AsyncFd<OwnedFd>> {
+    let fd = fd.try_clone_to_owned().map_err(|e| io_error(op, obj, e))?;
+    crate::sys::readiness::register_readable(fd).map_err(|e| io_error(op, obj, e))
+}
+
+/// Waits until any of `fixed` or `extra` polls readable.
+async fn any_readable(
+    fixed: &[&AsyncFd<OwnedFd>],
+    extra: &[BorrowedFd<'_>],
+    op: &'static str,
+    obj: &str,
+) -> Result<()> {
+    let extra = extra
+        .iter()
+        .map(|fd| register(*fd, op, obj))
+        .collect::<Result<Vec<_>>>()?;
+    poll_fn(|cx| {
+        for a in fixed.iter().copied().chain(extra.iter()) {
+            match a.poll_read_ready(cx) {
+                Poll::Ready(Ok(mut guard)) => {
+                    // The caller re-reads everything without blocking next,
+                    // so the readiness can be forgotten now.
+                    guard.clear_ready();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+    .map_err(|e| io_error(op, obj, e))
+}
+
+/// [`Producer`] with `async` waits. See the module documentation.
+#[derive(Debug)]
+pub struct AsyncProducer {
+    inner: Producer,
+    sockets: Vec<AsyncFd<OwnedFd>>,
+}
+
+impl AsyncProducer {
+    /// Shares `buffers` with every consumer (as [`Producer::new`]); must
+    /// be called inside a tokio runtime.
+    pub fn new(buffers: Vec<Buffer>, consumers: Vec<Channel>) -> Result<AsyncProducer> {
+        let inner = Producer::new(buffers, consumers)?;
+        let obj = inner.object();
+        let sockets = inner
+            .peers
+            .iter()
+            .map(|p| register(p.channel.fd(), "pool", &obj))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AsyncProducer { inner, sockets })
+    }
+
+    /// The blocking producer underneath (for its non-waiting calls).
+    pub fn get_mut(&mut self) -> &mut Producer {
+        &mut self.inner
+    }
+
+    /// A free buffer, awaiting one while every buffer is in flight.
+    pub async fn acquire(&mut self) -> Result<Lease<'_>> {
+        loop {
+            self.inner.pump()?;
+            if self.inner.consumers() == 0 {
+                return Err(self.inner.no_consumers("pool acquire"));
+            }
+            if let Some(slot) = self.inner.pick() {
+                return Ok(self.inner.lease(slot));
+            }
+            self.wait("pool acquire").await?;
+        }
+    }
+
+    async fn wait(&self, op: &'static str) -> Result<()> {
+        let obj = self.inner.object();
+        let fixed: Vec<&AsyncFd<OwnedFd>> = self
+            .inner
+            .peers
+            .iter()
+            .zip(&self.sockets)
+            .filter(|(p, _)| p.alive)
+            .map(|(_, s)| s)
+            .collect();
+        let mut extra = Vec::new();
+        for &s in &self.inner.free {
+            for f in &self.inner.slots[s].releases {
+                fence_fds(f, &mut extra);
+            }
+        }
+        any_readable(&fixed, &extra, op, &obj).await
+    }
+
+    /// Sends a bye and awaits every buffer's return (as
+    /// [`Producer::finish`]).
+    pub async fn finish(mut self) -> Result<()> {
+        for i in 0..self.inner.peers.len() {
+            if self.inner.peers[i].alive
+                && self.inner.peers[i]
+                    .channel
+                    .send(&crate::share::Message::Bye)
+                    .is_err()
+            {
+                self.inner.drop_peer(i);
+            }
+        }
+        loop {
+            let _ = self.inner.pump();
+            let pending = self
+                .inner
+                .slots
+                .iter()
+                .any(|s| s.holders.iter().any(|h| *h));
+            if !pending || self.inner.consumers() == 0 {
+                return Ok(());
+            }
+            self.wait("pool finish").await?;
+        }
+    }
+}
+
+/// [`Consumer`] with `async` waits. See the module documentation.
+#[derive(Debug)]
+pub struct AsyncConsumer {
+    inner: Consumer,
+    socket: AsyncFd<OwnedFd>,
+}
+
+impl AsyncConsumer {
+    /// Receives the pool's buffers on `channel`, awaiting each message.
+    pub async fn new(channel: Channel) -> Result<AsyncConsumer> {
+        let obj = channel.peer().to_string();
+        let socket = register(channel.fd(), "pool handshake", &obj)?;
+        let inner = Consumer::new_async_ready(channel, &socket, &obj).await?;
+        Ok(AsyncConsumer { inner, socket })
+    }
+
+    /// The blocking consumer underneath.
+    pub fn get_mut(&mut self) -> &mut Consumer {
+        &mut self.inner
+    }
+
+    /// The next item once its ready fence has signalled; `Ok(None)` at the
+    /// end of the stream.
+    pub async fn next(&mut self) -> Result<Option<Item>> {
+        let op = "pool next";
+        loop {
+            // The item waits in `self.inner` across awaits, so a cancelled
+            // `next` loses nothing.
+            let pending = |i: &Item| i.ready.status() == FenceStatus::Active;
+            if self.inner.waiting.as_ref().is_some_and(pending) {
+                self.inner.pump()?;
+                let item = self.inner.waiting.as_ref().expect("checked above");
+                let mut extra = Vec::new();
+                fence_fds(&item.ready, &mut extra);
+                let obj = self.inner.channel.peer().to_string();
+                any_readable(&[&self.socket], &extra, op, &obj).await?;
+                continue;
+            }
+            if let Some(mut item) = self.inner.waiting.take() {
+                self.inner.check_ready(&item)?;
+                item.ready_ns = crate::fence::monotonic_ns();
+                return Ok(Some(item));
+            }
+            if self.inner.ended {
+                return Ok(None);
+            }
+            if let Some(m) = self.inner.queue.pop_front() {
+                match self.inner.take_item(m)? {
+                    Some(item) => self.inner.waiting = Some(item),
+                    None => return Ok(None),
+                }
+                continue;
+            }
+            if let Some(m) = self.inner.channel.try_recv()? {
+                self.inner.queue.push_back(m);
+                continue;
+            }
+            let obj = self.inner.channel.peer().to_string();
+            any_readable(&[&self.socket], &[], op, &obj).await?;
+        }
+    }
+
+    /// Tells the producer this consumer leaves.
+    pub fn leave(self) -> Result<()> {
+        self.inner.leave()
+    }
+}
+
+impl Consumer {
+    /// The handshake with awaits between messages.
+    async fn new_async_ready(
+        channel: Channel,
+        socket: &AsyncFd<OwnedFd>,
+        obj: &str,
+    ) -> Result<Consumer> {
+        let mut hs = super::Handshake::default();
+        loop {
+            match channel.try_recv()? {
+                Some(m) => {
+                    if let Some(done) = hs.step(m, obj)? {
+                        return Ok(Consumer::from_handshake(channel, hs.buffers, done));
+                    }
+                }
+                None => any_readable(&[socket], &[], "pool handshake", obj).await?,
+            }
+        }
+    }
+}
