@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use dmabuf::share::pool::{Consumer, Producer};
 use dmabuf::share::{Channel, Listener};
-use dmabuf::{Allocate, Allocator, Backend, ErrorKind, Fence};
+use dmabuf::{Allocate, Allocator, ErrorKind, Fence};
 
 use crate::pattern;
 
@@ -49,8 +49,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
     /// Memory to allocate from: auto, heap, heap:NAME, udmabuf or portable.
-    #[arg(long, default_value = "auto")]
-    pub backend: String,
+    #[arg(long, default_value = "auto", value_parser = crate::backend::parse)]
+    pub backend: crate::backend::Choice,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -97,15 +97,6 @@ pub enum Limit {
     Count(u64),
     /// After this long.
     Time(Duration),
-}
-
-/// The allocator for `--backend`.
-pub fn allocator(backend: &str) -> Result<Allocator, dmabuf::Error> {
-    if backend == "auto" {
-        Ok(Allocator::auto())
-    } else {
-        Allocator::new(&backend.parse::<Backend>()?)
-    }
 }
 
 /// Runs the producer side on `listener` for `consumers` consumers.
@@ -327,7 +318,7 @@ pub fn run(args: Args) -> crate::CliResult {
         }
         Some(Role::Producer) => {
             let socket = args.socket.clone().expect("clap requires --socket");
-            let alloc = allocator(&args.backend)?;
+            let alloc = args.backend.allocator()?;
             let listener = Listener::bind(&socket)?;
             let progress = std::io::stderr().is_terminal();
             let p = produce(
@@ -344,7 +335,7 @@ pub fn run(args: Args) -> crate::CliResult {
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            let alloc = allocator(&args.backend)?;
+            let alloc = args.backend.allocator()?;
             let socket = temp_socket("stream");
             let _ = std::fs::remove_file(&socket);
             let listener = Listener::bind(&socket)?;

@@ -38,7 +38,7 @@
 //!   `Ok(None)`. A consumer leaving early sends a bye
 //!   ([`Consumer::leave`]), which the producer takes as a clean departure.
 //!
-//! With the `tokio` feature, [`AsyncProducer`] and [`AsyncConsumer`] offer
+//! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
 //! instead of `poll`.
 
