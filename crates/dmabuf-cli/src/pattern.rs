@@ -50,32 +50,6 @@ pub fn percentiles_us(samples: &mut [u64]) -> (f64, f64, f64) {
     (at(0.50), at(0.90), at(0.99))
 }
 
-/// Parses sizes such as `4096`, `64K`, `4M`, `1G` (binary units).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => {
-            let unit = s[i..].to_ascii_uppercase();
-            let m = match unit.trim_end_matches("IB").trim_end_matches('B') {
-                "" => 1,
-                "K" => 1 << 10,
-                "M" => 1 << 20,
-                "G" => 1 << 30,
-                _ => return Err(format!("unknown unit in size '{s}' (use K, M or G)")),
-            };
-            (&s[..i], m)
-        }
-        None => (s, 1),
-    };
-    let n: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (like 4096, 64K, 4M)"))?;
-    n.checked_mul(mult)
-        .filter(|v| *v > 0)
-        .ok_or_else(|| format!("size '{s}' is zero or too large"))
-}
-
 /// "4 KiB", "16 MiB".
 pub fn human_size(n: u64) -> String {
     if n >= 1 << 30 && n % (1 << 30) == 0 {
@@ -104,12 +78,7 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("3X").is_err());
+    fn human_sizes() {
         assert_eq!(human_size(16 << 20), "16 MiB");
     }
 

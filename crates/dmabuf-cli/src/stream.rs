@@ -34,7 +34,7 @@ pub enum Role {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Bytes per item (and per buffer): 4096, 64K, 4M…
-    #[arg(long, default_value = "4M", value_parser = pattern::parse_size)]
+    #[arg(long, default_value = "4M", value_parser = crate::alloc::parse_size)]
     pub size: u64,
     /// Stop after this many items.
     #[arg(long, conflicts_with = "seconds")]
