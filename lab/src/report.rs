@@ -37,7 +37,7 @@ pub struct Counts {
     pub passed: u64,
     /// Tests that failed.
     pub failed: u64,
-    /// Tests marked `#[ignore]`.
+    /// Tests libtest reported as ignored.
     pub ignored: u64,
     /// Tests not selected by the filter.
     pub filtered: u64,

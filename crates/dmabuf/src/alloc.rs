@@ -74,8 +74,16 @@ impl FromStr for Backend {
     }
 }
 
-/// Rounds `size` up to a whole number of pages.
-pub(crate) fn round_to_pages(size: u64, object: &str) -> Result<u64> {
+/// The size to allocate for a request of `size` bytes: refused if 0,
+/// rounded up to a whole number of pages.
+pub(crate) fn allocation_size(size: u64, object: &str) -> Result<u64> {
+    if size == 0 {
+        return Err(Error::invalid(
+            "allocate",
+            object,
+            "size 0: a buffer needs at least one byte",
+        ));
+    }
     let page = sys::mem::page_size() as u64;
     size.checked_next_multiple_of(page)
         .ok_or_else(|| Error::invalid("allocate", object, format!("size {size} is too large")))

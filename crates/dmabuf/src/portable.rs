@@ -14,7 +14,7 @@
 
 use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 
-use crate::alloc::{round_to_pages, Allocate, Backend};
+use crate::alloc::{allocation_size, Allocate, Backend};
 use crate::buffer::{Buffer, PORTABLE_MEMFD_PREFIX};
 use crate::error::{Error, Result};
 
@@ -29,14 +29,7 @@ impl Allocate for Portable {
 
     fn allocate(&self, size: u64, name: &str) -> Result<Buffer> {
         let obj = format!("portable buffer '{name}'");
-        if size == 0 {
-            return Err(Error::invalid(
-                "allocate",
-                obj,
-                "size 0: a buffer needs at least one byte",
-            ));
-        }
-        let size = round_to_pages(size, &obj)?;
+        let size = allocation_size(size, &obj)?;
         let memfd = memfd_create(
             format!("{PORTABLE_MEMFD_PREFIX}{name}"),
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,

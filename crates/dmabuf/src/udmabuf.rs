@@ -32,7 +32,7 @@ use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, Mode, OFlags, SealFlags,
 };
 
-use crate::alloc::{round_to_pages, Allocate, Backend};
+use crate::alloc::{allocation_size, Allocate, Backend};
 use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
@@ -416,14 +416,7 @@ impl Allocate for Udmabuf {
 
     fn allocate(&self, size: u64, name: &str) -> Result<Buffer> {
         let obj = format!("udmabuf '{name}'");
-        if size == 0 {
-            return Err(Error::invalid(
-                "allocate",
-                obj,
-                "size 0: a buffer needs at least one byte",
-            ));
-        }
-        let size = round_to_pages(size, &obj)?;
+        let size = allocation_size(size, &obj)?;
         let memfd = Memfd::new(&format!("dmabuf-udmabuf:{name}"), size)?;
         let d = self.create(&memfd, 0, size)?;
         let b = Buffer::from_dma_buf_of_kind(d, BufferKind::Udmabuf);
