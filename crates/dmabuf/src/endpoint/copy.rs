@@ -856,6 +856,33 @@ pub(crate) fn name_of(e: Errno) -> String {
     errno_name(e)
 }
 
+/// Issues a DMABUF enqueue ioctl (`call`) on `fd`, with `O_NONBLOCK` set
+/// around it when `nonblocking` (the kernel then fails at once instead of
+/// waiting for conflicting fences), restarting on EINTR and restoring the
+/// file's flags afterwards. The outer error is a failure to toggle the
+/// flag; the inner result is the ioctl's.
+pub(crate) fn enqueue_ioctl(
+    fd: impl AsFd,
+    nonblocking: bool,
+    mut call: impl FnMut() -> rustix::io::Result<()>,
+) -> rustix::io::Result<rustix::io::Result<()>> {
+    let old = if nonblocking {
+        Some(set_nonblocking(&fd, true)?)
+    } else {
+        None
+    };
+    let r = loop {
+        match call() {
+            Err(Errno::INTR) => continue,
+            r => break r,
+        }
+    };
+    if let Some(old) = old {
+        let _ = rustix::fs::fcntl_setfl(&fd, old);
+    }
+    Ok(r)
+}
+
 /// Sets or clears `O_NONBLOCK` on `fd`'s file description, returning the
 /// previous flags to restore.
 pub(crate) fn set_nonblocking(fd: impl AsFd, on: bool) -> rustix::io::Result<rustix::fs::OFlags> {

@@ -279,24 +279,11 @@ impl FunctionFsEndpoint {
         let obj = format!("{}, {}", self.object, buffer.describe());
         copy::check_transfer(&self.object, buffer, len, opts)?;
         copy::wait_for_conflicts(buffer, self.direction, opts, &self.object, &|_| false)?;
-        let old = if opts.nonblocking {
-            Some(
-                copy::set_nonblocking(&self.file, true)
-                    .map_err(|e| Error::os("FunctionFS DMABUF transfer", obj.clone(), e))?,
-            )
-        } else {
-            None
-        };
-        let r = loop {
-            match sys::functionfs::transfer(&self.file, dmabuf, opts.flags, len) {
-                Err(Errno::INTR) => continue,
-                r => break r,
-            }
-        };
-        if let Some(old) = old {
-            let _ = rustix::fs::fcntl_setfl(&self.file, old);
-        }
-        r.map_err(|e| transfer_error(&obj, e))?;
+        copy::enqueue_ioctl(&self.file, opts.nonblocking, || {
+            sys::functionfs::transfer(&self.file, dmabuf, opts.flags, len)
+        })
+        .map_err(|e| Error::os("FunctionFS DMABUF transfer", obj.clone(), e))?
+        .map_err(|e| transfer_error(&obj, e))?;
         // The kernel put the transfer's fence in the reservation; a write
         // export covers every fence whatever usage it was given.
         let sync = dmabuf.export_sync_file(Access::Write)?;

@@ -216,24 +216,11 @@ impl IioEndpoint {
         )?;
         copy::wait_for_conflicts(buffer, self.direction, opts, &self.object, &|_| false)?;
         let arg = sys::iio::enqueue_arg(dmabuf, opts.flags, len);
-        let old = if opts.nonblocking {
-            Some(
-                copy::set_nonblocking(&self.buffer_fd, true)
-                    .map_err(|e| Error::os("IIO DMABUF enqueue", obj.clone(), e))?,
-            )
-        } else {
-            None
-        };
-        let r = loop {
-            match sys::iio::enqueue(&self.buffer_fd, &arg) {
-                Err(Errno::INTR) => continue,
-                r => break r,
-            }
-        };
-        if let Some(old) = old {
-            let _ = rustix::fs::fcntl_setfl(&self.buffer_fd, old);
-        }
-        r.map_err(|e| iio_error("IIO DMABUF enqueue", &obj, e))?;
+        copy::enqueue_ioctl(&self.buffer_fd, opts.nonblocking, || {
+            sys::iio::enqueue(&self.buffer_fd, &arg)
+        })
+        .map_err(|e| Error::os("IIO DMABUF enqueue", obj.clone(), e))?
+        .map_err(|e| iio_error("IIO DMABUF enqueue", &obj, e))?;
         Ok(Fence::from(dmabuf.export_sync_file(Access::Write)?))
     }
 }
