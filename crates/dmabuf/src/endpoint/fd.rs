@@ -23,7 +23,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::fs::OFlags;
 
-use super::copy::{Attachments, CopyEngine, CopyOptions};
+use super::common::Attachments;
+use super::copy::{CopyEngine, CopyOptions};
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};

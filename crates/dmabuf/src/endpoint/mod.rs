@@ -60,10 +60,12 @@ pub mod v4l2;
 use std::fmt;
 use std::time::Duration;
 
+mod common;
 pub mod copy;
 pub mod fd;
 pub mod functionfs;
 pub mod iio;
+mod kernel;
 
 pub use copy::{CopyEngine, CopyOptions};
 pub use fd::FdEndpoint;
