@@ -13,26 +13,27 @@
 //!   [`UserFence`] from the endpoint's [`FenceContext`], signalled when
 //!   it completes (or failed with its errno), so fences complete in queue
 //!   order and a later fence having signalled means the earlier ones have.
-//! * **Waiting for conflicts happens when the transfer is queued**, in
-//!   the caller's thread, like the kernel's enqueue ioctls: a transfer
-//!   that reads the buffer ([`Direction::ToDevice`]) waits for writers, one
-//!   that writes it ([`Direction::FromDevice`]) for everyone — the
-//!   library's fences, open CPU windows ([`Reservation::wait_cpu_windows`])
-//!   and, for dma-bufs, the kernel's fences (`poll`). At most
+//! * **Waiting for conflicts and publishing happen in one step when the
+//!   transfer is queued**, in the caller's thread, like the kernel's
+//!   enqueue ioctls (`Reservation::begin_device`, under the buffer's
+//!   reservation lock): a transfer that reads the buffer
+//!   ([`Direction::ToDevice`]) waits for writers, one that writes it
+//!   ([`Direction::FromDevice`]) for everyone — the library's fences, open
+//!   CPU windows and, for dma-bufs, the kernel's fences (`poll`). At most
 //!   [`TransferOptions::timeout`]; with [`TransferOptions::nonblocking`]
 //!   not at all. Then the transfer fails with a [`ErrorKind::Busy`] error
-//!   (`EBUSY`) naming what is in the way, and nothing is queued. The
-//!   endpoint's own earlier transfers are not waited for: the queue
-//!   already orders them.
-//! * **While queued, the transfer's fence is in the buffer's reservation**
-//!   (as a reader for to-device, a writer for from-device), so CPU
-//!   windows and other endpoints wait for it.
+//!   (`EBUSY`) naming what is in the way, and nothing is queued or
+//!   published. The endpoint's own earlier transfers are not waited for:
+//!   the queue already orders them.
+//! * **From the moment it is queued, the transfer's fence is in the
+//!   buffer's reservation** (as a reader for to-device, a writer for
+//!   from-device), so CPU windows and other endpoints wait for it; no
+//!   window of this process can open between the check and the
+//!   publication.
 //! * **The bytes are only touched inside a CPU window** opened by the
 //!   worker (`read` window for to-device, `write` window for
-//!   from-device), bracketed by `DMA_BUF_IOCTL_SYNC` for dma-bufs. If a
-//!   CPU window was opened between queueing and running (a race the
-//!   caller made), the worker waits for it, at most the transfer's
-//!   timeout, and fails the fence with `EBUSY` after.
+//!   from-device), bracketed by `DMA_BUF_IOCTL_SYNC` for dma-bufs, with
+//!   the window's bounded wait for the kernel's fences before `START`.
 //! * **Errors go on the fence**: a failed `read`/`write` (e.g. `EPIPE`
 //!   when a pipe's reader went away) fails that transfer's fence with the
 //!   errno; the full message is kept and given by
@@ -44,10 +45,17 @@
 //!   attachment's queued transfers with `ECANCELED` — in queue order, when
 //!   the worker reaches them, so the timeline rule holds — and interrupts
 //!   its running transfer at the next point where the worker waits for
-//!   the fd (`poll`) or between chunks. An I/O call already blocked in the
-//!   kernel on an fd that does not support `poll` (a regular file, a
-//!   FunctionFS endpoint) finishes first.
-//! * **Dropping the engine** cancels everything and joins the worker.
+//!   the fd (`poll`, together with the engine's wake-up eventfd) or
+//!   between chunks. An I/O call already blocked in the kernel (a
+//!   FunctionFS transfer the host never takes, a tty nobody reads: `poll`
+//!   said writable, the `write` blocks) finishes first.
+//! * **Dropping the engine never waits for ever**: it cancels everything
+//!   and waits at most [`DROP_WAIT`] for the worker; a worker still
+//!   blocked in such a call is detached, with a message on stderr naming
+//!   the engine (the only report a `Drop` can make);
+//!   [`CopyEngine::shutdown`] does the same with a timeout of your choice
+//!   and returns that error instead. The detached worker closes its fd
+//!   and settles the running transfer's fence when the call returns.
 //!
 //! `SIGPIPE`: writing to a pipe whose reader has gone raises `SIGPIPE`;
 //! Rust programs ignore it (so the fence fails with `EPIPE`), C hosts must

@@ -100,6 +100,15 @@ impl FdEndpoint {
     pub fn attached(&self) -> usize {
         self.attachments.len()
     }
+
+    /// Stops the endpoint's worker, waiting at most `timeout` for it (see
+    /// [`CopyEngine::shutdown`]): everything queued is cancelled; a worker
+    /// blocked in an I/O call the kernel does not interrupt is detached
+    /// and the error says so. Dropping the endpoint does the same with
+    /// [`copy::DROP_WAIT`](super::copy::DROP_WAIT).
+    pub fn shutdown(&mut self, timeout: std::time::Duration) -> Result<()> {
+        self.engine.shutdown(timeout)
+    }
 }
 
 /// Refuses read-only buffers for endpoints that write into them.

@@ -27,7 +27,13 @@
 //!   frame. The first transfer starts streaming (`VIDIOC_STREAMON`).
 //!   Before queueing, the transfer waits (at most the options' timeout) for
 //!   every CPU window and fence on the buffer, since the device will write
-//!   it; a slot that is still queued is refused (wait for its fence first).
+//!   it, and publishes its fence in the same step under the reservation's
+//!   lock (no window opens in between); a slot that is still queued is
+//!   refused (wait for its fence first).
+//! * The endpoint contract holds: attaching a buffer twice is refused with
+//!   `EBUSY`, an attachment this device does not have gives
+//!   [`ErrorKind::NotFound`] with `EPERM`, attachment ids are unique in
+//!   the process.
 //! * A worker thread polls the device and dequeues finished frames
 //!   (`VIDIOC_DQBUF`). A frame's fence signals when it is dequeued; if the
 //!   driver flagged it `V4L2_BUF_FLAG_ERROR` the fence fails with `EIO`.
