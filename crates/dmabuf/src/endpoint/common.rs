@@ -100,24 +100,27 @@ pub(crate) fn begin_transfer(
                 skip,
             },
         )
-        .map_err(|e| {
-            if e.kind() == ErrorKind::Busy {
-                let how = if opts.nonblocking {
-                    "non-blocking transfer".to_string()
-                } else {
-                    format!("waited {waited:?}")
-                };
-                Error::new(
-                    ErrorKind::Busy,
-                    e.operation(),
-                    e.object(),
-                    format!("{} ({how})", e.cause()),
-                )
-                .with_errno(Errno::BUSY)
-            } else {
-                e
-            }
-        })
+        .map_err(|e| explain_busy(e, opts))
+}
+
+/// A [`ErrorKind::Busy`] error of a transfer's wait, saying how long it
+/// waited (or that it was non-blocking).
+pub(crate) fn explain_busy(e: Error, opts: TransferOptions) -> Error {
+    if e.kind() != ErrorKind::Busy {
+        return e;
+    }
+    let how = if opts.nonblocking {
+        "non-blocking transfer".to_string()
+    } else {
+        format!("waited {:?}", opts.timeout)
+    };
+    Error::new(
+        ErrorKind::Busy,
+        e.operation(),
+        e.object(),
+        format!("{} ({how})", e.cause()),
+    )
+    .with_errno(Errno::BUSY)
 }
 
 /// Attachment ids are unique in the process, not just per endpoint, so

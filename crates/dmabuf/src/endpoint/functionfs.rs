@@ -71,7 +71,13 @@
 //!
 //! **Detach** cancels pending transfers: `FUNCTIONFS_DMABUF_DETACH`
 //! dequeues the kernel's, the copy engine's fail with `ECANCELED`.
-//! Dropping the endpoint detaches everything and closes the file.
+//! Dropping the endpoint detaches everything and closes the file. It
+//! never waits for ever: a copy-path `write()` that the host never takes
+//! blocks in the kernel (`poll` on an endpoint file always says ready,
+//! and `O_NONBLOCK` does not make a queued request return), so after
+//! [`copy::DROP_WAIT`](super::copy::DROP_WAIT) the worker is detached
+//! with a message naming the endpoint; it ends, closing its `dup` of the
+//! file, when the call returns (host reads, reset, or unbind).
 //!
 //! The endpoint file is shared by the ioctls and the copy worker (a `dup`,
 //! one open file description: the kernel detaches every dma-buf of the

@@ -80,7 +80,7 @@ use crate::fence::{Fence, FenceContext, UserFence};
 use crate::reservation::{DeviceAccess, Usage};
 use crate::sys::v4l2 as sys;
 
-use super::common::next_attachment_id;
+use super::common::{explain_busy, next_attachment_id};
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
 
 /// The most buffer slots [`V4l2Capture::open`] asks for (videobuf2's
@@ -728,17 +728,20 @@ impl V4l2Capture {
         let fence = self.fences.next_fence()?;
         let seq = fence.seqno();
         let object = obj();
-        buffer.reservation().begin_device(
-            Fence::User(fence.clone()),
-            DeviceAccess {
-                op,
-                object: &object,
-                usage: Usage::Write,
-                deadline: Some(deadline),
-                dma_buf: buffer.dma_buf(),
-                skip: &|_| false,
-            },
-        )?;
+        buffer
+            .reservation()
+            .begin_device(
+                Fence::User(fence.clone()),
+                DeviceAccess {
+                    op,
+                    object: &object,
+                    usage: Usage::Write,
+                    deadline: Some(deadline),
+                    dma_buf: buffer.dma_buf(),
+                    skip: &|_| false,
+                },
+            )
+            .map_err(|e| explain_busy(e, opts))?;
         let mut st = self.shared.lock();
         let mut vbuf = sys::V4l2Buffer {
             index,
