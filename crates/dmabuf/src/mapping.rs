@@ -24,12 +24,24 @@
 //! * windows of one buffer may overlap only if none of them writes: an
 //!   overlapping write window is refused with a [`ErrorKind::Busy`] error
 //!   rather than aliasing memory;
-//! * while a window is open, device transfers that conflict with it wait
-//!   (see `reservation`).
+//! * on a dma-buf, a window that reads and a window that writes are never
+//!   open at the same time, even on disjoint ranges: `SYNC` has no range,
+//!   and `START|READ` (or `END|READ`) may invalidate the CPU caches of the
+//!   whole buffer on non-coherent hardware, destroying what the writer
+//!   has not flushed yet. The later one is refused with a
+//!   [`ErrorKind::Busy`] error saying so (see `reservation`, "non-coherent
+//!   exporters");
+//! * a window's wait is bounded by its timeout, `START` included: for a
+//!   dma-buf the kernel's fences are polled (`POLLIN` for a read,
+//!   `POLLOUT` for a write) until the deadline before `START` is issued;
+//! * the window checks for fences and registers itself in one step under
+//!   the reservation's lock, so a device transfer queued at the same time
+//!   either sees the window (and waits for it) or has published its fence
+//!   (and the window waits for that); see `reservation`.
 //!
 //! Portable buffers follow the same rules without asking the kernel: the
 //! windows, waits and refusals are the same, there is just no cache to
-//! maintain.
+//! maintain (so their disjoint windows may coexist in any mode).
 //!
 //! The memory is shared with devices and other processes; a window is a
 //! promise between cooperating parties (through fences), not a lock the
@@ -40,7 +52,7 @@ use std::ops::{Deref, DerefMut, Range};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::buffer::{Access, Buffer};
+use crate::buffer::{Access, Buffer, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 use crate::sys::mem::{BorrowError, Region, RegionMut, RegionRef};
@@ -154,8 +166,11 @@ impl Mapping {
     }
 
     /// Opens a window of mode `M` on `range` (relative to the mapping),
-    /// waiting at most `timeout` for the library's fences in the way
-    /// (`None`: no limit). Kernel fences are waited for by `START` itself.
+    /// waiting at most `timeout` (`None`: no limit) for the fences in the
+    /// way: the library's, then, for dma-bufs, the kernel's (polled before
+    /// `START`, which would wait for them without limit). A
+    /// [`ErrorKind::Busy`] error names the fence still active at the
+    /// deadline.
     pub fn window<M: WindowMode>(
         &self,
         range: Range<usize>,
@@ -199,12 +214,9 @@ impl Mapping {
             .with_errno(Errno::ACCESS));
         }
         let abs = self.range.start + range.start..self.range.start + range.end;
-        let res = self.buffer.reservation();
-        // Wait for the fences in the way *before* registering the window:
-        // a registered window never waits for a fence, so a transfer that
-        // waits for registered windows cannot deadlock with it (see the
-        // `reservation` module).
-        res.wait_excluding(access, deadline, &obj(), skip)?;
+        // Ordering: check for fences and register the window in one step
+        // (see `begin_window`), before taking the bytes.
+        begin_window(&self.buffer, access, deadline, skip)?;
         let bytes = if access.writes() {
             self.region.borrow_mut(abs.clone()).map(Bytes::Exclusive)
         } else {
@@ -231,8 +243,14 @@ impl Mapping {
             )
             .with_errno(Errno::ACCESS),
             BorrowError::OutOfBounds => Error::invalid(op, obj(), "range outside the mapping"),
-        })?;
-        res.cpu_begin(access);
+        });
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                self.buffer.reservation().cpu_end(access);
+                return Err(e);
+            }
+        };
         // From here on, dropping `window` undoes what was done.
         let mut window = Window {
             mapping: self,
@@ -241,24 +259,77 @@ impl Mapping {
             _mode: PhantomData,
         };
         if let Some(d) = self.buffer.dma_buf() {
-            let flags = sys::dma_buf::DMA_BUF_SYNC_START | access.sync_flags();
-            loop {
-                match sys::dma_buf::sync(d, flags) {
-                    Ok(()) => break,
-                    Err(Errno::INTR) => continue,
-                    Err(e) => {
-                        return Err(Error::kernel(
-                            op,
-                            obj(),
-                            e,
-                            format!("DMA_BUF_IOCTL_SYNC START|{} failed", access.as_str()),
-                        ))
-                    }
-                }
-            }
+            sync_start(d, access, deadline, &obj())?;
         }
         window.started = true;
         Ok(window)
+    }
+}
+
+// ---------------------------------------------------------------------
+// Ordering: the window's part of the reservation protocol. Kept apart
+// from how the bytes are handed out.
+// ---------------------------------------------------------------------
+
+/// Registers a CPU window of `access` on `buffer` in one step with the
+/// check that no fence it must wait for is left (waiting for those,
+/// until `deadline`, before registering; see `reservation`). On a
+/// dma-buf, windows that read and windows that write are kept apart
+/// (`SYNC` has no range). Undone by `Reservation::cpu_end`.
+fn begin_window(
+    buffer: &Buffer,
+    access: Access,
+    deadline: Option<Instant>,
+    skip: &dyn Fn(&crate::fence::Fence) -> bool,
+) -> Result<()> {
+    buffer.reservation().cpu_begin(
+        access,
+        buffer.dma_buf().is_some(),
+        deadline,
+        &buffer.describe(),
+        skip,
+    )
+}
+
+/// `DMA_BUF_IOCTL_SYNC START` for `access`, bounded: the kernel waits in
+/// `START` for its fences without limit, so with a deadline the dma-buf
+/// is first polled for idleness (`POLLIN` for a read, `POLLOUT` for a
+/// write) until then, and a [`ErrorKind::Busy`] error names the kernel
+/// fence still in the way. Without a deadline, `START` waits as long as
+/// the kernel does.
+fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &str) -> Result<()> {
+    let op = "open CPU window";
+    if deadline.is_some() && !d.poll_idle(access, deadline)? {
+        let name = d
+            .export_sync_file(access)
+            .map(|s| crate::fence::Fence::from(s).describe())
+            .unwrap_or_else(|_| "a kernel fence".into());
+        return Err(Error::new(
+            ErrorKind::Busy,
+            op,
+            object,
+            format!(
+                "{name} in the dma-buf's reservation is still active at the deadline \
+                 (DMA_BUF_IOCTL_SYNC START|{} would wait for it without limit)",
+                access.as_str()
+            ),
+        )
+        .with_errno(Errno::BUSY));
+    }
+    let flags = sys::dma_buf::DMA_BUF_SYNC_START | access.sync_flags();
+    loop {
+        match sys::dma_buf::sync(d, flags) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                return Err(Error::kernel(
+                    op,
+                    object,
+                    e,
+                    format!("DMA_BUF_IOCTL_SYNC START|{} failed", access.as_str()),
+                ))
+            }
+        }
     }
 }
 

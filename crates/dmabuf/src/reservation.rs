@@ -19,14 +19,23 @@
 //!   an error no longer holds anyone up (as in the kernel); its error is
 //!   reported to whoever waits on that fence itself (the transfer's
 //!   caller);
-//! * a later user fence of a timeline replaces the earlier ones of that
-//!   timeline, which it implies (`dma_resv_add_fence` does the same).
+//! * **replacement** follows `dma_resv_add_fence`: a new fence replaces an
+//!   older one only if both are of the same timeline (context), the old
+//!   one is earlier on it (lower sequence number) and the old one's usage
+//!   is not stronger (a read fence never replaces a write fence: readers
+//!   must still wait for that write). In addition, only fences this
+//!   process owns ([`UserFence::is_owner`](crate::UserFence::is_owner))
+//!   replace or are replaced: a fence received from another process names
+//!   a context the peer chose, and must never make a local fence
+//!   disappear.
 //!
 //! For kernel dma-bufs the kernel keeps its own reservation (fences added
 //! by drivers and by `DMA_BUF_IOCTL_IMPORT_SYNC_FILE`); the library keeps
-//! this one for user fences and CPU windows, and every wait and export
-//! combines the two. For portable buffers this reservation is all there
-//! is, and it follows the same rules.
+//! this one for user fences, CPU windows and the fences of the transfers
+//! its endpoints queued (kernel fences included, so that a CPU window of
+//! this process sees a transfer in flight before the kernel does), and
+//! every wait and export combines the two. For portable buffers this
+//! reservation is all there is, and it follows the same rules.
 //!
 //! A fence that has signalled *with an error* is done, like a successful
 //! one: it is pruned, and the buffer's next user goes ahead (as the
@@ -34,16 +43,62 @@
 //! fence itself — otherwise one failed transfer would make every later
 //! CPU window on the buffer fail.
 //!
-//! Deadlock freedom between CPU windows and device transfers comes from
-//! one order: a CPU window waits for the fences in its way *before* it is
-//! registered as open, and a transfer registers its fence before it waits
-//! for registered CPU windows. So a registered window never waits for a
-//! fence, and a window and a transfer never wait for each other.
+//! # DOC: checking and publishing is one step
+//!
+//! The kernel holds a buffer's `dma_resv` lock across "check for
+//! conflicts" and "add my fence". Here the reservation's lock does the
+//! same, for both kinds of users:
+//!
+//! * a **device transfer** ([`Reservation::begin_device`]) takes the lock,
+//!   and if a conflicting CPU window is open it waits on the
+//!   reservation's condition variable (which releases the lock) until the
+//!   windows close or the deadline passes; then, still under the lock, it
+//!   looks for conflicting unsignalled fences (and, for a dma-buf, asks
+//!   `poll` with a zero timeout whether the kernel's fences are done). If
+//!   there is one, it releases the lock, waits for that fence until the
+//!   deadline, and starts over. If there is none, it adds its own fence
+//!   **before releasing the lock**. Kernel endpoints publish a
+//!   placeholder fence there, issue their ioctl, then add the kernel's
+//!   fence and signal the placeholder, so a window never sees a gap;
+//! * a **CPU window** (`Mapping::window`) takes the lock, looks for
+//!   conflicting unsignalled fences (device fences included); if there is
+//!   one it releases the lock, waits (until its deadline) and starts
+//!   over; if there is none it registers itself as open before releasing
+//!   the lock.
+//!
+//! So between a transfer's check and its publication no window can
+//! register, and between a window's check and its registration no
+//! transfer can publish: one of them always sees the other.
+//!
+//! **Deadlock freedom.** Nobody waits for anything while holding the
+//! lock except on the condition variable, which releases it. A
+//! registered window never waits for a fence of this reservation (it
+//! waited before registering); after registering it only waits, bounded
+//! by its deadline, for the *kernel's* fences in `START` (see `mapping`),
+//! which a transfer of this process can only have created after it
+//! published its fence here — and then the window would have seen that
+//! fence and not registered. A transfer waits for registered windows but
+//! holds no window and no published fence while it waits. So a window
+//! and a transfer never wait for each other, and every wait has the
+//! caller's deadline.
+//!
+//! # DOC: non-coherent exporters
+//!
+//! `DMA_BUF_IOCTL_SYNC` has no range: `START` with `READ` lets the
+//! exporter invalidate the CPU caches of the *whole* buffer (and `END`
+//! with `READ` may too, on some architectures), which destroys bytes that
+//! a write window elsewhere in the buffer has not flushed yet. So, on a
+//! dma-buf, a window that reads (read or read-write) is refused with a
+//! [`ErrorKind::Busy`] error while a window that writes is open, and a
+//! window that writes is refused while one that reads is open, even on
+//! disjoint ranges. Disjoint write-only windows may coexist (`END|WRITE`
+//! only cleans). Portable buffers have no cache maintenance: their
+//! disjoint windows may coexist in any mode.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::buffer::Access;
+use crate::buffer::{Access, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
 
@@ -57,6 +112,16 @@ pub enum Usage {
     Write,
 }
 
+impl Usage {
+    /// The access a device makes with this usage.
+    fn access(self) -> Access {
+        match self {
+            Usage::Read => Access::Read,
+            Usage::Write => Access::Write,
+        }
+    }
+}
+
 /// A buffer's fences and CPU windows. See the module documentation.
 #[derive(Debug, Default)]
 pub struct Reservation {
@@ -67,8 +132,110 @@ pub struct Reservation {
 #[derive(Debug, Default)]
 struct State {
     fences: Vec<(Fence, Usage)>,
+    /// Open read-only windows.
     cpu_readers: usize,
+    /// Open windows that write (write-only and read-write).
     cpu_writers: usize,
+    /// Of `cpu_writers`, the read-write ones (they read too).
+    cpu_read_writers: usize,
+}
+
+impl State {
+    fn prune(&mut self) {
+        self.fences.retain(|(f, _)| !f.is_signalled());
+    }
+
+    /// The first unsignalled fence `access` must wait for that `skip`
+    /// does not skip.
+    fn conflicting_fence(
+        &mut self,
+        access: Access,
+        skip: &dyn Fn(&Fence) -> bool,
+    ) -> Option<Fence> {
+        self.prune();
+        self.fences
+            .iter()
+            .filter(|(_, u)| access.writes() || *u == Usage::Write)
+            .map(|(f, _)| f)
+            .find(|f| !skip(f))
+            .cloned()
+    }
+
+    /// Whether a CPU window blocks a device access of kind `device` (a
+    /// device write waits for every window, a device read for writers).
+    fn windows_block(&self, device: Access) -> bool {
+        self.cpu_writers > 0 || (device.writes() && self.cpu_readers > 0)
+    }
+
+    fn add(&mut self, fence: Fence, usage: Usage) {
+        self.prune();
+        if fence.is_signalled() {
+            return;
+        }
+        if let Fence::User(new) = &fence {
+            if new.is_owner() {
+                // `dma_resv_add_fence`: replace an earlier fence of the
+                // same timeline unless its usage is stronger. Both must be
+                // ours: a peer's fence may name any context.
+                self.fences.retain(|(f, old_usage)| match f {
+                    Fence::User(old) if old.is_owner() && old.context() == new.context() => {
+                        let earlier = old.seqno() < new.seqno();
+                        let not_stronger = !(*old_usage == Usage::Write && usage == Usage::Read);
+                        !(earlier && not_stronger)
+                    }
+                    _ => true,
+                });
+                // The same fence again, for a usage not stronger than the
+                // one it has: nothing to add.
+                if self.fences.iter().any(|(f, u)| {
+                    matches!(f, Fence::User(old) if old.same_as(new))
+                        && (*u == Usage::Write || usage == Usage::Read)
+                }) {
+                    return;
+                }
+            }
+        }
+        self.fences.push((fence, usage));
+    }
+}
+
+/// What [`Reservation::begin_device`] is about: the caller's names for
+/// messages, its deadline and the fences it does not wait for.
+#[derive(Clone, Copy)]
+pub struct DeviceAccess<'a> {
+    /// The operation, for messages (`"transfer"`).
+    pub op: &'static str,
+    /// The object, for messages (endpoint and buffer).
+    pub object: &'a str,
+    /// How the device uses the buffer; the fence is published with it.
+    pub usage: Usage,
+    /// When to give up with [`ErrorKind::Busy`] (`None`: never).
+    pub deadline: Option<Instant>,
+    /// The dma-buf whose kernel fences must be done too, if any.
+    pub dma_buf: Option<&'a DmaBuf>,
+    /// Fences not to wait for (an endpoint's own timeline, which its
+    /// queue already orders).
+    pub skip: &'a dyn Fn(&Fence) -> bool,
+}
+
+impl std::fmt::Debug for DeviceAccess<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceAccess")
+            .field("op", &self.op)
+            .field("object", &self.object)
+            .field("usage", &self.usage)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only injection point: runs in `begin_device` after a fence
+    /// wait, before the lock is taken again (where a window would slip in
+    /// if waiting and publishing were two steps).
+    pub(crate) static AFTER_FENCE_WAIT: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl Reservation {
@@ -79,29 +246,21 @@ impl Reservation {
     /// Adds `fence` for `usage`. Fences that have signalled (successfully
     /// or not: like the kernel's implicit sync, a wait covers completion,
     /// not success) are pruned as they are found. As the kernel's
-    /// `dma_resv_add_fence` does, a user fence replaces the earlier fences
-    /// of its own timeline (same context, lower sequence number): a later
-    /// fence of a timeline signals after the earlier ones, so waiting for
-    /// it covers them.
+    /// `dma_resv_add_fence` does, a fence replaces an earlier fence of its
+    /// own timeline (same context, lower sequence number) whose usage is
+    /// not stronger (a read fence never replaces a write fence); only
+    /// fences owned by this process replace or are replaced (see the
+    /// module documentation).
     pub fn add(&self, fence: Fence, usage: Usage) {
-        let mut st = self.lock();
-        st.fences.retain(|(f, _)| !f.is_signalled());
-        if let Fence::User(new) = &fence {
-            st.fences.retain(|(f, _)| match f {
-                Fence::User(old) => old.context() != new.context() || old.seqno() >= new.seqno(),
-                _ => true,
-            });
-        }
-        if !fence.is_signalled() {
-            st.fences.push((fence, usage));
-        }
+        self.lock().add(fence, usage);
+        self.changed.notify_all();
     }
 
     /// The unsignalled fences an access must wait for: the writers for
     /// [`Access::Read`], everyone for writes.
     pub fn fences_for(&self, access: Access) -> Vec<Fence> {
         let mut st = self.lock();
-        st.fences.retain(|(f, _)| !f.is_signalled());
+        st.prune();
         st.fences
             .iter()
             .filter(|(_, u)| access.writes() || *u == Usage::Write)
@@ -123,97 +282,255 @@ impl Reservation {
     /// fence still active at the deadline gives a [`ErrorKind::Busy`]
     /// error naming it; fences that signal with an error count as done.
     pub fn wait(&self, access: Access, deadline: Option<Instant>, object: &str) -> Result<()> {
-        self.wait_excluding(access, deadline, object, &|_| false)
-    }
-
-    /// [`Reservation::wait`], skipping the fences `skip` says yes to (an
-    /// endpoint skips its own, which its queue already orders).
-    pub(crate) fn wait_excluding(
-        &self,
-        access: Access,
-        deadline: Option<Instant>,
-        object: &str,
-        skip: &dyn Fn(&Fence) -> bool,
-    ) -> Result<()> {
-        for f in self.fences_for(access) {
-            if skip(&f) {
-                continue;
-            }
-            match f.wait_until(deadline) {
-                Ok(()) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::FenceFailed | ErrorKind::Cancelled) => {}
-                Err(e) if e.kind() == ErrorKind::TimedOut => {
-                    return Err(Error::new(
-                        ErrorKind::Busy,
-                        "wait for buffer",
-                        object,
-                        format!("{} has not signalled in time", f.describe()),
-                    )
-                    .with_errno(Errno::BUSY))
-                }
-                Err(e) => return Err(e),
+        loop {
+            let f = self.lock().conflicting_fence(access, &|_| false);
+            match f {
+                None => return Ok(()),
+                Some(f) => wait_fence(&f, deadline, "wait for buffer", object, "")?,
             }
         }
-        Ok(())
     }
 
-    /// CPU windows open now: (readers, writers).
+    /// CPU windows open now: (read-only windows, windows that write).
     pub fn cpu_windows(&self) -> (usize, usize) {
         let st = self.lock();
         (st.cpu_readers, st.cpu_writers)
     }
 
-    pub(crate) fn cpu_begin(&self, access: Access) {
-        let mut st = self.lock();
-        if access.writes() {
-            st.cpu_writers += 1;
-        } else {
-            st.cpu_readers += 1;
+    /// Registers a CPU window of `access` as open, in one step with the
+    /// check that no unsignalled fence `access` must wait for is left
+    /// (waiting for such fences, lock released, until `deadline`; a
+    /// [`ErrorKind::Busy`] error naming the fence after). With
+    /// `whole_buffer_sync` (dma-bufs: `SYNC` has no range) a window that
+    /// reads is refused while one that writes is open and vice versa (see
+    /// the module documentation). Undone by [`Reservation::cpu_end`].
+    pub(crate) fn cpu_begin(
+        &self,
+        access: Access,
+        whole_buffer_sync: bool,
+        deadline: Option<Instant>,
+        object: &str,
+        skip: &dyn Fn(&Fence) -> bool,
+    ) -> Result<()> {
+        const OP: &str = "open CPU window";
+        loop {
+            let mut st = self.lock();
+            if let Some(f) = st.conflicting_fence(access, skip) {
+                drop(st);
+                wait_fence(&f, deadline, OP, object, "")?;
+                continue;
+            }
+            let reads = access != Access::Write;
+            let readers = st.cpu_readers + st.cpu_read_writers;
+            if whole_buffer_sync && reads && st.cpu_writers > 0 {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    OP,
+                    object,
+                    format!(
+                        "a write window is open on this dma-buf ({} open); DMA_BUF_IOCTL_SYNC \
+                         START|{} has no range and may invalidate the CPU caches of the whole \
+                         buffer on non-coherent hardware, destroying bytes that window has not \
+                         flushed yet",
+                        st.cpu_writers,
+                        access.as_str()
+                    ),
+                )
+                .with_errno(Errno::BUSY));
+            }
+            if whole_buffer_sync && access.writes() && readers > 0 {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    OP,
+                    object,
+                    format!(
+                        "a read window is open on this dma-buf ({readers} open); its \
+                         DMA_BUF_IOCTL_SYNC END|READ has no range and may invalidate the CPU \
+                         caches of the whole buffer on non-coherent hardware, destroying bytes \
+                         a write window has not flushed yet"
+                    ),
+                )
+                .with_errno(Errno::BUSY));
+            }
+            match access {
+                Access::Read => st.cpu_readers += 1,
+                Access::Write => st.cpu_writers += 1,
+                Access::ReadWrite => {
+                    st.cpu_writers += 1;
+                    st.cpu_read_writers += 1;
+                }
+            }
+            return Ok(());
         }
     }
 
+    /// Unregisters a window registered by [`Reservation::cpu_begin`].
     pub(crate) fn cpu_end(&self, access: Access) {
         let mut st = self.lock();
-        if access.writes() {
-            st.cpu_writers = st.cpu_writers.saturating_sub(1);
-        } else {
-            st.cpu_readers = st.cpu_readers.saturating_sub(1);
+        match access {
+            Access::Read => st.cpu_readers = st.cpu_readers.saturating_sub(1),
+            Access::Write => st.cpu_writers = st.cpu_writers.saturating_sub(1),
+            Access::ReadWrite => {
+                st.cpu_writers = st.cpu_writers.saturating_sub(1);
+                st.cpu_read_writers = st.cpu_read_writers.saturating_sub(1);
+            }
         }
         drop(st);
         self.changed.notify_all();
     }
 
-    /// Waits until no CPU window conflicts with a device access of kind
-    /// `device` (a device write waits for all windows, a device read for
-    /// CPU writers), until `deadline`. False on timeout.
-    pub fn wait_cpu_windows(&self, device: Access, deadline: Option<Instant>) -> bool {
-        let mut st = self.lock();
+    /// Waits for what a device access must wait for and publishes its
+    /// `fence`, in one step under the reservation's lock (see the module
+    /// documentation): conflicting CPU windows (a device write waits for
+    /// every window, a device read for windows that write), unsignalled
+    /// fences in the way that `access.skip` does not skip, and, for a
+    /// dma-buf, the kernel's fences (`poll`). When nothing is in the way,
+    /// `fence` is added with `access.usage` before the lock is released.
+    /// At the deadline, a [`ErrorKind::Busy`] error (`EBUSY`) names what
+    /// is in the way, and nothing was published.
+    pub fn begin_device(&self, fence: Fence, access: DeviceAccess<'_>) -> Result<()> {
+        let device = access.usage.access();
         loop {
-            let busy = st.cpu_writers > 0 || (device.writes() && st.cpu_readers > 0);
-            if !busy {
-                return true;
-            }
-            st = match deadline {
-                None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left == Duration::ZERO {
-                        return false;
+            let mut st = self.lock();
+            while st.windows_block(device) {
+                let left = match access.deadline {
+                    None => None,
+                    Some(d) => match d.checked_duration_since(Instant::now()) {
+                        Some(left) if left > Duration::ZERO => Some(left),
+                        _ => return Err(windows_busy(&st, &access)),
+                    },
+                };
+                st = match left {
+                    None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+                    Some(left) => {
+                        self.changed
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
                     }
-                    self.changed
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
+                };
+            }
+            if let Some(f) = st.conflicting_fence(device, access.skip) {
+                drop(st);
+                wait_fence(
+                    &f,
+                    access.deadline,
+                    access.op,
+                    access.object,
+                    " (device transfer)",
+                )?;
+                after_fence_wait();
+                continue;
+            }
+            if let Some(d) = access.dma_buf {
+                // Zero timeout: never blocks under the lock.
+                if !d.poll_idle(device, Some(Instant::now()))? {
+                    drop(st);
+                    if !d.poll_idle(device, access.deadline)? {
+                        let name = d
+                            .export_sync_file(device)
+                            .map(|s| Fence::from(s).describe())
+                            .unwrap_or_else(|_| "a kernel fence".into());
+                        return Err(Error::new(
+                            ErrorKind::Busy,
+                            access.op,
+                            access.object,
+                            format!(
+                                "blocked by {name} in the dma-buf's reservation, still active \
+                                 at the deadline"
+                            ),
+                        )
+                        .with_errno(Errno::BUSY));
+                    }
+                    after_fence_wait();
+                    continue;
                 }
-            };
+            }
+            st.add(fence, access.usage);
+            drop(st);
+            self.changed.notify_all();
+            return Ok(());
         }
     }
+}
+
+#[cfg(test)]
+fn after_fence_wait() {
+    AFTER_FENCE_WAIT.with(|h| {
+        if let Some(hook) = h.borrow_mut().as_mut() {
+            hook()
+        }
+    });
+}
+
+#[cfg(not(test))]
+fn after_fence_wait() {}
+
+/// Waits for `f` until `deadline`; a fence that signalled with an error
+/// counts as done; a [`ErrorKind::Busy`] error naming it at the deadline.
+fn wait_fence(
+    f: &Fence,
+    deadline: Option<Instant>,
+    op: &'static str,
+    object: &str,
+    who: &str,
+) -> Result<()> {
+    match f.wait_until(deadline) {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(e.kind(), ErrorKind::FenceFailed | ErrorKind::Cancelled) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::TimedOut => Err(Error::new(
+            ErrorKind::Busy,
+            op,
+            object,
+            format!("{} has not signalled in time{who}", f.describe()),
+        )
+        .with_errno(Errno::BUSY)),
+        Err(e) => Err(e),
+    }
+}
+
+fn windows_busy(st: &State, access: &DeviceAccess<'_>) -> Error {
+    let (readers, writers) = (st.cpu_readers, st.cpu_writers);
+    let what = if writers > 0 {
+        format!("an open CPU write window ({writers} write, {readers} read windows open)")
+    } else {
+        format!("an open CPU read window ({readers} open)")
+    };
+    Error::new(
+        ErrorKind::Busy,
+        access.op,
+        access.object,
+        format!("blocked by {what} until the deadline; nothing was queued"),
+    )
+    .with_errno(Errno::BUSY)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fence::{FenceContext, UserFence};
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    fn received(f: &UserFence) -> UserFence {
+        UserFence::from_fds(
+            f.state_fd().try_clone_to_owned().unwrap(),
+            f.event_fd().as_fd().try_clone_to_owned().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn device<'a>(usage: Usage, deadline: Option<Instant>) -> DeviceAccess<'a> {
+        DeviceAccess {
+            op: "transfer",
+            object: "test",
+            usage,
+            deadline,
+            dma_buf: None,
+            skip: &|_| false,
+        }
+    }
 
     #[test]
     fn a_later_fence_of_a_timeline_replaces_earlier_ones() {
@@ -228,6 +545,63 @@ mod tests {
         second.signal().unwrap();
         res.wait(Access::Read, None, "buffer").unwrap();
         assert!(res.is_empty());
+    }
+
+    #[test]
+    fn a_later_read_fence_does_not_replace_a_pending_write_fence() {
+        let res = Reservation::default();
+        let ctx = FenceContext::new("test");
+        let write = ctx.next_fence().unwrap();
+        res.add(Fence::User(write.clone()), Usage::Write);
+        let read = ctx.next_fence().unwrap();
+        res.add(Fence::User(read.clone()), Usage::Read);
+        assert_eq!(res.len(), 2);
+        let for_readers = res.fences_for(Access::Read);
+        assert_eq!(for_readers.len(), 1, "readers still wait for the write");
+        assert!(matches!(&for_readers[0], Fence::User(u) if u.same_as(&write)));
+        // A later write fence replaces both (its usage is not weaker).
+        let write2 = ctx.next_fence().unwrap();
+        res.add(Fence::User(write2.clone()), Usage::Write);
+        assert_eq!(res.len(), 1);
+        // A later read fence replaces an earlier read fence.
+        let res = Reservation::default();
+        let r1 = ctx.next_fence().unwrap();
+        let r2 = ctx.next_fence().unwrap();
+        res.add(Fence::User(r1), Usage::Read);
+        res.add(Fence::User(r2), Usage::Read);
+        assert_eq!(res.len(), 1);
+    }
+
+    #[test]
+    fn a_received_fence_never_replaces_or_is_replaced_by_a_local_one() {
+        let ctx = FenceContext::new("local");
+        let mine = ctx.next_fence().unwrap();
+        let later = ctx.next_fence().unwrap();
+        // The peer's handle names our context with a higher sequence
+        // number (as a forged fence would).
+        let peer = received(&later);
+        assert!(!peer.is_owner());
+        assert_eq!(peer.context(), mine.context());
+        let res = Reservation::default();
+        res.add(Fence::User(mine.clone()), Usage::Write);
+        res.add(Fence::User(peer.clone()), Usage::Write);
+        assert_eq!(res.len(), 2, "the local write fence stays");
+        // And a local later fence does not drop a received one.
+        let res = Reservation::default();
+        let early_peer = received(&mine);
+        res.add(Fence::User(early_peer), Usage::Write);
+        res.add(Fence::User(later.clone()), Usage::Write);
+        assert_eq!(res.len(), 2);
+    }
+
+    #[test]
+    fn the_same_fence_twice_is_kept_once_with_the_stronger_usage() {
+        let res = Reservation::default();
+        let f = UserFence::new().unwrap();
+        res.add(Fence::User(f.clone()), Usage::Write);
+        res.add(Fence::User(f.clone()), Usage::Read);
+        assert_eq!(res.len(), 1);
+        assert_eq!(res.fences_for(Access::Read).len(), 1);
     }
 
     #[test]
@@ -252,5 +626,131 @@ mod tests {
         a.signal().unwrap();
         b.signal().unwrap();
         assert!(res.is_empty());
+    }
+
+    /// The race of issue 8: a window opens exactly between a transfer's
+    /// fence wait and the publication of its fence. The hook runs at that
+    /// point; the transfer must see the window and wait for it.
+    #[test]
+    fn a_window_opened_between_a_transfers_wait_and_publish_holds_the_transfer() {
+        let res = Arc::new(Reservation::default());
+        let blocker = UserFence::new().unwrap();
+        res.add(Fence::User(blocker.clone()), Usage::Write);
+        let opened = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(AtomicBool::new(false));
+        let (r, o, c) = (res.clone(), opened.clone(), closed.clone());
+        AFTER_FENCE_WAIT.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                if o.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                // The blocker has signalled: the window's check passes.
+                r.cpu_begin(Access::Write, false, Some(Instant::now()), "w", &|_| false)
+                    .unwrap();
+                let (r, c) = (r.clone(), c.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    c.store(true, Ordering::SeqCst);
+                    r.cpu_end(Access::Write);
+                });
+            }));
+        });
+        let b = blocker.clone();
+        let signaller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            b.signal().unwrap();
+        });
+        let mine = UserFence::new().unwrap();
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        res.begin_device(Fence::User(mine.clone()), device(Usage::Write, deadline))
+            .unwrap();
+        AFTER_FENCE_WAIT.with(|h| *h.borrow_mut() = None);
+        signaller.join().unwrap();
+        assert!(opened.load(Ordering::SeqCst), "the hook ran");
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "the transfer published its fence while a window was open"
+        );
+        assert_eq!(res.fences_for(Access::Read).len(), 1);
+    }
+
+    #[test]
+    fn a_transfer_that_cannot_publish_in_time_publishes_nothing() {
+        let res = Reservation::default();
+        res.cpu_begin(Access::Read, false, None, "w", &|_| false)
+            .unwrap();
+        let mine = UserFence::new().unwrap();
+        let e = res
+            .begin_device(
+                Fence::User(mine.clone()),
+                device(
+                    Usage::Write,
+                    Some(Instant::now() + Duration::from_millis(30)),
+                ),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert_eq!(e.errno(), Some(Errno::BUSY));
+        assert!(e.to_string().contains("open CPU read window"), "{e}");
+        assert!(res.is_empty());
+        // A device read does not wait for read windows.
+        res.begin_device(Fence::User(mine), device(Usage::Read, Some(Instant::now())))
+            .unwrap();
+        assert_eq!(res.len(), 1);
+    }
+
+    #[test]
+    fn a_window_sees_a_published_device_fence() {
+        let res = Reservation::default();
+        let t = UserFence::new().unwrap();
+        res.begin_device(Fence::User(t.clone()), device(Usage::Read, None))
+            .unwrap();
+        // Readers share with a device reader…
+        res.cpu_begin(Access::Read, false, Some(Instant::now()), "w", &|_| false)
+            .unwrap();
+        res.cpu_end(Access::Read);
+        // …writers wait for it.
+        let e = res
+            .cpu_begin(
+                Access::Write,
+                false,
+                Some(Instant::now() + Duration::from_millis(20)),
+                "w",
+                &|_| false,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(e.to_string().contains("has not signalled in time"), "{e}");
+        assert_eq!(res.cpu_windows(), (0, 0));
+        t.signal().unwrap();
+        res.cpu_begin(Access::Write, false, Some(Instant::now()), "w", &|_| false)
+            .unwrap();
+        assert_eq!(res.cpu_windows(), (0, 1));
+    }
+
+    #[test]
+    fn whole_buffer_sync_keeps_reading_and_writing_windows_apart() {
+        let res = Reservation::default();
+        let none = &|_: &Fence| false;
+        res.cpu_begin(Access::Write, true, None, "d", none).unwrap();
+        // Another write-only window (disjoint, checked by the mapping) is fine.
+        res.cpu_begin(Access::Write, true, None, "d", none).unwrap();
+        for a in [Access::Read, Access::ReadWrite] {
+            let e = res.cpu_begin(a, true, None, "d", none).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Busy);
+            assert!(e.to_string().contains("a write window is open"), "{e}");
+            assert!(e.to_string().contains("non-coherent"), "{e}");
+        }
+        // Portable buffers: no cache maintenance, no refusal.
+        res.cpu_begin(Access::Read, false, None, "p", none).unwrap();
+        res.cpu_end(Access::Read);
+        res.cpu_end(Access::Write);
+        res.cpu_end(Access::Write);
+        res.cpu_begin(Access::Read, true, None, "d", none).unwrap();
+        let e = res
+            .cpu_begin(Access::Write, true, None, "d", none)
+            .unwrap_err();
+        assert!(e.to_string().contains("a read window is open"), "{e}");
+        assert_eq!(res.cpu_windows(), (1, 0));
     }
 }

@@ -409,7 +409,10 @@ fn bad_sizes_and_double_queueing_are_refused() {
     assert!(e.to_string().contains("needs 460800"), "{e}");
 
     let atts = attach_n(&mut cap, &alloc, 2);
+    // The endpoint contract: a duplicate attach is EBUSY.
     let e = cap.attach(&atts[0].buffer).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(e.errno(), Some(Errno::BUSY), "{e}");
     assert!(e.to_string().contains("already attached"), "{e}");
     let third = alloc.allocate(frame_len(&cap), "third").unwrap();
     let e = cap.attach(&third).unwrap_err();
@@ -447,11 +450,50 @@ fn bad_sizes_and_double_queueing_are_refused() {
         )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
-    assert!(e.to_string().contains("CPU windows are open"), "{e}");
+    assert_eq!(e.errno(), Some(Errno::BUSY), "{e}");
+    assert!(e.to_string().contains("open CPU write window"), "{e}");
+    assert!(e.to_string().contains("non-blocking"), "{e}");
     drop(w);
     let f1 = cap.transfer(&atts[1], len, opts).unwrap();
     f.wait(Some(FRAME_TIMEOUT)).unwrap();
     f1.wait(Some(FRAME_TIMEOUT)).unwrap();
+}
+
+/// The endpoint contract (see `dmabuf::endpoint`): unknown attachments
+/// are NotFound with EPERM — never attached, detached, or another
+/// endpoint's (ids are unique in the process, so the same buffer attached
+/// to two endpoints gets two ids).
+#[test]
+fn unknown_attachments_are_eperm_and_ids_are_process_unique() {
+    vivid();
+    let alloc = allocator(Backend::Udmabuf);
+    let mut cap = open(2);
+    let size = u64::from(cap.format().sizeimage);
+    let buf = alloc.allocate(size, "contract").unwrap();
+    let a = cap.attach(&buf).unwrap();
+    // Another endpoint (a pipe) attaches the same buffer: a different id,
+    // and its attachment is unknown to the V4L2 endpoint.
+    let (_r, w) = rustix::pipe::pipe().unwrap();
+    let mut other = dmabuf::endpoint::FdEndpoint::new(w, Direction::ToDevice).unwrap();
+    let b = other.attach(&buf).unwrap();
+    assert_ne!(a.id, b.id, "attachment ids are unique in the process");
+    let len = frame_len(&cap);
+    let e = cap
+        .transfer(&b, len, TransferOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "another endpoint's: {e}");
+    assert_eq!(e.errno(), Some(Errno::PERM), "another endpoint's: {e}");
+    let e = cap.detach(&b).unwrap_err();
+    assert_eq!(e.errno(), Some(Errno::PERM), "another endpoint's: {e}");
+    cap.detach(&a).unwrap();
+    let e = cap
+        .transfer(&a, len, TransferOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "detached: {e}");
+    assert_eq!(e.errno(), Some(Errno::PERM), "detached: {e}");
+    assert!(e.to_string().contains("not attached"), "{e}");
+    let e = cap.detach(&a).unwrap_err();
+    assert_eq!(e.errno(), Some(Errno::PERM), "detached twice: {e}");
 }
 
 #[test]

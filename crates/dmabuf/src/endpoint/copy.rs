@@ -13,26 +13,27 @@
 //!   [`UserFence`] from the endpoint's [`FenceContext`], signalled when
 //!   it completes (or failed with its errno), so fences complete in queue
 //!   order and a later fence having signalled means the earlier ones have.
-//! * **Waiting for conflicts happens when the transfer is queued**, in
-//!   the caller's thread, like the kernel's enqueue ioctls: a transfer
-//!   that reads the buffer ([`Direction::ToDevice`]) waits for writers, one
-//!   that writes it ([`Direction::FromDevice`]) for everyone — the
-//!   library's fences, open CPU windows ([`Reservation::wait_cpu_windows`])
-//!   and, for dma-bufs, the kernel's fences (`poll`). At most
+//! * **Waiting for conflicts and publishing happen in one step when the
+//!   transfer is queued**, in the caller's thread, like the kernel's
+//!   enqueue ioctls (`Reservation::begin_device`, under the buffer's
+//!   reservation lock): a transfer that reads the buffer
+//!   ([`Direction::ToDevice`]) waits for writers, one that writes it
+//!   ([`Direction::FromDevice`]) for everyone — the library's fences, open
+//!   CPU windows and, for dma-bufs, the kernel's fences (`poll`). At most
 //!   [`TransferOptions::timeout`]; with [`TransferOptions::nonblocking`]
 //!   not at all. Then the transfer fails with a [`ErrorKind::Busy`] error
-//!   (`EBUSY`) naming what is in the way, and nothing is queued. The
-//!   endpoint's own earlier transfers are not waited for: the queue
-//!   already orders them.
-//! * **While queued, the transfer's fence is in the buffer's reservation**
-//!   (as a reader for to-device, a writer for from-device), so CPU
-//!   windows and other endpoints wait for it.
+//!   (`EBUSY`) naming what is in the way, and nothing is queued or
+//!   published. The endpoint's own earlier transfers are not waited for:
+//!   the queue already orders them.
+//! * **From the moment it is queued, the transfer's fence is in the
+//!   buffer's reservation** (as a reader for to-device, a writer for
+//!   from-device), so CPU windows and other endpoints wait for it; no
+//!   window of this process can open between the check and the
+//!   publication.
 //! * **The bytes are only touched inside a CPU window** opened by the
 //!   worker (`read` window for to-device, `write` window for
-//!   from-device), bracketed by `DMA_BUF_IOCTL_SYNC` for dma-bufs. If a
-//!   CPU window was opened between queueing and running (a race the
-//!   caller made), the worker waits for it, at most the transfer's
-//!   timeout, and fails the fence with `EBUSY` after.
+//!   from-device), bracketed by `DMA_BUF_IOCTL_SYNC` for dma-bufs, with
+//!   the window's bounded wait for the kernel's fences before `START`.
 //! * **Errors go on the fence**: a failed `read`/`write` (e.g. `EPIPE`
 //!   when a pipe's reader went away) fails that transfer's fence with the
 //!   errno; the full message is kept and given by
@@ -44,18 +45,24 @@
 //!   attachment's queued transfers with `ECANCELED` — in queue order, when
 //!   the worker reaches them, so the timeline rule holds — and interrupts
 //!   its running transfer at the next point where the worker waits for
-//!   the fd (`poll`) or between chunks. An I/O call already blocked in the
-//!   kernel on an fd that does not support `poll` (a regular file, a
-//!   FunctionFS endpoint) finishes first.
-//! * **Dropping the engine** cancels everything and joins the worker.
+//!   the fd (`poll`, together with the engine's wake-up eventfd) or
+//!   between chunks. An I/O call already blocked in the kernel (a
+//!   FunctionFS transfer the host never takes, a tty nobody reads: `poll`
+//!   said writable, the `write` blocks) finishes first.
+//! * **Dropping the engine never waits for ever**: it cancels everything
+//!   and waits at most [`DROP_WAIT`] for the worker; a worker still
+//!   blocked in such a call is detached, with a message on stderr naming
+//!   the engine (the only report a `Drop` can make);
+//!   [`CopyEngine::shutdown`] does the same with a timeout of your choice
+//!   and returns that error instead. The detached worker closes its fd
+//!   and settles the running transfer's fence when the call returns.
 //!
 //! `SIGPIPE`: writing to a pipe whose reader has gone raises `SIGPIPE`;
 //! Rust programs ignore it (so the fence fails with `EPIPE`), C hosts must
 //! ignore it too. Sockets are written with `MSG_NOSIGNAL`.
 
-use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,12 +71,12 @@ use rustix::event::{eventfd, EventfdFlags, PollFd, PollFlags};
 use rustix::fs::FileType;
 use rustix::net::{RecvFlags, SendFlags};
 
-use super::{Attachment, DataPath, Direction, TransferOptions};
-use crate::buffer::{Access, Buffer};
-use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
+use super::common::{begin_transfer, check_transfer, is_of_context};
+use super::{Attachment, Direction, TransferOptions};
+use crate::buffer::Buffer;
+use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, UserFence};
 use crate::mapping::{Read, Write};
-use crate::reservation::{Reservation, Usage};
 
 /// How many failure messages an engine keeps for [`CopyEngine::failure`].
 const KEPT_FAILURES: usize = 64;
@@ -161,6 +168,8 @@ struct Queue {
     /// cancelled.
     running: Option<(u64, bool)>,
     shutdown: bool,
+    /// Set by the worker as it returns.
+    exited: bool,
     failures: VecDeque<(u64, Error)>,
 }
 
@@ -248,15 +257,22 @@ impl CopyEngine {
     pub fn queue(&self, attachment: &Attachment, len: u64, opts: TransferOptions) -> Result<Fence> {
         let buffer = &attachment.buffer;
         check_transfer(&self.object, buffer, len, opts)?;
-        let own = self.shared.context_id;
-        wait_for_conflicts(buffer, self.direction, opts, &self.object, &|f| {
-            is_of_context(f, own)
-        })?;
         let len = usize::try_from(len)
             .map_err(|_| Error::invalid("transfer", &self.object, "length too large"))?;
         let fence = self.context.next_fence()?;
-        let usage = usage_of(self.direction);
-        buffer.add_fence(fence.clone().into(), usage)?;
+        let own = self.shared.context_id;
+        // Wait for what is in the way and publish the fence, one step.
+        if let Err(e) = begin_transfer(
+            buffer,
+            self.direction,
+            opts,
+            &self.object,
+            Fence::User(fence.clone()),
+            &|f| is_of_context(f, own),
+        ) {
+            let _ = fence.fail(Errno::CANCELED);
+            return Err(e);
+        }
         let mut st = self.shared.lock();
         if st.shutdown {
             drop(st);
@@ -328,8 +344,15 @@ impl CopyEngine {
     }
 }
 
-impl Drop for CopyEngine {
-    fn drop(&mut self) {
+impl CopyEngine {
+    /// Stops the engine: cancels everything queued and the running
+    /// transfer (at its next wait), and waits at most `timeout` for the
+    /// worker to stop. A worker blocked in an I/O call that the kernel
+    /// does not interrupt (a FunctionFS transfer the host never takes, a
+    /// device that never answers) is detached instead of waited for
+    /// forever: the error says so, and the thread ends, closing its fd and
+    /// settling the running transfer's fence, when that call returns.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<()> {
         {
             let mut st = self.shared.lock();
             st.shutdown = true;
@@ -341,8 +364,53 @@ impl Drop for CopyEngine {
             }
         }
         self.shared.wake_worker();
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
+        let Some(worker) = self.worker.take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        while !st.exited {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let running = st.running.is_some();
+                drop(st);
+                drop(worker);
+                return Err(Error::new(
+                    ErrorKind::TimedOut,
+                    "close copy engine",
+                    &self.object,
+                    format!(
+                        "the worker is still blocked {} after {timeout:?} (an I/O call the \
+                         kernel does not interrupt, e.g. a USB transfer the host never takes); \
+                         it was detached and ends, closing its fd and settling its fence, when \
+                         that call returns",
+                        if running { "in a transfer" } else { "stopping" }
+                    ),
+                )
+                .with_errno(Errno::TIMEDOUT));
+            }
+            st = self
+                .shared
+                .changed
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(st);
+        let _ = worker.join();
+        Ok(())
+    }
+}
+
+/// How long dropping a [`CopyEngine`] waits for its worker to stop before
+/// detaching it (see [`CopyEngine::shutdown`]).
+pub const DROP_WAIT: Duration = Duration::from_secs(2);
+
+impl Drop for CopyEngine {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown(DROP_WAIT) {
+            // Drop cannot return the error; this is its one report.
+            eprintln!("dmabuf: {e}");
         }
     }
 }
@@ -367,8 +435,15 @@ impl Shared {
         st.shutdown || matches!(st.running, Some((_, true)))
     }
 
-    /// The worker: serves the queue in order until shut down.
+    /// The worker: serves the queue, then says it has stopped.
     fn run(&self) {
+        self.serve();
+        self.lock().exited = true;
+        self.changed.notify_all();
+    }
+
+    /// Serves the queue in order until shut down.
+    fn serve(&self) {
         loop {
             let job = {
                 let mut st = self.lock();
@@ -409,23 +484,13 @@ impl Shared {
         }
     }
 
-    /// One transfer: wait for CPU windows opened since it was queued,
-    /// open the window, move the bytes.
+    /// One transfer: open the window, move the bytes. No CPU window of
+    /// this process can have opened on the buffer since the transfer was
+    /// queued (its fence was published when it was queued, and windows
+    /// wait for it); the window's own checks still apply, bounded by the
+    /// transfer's timeout.
     fn execute(&self, job: &Job) -> Result<()> {
         let deadline = Instant::now() + job.timeout;
-        let access = device_access(self.direction);
-        if !job
-            .buffer
-            .reservation()
-            .wait_cpu_windows(access, Some(deadline))
-        {
-            return Err(cpu_window_busy(
-                &self.object,
-                &job.buffer,
-                job.buffer.reservation(),
-                job.timeout,
-            ));
-        }
         let own = self.context_id;
         let skip = |f: &Fence| is_of_context(f, own);
         match self.direction {
@@ -591,306 +656,4 @@ fn cancelled_error(object: &str, buffer: &Buffer) -> Error {
         "cancelled: the buffer was detached or the endpoint closed",
     )
     .with_errno(Errno::CANCELED)
-}
-
-/// Whether `f` is a user fence of the timeline `context`.
-pub(crate) fn is_of_context(f: &Fence, context: u64) -> bool {
-    matches!(f, Fence::User(u) if u.context() == context)
-}
-
-/// The access a device transfer in `direction` makes to the buffer.
-pub(crate) fn device_access(direction: Direction) -> Access {
-    match direction {
-        Direction::ToDevice => Access::Read,
-        Direction::FromDevice => Access::Write,
-    }
-}
-
-/// How a transfer in `direction` uses the buffer.
-pub(crate) fn usage_of(direction: Direction) -> Usage {
-    match direction {
-        Direction::ToDevice => Usage::Read,
-        Direction::FromDevice => Usage::Write,
-    }
-}
-
-/// Checks a transfer's length and options on the user side, with the
-/// errno the kernel's DMABUF interfaces would answer (`EINVAL`).
-pub(crate) fn check_transfer(
-    object: &str,
-    buffer: &Buffer,
-    len: u64,
-    opts: TransferOptions,
-) -> Result<()> {
-    let obj = || format!("{object}, {}", buffer.describe());
-    if opts.flags != 0 {
-        return Err(Error::invalid(
-            "transfer",
-            obj(),
-            format!(
-                "unknown transfer flags {:#x} (no flags are defined)",
-                opts.flags
-            ),
-        ));
-    }
-    if len == 0 {
-        return Err(Error::invalid(
-            "transfer",
-            obj(),
-            "length 0: a transfer moves at least one byte",
-        ));
-    }
-    if len > buffer.size() {
-        return Err(Error::invalid(
-            "transfer",
-            obj(),
-            format!(
-                "length {len} is past the end of the buffer ({} bytes)",
-                buffer.size()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-fn cpu_window_busy(object: &str, buffer: &Buffer, res: &Reservation, waited: Duration) -> Error {
-    let (readers, writers) = res.cpu_windows();
-    let what = if writers > 0 {
-        format!("an open CPU write window ({writers} write, {readers} read windows open)")
-    } else {
-        format!("an open CPU read window ({readers} open)")
-    };
-    Error::new(
-        ErrorKind::Busy,
-        "transfer",
-        format!("{object}, {}", buffer.describe()),
-        format!("blocked by {what}; waited {waited:?}"),
-    )
-    .with_errno(Errno::BUSY)
-}
-
-/// Waits for what a transfer in `direction` must wait for on `buffer`,
-/// until `opts.timeout` (not at all if `opts.nonblocking`): open CPU
-/// windows, the library's fences not skipped by `skip`, and the kernel's
-/// fences of dma-bufs. A [`ErrorKind::Busy`] error (`EBUSY`) naming what
-/// is in the way after that.
-pub(crate) fn wait_for_conflicts(
-    buffer: &Buffer,
-    direction: Direction,
-    opts: TransferOptions,
-    object: &str,
-    skip: &dyn Fn(&Fence) -> bool,
-) -> Result<()> {
-    let waited = if opts.nonblocking {
-        Duration::ZERO
-    } else {
-        opts.timeout
-    };
-    let deadline = Instant::now() + waited;
-    let access = device_access(direction);
-    let res = buffer.reservation();
-    if !res.wait_cpu_windows(access, Some(deadline)) {
-        return Err(cpu_window_busy(object, buffer, res, waited));
-    }
-    let busy = |what: String| {
-        Error::new(
-            ErrorKind::Busy,
-            "transfer",
-            format!("{object}, {}", buffer.describe()),
-            format!(
-                "blocked by {what}, still active after {waited:?}{}",
-                if opts.nonblocking {
-                    " (non-blocking transfer)"
-                } else {
-                    ""
-                }
-            ),
-        )
-        .with_errno(Errno::BUSY)
-    };
-    for f in res.fences_for(access) {
-        if skip(&f) || f.is_signalled() {
-            continue;
-        }
-        match f.wait_until(Some(deadline)) {
-            Err(e) if e.kind() == ErrorKind::TimedOut => return Err(busy(f.describe())),
-            // Signalled, with or without an error: done either way.
-            _ => {}
-        }
-    }
-    if let Some(d) = buffer.dma_buf() {
-        if !d.poll_idle(access, Some(deadline))? {
-            let name = d
-                .export_sync_file(access)
-                .map(|s| Fence::from(s).describe())
-                .unwrap_or_else(|_| "a kernel fence".into());
-            return Err(busy(format!("{name} in the dma-buf's reservation")));
-        }
-    }
-    Ok(())
-}
-
-/// Attachment ids are unique in the process, not just per endpoint, so
-/// an attachment of one endpoint is never mistaken for another's (the
-/// same buffer can be attached to both).
-static NEXT_ATTACHMENT: AtomicU64 = AtomicU64::new(1);
-
-/// The buffers attached to an endpoint, by attachment id.
-#[derive(Debug)]
-pub(crate) struct Attachments<T> {
-    map: HashMap<u64, (Buffer, T)>,
-}
-
-impl<T> Default for Attachments<T> {
-    fn default() -> Self {
-        Attachments {
-            map: HashMap::new(),
-        }
-    }
-}
-
-/// The data path chosen for one attachment.
-#[derive(Debug, Clone)]
-pub(crate) enum AttachPath {
-    /// The device imported the dma-buf.
-    ZeroCopy,
-    /// The copy engine moves the bytes, for this reason.
-    Copy(String),
-}
-
-impl AttachPath {
-    pub(crate) fn data_path(&self) -> DataPath {
-        match self {
-            AttachPath::ZeroCopy => DataPath::ZeroCopy,
-            AttachPath::Copy(why) => DataPath::Copy(why.clone()),
-        }
-    }
-}
-
-impl<T> Attachments<T> {
-    /// Refuses a buffer attached already; the id the next attach gets.
-    pub(crate) fn check_new(&self, object: &str, buffer: &Buffer) -> Result<()> {
-        if let Some((id, _)) = self.map.iter().find(|(_, (b, _))| b.same_as(buffer)) {
-            return Err(Error::new(
-                ErrorKind::Busy,
-                "attach",
-                format!("{object}, {}", buffer.describe()),
-                format!("already attached (attachment #{id})"),
-            )
-            .with_errno(Errno::BUSY));
-        }
-        Ok(())
-    }
-
-    /// Records `buffer` with `extra`, returning its attachment.
-    pub(crate) fn insert(&mut self, buffer: &Buffer, extra: T) -> Attachment {
-        let id = NEXT_ATTACHMENT.fetch_add(1, Ordering::Relaxed);
-        self.map.insert(id, (buffer.clone(), extra));
-        Attachment {
-            id,
-            buffer: buffer.clone(),
-        }
-    }
-
-    /// The record of `attachment`, or a "not attached" error (`EPERM`, as
-    /// the kernel answers).
-    pub(crate) fn get(
-        &self,
-        op: &'static str,
-        object: &str,
-        attachment: &Attachment,
-    ) -> Result<&T> {
-        match self.map.get(&attachment.id) {
-            Some((b, extra)) if b.same_as(&attachment.buffer) => Ok(extra),
-            _ => Err(not_attached(op, object, attachment)),
-        }
-    }
-
-    /// Removes `attachment`, or a "not attached" error.
-    pub(crate) fn remove(
-        &mut self,
-        op: &'static str,
-        object: &str,
-        attachment: &Attachment,
-    ) -> Result<T> {
-        self.get(op, object, attachment)?;
-        Ok(self
-            .map
-            .remove(&attachment.id)
-            .map(|(_, extra)| extra)
-            .expect("checked above"))
-    }
-
-    /// Every attachment (for detaching all).
-    pub(crate) fn all(&self) -> Vec<Attachment> {
-        self.map
-            .iter()
-            .map(|(id, (b, _))| Attachment {
-                id: *id,
-                buffer: b.clone(),
-            })
-            .collect()
-    }
-
-    /// Number of attachments.
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
-    }
-}
-
-fn not_attached(op: &'static str, object: &str, attachment: &Attachment) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        op,
-        format!("{object}, {}", attachment.buffer.describe()),
-        format!(
-            "attachment #{} is not attached to this endpoint (never attached, or detached)",
-            attachment.id
-        ),
-    )
-    .with_errno(Errno::PERM)
-}
-
-/// `"EPERM"`-style name, re-exported for endpoint messages.
-pub(crate) fn name_of(e: Errno) -> String {
-    errno_name(e)
-}
-
-/// Issues a DMABUF enqueue ioctl (`call`) on `fd`, with `O_NONBLOCK` set
-/// around it when `nonblocking` (the kernel then fails at once instead of
-/// waiting for conflicting fences), restarting on EINTR and restoring the
-/// file's flags afterwards. The outer error is a failure to toggle the
-/// flag; the inner result is the ioctl's.
-pub(crate) fn enqueue_ioctl(
-    fd: impl AsFd,
-    nonblocking: bool,
-    mut call: impl FnMut() -> rustix::io::Result<()>,
-) -> rustix::io::Result<rustix::io::Result<()>> {
-    let old = if nonblocking {
-        Some(set_nonblocking(&fd, true)?)
-    } else {
-        None
-    };
-    let r = loop {
-        match call() {
-            Err(Errno::INTR) => continue,
-            r => break r,
-        }
-    };
-    if let Some(old) = old {
-        let _ = rustix::fs::fcntl_setfl(&fd, old);
-    }
-    Ok(r)
-}
-
-/// Sets or clears `O_NONBLOCK` on `fd`'s file description, returning the
-/// previous flags to restore.
-pub(crate) fn set_nonblocking(fd: impl AsFd, on: bool) -> rustix::io::Result<rustix::fs::OFlags> {
-    let old = rustix::fs::fcntl_getfl(&fd)?;
-    let mut new = old;
-    new.set(rustix::fs::OFlags::NONBLOCK, on);
-    if new != old {
-        rustix::fs::fcntl_setfl(&fd, new)?;
-    }
-    Ok(old)
 }

@@ -23,7 +23,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::fs::OFlags;
 
-use super::copy::{Attachments, CopyEngine, CopyOptions};
+use super::common::Attachments;
+use super::copy::{CopyEngine, CopyOptions};
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
@@ -98,6 +99,15 @@ impl FdEndpoint {
     /// Number of attached buffers.
     pub fn attached(&self) -> usize {
         self.attachments.len()
+    }
+
+    /// Stops the endpoint's worker, waiting at most `timeout` for it (see
+    /// [`CopyEngine::shutdown`]): everything queued is cancelled; a worker
+    /// blocked in an I/O call the kernel does not interrupt is detached
+    /// and the error says so. Dropping the endpoint does the same with
+    /// [`copy::DROP_WAIT`](super::copy::DROP_WAIT).
+    pub fn shutdown(&mut self, timeout: std::time::Duration) -> Result<()> {
+        self.engine.shutdown(timeout)
     }
 }
 

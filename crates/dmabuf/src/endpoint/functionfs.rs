@@ -34,14 +34,20 @@
 //!
 //! **Zero-copy transfers.** The library first checks the request (length
 //! 0 or past the buffer, unknown flags, not attached: `EINVAL`/`EPERM`
-//! with a message, before the kernel sees it) and waits for the library's
-//! own fences and CPU windows in the way, and for the kernel's fences, at
-//! most [`TransferOptions::timeout`]; the kernel then waits again (at most
-//! its own 5 s; `O_NONBLOCK` is set on the endpoint file for the ioctl of
-//! a non-blocking transfer). Right after the ioctl the transfer's fence is
+//! with a message, before the kernel sees it), then, in one step under the
+//! buffer's reservation lock, waits for the library's own fences, CPU
+//! windows and the kernel's fences in the way, at most
+//! [`TransferOptions::timeout`], and publishes a placeholder fence of the
+//! transfer there, so no CPU window of this process opens between that
+//! wait and the ioctl; the kernel then waits again (at most its own 5 s;
+//! `O_NONBLOCK` is set on the endpoint file for the ioctl of a
+//! non-blocking transfer). Right after the ioctl the transfer's fence is
 //! taken from the dma-buf's reservation with
 //! `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for **writing** (it covers every
-//! fence, so it covers this transfer whatever usage the kernel gave it).
+//! fence, so it covers this transfer whatever usage the kernel gave it),
+//! added to the library's reservation, and the placeholder signalled.
+//! FunctionFS and IIO share this core (`endpoint::kernel`), each with its
+//! own ioctls and errno mapping.
 //!
 //! **The 6.12 direction bug** (uapi.md §5, fixed upstream by 0145e7acd298):
 //! Linux 6.12 adds the fence of an OUT transfer (the controller *writes*
@@ -65,23 +71,29 @@
 //!
 //! **Detach** cancels pending transfers: `FUNCTIONFS_DMABUF_DETACH`
 //! dequeues the kernel's, the copy engine's fail with `ECANCELED`.
-//! Dropping the endpoint detaches everything and closes the file.
+//! Dropping the endpoint detaches everything and closes the file. It
+//! never waits for ever: a copy-path `write()` that the host never takes
+//! blocks in the kernel (`poll` on an endpoint file always says ready,
+//! and `O_NONBLOCK` does not make a queued request return), so after
+//! [`copy::DROP_WAIT`](super::copy::DROP_WAIT) the worker is detached
+//! with a message naming the endpoint; it ends, closing its `dup` of the
+//! file, when the call returns (host reads, reset, or unbind).
 //!
 //! The endpoint file is shared by the ioctls and the copy worker (a `dup`,
 //! one open file description: the kernel detaches every dma-buf of the
 //! endpoint when *a* file description of it is released, so the endpoint
 //! never opens the file twice).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use super::copy::{self, AttachPath, Attachments, CopyEngine, CopyOptions};
-use super::fd::check_attachable;
+use super::common::{name_of, set_nonblocking};
+use super::copy::CopyOptions;
+use super::kernel::{DmabufUapi, KernelDmabufCore};
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
-use crate::buffer::{Access, Buffer, DmaBuf};
-use crate::error::{io_errno, Errno, Error, ErrorKind, Result};
+use crate::buffer::{Buffer, DmaBuf};
+use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
-use crate::reservation::Usage;
 use crate::sys;
 
 /// Largest `read`/`write` call of the copy path (a multiple of every USB
@@ -95,12 +107,85 @@ pub const UNDECIDED: &str =
 /// A FunctionFS data endpoint. See the module documentation.
 #[derive(Debug)]
 pub struct FunctionFsEndpoint {
-    file: OwnedFd,
-    direction: Direction,
-    object: String,
-    attachments: Attachments<AttachPath>,
-    latest: Option<AttachPath>,
-    engine: CopyEngine,
+    core: KernelDmabufCore<FunctionFs>,
+}
+
+/// The FunctionFS DMABUF uAPI (uapi.md §5) for the kernel endpoint core.
+#[derive(Debug)]
+pub(crate) enum FunctionFs {}
+
+impl DmabufUapi for FunctionFs {
+    const ATTACH_IOCTL: &'static str = "FUNCTIONFS_DMABUF_ATTACH";
+    const DEVICE: &'static str = "the controller";
+    // 6.12 adds an OUT transfer's fence as a reader (uapi.md §5).
+    const FIX_FROM_DEVICE_USAGE: bool = true;
+
+    fn attach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
+        sys::functionfs::attach(fd, dmabuf)
+    }
+
+    fn detach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
+        sys::functionfs::detach(fd, dmabuf)
+    }
+
+    fn enqueue(
+        fd: BorrowedFd<'_>,
+        dmabuf: &DmaBuf,
+        flags: u32,
+        len: u64,
+    ) -> rustix::io::Result<()> {
+        sys::functionfs::transfer(fd, dmabuf, flags, len)
+    }
+
+    fn fallback_reason(errno: Errno) -> Option<String> {
+        fallback_reason(errno)
+    }
+
+    fn attach_error(obj: &str, e: Errno) -> Error {
+        match e {
+            Errno::NODEV => Error::kernel(
+                "FunctionFS DMABUF attach",
+                obj,
+                e,
+                "the FunctionFS function is not active",
+            ),
+            Errno::BUSY => Error::kernel(
+                "FunctionFS DMABUF attach",
+                obj,
+                e,
+                "the dma-buf's reservation is locked (non-blocking endpoint file)",
+            ),
+            e => Error::os("FunctionFS DMABUF attach", obj, e),
+        }
+    }
+
+    fn transfer_error(obj: &str, errno: Errno) -> Error {
+        transfer_error(obj, errno)
+    }
+
+    fn detach_error(obj: &str, e: Errno) -> Error {
+        match e {
+            Errno::PERM => Error::new(
+                ErrorKind::NotFound,
+                "FunctionFS DMABUF detach",
+                obj,
+                "the kernel has no attachment of this dma-buf to the endpoint",
+            )
+            .with_errno(e),
+            e => Error::os("FunctionFS DMABUF detach", obj, e),
+        }
+    }
+
+    fn check_flags(obj: &str, _: Direction, _: bool, flags: u32) -> Result<()> {
+        if flags != 0 {
+            return Err(Error::invalid(
+                "transfer",
+                obj,
+                format!("unknown transfer flags {flags:#x} (no flags are defined)"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The reason in words for a copy-path fallback after `FUNCTIONFS_DMABUF_
@@ -116,8 +201,9 @@ pub fn fallback_reason(errno: Errno) -> Option<String> {
         _ => return None,
     };
     Some(format!(
-        "FUNCTIONFS_DMABUF_ATTACH answered {}: {why}",
-        copy::name_of(errno)
+        "{} answered {}: {why}",
+        FunctionFs::ATTACH_IOCTL,
+        name_of(errno)
     ))
 }
 
@@ -185,7 +271,7 @@ impl FunctionFsEndpoint {
         let object = format!("FunctionFS endpoint {name} (fd {})", fd.as_raw_fd());
         // Non-blocking: the kernel waits for the host to enable the
         // endpoint before answering, and may never.
-        let desc = match copy::set_nonblocking(&fd, true) {
+        let desc = match set_nonblocking(&fd, true) {
             Ok(old) => {
                 let d = sys::functionfs::endpoint_desc(&fd);
                 let _ = rustix::fs::fcntl_setfl(&fd, old);
@@ -215,134 +301,61 @@ impl FunctionFsEndpoint {
                 ));
             }
         }
-        let dup = fd
-            .try_clone()
-            .map_err(|e| Error::os("dup", object.clone(), io_errno(&e)))?;
-        let engine = CopyEngine::with_options(
-            dup,
+        let core = KernelDmabufCore::new(
+            fd,
             direction,
             name,
+            object,
+            UNDECIDED,
             CopyOptions {
                 chunk: FUNCTIONFS_COPY_CHUNK,
                 short_read_completes: true,
             },
         )?;
-        Ok(FunctionFsEndpoint {
-            file: fd,
-            direction,
-            object,
-            attachments: Attachments::default(),
-            latest: None,
-            engine,
-        })
+        Ok(FunctionFsEndpoint { core })
     }
 
     /// The data path of one attachment.
     pub fn path_of(&self, attachment: &Attachment) -> Result<DataPath> {
-        Ok(self
-            .attachments
-            .get("data path", &self.object, attachment)?
-            .data_path())
+        self.core.path_of(attachment)
     }
 
     /// The full error of a copy-path transfer whose fence failed.
     pub fn failure(&self, fence: &Fence) -> Option<Error> {
-        self.engine.failure(fence)
+        self.core.failure(fence)
     }
 
     /// Copy-path transfers queued or running (zero-copy transfers are the
     /// kernel's; their fences tell).
     pub fn pending(&self) -> usize {
-        self.engine.pending()
+        self.core.pending()
     }
 
     /// The endpoint's descriptor as the kernel has it (the function must
     /// be active).
     pub fn descriptor(&self) -> Result<sys::functionfs::UsbEndpointDescriptor> {
-        sys::functionfs::endpoint_desc(&self.file).map_err(|e| {
+        sys::functionfs::endpoint_desc(self.core.file()).map_err(|e| {
             Error::kernel(
                 "FunctionFS endpoint descriptor",
-                &self.object,
+                self.core.object(),
                 e,
                 "FUNCTIONFS_ENDPOINT_DESC failed (is the function active?)",
             )
         })
     }
-
-    fn transfer_zero_copy(
-        &mut self,
-        buffer: &Buffer,
-        dmabuf: &DmaBuf,
-        len: u64,
-        opts: TransferOptions,
-    ) -> Result<Fence> {
-        let obj = format!("{}, {}", self.object, buffer.describe());
-        copy::check_transfer(&self.object, buffer, len, opts)?;
-        copy::wait_for_conflicts(buffer, self.direction, opts, &self.object, &|_| false)?;
-        copy::enqueue_ioctl(&self.file, opts.nonblocking, || {
-            sys::functionfs::transfer(&self.file, dmabuf, opts.flags, len)
-        })
-        .map_err(|e| Error::os("FunctionFS DMABUF transfer", obj.clone(), e))?
-        .map_err(|e| transfer_error(&obj, e))?;
-        // The kernel put the transfer's fence in the reservation; a write
-        // export covers every fence whatever usage it was given.
-        let sync = dmabuf.export_sync_file(Access::Write)?;
-        if self.direction == Direction::FromDevice {
-            // 6.12 adds an OUT transfer's fence as a reader (uapi.md §5);
-            // add it back as a writer so CPU reads wait for the data.
-            dmabuf.import_sync_file(&sync, Usage::Write)?;
-        }
-        Ok(Fence::from(sync))
-    }
 }
 
 impl Endpoint for FunctionFsEndpoint {
     fn direction(&self) -> Direction {
-        self.direction
+        self.core.direction()
     }
 
     fn data_path(&self) -> DataPath {
-        match &self.latest {
-            Some(p) => p.data_path(),
-            None => DataPath::Copy(UNDECIDED.into()),
-        }
+        self.core.data_path()
     }
 
     fn attach(&mut self, buffer: &Buffer) -> Result<Attachment> {
-        check_attachable(&self.object, self.direction, buffer)?;
-        self.attachments.check_new(&self.object, buffer)?;
-        let path = match buffer.dma_buf() {
-            None => AttachPath::Copy(format!(
-                "{} is portable memory, not a dma-buf: the controller cannot import it",
-                buffer.describe()
-            )),
-            Some(d) => match sys::functionfs::attach(&self.file, d) {
-                Ok(()) => AttachPath::ZeroCopy,
-                Err(e) => match fallback_reason(e) {
-                    Some(why) => AttachPath::Copy(why),
-                    None => {
-                        let obj = format!("{}, {}", self.object, buffer.describe());
-                        return Err(match e {
-                            Errno::NODEV => Error::kernel(
-                                "FunctionFS DMABUF attach",
-                                obj,
-                                e,
-                                "the FunctionFS function is not active",
-                            ),
-                            Errno::BUSY => Error::kernel(
-                                "FunctionFS DMABUF attach",
-                                obj,
-                                e,
-                                "the dma-buf's reservation is locked (non-blocking endpoint file)",
-                            ),
-                            e => Error::os("FunctionFS DMABUF attach", obj, e),
-                        });
-                    }
-                },
-            },
-        };
-        self.latest = Some(path.clone());
-        Ok(self.attachments.insert(buffer, path))
+        self.core.attach(buffer)
     }
 
     fn transfer(
@@ -351,54 +364,17 @@ impl Endpoint for FunctionFsEndpoint {
         len: u64,
         opts: TransferOptions,
     ) -> Result<Fence> {
-        let path = self
-            .attachments
-            .get("transfer", &self.object, attachment)?
-            .clone();
-        match (path, attachment.buffer.dma_buf()) {
-            (AttachPath::ZeroCopy, Some(d)) => {
-                let buffer = attachment.buffer.clone();
-                self.transfer_zero_copy(&buffer, d, len, opts)
-            }
-            _ => self.engine.queue(attachment, len, opts),
-        }
+        self.core.transfer(attachment, len, opts)
     }
 
     fn detach(&mut self, attachment: &Attachment) -> Result<()> {
-        let path = self
-            .attachments
-            .remove("detach", &self.object, attachment)?;
-        self.engine.cancel(attachment.id);
-        if let (AttachPath::ZeroCopy, Some(d)) = (path, attachment.buffer.dma_buf()) {
-            sys::functionfs::detach(&self.file, d).map_err(|e| {
-                let obj = format!("{}, {}", self.object, attachment.buffer.describe());
-                match e {
-                    Errno::PERM => Error::new(
-                        ErrorKind::NotFound,
-                        "FunctionFS DMABUF detach",
-                        obj,
-                        "the kernel has no attachment of this dma-buf to the endpoint",
-                    )
-                    .with_errno(e),
-                    e => Error::os("FunctionFS DMABUF detach", obj, e),
-                }
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for FunctionFsEndpoint {
-    fn drop(&mut self) {
-        for a in self.attachments.all() {
-            let _ = self.detach(&a);
-        }
+        self.core.detach(attachment)
     }
 }
 
 impl AsFd for FunctionFsEndpoint {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.file.as_fd()
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.core.file()
     }
 }
 

@@ -23,10 +23,13 @@
 //!   output buffers on the zero-copy path and refused (`EINVAL`, with a
 //!   message) everywhere else. The library checks length, flags and the
 //!   attachment before the kernel does, and waits for its own fences, CPU
-//!   windows and the kernel's fences at most the transfer's timeout; the
-//!   transfer's fence is exported from the dma-buf right after the ioctl
+//!   windows and the kernel's fences at most the transfer's timeout,
+//!   publishing a placeholder fence in the same step (the kernel endpoint
+//!   core shared with FunctionFS, `endpoint::kernel`); the transfer's
+//!   fence is exported from the dma-buf right after the ioctl
 //!   (`EXPORT_SYNC_FILE` for writing; IIO gives its fences the right
-//!   usage, no direction fix is needed).
+//!   usage, no direction fix is needed) and added to the library's
+//!   reservation.
 //! * **Kernel errors** become errors with the errno: `EBUSY` (fences
 //!   still active after the kernel's 5 s, or none when non-blocking) →
 //!   [`ErrorKind::Busy`]; `EPERM` (not attached) →
@@ -41,13 +44,14 @@
 //! ([`sys::iio::enqueue_arg`]) and the error mapping are unit-tested, the
 //! copy path is the same engine the fd endpoint's tests exercise.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use super::copy::{self, AttachPath, Attachments, CopyEngine};
-use super::fd::check_attachable;
+use super::common::name_of;
+use super::copy::CopyOptions;
+use super::kernel::{DmabufUapi, KernelDmabufCore};
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
-use crate::buffer::{Access, Buffer, DmaBuf};
+use crate::buffer::{Buffer, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
 use crate::sys;
@@ -61,12 +65,55 @@ pub const UNDECIDED: &str =
 /// An IIO buffer as an endpoint. See the module documentation.
 #[derive(Debug)]
 pub struct IioEndpoint {
-    buffer_fd: OwnedFd,
-    direction: Direction,
-    object: String,
-    attachments: Attachments<AttachPath>,
-    latest: Option<AttachPath>,
-    engine: CopyEngine,
+    core: KernelDmabufCore<Iio>,
+}
+
+/// The IIO DMABUF uAPI (uapi.md §6) for the kernel endpoint core.
+#[derive(Debug)]
+pub(crate) enum Iio {}
+
+impl DmabufUapi for Iio {
+    const ATTACH_IOCTL: &'static str = "IIO_BUFFER_DMABUF_ATTACH_IOCTL";
+    const DEVICE: &'static str = "the IIO buffer";
+    // IIO gives its fences the right usage.
+    const FIX_FROM_DEVICE_USAGE: bool = false;
+
+    fn attach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
+        sys::iio::attach(fd, dmabuf)
+    }
+
+    fn detach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
+        sys::iio::detach(fd, dmabuf)
+    }
+
+    fn enqueue(
+        fd: BorrowedFd<'_>,
+        dmabuf: &DmaBuf,
+        flags: u32,
+        len: u64,
+    ) -> rustix::io::Result<()> {
+        sys::iio::enqueue(fd, &sys::iio::enqueue_arg(dmabuf, flags, len))
+    }
+
+    fn fallback_reason(errno: Errno) -> Option<String> {
+        fallback_reason(errno)
+    }
+
+    fn attach_error(obj: &str, errno: Errno) -> Error {
+        iio_error("IIO DMABUF attach", obj, errno)
+    }
+
+    fn transfer_error(obj: &str, errno: Errno) -> Error {
+        iio_error("IIO DMABUF enqueue", obj, errno)
+    }
+
+    fn detach_error(obj: &str, errno: Errno) -> Error {
+        iio_error("IIO DMABUF detach", obj, errno)
+    }
+
+    fn check_flags(obj: &str, direction: Direction, zero_copy: bool, flags: u32) -> Result<()> {
+        check_flags(obj, direction, zero_copy, flags)
+    }
 }
 
 /// The reason in words for a copy-path fallback after
@@ -82,7 +129,7 @@ pub fn fallback_reason(errno: Errno) -> Option<String> {
     };
     Some(format!(
         "IIO_BUFFER_DMABUF_ATTACH_IOCTL answered {}: {why}",
-        copy::name_of(errno)
+        name_of(errno)
     ))
 }
 
@@ -157,7 +204,7 @@ impl IioEndpoint {
                 match e {
                     Errno::NOENT => "the device has no buffer of this index".to_string(),
                     Errno::BUSY => "the buffer is already open".to_string(),
-                    e => format!("IIO_BUFFER_GET_FD_IOCTL failed ({})", copy::name_of(e)),
+                    e => format!("IIO_BUFFER_GET_FD_IOCTL failed ({})", name_of(e)),
                 },
             )
         })?;
@@ -172,92 +219,44 @@ impl IioEndpoint {
     /// `name` in messages.
     pub fn from_buffer_fd(fd: OwnedFd, direction: Direction, name: &str) -> Result<IioEndpoint> {
         let object = format!("IIO {name} (fd {})", fd.as_raw_fd());
-        let dup = fd
-            .try_clone()
-            .map_err(|e| Error::os("dup", object.clone(), crate::error::io_errno(&e)))?;
-        let engine = CopyEngine::new(dup, direction, name)?;
-        Ok(IioEndpoint {
-            buffer_fd: fd,
+        let core = KernelDmabufCore::new(
+            fd,
             direction,
+            name,
             object,
-            attachments: Attachments::default(),
-            latest: None,
-            engine,
-        })
+            UNDECIDED,
+            CopyOptions::default(),
+        )?;
+        Ok(IioEndpoint { core })
     }
 
     /// The data path of one attachment.
     pub fn path_of(&self, attachment: &Attachment) -> Result<DataPath> {
-        Ok(self
-            .attachments
-            .get("data path", &self.object, attachment)?
-            .data_path())
+        self.core.path_of(attachment)
     }
 
     /// The full error of a copy-path transfer whose fence failed.
     pub fn failure(&self, fence: &Fence) -> Option<Error> {
-        self.engine.failure(fence)
+        self.core.failure(fence)
     }
 
-    fn transfer_zero_copy(
-        &mut self,
-        buffer: &Buffer,
-        dmabuf: &DmaBuf,
-        len: u64,
-        opts: TransferOptions,
-    ) -> Result<Fence> {
-        let obj = format!("{}, {}", self.object, buffer.describe());
-        check_flags(&obj, self.direction, true, opts.flags)?;
-        copy::check_transfer(
-            &self.object,
-            buffer,
-            len,
-            TransferOptions { flags: 0, ..opts },
-        )?;
-        copy::wait_for_conflicts(buffer, self.direction, opts, &self.object, &|_| false)?;
-        let arg = sys::iio::enqueue_arg(dmabuf, opts.flags, len);
-        copy::enqueue_ioctl(&self.buffer_fd, opts.nonblocking, || {
-            sys::iio::enqueue(&self.buffer_fd, &arg)
-        })
-        .map_err(|e| Error::os("IIO DMABUF enqueue", obj.clone(), e))?
-        .map_err(|e| iio_error("IIO DMABUF enqueue", &obj, e))?;
-        Ok(Fence::from(dmabuf.export_sync_file(Access::Write)?))
+    /// Copy-path transfers queued or running.
+    pub fn pending(&self) -> usize {
+        self.core.pending()
     }
 }
 
 impl Endpoint for IioEndpoint {
     fn direction(&self) -> Direction {
-        self.direction
+        self.core.direction()
     }
 
     fn data_path(&self) -> DataPath {
-        match &self.latest {
-            Some(p) => p.data_path(),
-            None => DataPath::Copy(UNDECIDED.into()),
-        }
+        self.core.data_path()
     }
 
     fn attach(&mut self, buffer: &Buffer) -> Result<Attachment> {
-        check_attachable(&self.object, self.direction, buffer)?;
-        self.attachments.check_new(&self.object, buffer)?;
-        let path = match buffer.dma_buf() {
-            None => AttachPath::Copy(format!(
-                "{} is portable memory, not a dma-buf: the IIO buffer cannot import it",
-                buffer.describe()
-            )),
-            Some(d) => match sys::iio::attach(&self.buffer_fd, d) {
-                Ok(()) => AttachPath::ZeroCopy,
-                Err(e) => match fallback_reason(e) {
-                    Some(why) => AttachPath::Copy(why),
-                    None => {
-                        let obj = format!("{}, {}", self.object, buffer.describe());
-                        return Err(iio_error("IIO DMABUF attach", &obj, e));
-                    }
-                },
-            },
-        };
-        self.latest = Some(path.clone());
-        Ok(self.attachments.insert(buffer, path))
+        self.core.attach(buffer)
     }
 
     fn transfer(
@@ -266,48 +265,17 @@ impl Endpoint for IioEndpoint {
         len: u64,
         opts: TransferOptions,
     ) -> Result<Fence> {
-        let path = self
-            .attachments
-            .get("transfer", &self.object, attachment)?
-            .clone();
-        match (path, attachment.buffer.dma_buf()) {
-            (AttachPath::ZeroCopy, Some(d)) => {
-                let buffer = attachment.buffer.clone();
-                self.transfer_zero_copy(&buffer, d, len, opts)
-            }
-            _ => {
-                let obj = format!("{}, {}", self.object, attachment.buffer.describe());
-                check_flags(&obj, self.direction, false, opts.flags)?;
-                self.engine.queue(attachment, len, opts)
-            }
-        }
+        self.core.transfer(attachment, len, opts)
     }
 
     fn detach(&mut self, attachment: &Attachment) -> Result<()> {
-        let path = self
-            .attachments
-            .remove("detach", &self.object, attachment)?;
-        self.engine.cancel(attachment.id);
-        if let (AttachPath::ZeroCopy, Some(d)) = (path, attachment.buffer.dma_buf()) {
-            let obj = format!("{}, {}", self.object, attachment.buffer.describe());
-            sys::iio::detach(&self.buffer_fd, d)
-                .map_err(|e| iio_error("IIO DMABUF detach", &obj, e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for IioEndpoint {
-    fn drop(&mut self) {
-        for a in self.attachments.all() {
-            let _ = self.detach(&a);
-        }
+        self.core.detach(attachment)
     }
 }
 
 impl AsFd for IioEndpoint {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.buffer_fd.as_fd()
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.core.file()
     }
 }
 

@@ -32,22 +32,31 @@
 //! Precisions every endpoint follows:
 //!
 //! * the wait for conflicting fences happens inside [`Endpoint::transfer`]
-//!   (like the kernel's enqueue ioctls): a `Busy` error means nothing was
-//!   queued; failures after queueing are the fence's error;
+//!   (like the kernel's enqueue ioctls), in one step with the publication
+//!   of the transfer's fence in the buffer's reservation (see
+//!   `reservation`): a CPU window either opened before (the transfer
+//!   waits for it) or waits for the transfer. A `Busy` error means nothing
+//!   was queued or published; failures after queueing are the fence's
+//!   error;
 //! * an endpoint does not wait for its own earlier transfers: its queue
 //!   orders them;
 //! * a fence that signalled with an error is done for the buffer's next
 //!   user (see `reservation`);
-//! * attaching a buffer that is attached already is refused (`EBUSY`);
-//!   an attachment unknown to the endpoint (never attached, detached, or
-//!   another endpoint's) gives [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) with `EPERM`, the
-//!   kernel's answer;
+//! * attaching a buffer that is attached already is refused
+//!   ([`ErrorKind::Busy`], `EBUSY`); an attachment unknown to the
+//!   endpoint (never attached, detached, or another endpoint's) gives
+//!   [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) with `EPERM`,
+//!   the kernel's answer; attachment ids are unique in the process;
+//! * dropping an endpoint never waits for ever (see [`copy`]);
 //! * a from-device endpoint refuses read-only buffers at attach
 //!   (`EACCES`).
 //!
 //! # The endpoints
 //!
 //! * [`copy`] — [`CopyEngine`], the copy path every endpoint falls back to;
+//! * FunctionFS and IIO share one kernel-DMABUF core (attach with copy
+//!   fallback and its reason, enqueue, detach, fences), each plugging in
+//!   its ioctls and errno mapping;
 //! * [`fd`] — [`FdEndpoint`], any file, pipe or socket;
 //! * [`functionfs`] — [`FunctionFsEndpoint`], USB gadget endpoints;
 //! * [`iio`] — [`IioEndpoint`], IIO buffers;
@@ -60,10 +69,12 @@ pub mod v4l2;
 use std::fmt;
 use std::time::Duration;
 
+mod common;
 pub mod copy;
 pub mod fd;
 pub mod functionfs;
 pub mod iio;
+mod kernel;
 
 pub use copy::{CopyEngine, CopyOptions};
 pub use fd::FdEndpoint;

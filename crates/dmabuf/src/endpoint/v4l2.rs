@@ -27,7 +27,13 @@
 //!   frame. The first transfer starts streaming (`VIDIOC_STREAMON`).
 //!   Before queueing, the transfer waits (at most the options' timeout) for
 //!   every CPU window and fence on the buffer, since the device will write
-//!   it; a slot that is still queued is refused (wait for its fence first).
+//!   it, and publishes its fence in the same step under the reservation's
+//!   lock (no window opens in between); a slot that is still queued is
+//!   refused (wait for its fence first).
+//! * The endpoint contract holds: attaching a buffer twice is refused with
+//!   `EBUSY`, an attachment this device does not have gives
+//!   [`ErrorKind::NotFound`] with `EPERM`, attachment ids are unique in
+//!   the process.
 //! * A worker thread polls the device and dequeues finished frames
 //!   (`VIDIOC_DQBUF`). A frame's fence signals when it is dequeued; if the
 //!   driver flagged it `V4L2_BUF_FLAG_ERROR` the fence fails with `EIO`.
@@ -68,12 +74,13 @@ use std::time::{Duration, Instant};
 use rustix::event::{eventfd, EventfdFlags, PollFd, PollFlags};
 use rustix::fs::{Mode, OFlags};
 
-use crate::buffer::{Access, Buffer};
+use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, UserFence};
-use crate::reservation::Usage;
+use crate::reservation::{DeviceAccess, Usage};
 use crate::sys::v4l2 as sys;
 
+use super::common::{explain_busy, next_attachment_id};
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
 
 /// The most buffer slots [`V4l2Capture::open`] asks for (videobuf2's
@@ -407,7 +414,6 @@ pub struct V4l2Capture {
     slots: Vec<Option<Slot>>,
     allocated: bool,
     buf_caps: u32,
-    next_id: u64,
     fences: FenceContext,
 }
 
@@ -501,7 +507,6 @@ impl V4l2Capture {
             slots: Vec::new(),
             allocated: false,
             buf_caps: 0,
-            next_id: 1,
             fences: FenceContext::new(&format!("v4l2:{path_s}")),
         };
         cap.request_slots()?;
@@ -709,59 +714,34 @@ impl V4l2Capture {
             .with_errno(Errno::BUSY));
         }
         // The device will write the buffer: wait for every CPU window and
-        // every fence on it.
+        // every fence on it (one that only has to have signalled: an
+        // earlier frame that failed or was cancelled does not stop the
+        // next capture), and publish the frame's fence in the same step,
+        // so readers of the buffer wait for the frame and no window opens
+        // before the device can touch the buffer.
         let deadline = Instant::now()
             + if opts.nonblocking {
                 Duration::ZERO
             } else {
                 opts.timeout
             };
-        if !buffer
-            .reservation()
-            .wait_cpu_windows(Access::Write, Some(deadline))
-        {
-            let (r, w) = buffer.reservation().cpu_windows();
-            return Err(Error::new(
-                ErrorKind::Busy,
-                op,
-                obj(),
-                format!(
-                    "{r} read and {w} write CPU windows are open on the buffer; the device cannot write it"
-                ),
-            )
-            .with_errno(Errno::BUSY));
-        }
-        // A fence in the way only has to have signalled: an earlier frame
-        // that failed or was cancelled does not stop the next capture.
-        for f in buffer.reservation().fences_for(Access::Write) {
-            if let Err(e) = f.wait_until(Some(deadline)) {
-                if e.kind() == ErrorKind::TimedOut {
-                    return Err(Error::new(
-                        ErrorKind::Busy,
-                        op,
-                        obj(),
-                        format!("{} has not signalled in time", f.describe()),
-                    )
-                    .with_errno(Errno::BUSY));
-                }
-            }
-        }
-        if let Some(d) = buffer.dma_buf() {
-            if !d.poll_idle(Access::Write, Some(deadline))? {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    op,
-                    obj(),
-                    "kernel fences on the buffer have not signalled in time",
-                )
-                .with_errno(Errno::BUSY));
-            }
-        }
         let fence = self.fences.next_fence()?;
         let seq = fence.seqno();
-        // Readers of the buffer wait for the frame: the fence is in the
-        // reservation before the device can touch the buffer.
-        buffer.add_fence(Fence::User(fence.clone()), Usage::Write)?;
+        let object = obj();
+        buffer
+            .reservation()
+            .begin_device(
+                Fence::User(fence.clone()),
+                DeviceAccess {
+                    op,
+                    object: &object,
+                    usage: Usage::Write,
+                    deadline: Some(deadline),
+                    dma_buf: buffer.dma_buf(),
+                    skip: &|_| false,
+                },
+            )
+            .map_err(|e| explain_busy(e, opts))?;
         let mut st = self.shared.lock();
         let mut vbuf = sys::V4l2Buffer {
             index,
@@ -826,9 +806,13 @@ impl V4l2Capture {
                     ErrorKind::NotFound,
                     op,
                     format!("{}: {}", self.shared.path, att.buffer.describe()),
-                    format!("attachment {} is not attached to this device", att.id),
+                    format!(
+                        "attachment #{} is not attached to this device (never attached, or \
+                         detached)",
+                        att.id
+                    ),
                 )
-                .with_errno(Errno::NOENT)
+                .with_errno(Errno::PERM)
             })
     }
 }
@@ -912,11 +896,13 @@ impl Endpoint for V4l2Capture {
             .flatten()
             .find(|s| s.buffer.same_as(buffer))
         {
-            return Err(Error::invalid(
+            return Err(Error::new(
+                ErrorKind::Busy,
                 op,
                 obj,
-                format!("already attached (attachment {})", s.attachment),
-            ));
+                format!("already attached (attachment #{})", s.attachment),
+            )
+            .with_errno(Errno::BUSY));
         }
         if !self.allocated {
             self.request_slots()?;
@@ -933,8 +919,7 @@ impl Endpoint for V4l2Capture {
             )
             .with_errno(Errno::BUSY));
         };
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = next_attachment_id();
         self.slots[free] = Some(Slot {
             attachment: id,
             buffer: buffer.clone(),

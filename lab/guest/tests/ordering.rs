@@ -1,0 +1,238 @@
+//! Ordering against the real kernel, with vgem's fences (kernel fences
+//! that user space attaches and signals): a transfer's wait and the
+//! publication of its fence are one step, a window's `START` is bounded by
+//! its timeout, a copy transfer waits for kernel fences, and windows that
+//! read and write are kept apart on dma-bufs (`SYNC` has no range).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use dmabuf::endpoint::{Direction, Endpoint, FdEndpoint, TransferOptions};
+use dmabuf::mapping::{Read, ReadWrite, Write};
+use dmabuf::{Allocate, Buffer, DmaBuf, Errno, ErrorKind, FenceStatus, Heap, Memfd, Udmabuf};
+use dmabuf_lab_guest::{load_module, require_lab, wait_for_path};
+
+const PAGE: u64 = 4096;
+
+/// A vgem buffer: a dma-buf from a DRM driver whose fences user space
+/// attaches and signals.
+struct Vgem {
+    card: OwnedFd,
+    handle: u32,
+    buffer: Buffer,
+}
+
+fn vgem() -> Vgem {
+    require_lab();
+    load_module("vgem", "").expect("vgem loads");
+    wait_for_path("/dev/dri/card0", Duration::from_secs(5)).unwrap();
+    let card: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/dri/card0")
+        .unwrap()
+        .into();
+    let (handle, _) = dmabuf::sys::vgem::create_dumb(&card, 1024, 1).unwrap();
+    let d = DmaBuf::from_fd(dmabuf::sys::vgem::export(&card, handle).unwrap()).unwrap();
+    Vgem {
+        card,
+        handle,
+        buffer: Buffer::from_dma_buf(d),
+    }
+}
+
+impl Vgem {
+    /// Attaches an unsignalled kernel fence (a writer or a reader).
+    fn fence(&self, write: bool) -> u32 {
+        dmabuf::sys::vgem::fence_attach(&self.card, self.handle, write).unwrap()
+    }
+
+    /// Signals fence `id` after `delay`, from another thread.
+    fn signal_later(&self, id: u32, delay: Duration) -> std::thread::JoinHandle<()> {
+        let card = self.card.as_fd().try_clone_to_owned().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            dmabuf::sys::vgem::fence_signal(&card, id).unwrap();
+        })
+    }
+}
+
+fn udmabuf(pages: u64) -> Buffer {
+    require_lab();
+    let m = Memfd::new("ordering", pages * PAGE).unwrap();
+    Buffer::from_dma_buf(
+        Udmabuf::open()
+            .unwrap()
+            .create(&m, 0, pages * PAGE)
+            .unwrap(),
+    )
+}
+
+fn heap(pages: u64) -> Buffer {
+    require_lab();
+    Heap::open("system")
+        .unwrap()
+        .allocate(pages * PAGE, "ordering")
+        .unwrap()
+}
+
+/// Before: `DMA_BUF_IOCTL_SYNC START` waited for kernel fences without
+/// limit whatever the window's timeout. Now the window polls first and
+/// gives up at its deadline, naming the kernel fence.
+#[test]
+fn a_window_timeout_bounds_start_on_a_pending_kernel_fence() {
+    let v = vgem();
+    let wf = v.fence(true);
+    let m = v.buffer.map().unwrap();
+    let t0 = Instant::now();
+    let e = m
+        .window::<Read>(0..PAGE as usize, Some(Duration::from_millis(200)))
+        .unwrap_err();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(3), "bounded: {took:?}");
+    assert!(took >= Duration::from_millis(150), "waited: {took:?}");
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(e.errno(), Some(Errno::BUSY));
+    assert!(e.cause().contains("kernel fence"), "{e}");
+    assert!(e.cause().contains("START|read"), "{e}");
+    assert_eq!(v.buffer.reservation().cpu_windows(), (0, 0), "undone");
+    // A read fence holds up writers only.
+    dmabuf::sys::vgem::fence_signal(&v.card, wf).unwrap();
+    let rf = v.fence(false);
+    m.window::<Read>(0..PAGE as usize, Some(Duration::ZERO))
+        .unwrap();
+    let e = m
+        .window::<Write>(0..PAGE as usize, Some(Duration::from_millis(50)))
+        .unwrap_err();
+    assert!(e.cause().contains("START|write"), "{e}");
+    dmabuf::sys::vgem::fence_signal(&v.card, rf).unwrap();
+    m.window::<Write>(0..PAGE as usize, Some(Duration::from_secs(1)))
+        .unwrap();
+}
+
+/// A copy transfer waits for the kernel's fences in the way; a
+/// non-blocking one is refused naming the kernel fence, and nothing is
+/// published.
+#[test]
+fn a_transfer_waits_for_kernel_fences_before_publishing() {
+    let v = vgem();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let mut rx = FdEndpoint::new(r, Direction::FromDevice).unwrap();
+    let a = rx.attach(&v.buffer).unwrap();
+    // A kernel reader: a device write (from-device) must wait for it.
+    let rf = v.fence(false);
+    let e = rx
+        .transfer(
+            &a,
+            4,
+            TransferOptions {
+                nonblocking: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(e.cause().contains("kernel fence"), "{e}");
+    assert!(e.cause().contains("non-blocking"), "{e}");
+    assert!(v.buffer.reservation().is_empty(), "nothing published");
+    let s = v.signal_later(rf, Duration::from_millis(200));
+    let t0 = Instant::now();
+    let f = rx.transfer(&a, 4, TransferOptions::default()).unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t0.elapsed()
+    );
+    s.join().unwrap();
+    rustix::io::write(&w, b"data").unwrap();
+    f.wait(Some(Duration::from_secs(10))).unwrap();
+    let m = v.buffer.map().unwrap();
+    assert_eq!(&m.read().unwrap()[..4], b"data");
+}
+
+/// The race of issue 8 with real kernel fences. A transfer waits for a
+/// vgem write fence (nothing published yet); meanwhile a write window
+/// registers and waits in its bounded `START` for the same fence. When the
+/// fence signals, the transfer must see the window and wait for it: while
+/// the window is open, no fence of the transfer is in the reservation and
+/// nothing was sent; after it closes the device gets the window's bytes.
+#[test]
+fn a_window_opened_during_a_transfers_kernel_fence_wait_holds_the_transfer() {
+    let v = vgem();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let mut tx = FdEndpoint::new(w, Direction::ToDevice).unwrap();
+    let a = tx.attach(&v.buffer).unwrap();
+    let wf = v.fence(true);
+    let transfer = std::thread::spawn(move || {
+        let f = tx.transfer(
+            &a,
+            12,
+            TransferOptions {
+                timeout: Duration::from_secs(20),
+                ..Default::default()
+            },
+        );
+        (f, tx)
+    });
+    // Let the transfer reach its wait for the kernel fence.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(v.buffer.reservation().is_empty(), "not published yet");
+    let s = v.signal_later(wf, Duration::from_millis(300));
+    let m = v.buffer.map().unwrap();
+    let mut win = m
+        .window::<Write>(0..PAGE as usize, Some(Duration::from_secs(10)))
+        .unwrap();
+    s.join().unwrap();
+    win[..12].copy_from_slice(b"window-bytes");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        v.buffer.reservation().is_empty(),
+        "the transfer published its fence while a write window was open"
+    );
+    let mut probe = [0u8; 16];
+    rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::NONBLOCK).unwrap();
+    assert_eq!(
+        rustix::io::read(&r, &mut probe),
+        Err(Errno::AGAIN),
+        "nothing was sent while the window was open"
+    );
+    win.end().unwrap();
+    let (f, tx) = transfer.join().unwrap();
+    let f = f.unwrap();
+    f.wait(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(f.status(), FenceStatus::Signalled);
+    rustix::fs::fcntl_setfl(&r, rustix::fs::OFlags::empty()).unwrap();
+    let mut got = [0u8; 12];
+    assert_eq!(rustix::io::read(&r, &mut got).unwrap(), 12);
+    assert_eq!(&got, b"window-bytes");
+    drop(tx);
+}
+
+/// `SYNC` has no range: on a dma-buf a window that reads never coexists
+/// with one that writes, even on disjoint pages. Write-only windows may.
+#[test]
+fn windows_that_read_and_write_are_kept_apart_on_dma_bufs() {
+    for b in [udmabuf(2), heap(2)] {
+        let m = b.map().unwrap();
+        let p = PAGE as usize;
+        let w0 = m.window::<Write>(0..p, None).unwrap();
+        for e in [
+            m.window::<Read>(p..2 * p, None).unwrap_err(),
+            m.window::<ReadWrite>(p..2 * p, None).unwrap_err(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+            assert_eq!(e.errno(), Some(Errno::BUSY));
+            assert!(e.cause().contains("write window is open"), "{e}");
+            assert!(e.cause().contains("non-coherent"), "{e}");
+        }
+        let w1 = m.window::<Write>(p..2 * p, None).unwrap();
+        drop((w0, w1));
+        let r0 = m.window::<Read>(0..p, None).unwrap();
+        let e = m.window::<Write>(p..2 * p, None).unwrap_err();
+        assert!(e.cause().contains("read window is open"), "{e}");
+        let r1 = m.window::<Read>(p..2 * p, None).unwrap();
+        drop((r0, r1));
+        m.window::<ReadWrite>(0..2 * p, None).unwrap();
+        assert_eq!(b.reservation().cpu_windows(), (0, 0));
+    }
+}
