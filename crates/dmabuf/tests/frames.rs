@@ -224,8 +224,8 @@ fn every_refusal_names_its_cause() {
     );
     refused(nv12(&b, (0, 0), (2048, 64)), "plane 0 has stride 0");
     refused(
-        nv12(&b, (0, 64), (2046, 64)),
-        "plane 1: offset 2046 is not a multiple of 2",
+        nv12(&b, (0, 64), (2049, 64)),
+        "plane 1: offset 2049 is not a multiple of 2",
     );
     refused(
         nv12(&b, (0, 64), (1024, 64)),
