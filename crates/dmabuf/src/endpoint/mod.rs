@@ -64,11 +64,13 @@ pub mod copy;
 pub mod fd;
 pub mod functionfs;
 pub mod iio;
+pub mod prime;
 
 pub use copy::{CopyEngine, CopyOptions};
 pub use fd::FdEndpoint;
 pub use functionfs::FunctionFsEndpoint;
 pub use iio::IioEndpoint;
+pub use prime::{DrmDevice, GemHandle};
 
 use crate::buffer::Buffer;
 use crate::error::Result;
