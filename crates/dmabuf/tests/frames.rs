@@ -422,7 +422,8 @@ fn layouts_encode_and_decode() {
 fn the_decoder_names_every_refusal() {
     let (l, _) = FrameLayout::linear(Fourcc::NV12, 64, 64, 64, Placement::PerPlane).unwrap();
     let good = wire::encode(&l).unwrap();
-    let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(Mutation, &str)> = vec![
         (
             Box::new(|b| b.truncate(10)),
             "shorter than the 28-byte header",

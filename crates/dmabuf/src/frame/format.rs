@@ -411,7 +411,8 @@ mod tests {
     #[test]
     fn the_table_matches_drm_format_info() {
         // (format, planes as (cpp, hsub, vsub)) from drivers/gpu/drm/drm_fourcc.c.
-        let want: &[(Fourcc, &[(u32, u32, u32)])] = &[
+        type Planes = &'static [(u32, u32, u32)];
+        let want: &[(Fourcc, Planes)] = &[
             (Fourcc::XRGB8888, &[(4, 1, 1)]),
             (Fourcc::ARGB8888, &[(4, 1, 1)]),
             (Fourcc::RGB565, &[(2, 1, 1)]),
