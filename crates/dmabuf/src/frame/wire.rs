@@ -24,7 +24,7 @@
 //! wrong length, magic or version, non-zero reserved bytes, a plane or
 //! buffer count out of range, a plane naming a buffer past the count, a
 //! buffer no plane uses, and an empty size, each with an
-//! [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) error naming the
+//! [`ErrorKind::Protocol`] error naming the
 //! field. A decoded layout is only geometry: it becomes a frame through
 //! [`Frame::from_layout`](super::Frame::from_layout), which checks every
 //! plane against the real sizes of the buffers received.
