@@ -152,6 +152,31 @@ mod prime {
     }
 
     #[test]
+    fn imports_racing_the_last_drop_never_get_a_closed_handle() {
+        // Without the device's lock, one thread's GEM_CLOSE (last drop)
+        // could remove the handle another thread's import just got back
+        // from the kernel (the same number, deduplicated).
+        let d = vgem();
+        let b = udmabuf(1);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        let h = d.import(&b).unwrap();
+                        let fd = dmabuf::sys::drm::prime_handle_to_fd(
+                            d.fd(),
+                            h.handle(),
+                            dmabuf::sys::drm::DRM_CLOEXEC,
+                        );
+                        assert!(fd.is_ok(), "handle {} was closed: {fd:?}", h.handle());
+                    }
+                });
+            }
+        });
+        assert_eq!(d.open_handles(), 0);
+    }
+
+    #[test]
     fn handles_belong_to_one_open_file() {
         let (d1, d2) = (vgem(), vgem());
         let b = udmabuf(1);

@@ -80,6 +80,19 @@ pub enum FrameError {
     /// The format has no layout known to the library.
     #[error("format {0} is unknown to this library: its planes cannot be checked")]
     UnknownFormat(Fourcc),
+    /// A V4L2 pixel format without a DRM equivalent in the library's table.
+    #[error("V4L2 format {0} has no DRM format known to this library")]
+    UnknownV4l2Format(Fourcc),
+    /// A V4L2 format was given the wrong number of `bytesperline` values.
+    #[error("V4L2 format {code} has {want} memory plane(s), {got} bytesperline values were given")]
+    V4l2PlaneCount {
+        /// The V4L2 code.
+        code: Fourcc,
+        /// Its memory planes.
+        want: usize,
+        /// The values given.
+        got: usize,
+    },
     /// No planes, or more than [`MAX_PLANES`].
     #[error("{0} planes (a frame has 1 to 4)")]
     PlaneCountOutOfRange(usize),

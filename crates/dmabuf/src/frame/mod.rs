@@ -28,11 +28,13 @@
 //!   [`PlaneMap`] whose windows cover exactly the plane's rows);
 //! * `Display` gives `NV12 1280x720 (LINEAR), 2 planes`.
 //!
-//! The [`wire`] module encodes a frame's layout as bytes (for sharing a
+//! The [`v4l2`] module maps V4L2 pixel formats and `bytesperline` values
+//! to frame layouts; the [`wire`] module encodes a frame's layout as bytes (for sharing a
 //! frame with another process) and checks what it decodes.
 
 mod format;
 mod layout;
+pub mod v4l2;
 pub mod wire;
 
 use std::fmt;
