@@ -123,6 +123,21 @@ impl From<Fourcc> for u32 {
     }
 }
 
+/// To the `drm` crate's format enum (for its KMS calls); formats it does
+/// not know are refused.
+impl TryFrom<Fourcc> for ::drm::buffer::DrmFourcc {
+    type Error = ::drm::buffer::UnrecognizedFourcc;
+    fn try_from(f: Fourcc) -> std::result::Result<Self, Self::Error> {
+        ::drm::buffer::DrmFourcc::try_from(f.0)
+    }
+}
+
+impl From<::drm::buffer::DrmFourcc> for Fourcc {
+    fn from(f: ::drm::buffer::DrmFourcc) -> Fourcc {
+        Fourcc(f as u32)
+    }
+}
+
 impl FromStr for Fourcc {
     type Err = Error;
 
@@ -371,6 +386,18 @@ impl fmt::Debug for Modifier {
     }
 }
 
+impl From<Modifier> for ::drm::buffer::DrmModifier {
+    fn from(m: Modifier) -> Self {
+        ::drm::buffer::DrmModifier::from(m.0)
+    }
+}
+
+impl From<::drm::buffer::DrmModifier> for Modifier {
+    fn from(m: ::drm::buffer::DrmModifier) -> Modifier {
+        Modifier(m.into())
+    }
+}
+
 impl From<Modifier> for u64 {
     fn from(m: Modifier) -> u64 {
         m.0
@@ -478,6 +505,21 @@ mod tests {
             assert!(e.to_string().contains("unknown pixel format"), "{e}");
             assert!(e.to_string().contains("NV12"), "lists known formats: {e}");
         }
+    }
+
+    #[test]
+    fn codes_convert_to_and_from_the_drm_crate() {
+        use ::drm::buffer::{DrmFourcc, DrmModifier};
+        for f in Fourcc::known() {
+            let d = DrmFourcc::try_from(f).unwrap();
+            assert_eq!(Fourcc::from(d), f);
+        }
+        assert_eq!(DrmFourcc::try_from(Fourcc::NV12).unwrap(), DrmFourcc::Nv12);
+        assert!(DrmFourcc::try_from(Fourcc::from_bytes(*b"ZZZZ")).is_err());
+        assert_eq!(DrmModifier::from(Modifier::LINEAR), DrmModifier::Linear);
+        assert_eq!(DrmModifier::from(Modifier::INVALID), DrmModifier::Invalid);
+        let m = Modifier((1 << 56) | 1);
+        assert_eq!(Modifier::from(DrmModifier::from(m)), m);
     }
 
     #[test]
