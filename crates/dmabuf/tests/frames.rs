@@ -520,3 +520,106 @@ proptest! {
         prop_assert!(l.check(&short).is_err());
     }
 }
+
+fn dup(fd: std::os::fd::BorrowedFd<'_>) -> std::os::fd::OwnedFd {
+    fd.try_clone_to_owned().unwrap()
+}
+
+#[test]
+fn frames_travel_as_bytes_and_one_fd_per_buffer() {
+    for placement in [Placement::Contiguous, Placement::PerPlane] {
+        let opts = FrameOptions {
+            placement,
+            ..FrameOptions::default()
+        };
+        let f = Frame::allocate(&Portable, Fourcc::YUV420, 64, 48, &opts).unwrap();
+        {
+            let pm = f.map_plane(2, true).unwrap();
+            put(&mut pm.write().unwrap(), 0, b"cr");
+        }
+        let (bytes, fds) = wire::encode_frame(&f).unwrap();
+        assert_eq!(fds.len(), f.buffers().len(), "each fd once");
+        // What a receiver gets: the bytes and its own copies of the fds.
+        let fds: Vec<_> = fds.into_iter().map(dup).collect();
+        let g = wire::decode_frame(&bytes, fds).unwrap();
+        assert_eq!(g.layout(), f.layout());
+        assert_eq!(g.to_string(), "YUV420 64x48 (LINEAR), 3 planes");
+        let got = get(&g.map_plane(2, false).unwrap().read().unwrap());
+        assert_eq!(&got[..2], b"cr", "the same memory");
+    }
+}
+
+#[test]
+fn received_frames_are_checked_against_the_fds_that_came() {
+    let f = Frame::allocate(
+        &Portable,
+        Fourcc::NV12,
+        64,
+        64,
+        &FrameOptions {
+            placement: Placement::PerPlane,
+            ..FrameOptions::default()
+        },
+    )
+    .unwrap();
+    let (bytes, fds) = wire::encode_frame(&f).unwrap();
+    // Too few and too many fds.
+    let e = wire::decode_frame(&bytes, vec![dup(fds[0])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol);
+    assert!(
+        e.to_string()
+            .contains("1 fds came with a frame of 2 buffers"),
+        "{e}"
+    );
+    let three = vec![dup(fds[0]), dup(fds[1]), dup(fds[1])];
+    let e = wire::decode_frame(&bytes, three).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("3 fds came with a frame of 2 buffers"),
+        "{e}"
+    );
+    // An fd that is no buffer.
+    let null: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+    let e = wire::decode_frame(&bytes, vec![dup(fds[0]), null]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("neither a dma-buf nor a sealed memfd"),
+        "{e}"
+    );
+    // The same buffer twice (a peer naming one fd for two buffers).
+    let e = wire::decode_frame(&bytes, vec![dup(fds[0]), dup(fds[0])]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("buffers 0 and 1 are the same memory"),
+        "{e}"
+    );
+    // Two fds on one memory for planes that overlap in it: refused too.
+    let b = buf(8192);
+    let e = Frame::new(
+        Fourcc::NV12,
+        Modifier::LINEAR,
+        64,
+        64,
+        [
+            plane(&b, 0, 64),
+            plane(&Buffer::from_fd(dup(b.fd()), "again").unwrap(), 2048, 64),
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("plane 1 (bytes 2048..4096) overlaps plane 0"),
+        "{e}"
+    );
+    // Buffers smaller than the message claims: a 4 KiB buffer for a
+    // chroma plane that the peer says starts at 1 MiB.
+    let mut l = f.layout().clone();
+    l.planes[1].offset = 1 << 20;
+    let bytes = wire::encode(&l).unwrap();
+    let e = wire::decode_frame(&bytes, vec![dup(fds[0]), dup(fds[1])]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(
+        e.to_string().contains("plane 1 does not fit its buffer"),
+        "{e}"
+    );
+}

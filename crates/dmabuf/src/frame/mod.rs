@@ -17,8 +17,9 @@
 //!   buffer;
 //! * a frame holds each buffer once, however many planes share it
 //!   ([`Frame::buffers`]); planes name their buffer by index
-//!   ([`PlaneLayout::buffer`]). Two handles on one dma-buf (same inode)
-//!   count as one buffer;
+//!   ([`PlaneLayout::buffer`]). Two handles on one file (a dma-buf or a
+//!   memfd: same device and inode) count as one buffer, so planes that
+//!   overlap in one memory are caught even when they arrive as two fds;
 //! * [`Frame::allocate`] lays a LINEAR frame out with strides rounded up
 //!   to [`FrameOptions::stride_align`] (default 64 bytes), in one buffer
 //!   or one buffer per plane ([`Placement`]), from any [`Allocate`]
@@ -92,10 +93,16 @@ pub struct Frame {
 }
 
 /// Whether two buffer handles are the same memory: the same handle, or
-/// two handles on the same dma-buf.
+/// two handles on the same file (dma-buf or memfd: same device and inode),
+/// such as two fds a peer sent for one buffer.
 fn same_memory(a: &Buffer, b: &Buffer) -> bool {
-    a.same_as(b)
-        || matches!((a.dma_buf(), b.dma_buf()), (Some(x), Some(y)) if x.inode() == y.inode())
+    if a.same_as(b) {
+        return true;
+    }
+    match (rustix::fs::fstat(a.fd()), rustix::fs::fstat(b.fd())) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
 }
 
 fn refuse(layout: &FrameLayout, e: FrameError) -> Error {

@@ -28,9 +28,21 @@
 //! field. A decoded layout is only geometry: it becomes a frame through
 //! [`Frame::from_layout`](super::Frame::from_layout), which checks every
 //! plane against the real sizes of the buffers received.
+//!
+//! [`encode_frame`] gives the bytes and the fds to send with them (each
+//! buffer's fd once, in buffer order); [`decode_frame`] takes the bytes
+//! and the fds received, and refuses a count of fds other than the
+//! message's buffer count, an fd that is neither a dma-buf nor a sealed
+//! memfd ([`Buffer::from_fd`]), and a frame whose planes do not fit the
+//! buffers received — so no frame built from a peer's message has a plane
+//! outside its memory. The received fds are closed on every refusal.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::format::{Fourcc, Modifier};
 use super::layout::{FrameLayout, PlaneLayout, MAX_PLANES};
+use super::Frame;
+use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 
 /// The first four bytes of an encoded frame.
@@ -164,4 +176,30 @@ pub fn decode(bytes: &[u8]) -> Result<FrameLayout> {
         height,
         planes,
     })
+}
+
+/// Encodes `frame`'s layout, and lists the fds to send with it: each
+/// buffer's once, in the order the planes' buffer indices refer to.
+pub fn encode_frame(frame: &Frame) -> Result<(Vec<u8>, Vec<BorrowedFd<'_>>)> {
+    let bytes = encode(frame.layout())?;
+    Ok((bytes, frame.buffers().iter().map(Buffer::fd).collect()))
+}
+
+/// Builds a frame from a received message and the fds that came with it
+/// (see the module documentation for what is refused).
+pub fn decode_frame(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<Frame> {
+    let layout = decode(bytes)?;
+    if fds.len() != layout.buffer_count() {
+        return Err(protocol(format!(
+            "{} fds came with a frame of {} buffers",
+            fds.len(),
+            layout.buffer_count()
+        )));
+    }
+    let buffers = fds
+        .into_iter()
+        .enumerate()
+        .map(|(i, fd)| Buffer::from_fd(fd, &format!("frame buffer {i}")))
+        .collect::<Result<Vec<_>>>()?;
+    Frame::from_layout(layout, buffers)
 }
