@@ -75,11 +75,13 @@ pub mod fd;
 pub mod functionfs;
 pub mod iio;
 mod kernel;
+pub mod prime;
 
 pub use copy::{CopyEngine, CopyOptions};
 pub use fd::FdEndpoint;
 pub use functionfs::FunctionFsEndpoint;
 pub use iio::IioEndpoint;
+pub use prime::{DrmDevice, GemHandle};
 
 use crate::buffer::Buffer;
 use crate::error::Result;

@@ -16,6 +16,7 @@
 
 pub mod dma_buf;
 pub mod dma_heap;
+pub mod drm;
 pub mod functionfs;
 pub mod iio;
 pub mod mem;
