@@ -5,18 +5,23 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod out;
 mod alloc;
 mod backend;
 #[cfg_attr(not(feature = "iceoryx2"), allow(dead_code))]
 mod bench;
 mod capture;
+mod latency;
 mod ls;
 mod pattern;
 mod probe;
+mod seconds;
 mod stream;
+mod tempdir;
 
 /// The error type of every subcommand: a message for people.
-pub type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+pub type CliResult<T = ExitCode> = Result<T, Box<dyn std::error::Error>>;
 
 #[derive(Parser)]
 #[command(
@@ -56,10 +61,20 @@ fn main() -> ExitCode {
         Command::Stream(args) => stream::run(args),
         Command::Bench(args) => bench::run(args),
     };
+    // A buffered write may fail only at the flush.
+    let result = result.and_then(|code| out::flush().map(|()| code).map_err(Into::into));
     match result {
         Ok(code) => code,
+        // The reader closed the pipe (`dmabuf ls | head -1`): a quiet end.
+        Err(e)
+            if e.downcast_ref::<out::OutputError>()
+                .is_some_and(|o| o.is_broken_pipe()) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("dmabuf: {e}");
+            // A message may quote a name from elsewhere: one line.
+            errln!("dmabuf: {}", out::escape(&e.to_string()));
             ExitCode::FAILURE
         }
     }
