@@ -82,7 +82,7 @@ pub struct Args {
     #[arg(long, value_parser = Fill::parse)]
     pub fill: Option<Fill>,
     /// Keep the buffer for SECONDS before exiting.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "hold_forever", value_parser = crate::seconds::non_negative)]
+    #[arg(long, value_name = "SECONDS", conflicts_with = "hold_forever", allow_hyphen_values = true, value_parser = crate::seconds::non_negative)]
     pub hold: Option<Duration>,
     /// Keep the buffer until killed.
     #[arg(long)]

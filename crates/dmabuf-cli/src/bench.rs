@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Seconds per case and size (default 1, or 0.1 with --quick).
-    #[arg(long, value_name = "SECONDS", value_parser = crate::seconds::positive)]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub seconds: Option<Duration>,
     /// Print the results as JSON.
     #[arg(long)]
@@ -53,8 +53,9 @@ pub struct Args {
     /// (internal) where the worker meets the producer.
     #[arg(long, hide = true)]
     pub path: Option<String>,
-    /// (internal) the item size of the worker.
-    #[arg(long, hide = true)]
+    /// (internal) the item size of the worker (16 bytes to 1 GiB: the
+    /// sizes the bench uses).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
     pub size: Option<u64>,
 }
 

@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, value_parser = parse_fourcc)]
     pub format: Option<FourCc>,
     /// Seconds to wait for each frame before giving up.
-    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = crate::seconds::positive)]
+    #[arg(long, default_value = "10", value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub timeout: Duration,
 }
 

@@ -44,10 +44,10 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Scan again every SECONDS and show what appeared, grew or went away.
-    #[arg(long, value_name = "SECONDS", value_parser = crate::seconds::positive)]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub watch: Option<Duration>,
     /// With --watch: stop after N rounds.
-    #[arg(long, value_name = "N", requires = "watch")]
+    #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Where procfs is mounted.
     #[arg(long, value_name = "DIR", default_value = "/proc")]

@@ -5,8 +5,9 @@
 //!
 //! * **Spawn mode** (no `--role`): the command is the producer and starts
 //!   `--consumers` copies of itself as consumers, each connected by its
-//!   own `socketpair` handed over as its standard input: no path in the
-//!   file system, nothing another process can connect to.
+//!   own `socketpair` handed over as its standard input (`--role consumer
+//!   --socket -`): no path in the file system, nothing another process
+//!   can connect to.
 //! * **Roles** (`--role producer|consumer --socket PATH`): each side
 //!   started by hand. The producer listens at PATH and accepts only peers
 //!   of its own user (`SO_PEERCRED`); a peer of another uid is refused
@@ -77,7 +78,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "seconds", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Stop after this many seconds (the default is 3 s unless --count).
-    #[arg(long, value_name = "SECONDS", value_parser = crate::seconds::positive)]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub seconds: Option<Duration>,
     /// Buffers in the pool (1 to 1024).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=MAX_POOL_BUFFERS as i64))]
@@ -92,17 +93,15 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Run only one side (with --socket).
-    #[arg(long, value_enum, requires = "endpoint")]
+    #[arg(long, value_enum, requires = "socket")]
     pub role: Option<Role>,
-    /// The socket path the producer listens at (with --role).
-    #[arg(long, requires = "role", group = "endpoint")]
+    /// The socket path the producer listens at (with --role); for a
+    /// consumer, `-` is a connected socket on standard input.
+    #[arg(long, requires = "role")]
     pub socket: Option<PathBuf>,
-    /// (internal) the channel to the producer is this process's stdin.
-    #[arg(long, hide = true, requires = "role", group = "endpoint")]
-    pub channel_on_stdin: bool,
     /// Longest wait for a peer: to connect, for a free buffer, for an
     /// item, for a consumer process to exit.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = crate::seconds::positive)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub timeout: Duration,
 }
 
@@ -308,15 +307,31 @@ pub fn accept_consumers(
     listener: &Listener,
     n: usize,
     timeout: Duration,
-) -> Result<Vec<Channel>, dmabuf::Error> {
+) -> Result<Vec<Channel>, Box<dyn std::error::Error>> {
     let deadline = Instant::now() + timeout;
     let mut channels = Vec::new();
+    let mut refused = 0;
     while channels.len() < n {
         let left = deadline.saturating_duration_since(Instant::now());
-        let c = listener.accept(Some(left))?;
+        let c = match listener.accept(Some(left)) {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                return Err(format!(
+                "stream: {} of {n} consumers connected to {} within {:.1} s ({refused} refused)",
+                channels.len(),
+                listener.path().display(),
+                timeout.as_secs_f64()
+            )
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
         match check_peer(&c, "peer") {
             Ok(()) => channels.push(c),
-            Err(why) => errln!("dmabuf: stream: {} at {}", why, listener.path().display()),
+            Err(why) => {
+                refused += 1;
+                errln!("dmabuf: stream: {} at {}", why, listener.path().display())
+            }
         }
     }
     Ok(channels)
@@ -465,7 +480,8 @@ fn spawn_consumer(fd: OwnedFd, timeout: Duration) -> std::io::Result<Spawned> {
             "--role",
             "consumer",
             "--json",
-            "--channel-on-stdin",
+            "--socket",
+            "-",
             "--timeout",
         ])
         .arg(timeout.as_secs_f64().to_string())
@@ -617,14 +633,15 @@ pub fn run(args: Args) -> crate::CliResult {
     };
     match args.role {
         Some(Role::Consumer) => {
-            let channel = if args.channel_on_stdin {
+            let socket = args
+                .socket
+                .as_deref()
+                .ok_or("--role consumer needs --socket")?;
+            let channel = if socket == Path::new("-") {
                 let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
-                Channel::from_fd(fd)?
+                Channel::from_fd(fd)
+                    .map_err(|e| format!("stream: --socket - (standard input): {e}"))?
             } else {
-                let socket = args
-                    .socket
-                    .as_deref()
-                    .ok_or("--role consumer needs --socket")?;
                 connect(socket, args.timeout)?
             };
             let r = consume(channel, args.timeout, 0);
@@ -648,6 +665,11 @@ pub fn run(args: Args) -> crate::CliResult {
                 .socket
                 .clone()
                 .ok_or("--role producer needs --socket")?;
+            if socket == Path::new("-") {
+                return Err(
+                    "stream: a producer listens at a path; --socket - is for a consumer".into(),
+                );
+            }
             let alloc = args.backend.allocator()?;
             check_pool_fits(args.size, args.buffers as usize)?;
             let armed = Arc::new(AtomicBool::new(false));
