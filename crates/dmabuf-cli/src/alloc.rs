@@ -11,7 +11,14 @@
 //!   a write window.
 //! * What was made is printed as `key: value` lines on stdout (kind, size,
 //!   inode, exporter, name, pid, fd) and flushed before holding, so that a
-//!   script can read them while the buffer is held.
+//!   script can read them while the buffer is held. Values that come from
+//!   elsewhere (the name, the exporter) are escaped — control characters,
+//!   line separators and backslashes as `\n`, `\u{1b}`, `\\` — so that one
+//!   key stays one line and a name cannot forge another key. The library
+//!   refuses names over 31 bytes or with a NUL.
+//! * A size that cannot fit in the memory this process can get is
+//!   refused by the library before allocating, naming both numbers.
+//! * `--hold SECONDS` takes 0 up to 365 days (the `seconds` parser).
 //! * Without `--hold`/`--hold-forever` the buffer is freed at exit.
 
 use std::os::fd::AsRawFd;

@@ -46,13 +46,21 @@ fn sizes_near_u64_max_get_the_same_message_from_heap_and_udmabuf() {
     require_lab();
     let heap = Heap::open("system").unwrap();
     let u = Udmabuf::open().unwrap();
-    for size in [u64::MAX, u64::MAX - 4095] {
+    // Overflowing when rounded up to pages: "too large", EINVAL.
+    for size in [u64::MAX, u64::MAX - 4094] {
         let a = heap.allocate(size, "x").unwrap_err();
         let b = u.allocate(size, "x").unwrap_err();
         assert_eq!(a.cause(), b.cause(), "{a} / {b}");
         assert!(a.cause().contains("too large"), "{a}");
         assert_eq!(a.errno(), Some(Errno::INVAL));
     }
+    // The largest page multiple: beyond memory, ENOMEM, same words.
+    let size = u64::MAX - 4095;
+    let a = heap.allocate(size, "x").unwrap_err();
+    let b = u.allocate(size, "x").unwrap_err();
+    assert_eq!(a.cause(), b.cause(), "{a} / {b}");
+    assert!(a.cause().contains("16777216.0 TiB asked"), "{a}");
+    assert_eq!(a.errno(), Some(Errno::NOMEM));
 }
 
 #[test]
