@@ -2,6 +2,9 @@
 //! `i` of item `seq` is `(i * 31 + seq) mod 256`, written and compared in
 //! 256-byte blocks (a copy and a compare of a precomputed block, so the
 //! pattern costs what touching the bytes costs).
+//!
+//! Every fill and check of buffer bytes in the command lives here, and
+//! `dmabuf alloc --fill` ([`Fill`]).
 
 /// The 256-byte block of item `seq`.
 pub fn block(seq: u64) -> [u8; 256] {
@@ -37,29 +40,69 @@ pub fn check(buf: &[u8], seq: u64) -> Option<usize> {
     None
 }
 
-/// Latency percentiles of `samples` (ns), in µs: p50, p90, p99.
-pub fn percentiles_us(samples: &mut [u64]) -> (f64, f64, f64) {
-    if samples.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    samples.sort_unstable();
-    let at = |p: f64| {
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i.min(samples.len() - 1)] as f64 / 1000.0
-    };
-    (at(0.50), at(0.90), at(0.99))
+/// How to fill the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Every byte this value.
+    Byte(u8),
+    /// Byte `i` is `i % 251`.
+    Pattern,
 }
 
-/// "4 KiB", "16 MiB".
-pub fn human_size(n: u64) -> String {
-    if n >= 1 << 30 && n % (1 << 30) == 0 {
-        format!("{} GiB", n >> 30)
-    } else if n >= 1 << 20 && n % (1 << 20) == 0 {
-        format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
-        format!("{} KiB", n >> 10)
-    } else {
-        format!("{n} B")
+impl Fill {
+    /// Parses `pattern`, `0xNN` or a decimal byte.
+    pub fn parse(s: &str) -> Result<Fill, String> {
+        if s == "pattern" {
+            return Ok(Fill::Pattern);
+        }
+        let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u8::from_str_radix(hex, 16),
+            None => s.parse::<u8>(),
+        };
+        v.map(Fill::Byte)
+            .map_err(|_| format!("'{s}' is neither a byte (0-255, or 0x00-0xff) nor 'pattern'"))
+    }
+
+    /// Writes the fill into `bytes`.
+    pub fn apply(self, bytes: &mut [u8]) {
+        match self {
+            Fill::Byte(b) => bytes.fill(b),
+            Fill::Pattern => bytes
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = (i % 251) as u8),
+        }
+    }
+}
+
+/// Writes the pattern of item `seq` into the first `len` bytes of a
+/// window's bytes `buf` (refused if the window is shorter).
+pub fn fill_prefix(buf: &mut [u8], len: u64, seq: u64) -> Result<(), String> {
+    let have = buf.len();
+    let part = usize::try_from(len)
+        .ok()
+        .and_then(|l| buf.get_mut(..l))
+        .ok_or_else(|| format!("item of {len} bytes does not fit the {have}-byte buffer"))?;
+    fill(part, seq);
+    Ok(())
+}
+
+/// Checks that the first `len` bytes of a window's bytes `buf` carry the
+/// pattern of item `seq`; the cause in words if not (a length past the
+/// window, a byte that breaks the pattern).
+pub fn check_prefix(buf: &[u8], len: u64, seq: u64) -> Result<(), String> {
+    let part = usize::try_from(len)
+        .ok()
+        .and_then(|l| buf.get(..l))
+        .ok_or_else(|| {
+            format!(
+                "item {seq} claims {len} bytes, but its buffer has {}",
+                buf.len()
+            )
+        })?;
+    match check(part, seq) {
+        None => Ok(()),
+        Some(at) => Err(format!("item {seq}: byte {at} breaks the pattern")),
     }
 }
 
@@ -78,14 +121,32 @@ mod tests {
     }
 
     #[test]
-    fn human_sizes() {
-        assert_eq!(human_size(16 << 20), "16 MiB");
+    fn prefixes_are_bounded_by_the_window() {
+        let mut v = vec![0u8; 512];
+        fill_prefix(&mut v, 300, 3).unwrap();
+        check_prefix(&v, 300, 3).unwrap();
+        assert!(fill_prefix(&mut v, 513, 3)
+            .unwrap_err()
+            .contains("does not fit"));
+        let e = check_prefix(&v, u64::MAX, 3).unwrap_err();
+        assert!(e.contains("claims 18446744073709551615 bytes"), "{e}");
+        v[7] ^= 0xff;
+        assert_eq!(
+            check_prefix(&v, 300, 3).unwrap_err(),
+            "item 3: byte 7 breaks the pattern"
+        );
     }
 
     #[test]
-    fn percentiles() {
-        let mut v: Vec<u64> = (1..=100).map(|x| x * 1000).collect();
-        let (a, b, c) = percentiles_us(&mut v);
-        assert_eq!((a.round(), b.round(), c.round()), (51.0, 90.0, 99.0));
+    fn fills_parse() {
+        assert_eq!(Fill::parse("0xab"), Ok(Fill::Byte(0xab)));
+        assert_eq!(Fill::parse("171"), Ok(Fill::Byte(171)));
+        assert_eq!(Fill::parse("pattern"), Ok(Fill::Pattern));
+        assert!(Fill::parse("256").is_err());
+        assert!(Fill::parse("0x100").is_err());
+        assert!(Fill::parse("zebra").unwrap_err().contains("pattern"));
+        let mut b = [0u8; 300];
+        Fill::Pattern.apply(&mut b);
+        assert_eq!((b[0], b[250], b[251], b[299]), (0, 250, 0, 48));
     }
 }

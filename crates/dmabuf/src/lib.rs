@@ -54,6 +54,7 @@ pub mod reservation;
 pub mod share;
 pub mod sys;
 pub mod udmabuf;
+pub mod units;
 
 pub use alloc::{Allocate, Allocator, Backend};
 pub use buffer::{Access, Buffer, BufferKind, DmaBuf, MAX_NAME_LEN, PORTABLE_MEMFD_PREFIX};
