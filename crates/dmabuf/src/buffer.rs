@@ -604,15 +604,16 @@ impl Buffer {
         let len = usize::try_from(self.size()).map_err(|_| {
             Error::invalid("map", self.describe(), "too large for this address space")
         })?;
-        let region = Region::map(self.fd(), 0, len, self.is_writable()).map_err(|e| match e {
-            Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
-                "mmap",
-                self.describe(),
-                e,
-                "the exporter refused the mapping (it may not support mmap)",
-            ),
-            e => Error::os("mmap", self.describe(), e),
-        })?;
+        let region =
+            Region::map_fixed_size(self.fd(), 0, len, self.is_writable()).map_err(|e| match e {
+                Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
+                    "mmap",
+                    self.describe(),
+                    e,
+                    "the exporter refused the mapping (it may not support mmap)",
+                ),
+                e => Error::os("mmap", self.describe(), e),
+            })?;
         let region = Arc::new(region);
         *slot = Arc::downgrade(&region);
         Ok(region)

@@ -5,8 +5,11 @@
 //!
 //! # Architecture
 //!
-//! * [`sys`] — the kernel-facing layer: `#[repr(C)]` structs, ioctl
-//!   numbers, thin syscall wrappers. The only module with `unsafe`.
+//! * `sys` (private) — the kernel-facing layer: `#[repr(C)]` structs,
+//!   ioctl numbers, thin syscall wrappers, the raw mappings. The only
+//!   module with `unsafe` (`#![deny(unsafe_code)]` everywhere else), and
+//!   out of reach of code outside the crate: raw ioctls on arbitrary fds
+//!   and mappings without bookkeeping are not part of the API.
 //! * [`buffer`] — [`DmaBuf`] (a checked dma-buf fd) and [`Buffer`] (any
 //!   kind of memory, one API).
 //! * [`mapping`] — [`Mapping`] and [`Window`]: the bytes are only reachable
@@ -37,7 +40,9 @@
 //! # }
 //! ```
 #![deny(missing_docs)]
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod alloc;
 pub mod buffer;
@@ -51,7 +56,10 @@ pub mod portable;
 pub mod probe;
 pub mod reservation;
 pub mod share;
-pub mod sys;
+// The one module allowed `unsafe`. It describes the uapi whole (every
+// flag and struct of the headers it covers), so not all of it is used.
+#[allow(unsafe_code, dead_code)]
+pub(crate) mod sys;
 pub mod udmabuf;
 
 pub use alloc::{Allocate, Allocator, Backend};
@@ -63,3 +71,9 @@ pub use mapping::{Mapping, Window};
 pub use portable::Portable;
 pub use reservation::{Reservation, Usage};
 pub use udmabuf::{Memfd, Udmabuf};
+
+/// The system page size in bytes (offsets of mapped ranges and udmabuf
+/// ranges must be multiples of it).
+pub fn page_size() -> usize {
+    sys::mem::page_size()
+}

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use dmabuf::endpoint::functionfs::{FunctionFsEndpoint, UNDECIDED};
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
-use dmabuf::{
-    sys, Allocate, Buffer, Errno, ErrorKind, Fence, FenceStatus, Heap, Portable, Udmabuf,
-};
+use dmabuf::{Allocate, Buffer, Errno, ErrorKind, Fence, FenceStatus, Heap, Portable, Udmabuf};
 use dmabuf_lab_guest::require_lab;
+use dmabuf_lab_guest::sys;
 use dmabuf_lab_guest::usb::{Gadget, FFS_DIR};
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(60));

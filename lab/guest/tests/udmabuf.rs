@@ -4,10 +4,10 @@
 
 use std::os::fd::AsFd;
 
-use dmabuf::sys::udmabuf::{UdmabufCreate, UdmabufCreateItem};
 use dmabuf::udmabuf::{Limits, Range};
 use dmabuf::{Buffer, BufferKind, Errno, ErrorKind, Memfd, Udmabuf};
 use dmabuf_lab_guest::require_lab;
+use dmabuf_lab_guest::sys::udmabuf::{UdmabufCreate, UdmabufCreateItem};
 use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 
 const PAGE: u64 = 4096;
@@ -26,7 +26,7 @@ fn kernel_says(memfd: impl AsFd, offset: u64, size: u64) -> Result<(), Errno> {
     )
     .unwrap();
     use std::os::fd::AsRawFd;
-    dmabuf::sys::udmabuf::create(
+    dmabuf_lab_guest::sys::udmabuf::create(
         &dev,
         &UdmabufCreate {
             memfd: memfd.as_fd().as_raw_fd() as u32,
@@ -303,7 +303,7 @@ fn more_ranges_than_the_list_limit_are_refused() {
         })
         .collect();
     assert_eq!(
-        dmabuf::sys::udmabuf::create_list(&raw, 0, &items).map(drop),
+        dmabuf_lab_guest::sys::udmabuf::create_list(&raw, 0, &items).map(drop),
         Err(Errno::INVAL)
     );
 }

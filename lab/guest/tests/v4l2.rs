@@ -136,7 +136,7 @@ fn vivid_grants_at_least_two_slots() {
     assert_eq!(cap.requested_slots(), 1);
     assert_eq!(cap.slots(), 2, "vivid granted {} slots for 1", cap.slots());
     assert!(
-        cap.buffer_capabilities() & dmabuf::sys::v4l2::V4L2_BUF_CAP_SUPPORTS_DMABUF != 0,
+        cap.buffer_capabilities() & dmabuf_lab_guest::sys::v4l2::V4L2_BUF_CAP_SUPPORTS_DMABUF != 0,
         "{:#x}",
         cap.buffer_capabilities()
     );

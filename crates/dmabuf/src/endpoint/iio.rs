@@ -38,7 +38,7 @@
 //! **Not tested against a kernel.** Debian's 6.12 kernel builds no IIO
 //! driver with DMABUF support (`IIO_BUFFER_DMA`/`IIO_BUFFER_DMAENGINE`
 //! are off), so the lab cannot run this path; the argument building
-//! ([`sys::iio::enqueue_arg`]) and the error mapping are unit-tested, the
+//! (`sys::iio::enqueue_arg`) and the error mapping are unit-tested, the
 //! copy path is the same engine the fd endpoint's tests exercise.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

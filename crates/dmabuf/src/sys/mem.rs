@@ -16,7 +16,7 @@
 //! `&mut [u8]`.
 
 use std::ops::{Deref, DerefMut, Range};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -30,6 +30,29 @@ type IoResult<T> = rustix::io::Result<T>;
 /// The system page size.
 pub fn page_size() -> usize {
     rustix::param::page_size()
+}
+
+/// Checks that `fd` cannot shrink below `offset + len` bytes: a dma-buf
+/// (fixed size) or a memfd with `F_SEAL_SHRINK`, long enough.
+fn check_fixed_size(fd: BorrowedFd<'_>, offset: u64, len: usize) -> IoResult<()> {
+    let end = offset
+        .checked_add(len as u64)
+        .filter(|_| len > 0)
+        .ok_or(Errno::INVAL)?;
+    let fs = rustix::fs::fstatfs(fd)?;
+    let size = if fs.f_type as i64 == super::dma_buf::DMA_BUF_MAGIC {
+        rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0))?
+    } else {
+        let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| Errno::BADF)?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err(Errno::INVAL);
+        }
+        rustix::fs::fstat(fd)?.st_size as u64
+    };
+    if end > size {
+        return Err(Errno::INVAL);
+    }
+    Ok(())
 }
 
 /// One shared mapping of (part of) a file.
@@ -71,9 +94,42 @@ pub enum BorrowError {
 }
 
 impl Region {
+    /// Maps `len` bytes of `fd` at `offset` after checking that the file
+    /// cannot shrink under the mapping: a dma-buf (whose size is fixed) or
+    /// a memfd sealed with `F_SEAL_SHRINK`, at least `offset + len` bytes
+    /// long. Anything else is refused with EINVAL (EBADF for other files).
+    ///
+    /// The bytes are then reachable only through borrows of the region;
+    /// that one memory object is mapped once per process, so that its
+    /// borrows are all seen by one registry, is the caller's bookkeeping
+    /// (see `buffer`).
+    pub fn map_fixed_size(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> IoResult<Region> {
+        let fd = fd.as_fd();
+        check_fixed_size(fd, offset, len)?;
+        // SAFETY: the file cannot shrink (checked just above: a dma-buf's
+        // size never changes, a memfd sealed against shrinking cannot lose
+        // pages, and seals cannot be removed), so no access to the mapping
+        // can fault; the new mapping touches no existing Rust memory.
+        unsafe { Region::map(fd, offset, len, writable) }
+    }
+
     /// Maps `len` bytes of `fd` at `offset`, shared, readable and (if
     /// `writable`) writable.
-    pub fn map(fd: impl AsFd, offset: u64, len: usize, writable: bool) -> IoResult<Region> {
+    ///
+    /// # Safety
+    ///
+    /// In the style of `memmap2::Mmap::map`: the caller guarantees that the
+    /// file is not truncated (or shrunk) while the mapping lives — an access
+    /// past the file's end raises `SIGBUS` — and that the same bytes are
+    /// not handed out as Rust slices through another mapping of this
+    /// process while borrows of this one live (one registry per memory
+    /// object).
+    pub unsafe fn map(fd: impl AsFd, offset: u64, len: usize, writable: bool) -> IoResult<Region> {
         if len == 0 {
             return Err(Errno::INVAL);
         }
@@ -272,8 +328,28 @@ unsafe impl Send for AtomicWords {}
 unsafe impl Sync for AtomicWords {}
 
 impl AtomicWords {
+    /// Maps `words` 64-bit words of `fd` at offset 0 after checking that
+    /// `fd` is a memfd sealed against shrinking and at least `words * 8`
+    /// bytes long (EINVAL otherwise), so no access can fault.
+    pub fn map_sealed(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
+        let fd = fd.as_fd();
+        let len = words.checked_mul(8).ok_or(Errno::INVAL)?;
+        check_fixed_size(fd, 0, len)?;
+        // SAFETY: the file cannot shrink (checked above), and every access
+        // to the words is atomic, so other mappings of it, here or in
+        // other processes, are no data race.
+        unsafe { AtomicWords::map(fd, words) }
+    }
+
     /// Maps `words` 64-bit words of `fd` at offset 0, shared, read-write.
-    pub fn map(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
+    ///
+    /// # Safety
+    ///
+    /// The caller guarantees that the file is not truncated below
+    /// `words * 8` bytes while the mapping lives (an access past its end
+    /// raises `SIGBUS`), and that whoever else maps these bytes accesses
+    /// them only atomically.
+    pub unsafe fn map(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
         let len = words.checked_mul(8).ok_or(Errno::INVAL)?;
         if len == 0 {
             return Err(Errno::INVAL);
@@ -317,18 +393,59 @@ impl Drop for AtomicWords {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 
     fn memfd(len: u64) -> std::os::fd::OwnedFd {
-        let fd = memfd_create("sys-mem-test", MemfdFlags::CLOEXEC).unwrap();
+        let fd = memfd_create(
+            "sys-mem-test",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
         ftruncate(&fd, len).unwrap();
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
         fd
+    }
+
+    #[test]
+    fn safe_constructors_refuse_files_that_can_shrink() {
+        let open = memfd_create("sys-mem-unsealed", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&open, 4096).unwrap();
+        // A memfd made without MFD_ALLOW_SEALING reports F_SEAL_SEAL only.
+        assert_eq!(
+            Region::map_fixed_size(&open, 0, 4096, true).unwrap_err(),
+            Errno::INVAL
+        );
+        assert_eq!(AtomicWords::map_sealed(&open, 4).unwrap_err(), Errno::INVAL);
+        // A file that is neither a dma-buf nor a memfd.
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(
+            Region::map_fixed_size(&file, 0, 4096, false).unwrap_err(),
+            Errno::BADF
+        );
+        let sealable = memfd_create(
+            "sys-mem-sealable",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        ftruncate(&sealable, 4096).unwrap();
+        assert_eq!(
+            Region::map_fixed_size(&sealable, 0, 4096, true).unwrap_err(),
+            Errno::INVAL
+        );
+        let sealed = memfd(4096);
+        assert_eq!(
+            Region::map_fixed_size(&sealed, 0, 8192, true).unwrap_err(),
+            Errno::INVAL,
+            "past the end"
+        );
+        assert!(Region::map_fixed_size(&sealed, 0, 4096, true).is_ok());
+        assert!(AtomicWords::map_sealed(&sealed, 4).is_ok());
     }
 
     #[test]
     fn shared_borrows_coexist_exclusive_ones_do_not() {
         let fd = memfd(8192);
-        let r = Region::map(&fd, 0, 8192, true).unwrap();
+        let r = Region::map_fixed_size(&fd, 0, 8192, true).unwrap();
         let a = r.borrow(0..100).unwrap();
         let b = r.borrow(50..200).unwrap();
         assert_eq!(
@@ -353,17 +470,20 @@ mod tests {
     #[test]
     fn bounds_and_read_only_are_enforced() {
         let fd = memfd(4096);
-        let r = Region::map(&fd, 0, 4096, false).unwrap();
+        let r = Region::map_fixed_size(&fd, 0, 4096, false).unwrap();
         assert_eq!(r.borrow(0..4097).unwrap_err(), BorrowError::OutOfBounds);
         assert_eq!(r.borrow_mut(0..1).unwrap_err(), BorrowError::ReadOnly);
-        assert_eq!(Region::map(&fd, 0, 0, false).unwrap_err(), Errno::INVAL);
+        assert_eq!(
+            Region::map_fixed_size(&fd, 0, 0, false).unwrap_err(),
+            Errno::INVAL
+        );
     }
 
     #[test]
     fn atomic_words_are_shared_between_mappings() {
         let fd = memfd(4096);
-        let a = AtomicWords::map(&fd, 4).unwrap();
-        let b = AtomicWords::map(&fd, 4).unwrap();
+        let a = AtomicWords::map_sealed(&fd, 4).unwrap();
+        let b = AtomicWords::map_sealed(&fd, 4).unwrap();
         a.get(3)
             .unwrap()
             .store(42, std::sync::atomic::Ordering::SeqCst);

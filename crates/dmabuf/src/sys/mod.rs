@@ -3,8 +3,14 @@
 //!
 //! # Rules
 //!
-//! * This is the only module of the crate that contains `unsafe`. Every
-//!   `unsafe` block carries a `// SAFETY:` line saying why it is sound.
+//! * This is the only module of the crate that contains `unsafe`
+//!   (`#![deny(unsafe_code)]` at the crate root, allowed here only), and it
+//!   is private to the crate: safe code outside the crate cannot reach a
+//!   raw ioctl on an arbitrary fd or a mapping without bookkeeping. Every
+//!   `unsafe` block carries a `// SAFETY:` line saying why it is sound
+//!   (`clippy::undocumented_unsafe_blocks`); every `unsafe fn` a
+//!   `# Safety` section, and is called only from safe functions that
+//!   establish its precondition.
 //! * Functions take `impl AsFd` (or `BorrowedFd`) arguments, return
 //!   `OwnedFd` for new file descriptors and `rustix::io::Result`, so the
 //!   kernel's errno is kept exactly. Nothing here validates input or
