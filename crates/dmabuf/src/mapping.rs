@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 use crate::buffer::{Access, Buffer};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
-use crate::sys::mem::{BorrowError, Region, RegionMut, RegionRef};
+use crate::sys::mem::Region;
+use crate::sys::object::{BorrowError, View};
 
 /// A handle on (a range of) a buffer's shared mapping. Cheap; make as
 /// many as needed: the buffer is mapped once.
@@ -205,33 +206,11 @@ impl Mapping {
         // waits for registered windows cannot deadlock with it (see the
         // `reservation` module).
         res.wait_excluding(access, deadline, &obj(), skip)?;
-        let bytes = if access.writes() {
-            self.region.borrow_mut(abs.clone()).map(Bytes::Exclusive)
-        } else {
-            self.region.borrow(abs.clone()).map(Bytes::Shared)
-        }
-        .map_err(|e| match e {
-            BorrowError::Conflict { with_exclusive } => Error::new(
-                ErrorKind::Busy,
-                op,
-                obj(),
-                format!(
-                    "a {} window overlapping bytes {}..{} is already open",
-                    if with_exclusive { "write" } else { "read" },
-                    abs.start,
-                    abs.end
-                ),
-            )
-            .with_errno(Errno::BUSY),
-            BorrowError::ReadOnly => Error::new(
-                ErrorKind::PermissionDenied,
-                op,
-                obj(),
-                "the mapping is read-only",
-            )
-            .with_errno(Errno::ACCESS),
-            BorrowError::OutOfBounds => Error::invalid(op, obj(), "range outside the mapping"),
-        })?;
+        let bytes = self
+            .buffer
+            .memory_object()
+            .borrow(&self.region, abs.clone(), access.writes())
+            .map_err(|e| borrow_error(e, op, obj(), &abs))?;
         res.cpu_begin(access);
         // From here on, dropping `window` undoes what was done.
         let mut window = Window {
@@ -262,10 +241,36 @@ impl Mapping {
     }
 }
 
-#[derive(Debug)]
-enum Bytes<'a> {
-    Shared(RegionRef<'a>),
-    Exclusive(RegionMut<'a>),
+/// The error for a refused borrow of bytes `abs` of the buffer.
+fn borrow_error(e: BorrowError, op: &'static str, obj: String, abs: &Range<usize>) -> Error {
+    match e {
+        BorrowError::Conflict {
+            with_exclusive,
+            overlap,
+            backing,
+        } => {
+            let kind = if with_exclusive { "write" } else { "read" };
+            let cause = match backing {
+                None => format!(
+                    "a {kind} window overlapping bytes {}..{} is already open (both cover bytes {}..{}; windows of every handle on this memory count)",
+                    abs.start, abs.end, overlap.start, overlap.end
+                ),
+                Some((dev, ino)) => format!(
+                    "a {kind} window overlapping bytes {}..{} is already open through the same memfd pages (memfd inode {ino} on device {dev:#x}, bytes {}..{} of it)",
+                    abs.start, abs.end, overlap.start, overlap.end
+                ),
+            };
+            Error::new(ErrorKind::Busy, op, obj, cause).with_errno(Errno::BUSY)
+        }
+        BorrowError::ReadOnly => Error::new(
+            ErrorKind::PermissionDenied,
+            op,
+            obj,
+            "the mapping is read-only",
+        )
+        .with_errno(Errno::ACCESS),
+        BorrowError::OutOfBounds => Error::invalid(op, obj, "range outside the mapping"),
+    }
 }
 
 /// An open CPU-access window: the only holder of the buffer's bytes.
@@ -275,7 +280,7 @@ enum Bytes<'a> {
 #[derive(Debug)]
 pub struct Window<'a, M: WindowMode> {
     mapping: &'a Mapping,
-    bytes: Option<Bytes<'a>>,
+    bytes: Option<View>,
     started: bool,
     _mode: PhantomData<M>,
 }
@@ -323,8 +328,7 @@ impl<M: WindowMode> Deref for Window<'_, M> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         match self.bytes.as_ref() {
-            Some(Bytes::Shared(b)) => b,
-            Some(Bytes::Exclusive(b)) => b,
+            Some(v) => v.bytes(),
             None => &[],
         }
     }
@@ -332,11 +336,11 @@ impl<M: WindowMode> Deref for Window<'_, M> {
 
 impl<M: Writable> DerefMut for Window<'_, M> {
     fn deref_mut(&mut self) -> &mut [u8] {
-        match self.bytes.as_mut() {
-            Some(Bytes::Exclusive(b)) => b,
-            // Writable modes always borrow exclusively.
-            Some(Bytes::Shared(_)) | None => &mut [],
-        }
+        // Writable modes always borrow exclusively.
+        self.bytes
+            .as_mut()
+            .and_then(View::bytes_mut)
+            .unwrap_or(&mut [])
     }
 }
 

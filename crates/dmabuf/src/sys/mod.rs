@@ -25,6 +25,7 @@ pub mod dma_heap;
 pub mod functionfs;
 pub mod iio;
 pub mod mem;
+pub mod object;
 pub mod sw_sync;
 pub mod sync_file;
 pub mod udmabuf;
