@@ -46,14 +46,22 @@ impl Fill {
             .map_err(|_| format!("'{s}' is neither a byte (0-255, or 0x00-0xff) nor 'pattern'"))
     }
 
-    /// Writes the fill into `bytes`.
-    pub fn apply(self, bytes: &mut [u8]) {
+    /// Writes the fill into a window's bytes (volatile stores).
+    pub fn apply(self, mut bytes: dmabuf::mapping::VolatileBytesMut<'_>) {
         match self {
             Fill::Byte(b) => bytes.fill(b),
-            Fill::Pattern => bytes
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = (i % 251) as u8),
+            Fill::Pattern => {
+                // 16 periods of the pattern, written block by block: each
+                // block starts at a multiple of 251, so the phase is kept.
+                let block: Vec<u8> = (0..251 * 16).map(|i| (i % 251) as u8).collect();
+                let mut off = 0;
+                while off < bytes.len() {
+                    let n = (bytes.len() - off).min(block.len());
+                    // In range: `off + n <= len`.
+                    let _ = bytes.write_at(off, &block[..n]);
+                    off += n;
+                }
+            }
         }
     }
 }
@@ -135,7 +143,7 @@ pub fn run(args: Args) -> crate::CliResult {
     if let Some(fill) = args.fill {
         let map = buf.map()?;
         let mut w = map.write()?;
-        fill.apply(&mut w);
+        fill.apply(w.bytes_mut());
         w.end()?;
     }
     let mut out = std::io::stdout().lock();
@@ -223,8 +231,12 @@ mod tests {
         assert!(Fill::parse("256").is_err());
         assert!(Fill::parse("0x100").is_err());
         assert!(Fill::parse("zebra").unwrap_err().contains("pattern"));
-        let mut b = [0u8; 300];
-        Fill::Pattern.apply(&mut b);
+        let buf = dmabuf::Portable.allocate(8192, "fill-test").unwrap();
+        let map = buf.map().unwrap();
+        let mut w = map.write().unwrap();
+        Fill::Pattern.apply(w.bytes_mut());
+        let b = w.to_vec();
         assert_eq!((b[0], b[250], b[251], b[299]), (0, 250, 0, 48));
+        assert_eq!((b[4015], b[4016], b[8191]), (250, 0, (8191 % 251) as u8));
     }
 }

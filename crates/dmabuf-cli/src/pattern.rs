@@ -20,6 +20,37 @@ pub fn fill(buf: &mut [u8], seq: u64) {
     }
 }
 
+/// Writes the pattern of item `seq` into every byte of a window's bytes
+/// (volatile stores, block by block: the bytes are shared memory).
+pub fn fill_volatile(mut buf: dmabuf::mapping::VolatileBytesMut<'_>, seq: u64) {
+    let b = block(seq);
+    let mut off = 0;
+    while off < buf.len() {
+        let n = (buf.len() - off).min(b.len());
+        // In range: `off + n <= len`.
+        let _ = buf.write_at(off, &b[..n]);
+        off += n;
+    }
+}
+
+/// [`check`] on a window's bytes: each 256-byte block is copied out
+/// (volatile loads) and compared.
+pub fn check_volatile(buf: dmabuf::mapping::VolatileBytes<'_>, seq: u64) -> Option<usize> {
+    let mut chunk = [0u8; 4096];
+    let mut off = 0;
+    while off < buf.len() {
+        let n = (buf.len() - off).min(chunk.len());
+        // In range: `off + n <= len`.
+        let _ = buf.read_at(off, &mut chunk[..n]);
+        // 4096 is a multiple of the 256-byte block: the phase is kept.
+        if let Some(at) = check(&chunk[..n], seq) {
+            return Some(off + at);
+        }
+        off += n;
+    }
+    None
+}
+
 /// The offset of the first byte of `buf` that breaks the pattern of item
 /// `seq`, if any (reads every byte).
 pub fn check(buf: &[u8], seq: u64) -> Option<usize> {

@@ -154,7 +154,14 @@ pub fn produce_paced(
         let lease = producer.acquire(Some(Duration::from_secs(30)))?;
         {
             let mut w = maps[lease.slot()].write()?;
-            pattern::fill(&mut w[..size as usize], items + 1);
+            let bytes = w.bytes_mut().into_subslice(0..size as usize).map_err(|e| {
+                dmabuf::Error::invalid(
+                    "stream",
+                    format!("pool slot {}", lease.slot()),
+                    e.to_string(),
+                )
+            })?;
+            pattern::fill_volatile(bytes, items + 1);
             w.end()?;
         }
         lease.submit(size, Fence::Signalled)?;
@@ -202,7 +209,7 @@ pub fn consume(socket: &Path) -> Result<ConsumerReport, Box<dyn std::error::Erro
         let len = item.len() as usize;
         {
             let r = maps[item.slot() as usize].read()?;
-            if let Some(at) = pattern::check(&r[..len], item.seq()) {
+            if let Some(at) = pattern::check_volatile(r.bytes().subslice(0..len)?, item.seq()) {
                 return Err(format!(
                     "item {} in buffer {}: byte {at} breaks the pattern",
                     item.seq(),

@@ -36,6 +36,17 @@
 //!   devices and other processes (see the `reservation` module), combined
 //!   with the kernel's own for dma-bufs.
 //!
+//! What this identity covers, and what it cannot: it is per process, and
+//! per file. Two different files showing the same pages — two udmabufs
+//! over one memfd range, a udmabuf and its memfd — are tied together only
+//! for udmabufs this process made (see the `udmabuf` module: it records
+//! their memfd pages, and a list repeating pages is refused). Memory mapped
+//! outside the library, and windows of other processes or devices, are not
+//! seen by the registry: against those the library relies on fences and
+//! the window protocol, and reads and writes the bytes only with volatile
+//! accesses (see the `mapping` module), so what they do is never undefined
+//! behaviour here.
+//!
 //! A portable buffer is a memfd named `dmabuf-portable:<name>`, sealed
 //! against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`), so that a
 //! process it is shared with can never be killed by `SIGBUS` through a

@@ -35,7 +35,9 @@
 //!     w.fill(0xab);
 //! } // END|WRITE
 //! let r = map.read()?;
-//! assert!(r.iter().all(|&b| b == 0xab));
+//! // The bytes are shared memory: read them with volatile accesses.
+//! assert!(r.bytes().iter().all(|b| b == 0xab));
+//! assert_eq!(r.get(4095), Some(0xab));
 //! # Ok(())
 //! # }
 //! ```
@@ -67,10 +69,15 @@ pub use buffer::{Access, Buffer, BufferKind, DmaBuf, MAX_NAME_LEN, PORTABLE_MEMF
 pub use error::{Errno, Error, ErrorKind, Result};
 pub use fence::{Fence, FenceContext, FenceStatus, SyncFile, UserFence};
 pub use heap::Heap;
-pub use mapping::{Mapping, Window};
+pub use mapping::{Mapping, VolatileBytes, VolatileBytesMut, Window};
 pub use portable::Portable;
 pub use reservation::{Reservation, Usage};
 pub use udmabuf::{Memfd, Udmabuf};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
 
 /// The system page size in bytes (offsets of mapped ranges and udmabuf
 /// ranges must be multiples of it).

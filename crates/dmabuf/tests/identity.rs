@@ -127,7 +127,7 @@ fn a_read_only_handle_gets_no_write_window_and_a_later_writer_still_can() {
     let mut w = wm.write().unwrap();
     w.fill(5);
     drop(w);
-    assert!(rm.read().unwrap().iter().all(|&x| x == 5));
+    assert!(rm.read().unwrap().to_vec().iter().all(|&x| x == 5));
 }
 
 #[test]

@@ -377,7 +377,12 @@ mod tests {
         let mut ep = IioEndpoint::from_buffer_fd(w, Direction::ToDevice, "stand-in").unwrap();
         assert_eq!(ep.data_path(), DataPath::Copy(UNDECIDED.into()));
         let buf = Portable.allocate(4096, "iio-copy").unwrap();
-        buf.map().unwrap().write().unwrap()[..4].copy_from_slice(b"iio!");
+        buf.map()
+            .unwrap()
+            .write()
+            .unwrap()
+            .write_at(0, b"iio!")
+            .unwrap();
         let a = ep.attach(&buf).unwrap();
         match ep.path_of(&a).unwrap() {
             DataPath::Copy(why) => assert!(why.contains("portable memory"), "{why}"),

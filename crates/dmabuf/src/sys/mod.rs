@@ -31,6 +31,7 @@ pub mod sync_file;
 pub mod udmabuf;
 pub mod v4l2;
 pub mod vgem;
+pub mod volatile;
 
 #[cfg(feature = "tokio")]
 pub mod readiness;

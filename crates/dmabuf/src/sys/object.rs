@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use super::mem::Region;
+use super::volatile::{VolatileBytes, VolatileBytesMut};
 use super::Errno;
 
 type IoResult<T> = rustix::io::Result<T>;
@@ -286,35 +287,29 @@ impl View {
         self.range.clone()
     }
 
-    /// The borrowed bytes as a slice.
-    pub fn bytes(&self) -> &[u8] {
+    /// The borrowed bytes, for volatile reads.
+    pub fn bytes(&self) -> VolatileBytes<'_> {
         // SAFETY: the range is inside the live mapping (checked in
-        // `borrow`), which is a mapping of this object (owner id checked)
-        // that cannot shrink; the registry guarantees no exclusive borrow
-        // of these bytes, through any mapping or backing, exists while this
-        // shared one lives, and an exclusive view gives `&mut` only through
-        // `&mut self`.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.region.ptr().as_ptr().add(self.range.start),
-                self.range.len(),
-            )
-        }
+        // `borrow`), a mapping of this object (owner id checked) that
+        // cannot shrink and lives as long as `self`; no reference to the
+        // bytes exists, and the registry guarantees that no exclusive
+        // borrow of them, through any mapping or backing, exists while
+        // this one lives (an exclusive view writes only through
+        // `&mut self`).
+        unsafe { VolatileBytes::new(self.region.ptr().add(self.range.start), self.range.len()) }
     }
 
-    /// The borrowed bytes as a mutable slice, for exclusive views.
-    pub fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+    /// The borrowed bytes, for volatile writes: exclusive views only.
+    pub fn bytes_mut(&mut self) -> Option<VolatileBytesMut<'_>> {
         if !self.exclusive {
             return None;
         }
         // SAFETY: inside the live, writable mapping (checked in `borrow`);
-        // the registry guarantees no other borrow of these bytes exists,
-        // and `&mut self` makes this slice unique for its lifetime.
+        // the registry guarantees no other borrow of these bytes exists in
+        // this process, and `&mut self` makes this view unique for its
+        // lifetime.
         Some(unsafe {
-            std::slice::from_raw_parts_mut(
-                self.region.ptr().as_ptr().add(self.range.start),
-                self.range.len(),
-            )
+            VolatileBytesMut::new(self.region.ptr().add(self.range.start), self.range.len())
         })
     }
 }
