@@ -498,6 +498,15 @@ impl Buffer {
         }
         let mode = rustix::fs::fcntl_getfl(&memfd)
             .map_err(|e| Error::os("portable buffer", obj.clone(), e))?;
+        if (mode & rustix::fs::OFlags::ACCMODE) == rustix::fs::OFlags::WRONLY {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "portable buffer",
+                obj,
+                "memfd is open write-only: it could never be mapped (a mapping needs read access)",
+            )
+            .with_errno(Errno::ACCESS));
+        }
         let writable = !seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE)
             && (mode & rustix::fs::OFlags::ACCMODE) != rustix::fs::OFlags::RDONLY;
         let object =

@@ -147,3 +147,19 @@ fn handles_cost_one_fd_each_and_one_mapping_in_all() {
     drop((h1, h2));
     assert_eq!(fd_count(), fds);
 }
+
+#[test]
+fn a_write_only_reopened_memfd_is_refused_up_front() {
+    let b = buf(4096, "identity-wronly");
+    let path = format!("/proc/self/fd/{}", b.fd().as_raw_fd());
+    let wo = rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let e = Buffer::from_fd(wo, "").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    assert_eq!(e.errno(), Some(dmabuf::Errno::ACCESS));
+    assert!(e.cause().contains("write-only"), "{e}");
+}

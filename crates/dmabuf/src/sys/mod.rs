@@ -9,8 +9,11 @@
 //!   raw ioctl on an arbitrary fd or a mapping without bookkeeping. Every
 //!   `unsafe` block carries a `// SAFETY:` line saying why it is sound
 //!   (`clippy::undocumented_unsafe_blocks`); every `unsafe fn` a
-//!   `# Safety` section, and is called only from safe functions that
-//!   establish its precondition.
+//!   `# Safety` section. The crate calls its own only from safe functions
+//!   that establish the precondition (`Region::map` behind
+//!   `map_fixed_size`, `AtomicWords::map` behind `map_sealed`); the two
+//!   public ones, `VolatileBytes::as_slice` and
+//!   `VolatileBytesMut::as_mut_slice`, hand the assertion to the caller.
 //! * Functions take `impl AsFd` (or `BorrowedFd`) arguments, return
 //!   `OwnedFd` for new file descriptors and `rustix::io::Result`, so the
 //!   kernel's errno is kept exactly. Nothing here validates input or
