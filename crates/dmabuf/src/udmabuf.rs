@@ -44,9 +44,11 @@
 //! pages, or on the memfd itself as a portable [`Buffer`], is refused
 //! ([`ErrorKind::Busy`], naming the memfd bytes in the way), and so is one
 //! on the same udmabuf through any other handle (see `buffer`). The record
-//! lives as long as a handle on the udmabuf lives in this process (a
-//! [`DmaBuf`], a [`Buffer`], their clones, or a handle made from a dup of
-//! their fd while one of them lives).
+//! is kept by the dma-buf's inode (never reused while the system runs), so
+//! it also holds for a handle made later from an fd that was given up
+//! ([`DmaBuf::into_fd`], then [`Buffer::from_fd`]), for the 4096 most
+//! recent udmabufs this process made (older records are dropped once no
+//! handle on them is left).
 //!
 //! What the library cannot see, and so cannot guard: udmabufs made by
 //! other processes or received from them (their memfd pages are unknown

@@ -388,7 +388,9 @@ fn two_udmabufs_over_the_same_pages_never_hold_overlapping_windows() {
     let dev = dev();
     let m = Memfd::new("two-udmabufs", 4 * PAGE).unwrap();
     // b1 is memfd pages 0..2, b2 memfd pages 1..3: b1's page 1 is b2's page 0.
-    let b1 = Buffer::from_dma_buf(dev.create(&m, 0, 2 * PAGE).unwrap());
+    // b1 comes back from a bare fd (every handle of it gone meanwhile).
+    let b1_fd = dev.create(&m, 0, 2 * PAGE).unwrap().into_fd();
+    let b1 = Buffer::from_fd(b1_fd, "").unwrap();
     let b2 = Buffer::from_dma_buf(dev.create(&m, PAGE, 2 * PAGE).unwrap());
     assert!(!b1.same_as(&b2), "two dma-bufs");
     let (m1, m2) = (b1.map().unwrap(), b2.map().unwrap());

@@ -46,6 +46,26 @@ fn objects() -> MutexGuard<'static, HashMap<ObjectKey, Weak<MemoryObject>>> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// How many udmabufs' backing records outlive their handles.
+pub const KEPT_BACKINGS: usize = 4096;
+
+/// Backing records by object key, kept past the objects' lives (a handle
+/// may give up its fd, `DmaBuf::into_fd`, and the fd come back as a new
+/// handle later): the most recent [`KEPT_BACKINGS`], oldest dropped first.
+#[derive(Default)]
+struct Backings {
+    by_key: HashMap<ObjectKey, Vec<Segment>>,
+    order: std::collections::VecDeque<ObjectKey>,
+}
+
+fn backings() -> MutexGuard<'static, Backings> {
+    static BACKINGS: OnceLock<Mutex<Backings>> = OnceLock::new();
+    BACKINGS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
 /// The one lock every registration and release takes (see module docs).
 fn registry() -> MutexGuard<'static, ()> {
     static REGISTRY: Mutex<()> = Mutex::new(());
@@ -118,12 +138,16 @@ impl MemoryObject {
             return Ok(o);
         }
         map.retain(|_, w| w.strong_count() > 0);
+        let backing = OnceLock::new();
+        if let Some(segments) = backings().by_key.get(&key) {
+            let _ = backing.set(segments.clone());
+        }
         let o = Arc::new(MemoryObject {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key,
             borrows: Mutex::new(Vec::new()),
             region: Mutex::new(Weak::new()),
-            backing: OnceLock::new(),
+            backing,
         });
         map.insert(key, Arc::downgrade(&o));
         Ok(o)
@@ -141,7 +165,10 @@ impl MemoryObject {
 
     /// Records the backing of this object (once; a second call with other
     /// segments is refused with EEXIST, the same ones are accepted).
-    /// Segments must not overlap one another in this object.
+    /// Segments must not overlap one another in this object. The record
+    /// also outlives the object: a later object of the same key (the same
+    /// dma-buf, reopened from an fd that was given up) gets it back, for
+    /// the [`KEPT_BACKINGS`] most recent records.
     pub fn set_backing(&self, segments: Vec<Segment>) -> IoResult<()> {
         let same = |a: &[Segment], b: &[Segment]| {
             a.len() == b.len()
@@ -154,6 +181,16 @@ impl MemoryObject {
             Some(old) if same(old, &segments) => Ok(()),
             Some(_) => Err(Errno::EXIST),
             None => {
+                let mut kept = backings();
+                if kept.by_key.insert(self.key, segments.clone()).is_none() {
+                    kept.order.push_back(self.key);
+                }
+                while kept.order.len() > KEPT_BACKINGS {
+                    if let Some(old) = kept.order.pop_front() {
+                        kept.by_key.remove(&old);
+                    }
+                }
+                drop(kept);
                 let _ = self.backing.set(segments);
                 Ok(())
             }
@@ -464,5 +501,19 @@ mod tests {
         drop(w);
         assert_eq!(mo.live_borrows(), 0);
         assert!(u2.borrow(&r2, 0..1, true).is_ok());
+
+        // Every handle of u1 gone, its fd kept: the record comes back with
+        // the object made again from the fd.
+        let u1_key = u1.key();
+        drop((r1, u1));
+        let again = MemoryObject::intern(&u1f).unwrap();
+        assert_eq!(again.key(), u1_key);
+        assert_eq!(again.backing().len(), 1);
+        assert_eq!(again.backing()[0].target_offset, page);
+        let ra = again.region(&u1f, (2 * page) as usize, true).unwrap();
+        let _w = again
+            .borrow(&ra, page as usize..(page + 1) as usize, true)
+            .unwrap();
+        assert!(u2.borrow(&r2, 0..1, false).is_err());
     }
 }
