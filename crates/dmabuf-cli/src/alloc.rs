@@ -103,7 +103,7 @@ pub fn run(args: Args) -> crate::CliResult {
     if let Some(fill) = args.fill {
         let map = buf.map()?;
         let mut w = map.write()?;
-        fill.apply(&mut w);
+        fill.apply(w.bytes_mut());
         w.end()?;
     }
     outln!("kind: {}", escape(&buf.kind().to_string()))?;

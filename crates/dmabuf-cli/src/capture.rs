@@ -181,7 +181,7 @@ pub fn run(args: Args) -> crate::CliResult {
         if !frame.is_error() {
             let w = maps[slot].read()?;
             let n = (frame.bytesused as usize).min(w.len());
-            sink.write(done, &w[..n])?;
+            sink.write(done, &w.bytes().subslice(0..n)?.to_vec())?;
             w.end()?;
             bytes += u64::from(frame.bytesused);
         }

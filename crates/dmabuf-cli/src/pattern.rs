@@ -6,6 +6,8 @@
 //! Every fill and check of buffer bytes in the command lives here, and
 //! `dmabuf alloc --fill` ([`Fill`]).
 
+use dmabuf::mapping::{VolatileBytes, VolatileBytesMut};
+
 /// The 256-byte block of item `seq`.
 pub fn block(seq: u64) -> [u8; 256] {
     let mut b = [0u8; 256];
@@ -21,6 +23,37 @@ pub fn fill(buf: &mut [u8], seq: u64) {
     for c in buf.chunks_mut(256) {
         c.copy_from_slice(&b[..c.len()]);
     }
+}
+
+/// Writes the pattern of item `seq` into every byte of a window's bytes
+/// (volatile stores, block by block: the bytes are shared memory).
+pub fn fill_volatile(mut buf: dmabuf::mapping::VolatileBytesMut<'_>, seq: u64) {
+    let b = block(seq);
+    let mut off = 0;
+    while off < buf.len() {
+        let n = (buf.len() - off).min(b.len());
+        // In range: `off + n <= len`.
+        let _ = buf.write_at(off, &b[..n]);
+        off += n;
+    }
+}
+
+/// [`check`] on a window's bytes: each 256-byte block is copied out
+/// (volatile loads) and compared.
+pub fn check_volatile(buf: dmabuf::mapping::VolatileBytes<'_>, seq: u64) -> Option<usize> {
+    let mut chunk = [0u8; 4096];
+    let mut off = 0;
+    while off < buf.len() {
+        let n = (buf.len() - off).min(chunk.len());
+        // In range: `off + n <= len`.
+        let _ = buf.read_at(off, &mut chunk[..n]);
+        // 4096 is a multiple of the 256-byte block: the phase is kept.
+        if let Some(at) = check(&chunk[..n], seq) {
+            return Some(off + at);
+        }
+        off += n;
+    }
+    None
 }
 
 /// The offset of the first byte of `buf` that breaks the pattern of item
@@ -63,44 +96,48 @@ impl Fill {
             .map_err(|_| format!("'{s}' is neither a byte (0-255, or 0x00-0xff) nor 'pattern'"))
     }
 
-    /// Writes the fill into `bytes`.
-    pub fn apply(self, bytes: &mut [u8]) {
+    /// Writes the fill into a window's bytes (volatile stores).
+    pub fn apply(self, mut bytes: VolatileBytesMut<'_>) {
         match self {
             Fill::Byte(b) => bytes.fill(b),
-            Fill::Pattern => bytes
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = (i % 251) as u8),
+            Fill::Pattern => {
+                // 16 periods of the pattern, written block by block: each
+                // block starts at a multiple of 251, so the phase is kept.
+                let block: Vec<u8> = (0..251 * 16).map(|i| (i % 251) as u8).collect();
+                let mut off = 0;
+                while off < bytes.len() {
+                    let n = (bytes.len() - off).min(block.len());
+                    // In range: `off + n <= len`.
+                    let _ = bytes.write_at(off, &block[..n]);
+                    off += n;
+                }
+            }
         }
     }
 }
 
 /// Writes the pattern of item `seq` into the first `len` bytes of a
 /// window's bytes `buf` (refused if the window is shorter).
-pub fn fill_prefix(buf: &mut [u8], len: u64, seq: u64) -> Result<(), String> {
+pub fn fill_prefix(buf: VolatileBytesMut<'_>, len: u64, seq: u64) -> Result<(), String> {
     let have = buf.len();
     let part = usize::try_from(len)
         .ok()
-        .and_then(|l| buf.get_mut(..l))
+        .and_then(|l| buf.into_subslice(0..l).ok())
         .ok_or_else(|| format!("item of {len} bytes does not fit the {have}-byte buffer"))?;
-    fill(part, seq);
+    fill_volatile(part, seq);
     Ok(())
 }
 
 /// Checks that the first `len` bytes of a window's bytes `buf` carry the
 /// pattern of item `seq`; the cause in words if not (a length past the
 /// window, a byte that breaks the pattern).
-pub fn check_prefix(buf: &[u8], len: u64, seq: u64) -> Result<(), String> {
+pub fn check_prefix(buf: VolatileBytes<'_>, len: u64, seq: u64) -> Result<(), String> {
+    let have = buf.len();
     let part = usize::try_from(len)
         .ok()
-        .and_then(|l| buf.get(..l))
-        .ok_or_else(|| {
-            format!(
-                "item {seq} claims {len} bytes, but its buffer has {}",
-                buf.len()
-            )
-        })?;
-    match check(part, seq) {
+        .and_then(|l| buf.subslice(0..l).ok())
+        .ok_or_else(|| format!("item {seq} claims {len} bytes, but its buffer has {have}"))?;
+    match check_volatile(part, seq) {
         None => Ok(()),
         Some(at) => Err(format!("item {seq}: byte {at} breaks the pattern")),
     }
@@ -120,19 +157,30 @@ mod tests {
         assert_eq!(check(&v, 7), Some(600));
     }
 
+    fn portable(len: u64) -> dmabuf::Mapping {
+        use dmabuf::Allocate;
+        dmabuf::Portable
+            .allocate(len, "pattern-test")
+            .unwrap()
+            .map()
+            .unwrap()
+    }
+
     #[test]
     fn prefixes_are_bounded_by_the_window() {
-        let mut v = vec![0u8; 512];
-        fill_prefix(&mut v, 300, 3).unwrap();
-        check_prefix(&v, 300, 3).unwrap();
-        assert!(fill_prefix(&mut v, 513, 3)
-            .unwrap_err()
-            .contains("does not fit"));
-        let e = check_prefix(&v, u64::MAX, 3).unwrap_err();
+        let map = portable(4096);
+        let mut w = map.write().unwrap();
+        let v = w.bytes_mut().into_subslice(0..512).unwrap();
+        fill_prefix(v, 300, 3).unwrap();
+        check_prefix(w.bytes().subslice(0..512).unwrap(), 300, 3).unwrap();
+        let v = w.bytes_mut().into_subslice(0..512).unwrap();
+        assert!(fill_prefix(v, 513, 3).unwrap_err().contains("does not fit"));
+        let e = check_prefix(w.bytes(), u64::MAX, 3).unwrap_err();
         assert!(e.contains("claims 18446744073709551615 bytes"), "{e}");
-        v[7] ^= 0xff;
+        let b = w.bytes().get(7).unwrap();
+        assert!(w.bytes_mut().set(7, b ^ 0xff));
         assert_eq!(
-            check_prefix(&v, 300, 3).unwrap_err(),
+            check_prefix(w.bytes(), 300, 3).unwrap_err(),
             "item 3: byte 7 breaks the pattern"
         );
     }
@@ -145,8 +193,11 @@ mod tests {
         assert!(Fill::parse("256").is_err());
         assert!(Fill::parse("0x100").is_err());
         assert!(Fill::parse("zebra").unwrap_err().contains("pattern"));
-        let mut b = [0u8; 300];
-        Fill::Pattern.apply(&mut b);
+        let map = portable(8192);
+        let mut w = map.write().unwrap();
+        Fill::Pattern.apply(w.bytes_mut());
+        let b = w.to_vec();
         assert_eq!((b[0], b[250], b[251], b[299]), (0, 250, 0, 48));
+        assert_eq!((b[4015], b[4016], b[8191]), (250, 0, (8191 % 251) as u8));
     }
 }

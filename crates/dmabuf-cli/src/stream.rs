@@ -272,7 +272,7 @@ fn one_item(
         .map_err(|e| (false, e.into()))?;
     let write = || -> Result<(), Box<dyn std::error::Error>> {
         let mut w = maps[lease.slot()].write()?;
-        pattern::fill_prefix(&mut w, size, seq)?;
+        pattern::fill_prefix(w.bytes_mut(), size, seq)?;
         w.end()?;
         Ok(())
     };
@@ -375,7 +375,7 @@ fn consume_into(
             })?;
         {
             let r = map.read()?;
-            pattern::check_prefix(&r, item.len(), item.seq())
+            pattern::check_prefix(r.bytes(), item.len(), item.seq())
                 .map_err(|e| format!("{e} (buffer {})", item.slot()))?;
         }
         let latency = u64::try_from(item.handoff().as_nanos()).unwrap_or(u64::MAX);
