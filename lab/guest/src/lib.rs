@@ -15,6 +15,7 @@
 //! wait_for_path("/dev/video0", Duration::from_secs(10)).unwrap();
 //! ```
 
+pub mod bytes;
 pub mod sys;
 pub mod usb;
 
