@@ -258,6 +258,12 @@ pub fn unbind_udc() -> Result<(), LabError> {
     write_file(Path::new(GADGET_DIR).join("UDC"), "\n")
 }
 
+/// Binds the gadget to the lab's UDC again after [`unbind_udc`] (ep0 must
+/// still be open).
+pub fn bind_udc() -> Result<(), LabError> {
+    write_file(Path::new(GADGET_DIR).join("UDC"), UDC)
+}
+
 /// Disconnects (`false`) or reconnects (`true`) the device from the host
 /// side's point of view, through the UDC's `soft_connect`.
 pub fn soft_connect(connect: bool) -> Result<(), LabError> {
@@ -309,7 +315,8 @@ fn find_host_device(timeout: Duration) -> Result<(PathBuf, PathBuf), LabError> {
                     let node = PathBuf::from(format!("/dev/bus/usb/{bus:03}/{dev:03}"));
                     let name = entry.file_name().to_string_lossy().into_owned();
                     let iface = p.join(format!("{name}:1.0"));
-                    if node.exists() && iface.exists() {
+                    // The interface's ep_XX directories appear after it.
+                    if node.exists() && iface.exists() && endpoint_addresses(&iface).is_ok() {
                         return Ok((node, iface));
                     }
                 }

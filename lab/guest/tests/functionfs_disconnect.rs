@@ -12,7 +12,7 @@ use dmabuf::endpoint::functionfs::FunctionFsEndpoint;
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
 use dmabuf::{Allocate, Fence, FenceStatus, Portable, Udmabuf};
 use dmabuf_lab_guest::require_lab;
-use dmabuf_lab_guest::usb::{unbind_udc, Gadget, FFS_DIR};
+use dmabuf_lab_guest::usb::{bind_udc, unbind_udc, Gadget, FFS_DIR};
 
 const BOUND: Duration = Duration::from_secs(15);
 
@@ -129,11 +129,17 @@ fn ffs_b_udc_unbound_mid_transfer_fails_every_fence_and_nothing_hangs() {
         m.window::<dmabuf::mapping::Read>(0..16, Some(Duration::from_secs(1)))
             .unwrap();
     }
+    // Fences before their attachments (kernel-findings: f_fs fence lock).
+    drop((fi, fo, fc));
+    // 6.12's FUNCTIONFS_DMABUF_DETACH dereferences ffs->gadget, which an
+    // unbind clears (kernel-findings): bind again before the endpoints
+    // detach their buffers.
+    bounded("binding the UDC again", bind_udc).unwrap();
     drop((ai, ao, ac));
     bounded("dropping endpoints after unbind", move || {
         drop(ep_in);
         drop(ep_out);
     });
-    drop((fi, fo, fc, zin, zout, cout));
+    drop((zin, zout, cout));
     assert_eq!(open_fds(), before, "file descriptors leaked");
 }
