@@ -1,8 +1,11 @@
-//! FunctionFS endpoints when the other side goes away: a copy endpoint
-//! dropped while its worker is blocked in a `write()` nobody reads, and
-//! the UDC unbound with zero-copy and copy transfers in flight. A binary
-//! of its own because it takes the gadget down (tests run in name order:
-//! the unbind comes last). Test names start with `ffs_`.
+//! FunctionFS endpoints when the other side goes away: the UDC unbound
+//! with zero-copy and copy transfers in flight (then bound again), and a
+//! copy endpoint dropped while its worker is blocked in a `write()` nobody
+//! reads. A binary of its own because it takes the gadget down. Tests run
+//! in name order: the unbind first, because a drop that hangs leaves a
+//! thread holding an endpoint file, and when that file is finally closed
+//! FunctionFS detaches *every* dma-buf of the endpoint, whoever attached
+//! it. Test names start with `ffs_`.
 
 use std::sync::mpsc;
 use std::sync::OnceLock;
@@ -60,7 +63,7 @@ fn assert_failed_with_named_cause(f: &Fence, what: &str) {
 }
 
 #[test]
-fn ffs_a_copy_endpoint_dropped_while_its_write_waits_for_the_host_returns() {
+fn ffs_b_copy_endpoint_dropped_while_its_write_waits_for_the_host_returns() {
     let g = gadget();
     let before = open_fds();
     let mut ep = FunctionFsEndpoint::open(format!("{FFS_DIR}/ep1"), Direction::ToDevice).unwrap();
@@ -85,7 +88,7 @@ fn ffs_a_copy_endpoint_dropped_while_its_write_waits_for_the_host_returns() {
 }
 
 #[test]
-fn ffs_b_udc_unbound_mid_transfer_fails_every_fence_and_nothing_hangs() {
+fn ffs_a_udc_unbound_mid_transfer_fails_every_fence_and_nothing_hangs() {
     let _g = gadget();
     let before = open_fds();
     let mut ep_in =
