@@ -16,6 +16,7 @@
 //! ```
 
 pub mod bytes;
+pub mod fences;
 pub mod iio;
 pub mod sys;
 pub mod usb;
