@@ -188,10 +188,22 @@ impl Gadget {
     /// a packet the device sends is an overflow, `EOVERFLOW`); more data
     /// than `len` is an error.
     pub fn host_read(&self, len: usize, timeout: Duration) -> Result<Vec<u8>, LabError> {
+        self.host_read_in(len, 65536, timeout)
+    }
+
+    /// [`Gadget::host_read`] in bulk transfers of at most `chunk` bytes (a
+    /// multiple of 512).
+    pub fn host_read_in(
+        &self,
+        len: usize,
+        chunk: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, LabError> {
+        let max = chunk.next_multiple_of(512);
         let mut out = Vec::with_capacity(len);
-        let mut chunk = vec![0u8; 65536];
+        let mut chunk = vec![0u8; max];
         while out.len() < len {
-            let want = (len - out.len()).next_multiple_of(512).min(65536);
+            let want = (len - out.len()).next_multiple_of(512).min(max);
             let got = bulk(
                 self.host.as_fd(),
                 self.in_address,
