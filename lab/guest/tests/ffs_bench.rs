@@ -97,6 +97,13 @@ fn one_run(g: &'static Gadget, bufs: &[Buffer], expect_zero_copy: bool) -> Run {
     }
 }
 
+/// Prints a result line past libtest's output capture, so a plain lab run
+/// shows it.
+fn report(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn spread(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -137,13 +144,19 @@ fn bench_functionfs_copy_path_vs_dmabuf_path() {
     let (zt, zt_lo, zt_hi) = spread(&pick(&z_runs, |r| r.mib_s));
     let (cc, cc_lo, cc_hi) = spread(&pick(&c_runs, |r| r.cpu_s_per_gib));
     let (zc, zc_lo, zc_hi) = spread(&pick(&z_runs, |r| r.cpu_s_per_gib));
-    println!(
+    report(&format!(
         "BENCH ffs {RUNS} runs x {} MiB, {BUFFERS} x {} KiB buffers, 1 MiB transfers",
         TOTAL >> 20,
         BUF_BYTES >> 10
-    );
-    println!("BENCH copy     MiB/s median {ct:.1} (min {ct_lo:.1}, max {ct_hi:.1}); gadget CPU s/GiB median {cc:.2} (min {cc_lo:.2}, max {cc_hi:.2})");
-    println!("BENCH dmabuf   MiB/s median {zt:.1} (min {zt_lo:.1}, max {zt_hi:.1}); gadget CPU s/GiB median {zc:.2} (min {zc_lo:.2}, max {zc_hi:.2})");
+    ));
+    report(&format!(
+        "BENCH copy     MiB/s median {ct:.1} (min {ct_lo:.1}, max {ct_hi:.1}); \
+         gadget CPU s/GiB median {cc:.2} (min {cc_lo:.2}, max {cc_hi:.2})"
+    ));
+    report(&format!(
+        "BENCH dmabuf   MiB/s median {zt:.1} (min {zt_lo:.1}, max {zt_hi:.1}); \
+         gadget CPU s/GiB median {zc:.2} (min {zc_lo:.2}, max {zc_hi:.2})"
+    ));
     let ratios: Vec<(f64, f64)> = c_runs
         .iter()
         .zip(&z_runs)
@@ -155,11 +168,13 @@ fn bench_functionfs_copy_path_vs_dmabuf_path() {
         })
         .collect();
     for (i, (t, c)) in ratios.iter().enumerate() {
-        println!("BENCH pair {i}: throughput x{t:.2}, CPU/GiB x{c:.3}");
+        report(&format!(
+            "BENCH pair {i}: throughput x{t:.2}, CPU/GiB x{c:.3}"
+        ));
     }
-    println!(
+    report(&format!(
         "BENCH ratio    throughput x{:.2}, CPU/GiB x{:.3} (dmabuf / copy, medians)",
         zt / ct,
         zc / cc.max(1e-9)
-    );
+    ));
 }

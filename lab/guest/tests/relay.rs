@@ -41,7 +41,9 @@ fn relay_iio_samples_reach_the_usb_host_zero_copy_every_sample_checked() {
     assert_eq!(report.bytes as usize, total);
     assert_eq!(got.len(), total);
     check_samples(&got, 0).unwrap_or_else(|e| panic!("host side: {e}"));
-    eprintln!(
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr().lock(),
         "relay: {} samples checked on the host side, {:.2?}",
         total / 4,
         report.elapsed
