@@ -1,5 +1,6 @@
 //! FunctionFS endpoints when the other side goes away: the UDC unbound
-//! with zero-copy and copy transfers in flight (then bound again), and a
+//! with zero-copy and copy transfers in flight (then bound again), the
+//! host side disconnected (soft disconnect) mid-transfer, and a
 //! copy endpoint dropped while its worker is blocked in a `write()` nobody
 //! reads. A binary of its own because it takes the gadget down. Tests run
 //! in name order: the unbind first, because a drop that hangs leaves a
@@ -15,7 +16,7 @@ use dmabuf::endpoint::functionfs::FunctionFsEndpoint;
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
 use dmabuf::{Allocate, Fence, FenceStatus, Portable, Udmabuf};
 use dmabuf_lab_guest::require_lab;
-use dmabuf_lab_guest::usb::{bind_udc, unbind_udc, Gadget, FFS_DIR};
+use dmabuf_lab_guest::usb::{bind_udc, soft_connect, unbind_udc, Gadget, FFS_DIR};
 
 const BOUND: Duration = Duration::from_secs(15);
 
@@ -63,7 +64,7 @@ fn assert_failed_with_named_cause(f: &Fence, what: &str) {
 }
 
 #[test]
-fn ffs_b_copy_endpoint_dropped_while_its_write_waits_for_the_host_returns() {
+fn ffs_c_copy_endpoint_dropped_while_its_write_waits_for_the_host_returns() {
     let g = gadget();
     let before = open_fds();
     let mut ep = FunctionFsEndpoint::open(format!("{FFS_DIR}/ep1"), Direction::ToDevice).unwrap();
@@ -144,5 +145,35 @@ fn ffs_a_udc_unbound_mid_transfer_fails_every_fence_and_nothing_hangs() {
         drop(ep_out);
     });
     drop((zin, zout, cout));
+    assert_eq!(open_fds(), before, "file descriptors leaked");
+}
+
+#[test]
+fn ffs_b_host_disconnected_mid_transfer_fails_fences_and_reconnects() {
+    let _g = gadget();
+    let before = open_fds();
+    let mut ep_in =
+        FunctionFsEndpoint::open(format!("{FFS_DIR}/ep1"), Direction::ToDevice).unwrap();
+    let zin = Udmabuf::open().unwrap().allocate(65536, "disc-in").unwrap();
+    let ai = ep_in.attach(&zin).unwrap();
+    assert_eq!(ep_in.path_of(&ai).unwrap(), DataPath::ZeroCopy);
+    // Blocks until the host (re)configured the device after the rebind.
+    let fi = bounded("queueing a transfer after the rebind", move || {
+        let f = ep_in.transfer(&ai, 65536, TransferOptions::default());
+        (ep_in, ai, f)
+    });
+    let (ep_in, ai, fi) = (fi.0, fi.1, fi.2.unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!fi.is_signalled(), "nobody read on the host side");
+    // The host side goes away: the UDC drops its pull-up.
+    bounded("soft disconnect", || soft_connect(false)).unwrap();
+    assert_failed_with_named_cause(&fi, "zero-copy IN transfer cut by a host disconnect");
+    drop(fi);
+    bounded("soft connect", || soft_connect(true)).unwrap();
+    drop(ai);
+    bounded("dropping the endpoint after a disconnect", move || {
+        drop(ep_in)
+    });
+    drop(zin);
     assert_eq!(open_fds(), before, "file descriptors leaked");
 }
