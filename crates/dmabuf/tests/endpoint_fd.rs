@@ -350,7 +350,10 @@ fn transfer_waits_for_an_open_cpu_write_window() {
     drop(win);
     let (f, after_close, _tx) = worker.join().unwrap();
     f.unwrap().wait(WAIT).unwrap();
-    assert!(after_close, "the transfer was queued while the window was open");
+    assert!(
+        after_close,
+        "the transfer was queued while the window was open"
+    );
     assert_eq!(drain(&r), b"final");
 }
 
