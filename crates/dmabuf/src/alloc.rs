@@ -285,13 +285,28 @@ impl Allocator {
     }
 }
 
-impl Allocate for Allocator {
-    fn backend(&self) -> Backend {
+impl Allocator {
+    /// Which backend this allocator uses (the same as
+    /// [`Allocate::backend`], without importing the trait).
+    pub fn backend(&self) -> Backend {
         self.inner.backend()
     }
 
-    fn allocate(&self, size: u64, name: &str) -> Result<Buffer> {
+    /// A new buffer of at least `size` bytes (rounded up to pages), named
+    /// `name` (at most 31 bytes; may be empty). The same as
+    /// [`Allocate::allocate`], without importing the trait.
+    pub fn allocate(&self, size: u64, name: &str) -> Result<Buffer> {
         self.inner.allocate(size, name)
+    }
+}
+
+impl Allocate for Allocator {
+    fn backend(&self) -> Backend {
+        Allocator::backend(self)
+    }
+
+    fn allocate(&self, size: u64, name: &str) -> Result<Buffer> {
+        Allocator::allocate(self, size, name)
     }
 }
 

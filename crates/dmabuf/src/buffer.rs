@@ -292,6 +292,21 @@ impl AsFd for DmaBuf {
     }
 }
 
+impl TryFrom<OwnedFd> for DmaBuf {
+    type Error = Error;
+
+    /// [`DmaBuf::from_fd`]: refuses an fd that is not a dma-buf.
+    fn try_from(fd: OwnedFd) -> Result<DmaBuf> {
+        DmaBuf::from_fd(fd)
+    }
+}
+
+impl From<DmaBuf> for OwnedFd {
+    fn from(d: DmaBuf) -> OwnedFd {
+        d.into_fd()
+    }
+}
+
 fn check_name(name: &str, object: &str) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return Err(Error::invalid(
@@ -784,5 +799,68 @@ impl Buffer {
                 Ok(())
             }
         }
+    }
+}
+
+impl AsFd for Buffer {
+    /// The fd of the memory (dma-buf or memfd), as [`Buffer::fd`].
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
+impl TryFrom<OwnedFd> for Buffer {
+    type Error = Error;
+
+    /// [`Buffer::from_fd`] with no name: a dma-buf or a sealed memfd,
+    /// anything else refused.
+    fn try_from(fd: OwnedFd) -> Result<Buffer> {
+        Buffer::from_fd(fd, "")
+    }
+}
+
+impl fmt::Display for Buffer {
+    /// `buffer 'name' (kind, N bytes)`, as in error messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Buffer {
+    /// Maps the buffer, opens a write window on all of it, runs `f` on its
+    /// bytes and closes the window, returning `END`'s error if it fails:
+    /// the one-shot way to write a buffer.
+    ///
+    /// ```
+    /// # fn main() -> dmabuf::Result<()> {
+    /// let buf = dmabuf::Allocator::auto().allocate(4096, "once")?;
+    /// buf.write_with(|mut bytes| bytes.fill(7))?;
+    /// assert_eq!(buf.read_with(|bytes| bytes.get(100))?, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write_with<R>(
+        &self,
+        f: impl FnOnce(crate::mapping::VolatileBytesMut<'_>) -> R,
+    ) -> Result<R> {
+        let map = self.map()?;
+        let mut w = map.write()?;
+        let r = f(w.bytes_mut());
+        w.end()?;
+        Ok(r)
+    }
+
+    /// Maps the buffer, opens a read window on all of it (waiting for
+    /// writers), runs `f` on its bytes and closes the window: the one-shot
+    /// way to read a buffer.
+    pub fn read_with<R>(
+        &self,
+        f: impl FnOnce(crate::mapping::VolatileBytes<'_>) -> R,
+    ) -> Result<R> {
+        let map = self.map_read_only()?;
+        let r = map.read()?;
+        let out = f(r.bytes());
+        r.end()?;
+        Ok(out)
     }
 }
