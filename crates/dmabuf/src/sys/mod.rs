@@ -17,6 +17,7 @@
 pub mod dma_buf;
 pub mod dma_heap;
 pub mod functionfs;
+pub mod futex;
 pub mod iio;
 pub mod mem;
 pub mod sw_sync;
