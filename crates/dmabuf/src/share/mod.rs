@@ -80,14 +80,24 @@ use rustix::net::{
 
 use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence};
+use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence, WeakUserFence};
 
 use wire::{Frame, WireFence, WireKind};
 pub use wire::{HEADER_LEN, MAGIC, MAX_BODY, MAX_FDS, MAX_FENCES, VERSION};
 
 /// The errno with which fences received from a peer that went away are
-/// failed.
+/// failed (in this process only).
 pub const PEER_GONE_ERRNO: Errno = Errno::CONNRESET;
+
+/// Most unsignalled user fences received on one channel that this process
+/// may hold at once (each is 2 fds and a mapping): one more is a
+/// [`ErrorKind::Protocol`] error naming the bound.
+pub const MAX_PENDING_FENCES: usize = 256;
+
+/// How long [`Channel::send`] waits, by default, for room in the socket
+/// buffer (a peer that does not read) before giving up with
+/// [`ErrorKind::TimedOut`] ([`Channel::set_send_timeout`] changes it).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message, with its buffers and fences already checked and rebuilt.
 #[derive(Debug, Clone)]
@@ -161,9 +171,11 @@ impl Message {
 pub struct Channel {
     fd: OwnedFd,
     peer: String,
-    /// User fences received that had not signalled yet, failed if the peer
-    /// goes away.
-    received: Mutex<Vec<UserFence>>,
+    /// User fences received that had not signalled yet and that this
+    /// process still holds (weak: dropping them closes their fds), failed
+    /// here if the peer goes away.
+    received: Mutex<Vec<WeakUserFence>>,
+    send_timeout: Mutex<Option<Duration>>,
 }
 
 impl Channel {
@@ -233,7 +245,27 @@ impl Channel {
             fd,
             peer,
             received: Mutex::new(Vec::new()),
+            send_timeout: Mutex::new(Some(DEFAULT_SEND_TIMEOUT)),
         }
+    }
+
+    /// How long a send may wait for room in the socket buffer (`None`:
+    /// forever). [`DEFAULT_SEND_TIMEOUT`] until changed.
+    pub fn set_send_timeout(&self, timeout: Option<Duration>) {
+        *self.send_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+    }
+
+    /// The current send timeout.
+    pub fn send_timeout(&self) -> Option<Duration> {
+        *self.send_timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many unsignalled user fences received on this channel this
+    /// process still holds.
+    pub fn pending_fences(&self) -> usize {
+        let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        prune(&mut v);
+        v.len()
     }
 
     /// "peer pid N (socket fd M)", for messages.
@@ -258,17 +290,23 @@ impl Channel {
         .with_errno(errno)
     }
 
-    /// Fails every user fence received on this channel that has not
-    /// signalled, with [`PEER_GONE_ERRNO`]. Done automatically when the
-    /// peer is found gone; call it when giving up on a peer otherwise.
+    /// Fails, in this process only, every user fence received on this
+    /// channel that has not signalled and is still held here, with
+    /// [`PEER_GONE_ERRNO`] ([`UserFence::fail_received`]: the shared pages
+    /// are untouched, so the fences' owner and other receivers see no
+    /// change). Done automatically when the peer is found gone; call it
+    /// when giving up on a peer otherwise.
     pub fn fail_received_fences(&self) {
         let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
         for f in v.drain(..) {
-            f.fail_received(PEER_GONE_ERRNO);
+            if let Some(f) = f.upgrade() {
+                f.fail_received(PEER_GONE_ERRNO);
+            }
         }
     }
 
-    /// Sends `msg` (blocking while the socket buffer is full).
+    /// Sends `msg`, waiting at most the send timeout for room in the
+    /// socket buffer.
     pub fn send(&self, msg: &Message) -> Result<()> {
         let op = "send message";
         let mut fences = Vec::new();
@@ -349,6 +387,8 @@ impl Channel {
     #[doc(hidden)]
     pub fn send_raw(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
         let op = "send message";
+        let timeout = self.send_timeout();
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 4))];
         let mut cmsg = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -360,9 +400,30 @@ impl Channel {
         }
         let iov = [IoSlice::new(bytes)];
         loop {
-            match rustix::net::sendmsg(&self.fd, &iov, &mut cmsg, SendFlags::NOSIGNAL) {
+            match rustix::net::sendmsg(
+                &self.fd,
+                &iov,
+                &mut cmsg,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    let got = poll_events(self.fd.as_fd(), PollFlags::OUT, deadline)
+                        .map_err(|e| Error::os(op, self.peer.clone(), e))?;
+                    if got.is_empty() {
+                        return Err(Error::new(
+                            ErrorKind::TimedOut,
+                            op,
+                            self.peer.clone(),
+                            format!(
+                                "the peer has not read its messages for {:?}: its socket buffer stays full",
+                                timeout.unwrap_or_default()
+                            ),
+                        )
+                        .with_errno(Errno::TIMEDOUT));
+                    }
+                }
                 Err(e @ (Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN)) => {
                     return Err(self.gone(op, e))
                 }
@@ -434,7 +495,27 @@ impl Channel {
             }
         }
         if res.bytes == 0 && fds.is_empty() {
-            return Err(self.gone(op, reset.unwrap_or(Errno::CONNRESET)));
+            // End of file and an empty datagram both read as 0 bytes; only
+            // a peer that has hung up is gone.
+            let hup = poll_events(
+                self.fd.as_fd(),
+                PollFlags::IN | PollFlags::RDHUP,
+                Some(Instant::now()),
+            )
+            .unwrap_or(PollFlags::HUP);
+            if reset.is_some() || hup.intersects(PollFlags::HUP | PollFlags::RDHUP) {
+                return Err(self.gone(op, reset.unwrap_or(Errno::CONNRESET)));
+            }
+            return Err(self.hostile("empty message (0 bytes): every message has a 16-byte header"));
+        }
+        if res.flags.contains(ReturnFlags::CTRUNC) && fds_exhausted(self.fd.as_fd()) {
+            return Err(Error::new(
+                ErrorKind::Os,
+                op,
+                self.peer.clone(),
+                "this process is out of file descriptors (EMFILE: too many open files); the kernel dropped the fds attached to the peer's message",
+            )
+            .with_errno(Errno::MFILE));
         }
         if res.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS {
             return Err(self.hostile(format!(
@@ -553,6 +634,14 @@ impl Channel {
                         "{what} refused: announced as portable (a sealed memfd) but the fd is a dma-buf"
                     )));
                 }
+                let mode = rustix::fs::fcntl_getfl(&fd)
+                    .map_err(|e| self.refuse(what.to_string(), Error::os("fcntl", "fd", e)))?
+                    & rustix::fs::OFlags::ACCMODE;
+                if mode == rustix::fs::OFlags::WRONLY {
+                    return Err(self.hostile(format!(
+                        "{what} refused: the memfd was opened write-only (O_WRONLY), so it cannot be mapped for reading"
+                    )));
+                }
                 Buffer::from_memfd(fd, name).map_err(|e| self.refuse(what.to_string(), e))?
             }
             _ => {
@@ -603,8 +692,14 @@ impl Channel {
                         .map_err(|e| self.refuse(what.to_string(), e))?;
                     if u.status() == FenceStatus::Active {
                         let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
-                        v.retain(|f| f.status() == FenceStatus::Active);
-                        v.push(u.clone());
+                        prune(&mut v);
+                        if v.len() >= MAX_PENDING_FENCES {
+                            return Err(self.hostile(format!(
+                                "{what}: the peer already has {} unsignalled user fences held here, the most one channel may (MAX_PENDING_FENCES); this one was closed",
+                                v.len()
+                            )));
+                        }
+                        v.push(u.downgrade());
                     }
                     out.push(Fence::User(u));
                 }
@@ -621,6 +716,24 @@ impl Channel {
     pub fn shutdown(&self) {
         let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
     }
+}
+
+/// Forgets received fences that were dropped or have signalled.
+fn prune(v: &mut Vec<WeakUserFence>) {
+    v.retain(|w| {
+        w.upgrade()
+            .is_some_and(|f| f.status() == FenceStatus::Active)
+    });
+}
+
+/// Whether this process is out of file descriptors (a dup fails with
+/// EMFILE or ENFILE), which is why the kernel truncates the fds of a
+/// message it receives.
+fn fds_exhausted(probe: BorrowedFd<'_>) -> bool {
+    matches!(
+        rustix::io::fcntl_dupfd_cloexec(probe, 0),
+        Err(Errno::MFILE | Errno::NFILE)
+    )
 }
 
 /// The unsignalled parts of `fence`, at most [`MAX_FENCES`], with their
