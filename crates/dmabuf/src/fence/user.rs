@@ -19,12 +19,16 @@
 //! state, bumps the futex and wakes it (shared futex: waiters in every
 //! process), then writes the eventfd (for `poll` and async waiters).
 //!
-//! Any process holding the memfd can write the page and any process
-//! holding the eventfd can write or read it, so a receiver treats both as
-//! hints: see [`UserFence`] for what it does with them.
+//! The owner maps the page read-write, then seals the memfd with
+//! `F_SEAL_FUTURE_WRITE`: from then on no process that receives the memfd
+//! can write the page (a `write` or a writable mapping fails with
+//! `EPERM`), and receivers map it read-only. The owner itself (a hostile
+//! sender) can still write its page at any time, a fence made by other
+//! software may lack the seal, and any process holding the eventfd can
+//! write or read it, so a receiver treats both as hints: see [`UserFence`]
+//! for what it does with them.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -34,8 +38,7 @@ use rustix::fs::{
 };
 
 use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
-use crate::sys::futex;
-use crate::sys::mem::AtomicWords;
+use crate::sys::futex::{self, SharedWords};
 
 use super::{fd_kind, monotonic_ns, FenceStatus};
 
@@ -95,8 +98,8 @@ pub const RECEIVED_CONTEXT_BIT: u64 = 1 << 63;
 ///
 /// # What a received fence trusts
 ///
-/// Another process can write the page and the eventfd at any time. So a
-/// received fence:
+/// The process that sent it can write the page, and any holder the
+/// eventfd, at any time. So a received fence:
 ///
 /// * takes its context and sequence number once, at import, and marks the
 ///   context with [`RECEIVED_CONTEXT_BIT`]: it never takes part in the
@@ -137,7 +140,8 @@ impl WeakUserFence {
 
 #[derive(Debug)]
 struct Inner {
-    words: AtomicWords,
+    /// Read-write for the owner, read-only for everyone else.
+    words: SharedWords,
     state_fd: OwnedFd,
     event: OwnedFd,
     /// The pid of the process that made the fence (`None`: received).
@@ -246,12 +250,13 @@ impl UserFence {
         )
         .map_err(fail("state memfd"))?;
         ftruncate(&state_fd, STATE_BYTES).map_err(fail("state memfd"))?;
-        fcntl_add_seals(
-            &state_fd,
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-        )
-        .map_err(fail("state memfd"))?;
-        let words = AtomicWords::map(&state_fd, WORDS).map_err(fail("state memfd"))?;
+        fcntl_add_seals(&state_fd, SealFlags::SHRINK | SealFlags::GROW)
+            .map_err(fail("state memfd"))?;
+        let words = SharedWords::map(&state_fd, WORDS, true).map_err(fail("state memfd"))?;
+        // From now on only this mapping can write the page: no process that
+        // receives the memfd can write it or map it writable.
+        fcntl_add_seals(&state_fd, SealFlags::FUTURE_WRITE | SealFlags::SEAL)
+            .map_err(fail("state memfd"))?;
         let event =
             eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(fail("eventfd"))?;
         let inner = Inner {
@@ -264,10 +269,14 @@ impl UserFence {
             timeline,
             local: Mutex::new(Local::default()),
         };
-        inner.word(W_CONTEXT).store(context, Ordering::Relaxed);
-        inner.word(W_SEQNO).store(seqno, Ordering::Relaxed);
-        inner.word(W_STATE).store(PENDING, Ordering::Relaxed);
-        inner.word(W_MAGIC).store(MAGIC, Ordering::Release);
+        for (i, v) in [
+            (W_CONTEXT, context),
+            (W_SEQNO, seqno),
+            (W_STATE, PENDING),
+            (W_MAGIC, MAGIC),
+        ] {
+            inner.words.store(i, v).map_err(fail("state page"))?;
+        }
         Ok(UserFence {
             inner: Arc::new(inner),
         })
@@ -314,19 +323,15 @@ impl UserFence {
                 format!("event fd is not an eventfd (it is '{kind}')"),
             ));
         }
-        let words = AtomicWords::map(&state, WORDS).map_err(|e| {
+        let words = SharedWords::map(&state, WORDS, false).map_err(|e| {
             Error::kernel(
                 op,
                 obj.clone(),
                 e,
-                "cannot map the state memfd shared and read-write",
+                "cannot map the state memfd shared and readable",
             )
         })?;
-        let w = |i| {
-            words
-                .get(i)
-                .map_or(0, |w: &AtomicU64| w.load(Ordering::Acquire))
-        };
+        let w = |i| words.load(i).unwrap_or(0);
         if w(W_MAGIC) != MAGIC {
             return Err(Error::invalid(
                 op,
@@ -467,10 +472,10 @@ impl UserFence {
     /// can make it spin.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let word = self.inner.futex();
+        let words = &self.inner.words;
         let mut early_wakes = 0u32;
         loop {
-            let seen = word.load(Ordering::Acquire);
+            let seen = words.load_u32(H_FUTEX).unwrap_or(0);
             let status = self.status();
             if status != FenceStatus::Active {
                 return self.result("fence wait");
@@ -492,7 +497,7 @@ impl UserFence {
                 .with_errno(Errno::TIMEDOUT));
             }
             let slice = left.min(RECHECK);
-            match futex::wait(word, seen, slice) {
+            match words.futex_wait(H_FUTEX, seen, slice) {
                 Err(Errno::TIMEDOUT) => early_wakes = 0,
                 Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) => {
                     // Woken, or the counter moved: normally the signal.
@@ -614,14 +619,8 @@ enum Page {
 }
 
 impl Inner {
-    fn word(&self, i: usize) -> &AtomicU64 {
-        self.words.get(i).expect("state page has WORDS words")
-    }
-
-    fn futex(&self) -> &AtomicU32 {
-        self.words
-            .get_u32(H_FUTEX)
-            .expect("state page has the futex half-word")
+    fn word(&self, i: usize) -> u64 {
+        self.words.load(i).unwrap_or(0)
     }
 
     fn lock(&self) -> MutexGuard<'_, Local> {
@@ -633,12 +632,12 @@ impl Inner {
     }
 
     fn read_page(&self) -> Page {
-        if self.word(W_MAGIC).load(Ordering::Acquire) != MAGIC {
+        if self.word(W_MAGIC) != MAGIC {
             return Page::Corrupt("its magic word was overwritten".into());
         }
-        let s = self.word(W_STATE).load(Ordering::Acquire);
+        let s = self.word(W_STATE);
         let (state, high) = (s & 0xffff_ffff, s >> 32);
-        let ts = || self.word(W_TIMESTAMP).load(Ordering::Acquire);
+        let ts = || self.word(W_TIMESTAMP);
         match (state, high) {
             (PENDING, 0) => Page::Pending,
             (SIGNALLING, pid) => Page::Signalling(pid as u32),
@@ -720,16 +719,15 @@ impl Inner {
             });
         }
         let pid = u64::from(my_pid());
-        self.word(W_STATE)
-            .store(SIGNALLING | (pid << 32), Ordering::Release);
-        self.word(W_TIMESTAMP).store(now, Ordering::Release);
         let fin = match error {
             None => SIGNALLED,
             Some(e) => FAILED | (u64::from(e.raw_os_error() as u32) << 32),
         };
-        self.word(W_STATE).store(fin, Ordering::Release);
-        self.futex().fetch_add(1, Ordering::AcqRel);
-        let _ = futex::wake_all(self.futex());
+        // Only the owner (whose mapping is writable) gets here.
+        let _ = self.words.store(W_STATE, SIGNALLING | (pid << 32));
+        let _ = self.words.store(W_TIMESTAMP, now);
+        let _ = self.words.store(W_STATE, fin);
+        let _ = self.words.bump_and_wake(H_FUTEX);
         // Wake every poller; this library never reads the counter, so the
         // eventfd stays readable from now on.
         let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());

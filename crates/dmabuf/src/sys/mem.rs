@@ -18,7 +18,7 @@
 use std::ops::{Deref, DerefMut, Range};
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use rustix::mm::{MapFlags, ProtFlags};
@@ -303,21 +303,6 @@ impl AtomicWords {
         // bounds, it lives as long as `self`, and every access to it is
         // atomic (other processes use the same protocol).
         Some(unsafe { &*self.ptr.as_ptr().add(i) })
-    }
-}
-
-impl AtomicWords {
-    /// The 32-bit half-word `i` (counted in 4-byte units), or `None` past
-    /// the end, for futexes. A location must be accessed with one width
-    /// only: the caller never also uses the 64-bit word that contains it.
-    pub fn get_u32(&self, i: usize) -> Option<&AtomicU32> {
-        if i >= self.words * 2 {
-            return None;
-        }
-        // SAFETY: the mapping is page-aligned (so 4-byte aligned), half-word
-        // `i` is in bounds, it lives as long as `self`, and every access to
-        // it is atomic and 32 bits wide (the caller's contract above).
-        Some(unsafe { &*self.ptr.as_ptr().cast::<AtomicU32>().add(i) })
     }
 }
 
