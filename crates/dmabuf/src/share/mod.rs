@@ -176,6 +176,8 @@ pub struct Channel {
     /// here if the peer goes away.
     received: Mutex<Vec<WeakUserFence>>,
     send_timeout: Mutex<Option<Duration>>,
+    /// The peer said bye: its going away later is orderly.
+    said_bye: std::sync::atomic::AtomicBool,
 }
 
 impl Channel {
@@ -246,6 +248,7 @@ impl Channel {
             peer,
             received: Mutex::new(Vec::new()),
             send_timeout: Mutex::new(Some(DEFAULT_SEND_TIMEOUT)),
+            said_bye: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -280,7 +283,11 @@ impl Channel {
     }
 
     fn gone(&self, op: &'static str, errno: Errno) -> Error {
-        self.fail_received_fences();
+        // After a bye the peer left in order: the fences it sent are left
+        // to signal (their owner cancels them if it drops them unsignalled).
+        if !self.said_bye.load(std::sync::atomic::Ordering::Relaxed) {
+            self.fail_received_fences();
+        }
         Error::new(
             ErrorKind::PeerGone,
             op,
@@ -308,6 +315,16 @@ impl Channel {
     /// Sends `msg`, waiting at most the send timeout for room in the
     /// socket buffer.
     pub fn send(&self, msg: &Message) -> Result<()> {
+        self.send_with(self.send_timeout(), msg)
+    }
+
+    /// Sends `msg`, waiting at most `limit` (and at most the send timeout).
+    pub(crate) fn send_within(&self, limit: Duration, msg: &Message) -> Result<()> {
+        let t = self.send_timeout().map_or(limit, |t| t.min(limit));
+        self.send_with(Some(t), msg)
+    }
+
+    fn send_with(&self, timeout: Option<Duration>, msg: &Message) -> Result<()> {
         let op = "send message";
         let mut fences = Vec::new();
         let frame = match msg {
@@ -379,15 +396,23 @@ impl Channel {
             }
         }
         debug_assert_eq!(fds.len(), frame.fd_count());
-        self.send_raw(&wire::encode(&frame), &fds)
+        self.send_bytes(timeout, &wire::encode(&frame), &fds)
     }
 
     /// Sends raw bytes and fds as one message (tests use it to play a
     /// hostile peer; programs use [`Channel::send`]).
     #[doc(hidden)]
     pub fn send_raw(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        self.send_bytes(self.send_timeout(), bytes, fds)
+    }
+
+    fn send_bytes(
+        &self,
+        timeout: Option<Duration>,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<()> {
         let op = "send message";
-        let timeout = self.send_timeout();
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 4))];
         let mut cmsg = SendAncillaryBuffer::new(&mut space);
@@ -610,7 +635,11 @@ impl Channel {
                     &format!("release fence of buffer {buffer}"),
                 )?,
             },
-            Frame::Bye => Message::Bye,
+            Frame::Bye => {
+                self.said_bye
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Message::Bye
+            }
         })
     }
 

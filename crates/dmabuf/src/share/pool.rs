@@ -62,6 +62,10 @@ pub const MAX_POOL_BUFFERS: usize = 1024;
 /// back (and fails those fences in its own process).
 pub const LEAVE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long dropping an [`Item`] waits to send its release to a producer
+/// that does not read (at most the channel's send timeout).
+pub const RELEASE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The poll deadline: `deadline`, or sooner when something must be
 /// re-checked without an fd to tell (`recheck`).
 fn slice(deadline: Option<Instant>, recheck: bool) -> Option<Instant> {
@@ -1050,11 +1054,16 @@ impl Drop for Item {
     fn drop(&mut self) {
         if !self.released {
             set_held(&self.held, self.slot, false);
-            let _ = self.channel.send(&Message::Release {
-                buffer: self.slot,
-                seq: self.seq,
-                fence: Fence::Signalled,
-            });
+            // A destructor waits at most a second for a producer that does
+            // not read.
+            let _ = self.channel.send_within(
+                RELEASE_ON_DROP_TIMEOUT,
+                &Message::Release {
+                    buffer: self.slot,
+                    seq: self.seq,
+                    fence: Fence::Signalled,
+                },
+            );
         }
     }
 }

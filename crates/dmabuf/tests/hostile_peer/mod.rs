@@ -243,3 +243,91 @@ pub fn within(t0: Instant, limit: Duration) -> Duration {
     assert!(e < limit, "took {e:?}, limit {limit:?}");
     e
 }
+
+/// One received datagram: its type, its body, how many fds came (closed).
+pub struct Got {
+    pub ty: u16,
+    pub body: Vec<u8>,
+    pub fds: usize,
+}
+
+impl Got {
+    pub fn u64_at(&self, i: usize) -> u64 {
+        u64::from_le_bytes(self.body[i..i + 8].try_into().unwrap())
+    }
+}
+
+impl Raw {
+    /// Receives one datagram, waiting at most `timeout`; `None` on timeout
+    /// or end of file. Attached fds are closed.
+    pub fn recv(&self, timeout: Duration) -> Option<Got> {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let ts = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut p = [rustix::event::PollFd::new(
+            &self.fd,
+            rustix::event::PollFlags::IN,
+        )];
+        if rustix::event::poll(&mut p, Some(&ts)).ok()? == 0 {
+            return None;
+        }
+        let mut bytes = vec![0u8; 2048];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
+        let r = recvmsg(&self.fd, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC).ok()?;
+        let mut fds = 0;
+        for m in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(it) = m {
+                fds += it.count();
+            }
+        }
+        if r.bytes < 16 {
+            return None;
+        }
+        Some(Got {
+            ty: u16::from_le_bytes([bytes[6], bytes[7]]),
+            body: bytes[16..r.bytes].to_vec(),
+            fds,
+        })
+    }
+
+    /// Plays a consumer's handshake: reads buffer messages up to the
+    /// pool-ready one; the number of buffers.
+    pub fn take_handshake(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let g = self.recv(Duration::from_secs(10)).expect("handshake");
+            match g.ty {
+                T_BUFFER => n += 1,
+                T_POOL_READY => return n,
+                t => panic!("unexpected type {t} in the handshake"),
+            }
+        }
+    }
+
+    /// Plays a producer's handshake: `buffers` sealed memfds of `size`.
+    pub fn give_handshake(&self, buffers: &[OwnedFd], size: u64) {
+        for (i, b) in buffers.iter().enumerate() {
+            self.send(
+                &msg(T_BUFFER, &buffer_body(i as u64, size, 1, "h"), 1),
+                &[b.as_fd()],
+            )
+            .unwrap();
+        }
+        self.send(
+            &msg(T_POOL_READY, &pool_ready_body(buffers.len() as u32, 0), 0),
+            &[],
+        )
+        .unwrap();
+    }
+}
+
+/// `n` sealed memfds of `size` bytes (a hostile producer's pool).
+pub fn memfds(n: usize, size: u64) -> Vec<OwnedFd> {
+    (0..n)
+        .map(|_| memfd(size, SealFlags::SHRINK | SealFlags::GROW))
+        .collect()
+}
