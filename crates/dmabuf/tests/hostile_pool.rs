@@ -53,7 +53,9 @@ fn handshake_lies_are_refused() {
     let _g = lock();
     let base = open_fds();
     let bufs = memfds(2, 4096);
-    let cases: Vec<(Vec<(Vec<u8>, usize)>, &str)> = vec![
+    /// Messages (bytes, index of the memfd to attach) and the expected words.
+    type Case = (Vec<(Vec<u8>, usize)>, &'static str);
+    let cases: Vec<Case> = vec![
         // A replayed buffer id.
         (
             vec![

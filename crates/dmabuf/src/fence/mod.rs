@@ -17,13 +17,24 @@
 //!
 //! [`Fence::merge`] combines any mix into one fence that signals when all
 //! have (kernel sync files are merged by the kernel, `SYNC_IOC_MERGE`;
-//! user fences are kept side by side, only the latest per timeline). With
+//! user fences are kept side by side, only the latest per timeline among
+//! those this process owns). With
 //! the `tokio` feature, `Fence::wait_async` awaits either kind through
 //! `AsyncFd` — no thread per wait.
 //!
 //! Waiting for a fence that signalled with an error returns an error of
 //! kind [`ErrorKind::FenceFailed`] carrying the fence's errno; running out
-//! of time returns [`ErrorKind::TimedOut`].
+//! of time returns [`ErrorKind::TimedOut`]. Every wait is bounded by its
+//! timeout and none spins: a readable fd is a hint that is re-checked.
+//!
+//! A fence received from another process is never trusted: a sync file is
+//! checked by kind before any ioctl ([`SyncFile::from_fd`]); a user fence
+//! keeps the identity it had at import, latches the first final state it
+//! sees, turns a corrupt or stuck page into a named failure, and takes no
+//! part in the timeline logic of fences made here; "the sender went away"
+//! is decided per process, never written into the shared page (see
+//! [`UserFence`]). Status codes the kernel reports outside the errno
+//! range count as `EPROTO`.
 
 mod sync_file;
 mod user;

@@ -13,25 +13,46 @@
 //! ## Rules
 //!
 //! * **The receiver trusts nothing.** Every message is decoded with every
-//!   length, count, kind and reserved field checked; the number of fds
-//!   received must equal the number the message implies; a buffer
-//!   announced as a dma-buf must be one (filesystem magic) from the
-//!   announced exporter; a buffer announced as portable must be a memfd
-//!   sealed with `F_SEAL_SHRINK` and `F_SEAL_GROW` (else the sender could
-//!   truncate it and the receiver would die of `SIGBUS` on its mapping); the
-//!   announced size must be the fd's size; a sync file must be a sync file
-//!   and a user fence a sealed fence memfd plus an eventfd. Anything else is
-//!   an error of kind [`ErrorKind::Protocol`] naming what was wrong —
-//!   never a panic.
+//!   length, count, kind and reserved field checked; an empty datagram is
+//!   refused (it is not taken for the peer's departure); the number of fds
+//!   received must equal the number the message implies. Every fd's kind
+//!   is checked before any ioctl is issued on it (a sync file must be what
+//!   the kernel names `anon_inode:sync_file`, an eventfd
+//!   `anon_inode:[eventfd]`). A buffer announced as a dma-buf must be one
+//!   (filesystem magic) from the announced exporter; a buffer announced as
+//!   portable must be a memfd sealed with `F_SEAL_SHRINK` and
+//!   `F_SEAL_GROW` (else the sender could truncate it and the receiver
+//!   would die of `SIGBUS` on its mapping), not opened write-only; the
+//!   announced size must be the fd's size; a user fence must be a sealed
+//!   fence memfd plus an eventfd, and what its page says later is handled
+//!   as [`UserFence`] documents (never a panic, never a spin). Anything
+//!   else is an error of kind [`ErrorKind::Protocol`] naming what was
+//!   wrong, and the channel stays usable for the next message.
+//! * **What a peer can make us hold is bounded.** At most
+//!   [`MAX_PENDING_FENCES`] unsignalled user fences received on one
+//!   channel may be held here at once (one more is a protocol error naming
+//!   the bound); the channel only keeps weak handles, so fences the
+//!   program drops close their fds at once. The pool bounds its queues
+//!   (see [`pool`]).
 //! * **No fd leaks.** Received fds are `OwnedFd` the moment they leave the
 //!   kernel (`MSG_CMSG_CLOEXEC`, so they are close-on-exec too); fds of a
 //!   refused message, fds beyond what the message implies and fds of a
-//!   truncated control message are closed.
+//!   truncated control message are closed. A process out of file
+//!   descriptors gets an `EMFILE` error saying so, not a blame on the
+//!   message.
 //! * **A peer that goes away is an error, not a hang.** End of file, `EPIPE`
 //!   and `ECONNRESET` give an error of kind [`ErrorKind::PeerGone`]; user
 //!   fences received from that peer that have not signalled are failed
-//!   with `ECONNRESET` ([`UserFence::fail_received`]), so every waiter
-//!   wakes. Sends use `MSG_NOSIGNAL` (no `SIGPIPE`).
+//!   with `ECONNRESET` *in this process only*
+//!   ([`UserFence::fail_received`]): every waiter here wakes, while the
+//!   shared fence page — and so the fence's owner and every other process
+//!   holding it — is untouched. A peer that said bye before leaving left
+//!   in order: its fences are left to signal.
+//! * **Sends never block for ever.** Sends use `MSG_NOSIGNAL` (no
+//!   `SIGPIPE`) and wait at most the channel's send timeout
+//!   ([`DEFAULT_SEND_TIMEOUT`], [`Channel::set_send_timeout`]) for a peer
+//!   that does not read: then an error of kind [`ErrorKind::TimedOut`]
+//!   naming the peer.
 //!
 //! ## Message format (version 1, little-endian)
 //!

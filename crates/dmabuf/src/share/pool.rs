@@ -21,22 +21,48 @@
 //!   release, and is leased again only after those release fences have
 //!   signalled. When every buffer is in flight, `acquire` waits
 //!   (back-pressure), or times out with [`ErrorKind::TimedOut`].
+//! * **Checked on arrival.** The consumer checks every message as it
+//!   arrives: an item must name a buffer of the pool that this consumer
+//!   does not hold (received and not released yet), fit in it and carry
+//!   a larger sequence number than the last; nothing may follow the
+//!   producer's bye. So no producer can queue more items at a consumer
+//!   than the pool has buffers.
 //! * **Failures.** A consumer that closes its socket or dies is found by
 //!   the producer's next call, which returns one [`ErrorKind::PeerGone`]
 //!   error naming it; its buffers count as released, its release fences
-//!   are failed, and the pool carries on with the other consumers (with
-//!   none left every call fails with `PeerGone`). A producer that dies is
-//!   found by the consumer while it waits for an item or for its ready
-//!   fence: the fence is failed (`ECONNRESET`) and `next` returns
+//!   are failed in the producer's process only, and the pool carries on
+//!   with the other consumers (with none left every call fails with
+//!   `PeerGone`). A consumer that stops reading is dropped the same way
+//!   once a send to it has waited the send timeout
+//!   ([`Producer::set_send_timeout`]), with an [`ErrorKind::TimedOut`]
+//!   error naming it; the others still get the item. A producer that dies
+//!   is found by the consumer while it waits for an item or for its ready
+//!   fence: the fence is failed here (`ECONNRESET`) and `next` returns
 //!   `PeerGone`. No wait in this module ignores the peer's socket, so
 //!   nothing blocks forever on a peer that is gone. A message that breaks
 //!   the protocol (an unknown buffer, a release of a buffer not held, an
-//!   item in a buffer still held) is a [`ErrorKind::Protocol`] error; the
-//!   producer then drops that consumer.
-//! * **Orderly end.** [`Producer::finish`] sends a bye message and waits
-//!   for every buffer to come back; [`Consumer::next`] then returns
+//!   item in a buffer still held, a replayed sequence number) is a
+//!   [`ErrorKind::Protocol`] error; the producer then drops that
+//!   consumer.
+//! * **Fences are hints, waits are bounded.** A ready or release fence
+//!   that fails, or whose page is corrupt or stuck (see
+//!   [`UserFence`](crate::fence::UserFence)),
+//!   counts as done with that error: a failed release frees the buffer, a
+//!   failed ready fence is an error of `next` naming the cause. The waits
+//!   watch the fences' fds but re-check at least every
+//!   [`RECHECK`] and never poll a readable eventfd
+//!   of a fence still active, so a peer writing eventfds makes nothing
+//!   spin.
+//! * **Orderly end.** [`Producer::finish`] sends a bye and waits for
+//!   every buffer to come back; [`Consumer::next`] then returns
 //!   `Ok(None)`. A consumer leaving early sends a bye
-//!   ([`Consumer::leave`]), which the producer takes as a clean departure.
+//!   ([`Consumer::leave`]), which the producer takes as a clean
+//!   departure: it gets no more items, the buffers it still reads come
+//!   back as it releases them (even after it closed its socket) and its
+//!   release fences are left to signal, for at most [`LEAVE_GRACE`];
+//!   after that they are taken back (fences failed here) with an
+//!   [`ErrorKind::TimedOut`] error naming it. Dropping an [`Item`] sends
+//!   its release, waiting at most [`RELEASE_ON_DROP_TIMEOUT`].
 //!
 //! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
