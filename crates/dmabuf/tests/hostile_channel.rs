@@ -319,3 +319,70 @@ fn a_peer_dying_after_sending_fences_fails_them_here_only() {
     }
     assert_eq!(open_fds(), base);
 }
+
+const ROLE: &str = "DMABUF_HOSTILE_CHANNEL_CONNECT";
+
+/// Not a test of its own: the body of the child process below (connects
+/// to the socket named in the environment, prints the result).
+#[test]
+fn connect_helper() {
+    let Ok(path) = std::env::var(ROLE) else {
+        return;
+    };
+    match Channel::connect(&path) {
+        Ok(ch) => {
+            println!("HELPER connected");
+            let _ = ch.recv(Some(Duration::from_secs(5)));
+        }
+        Err(e) => println!("HELPER refused {:?}", e.errno()),
+    }
+}
+
+#[test]
+fn listeners_admit_only_their_own_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = lock();
+    let path = std::env::temp_dir().join(format!("dmabuf-hostile-{}.sock", std::process::id()));
+    let l = dmabuf::share::Listener::bind(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let me = Channel::connect(&path).unwrap();
+    let peer = l.accept(T).unwrap();
+    let c = peer.peer_credentials().unwrap();
+    assert_eq!(c.pid, std::process::id());
+    assert_eq!(c.uid, rustix::process::geteuid().as_raw());
+    drop((me, peer));
+    if !rustix::process::geteuid().is_root() {
+        // Another user cannot be played without root: the mode check
+        // above is what holds then.
+        println!("not root: the other-user half of this test needs root");
+        return;
+    }
+    let other = |path: &std::path::Path| {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "connect_helper",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, path)
+            .uid(65534)
+            .gid(65534)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The mode keeps another user out of the socket file.
+    let out = other(&path).wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("HELPER refused"), "{text}");
+    // Opened up by hand, the peer's uid is still checked at accept.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let child = other(&path);
+    let e = l.accept(T).unwrap_err();
+    assert_err(&e, ErrorKind::PermissionDenied, "runs as uid 65534");
+    assert_eq!(e.errno(), Some(Errno::ACCESS));
+    child.wait_with_output().unwrap();
+}

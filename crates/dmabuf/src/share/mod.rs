@@ -83,7 +83,10 @@
 //! attached in the order of the list.
 
 pub mod pool;
+mod stats;
 mod wire;
+
+pub use stats::LatencyStats;
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
@@ -290,6 +293,18 @@ impl Channel {
         let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
         prune(&mut v);
         v.len()
+    }
+
+    /// Who is at the other end (`SO_PEERCRED`: as the peer was when it
+    /// connected), if the kernel says.
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        rustix::net::sockopt::socket_peercred(&self.fd)
+            .ok()
+            .map(|c| PeerCredentials {
+                pid: c.pid.as_raw_nonzero().get() as u32,
+                uid: c.uid.as_raw(),
+                gid: c.gid.as_raw(),
+            })
     }
 
     /// "peer pid N (socket fd M)", for messages.
@@ -832,8 +847,23 @@ fn flatten_for_send(
     Ok(kinds)
 }
 
+/// The process at the other end of a [`Channel`] (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Its pid (in this process's PID namespace; 0 if it has none there).
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+}
+
 /// A listening Unix seqpacket socket at a path; removes the path when
 /// dropped.
+///
+/// The socket file is made `0600` right after `bind` (only this user, and
+/// root, may connect), and [`Listener::accept`] refuses a peer running as
+/// another user: the path may sit in a shared directory such as `/tmp`.
 #[derive(Debug)]
 pub struct Listener {
     fd: OwnedFd,
@@ -854,8 +884,11 @@ impl Listener {
         )
         .map_err(|e| Error::os("socket", obj.clone(), e))?;
         rustix::net::bind(&fd, &addr).map_err(|e| Error::os("bind", obj.clone(), e))?;
-        rustix::net::listen(&fd, 64).map_err(|e| Error::os("listen", obj, e))?;
-        Ok(Listener { fd, path })
+        let listener = Listener { fd, path };
+        rustix::fs::chmod(&listener.path, rustix::fs::Mode::from_raw_mode(0o600))
+            .map_err(|e| Error::os("chmod", obj.clone(), e))?;
+        rustix::net::listen(&listener.fd, 64).map_err(|e| Error::os("listen", obj, e))?;
+        Ok(listener)
     }
 
     /// The path it listens at.
@@ -863,7 +896,9 @@ impl Listener {
         &self.path
     }
 
-    /// Waits at most `timeout` (`None`: forever) for the next connection.
+    /// Waits at most `timeout` (`None`: forever) for the next connection;
+    /// a peer running as another user is refused
+    /// ([`ErrorKind::PermissionDenied`], `EACCES`).
     pub fn accept(&self, timeout: Option<Duration>) -> Result<Channel> {
         let obj = || format!("socket {}", self.path.display());
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -880,7 +915,30 @@ impl Listener {
                 .with_errno(Errno::TIMEDOUT));
             }
             match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC) {
-                Ok(fd) => return Ok(Channel::wrap(fd)),
+                Ok(fd) => {
+                    let ch = Channel::wrap(fd);
+                    let me = rustix::process::geteuid().as_raw();
+                    return match ch.peer_credentials() {
+                        Some(c) if c.uid == me => Ok(ch),
+                        Some(c) => Err(Error::new(
+                            ErrorKind::PermissionDenied,
+                            "accept",
+                            ch.peer().to_string(),
+                            format!(
+                                "the peer runs as uid {}, this process as uid {me}; refused",
+                                c.uid
+                            ),
+                        )
+                        .with_errno(Errno::ACCESS)),
+                        None => Err(Error::new(
+                            ErrorKind::PermissionDenied,
+                            "accept",
+                            ch.peer().to_string(),
+                            "the kernel does not say who the peer is (SO_PEERCRED); refused",
+                        )
+                        .with_errno(Errno::ACCESS)),
+                    };
+                }
                 Err(Errno::INTR | Errno::AGAIN) => continue,
                 Err(e) => return Err(Error::os("accept", obj(), e)),
             }
