@@ -180,7 +180,14 @@ fn unsealed_resized_and_write_only_memfds_are_refused_at_receipt() {
     // Unsealed after sending is impossible (seals only grow); sealed ones
     // arrive fine.
     raw.send(&buf, &[sealed.as_fd()]).unwrap();
-    assert!(matches!(ch.recv(T).unwrap(), Message::Buffer { .. }));
+    let Message::Buffer { buffer, .. } = ch.recv(T).unwrap() else {
+        panic!("not a buffer")
+    };
+    // The sender trying to shrink or grow it afterwards: the seals refuse
+    // (no SIGBUS for the receiver's mappings).
+    assert_eq!(rustix::fs::ftruncate(&sealed, 0), Err(Errno::PERM));
+    assert_eq!(rustix::fs::ftruncate(&sealed, 1 << 20), Err(Errno::PERM));
+    assert_eq!(buffer.size(), 4096);
 }
 
 #[test]
