@@ -25,8 +25,6 @@ use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dmabuf::Allocate;
-
 use crate::backend;
 use crate::out::escape;
 use crate::pattern::Fill;

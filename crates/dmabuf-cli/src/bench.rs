@@ -27,7 +27,6 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use dmabuf::share::Listener;
-use dmabuf::Allocate;
 
 use crate::pattern;
 use crate::stream::{self, ConsumerReport, Limit};

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use dmabuf::endpoint::v4l2::{FormatRequest, FourCc, V4l2Capture, MAX_SLOTS};
 use dmabuf::endpoint::{Endpoint, TransferOptions};
-use dmabuf::{Allocate, Fence};
+use dmabuf::Fence;
 
 use crate::backend;
 

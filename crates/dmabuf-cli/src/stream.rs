@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use dmabuf::share::pool::{Consumer, Producer, MAX_POOL_BUFFERS};
 use dmabuf::share::{Channel, Listener};
 use dmabuf::units::{human_rate, human_size};
-use dmabuf::{Allocate, Allocator, ErrorKind, Fence};
+use dmabuf::{Allocator, ErrorKind, Fence};
 
 use crate::latency::Histogram;
 use crate::pattern;

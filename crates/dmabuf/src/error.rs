@@ -13,7 +13,9 @@
 //!
 //! and keeps the kernel's errno when there was one, so that programs can still
 //! match on it ([`Error::errno`]) and `std::io::Error` conversions keep
-//! `raw_os_error()`.
+//! `raw_os_error()` (std's OS form carries no message, so an error with an
+//! errno converts to that errno alone; convert at the last moment, or keep
+//! the `Error` for its words).
 //!
 //! Where the library validates input before the kernel sees it (to give a
 //! precise message), the error carries the errno the kernel *would* have
@@ -203,7 +205,6 @@ pub fn errno_name(errno: Errno) -> String {
         Errno::EXIST => "EEXIST",
         Errno::NODEV => "ENODEV",
         Errno::INVAL => "EINVAL",
-        Errno::MFILE => "EMFILE",
         Errno::NOTTY => "ENOTTY",
         Errno::NOSPC => "ENOSPC",
         Errno::ROFS => "EROFS",
@@ -219,6 +220,10 @@ pub fn errno_name(errno: Errno) -> String {
         Errno::TIMEDOUT => "ETIMEDOUT",
         Errno::CANCELED => "ECANCELED",
         Errno::PROTO => "EPROTO",
+        Errno::MFILE => "EMFILE",
+        Errno::NFILE => "ENFILE",
+        Errno::OWNERDEAD => "EOWNERDEAD",
+        Errno::NOBUFS => "ENOBUFS",
         _ => return format!("errno {}", errno.raw_os_error()),
     };
     name.to_string()
@@ -252,9 +257,15 @@ impl From<Error> for io::Error {
             ErrorKind::PeerGone => io::ErrorKind::BrokenPipe,
             _ => io::ErrorKind::Other,
         };
-        // The message (with the errno name) is kept; `Error::errno` is
-        // reachable through `get_ref()`/`downcast`.
-        io::Error::new(kind, e)
+        match e.errno {
+            // std keeps an errno only in its OS form, which has no room
+            // for a message: the errno wins (`raw_os_error()`, and the
+            // kind std derives from it).
+            Some(errno) => io::Error::from_raw_os_error(errno.raw_os_error()),
+            // No errno: the message, with the `Error` reachable through
+            // `get_ref()`/`into_inner()`.
+            None => io::Error::new(kind, e),
+        }
     }
 }
 
@@ -291,6 +302,20 @@ mod tests {
     fn empty_object_is_left_out() {
         let e = Error::new(ErrorKind::Protocol, "share", "", "message too short");
         assert_eq!(e.to_string(), "share: message too short");
+    }
+
+    #[test]
+    fn io_conversion_keeps_the_errno_or_the_message() {
+        let e = Error::invalid("udmabuf", "memfd 5", "bad offset");
+        let io: io::Error = e.into();
+        assert_eq!(io.raw_os_error(), Some(Errno::INVAL.raw_os_error()));
+        assert_eq!(io.kind(), io::ErrorKind::InvalidInput);
+        let e = Error::new(ErrorKind::Protocol, "share", "peer", "message too short");
+        let io: io::Error = e.into();
+        assert_eq!(io.raw_os_error(), None);
+        assert!(io.to_string().contains("message too short"), "{io}");
+        let inner = io.get_ref().unwrap().downcast_ref::<Error>().unwrap();
+        assert_eq!(inner.kind(), ErrorKind::Protocol);
     }
 
     #[test]

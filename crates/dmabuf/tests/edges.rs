@@ -14,9 +14,13 @@ fn buffers_lend_their_fd_and_convert_from_fds() {
     let not_a_buffer: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
     let e = Buffer::try_from(not_a_buffer).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
-    assert!(e.to_string().contains("neither a dma-buf nor a sealed memfd"), "{e}");
-    let memfd: OwnedFd = rustix::fs::memfd_create("edges", rustix::fs::MemfdFlags::CLOEXEC)
-        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("neither a dma-buf nor a sealed memfd"),
+        "{e}"
+    );
+    let memfd: OwnedFd =
+        rustix::fs::memfd_create("edges", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     let e = DmaBuf::try_from(memfd).unwrap_err();
     assert!(e.to_string().contains("not a dma-buf"), "{e}");
 }

@@ -95,7 +95,16 @@ fn received_fences_wait_but_cannot_signal() {
     )
     .unwrap();
     assert!(!r.is_owner());
-    assert_eq!((r.context(), r.seqno()), (f.context(), f.seqno()));
+    // The sender's identity, marked as received: never a context of ours.
+    assert_eq!(
+        (
+            r.context() & !dmabuf::fence::RECEIVED_CONTEXT_BIT,
+            r.seqno()
+        ),
+        (f.context(), f.seqno())
+    );
+    assert_ne!(r.context(), f.context());
+    assert_eq!(r.owned_context(), None);
     let e = r.signal().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied);
     f.signal().unwrap();

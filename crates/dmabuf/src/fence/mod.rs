@@ -17,13 +17,24 @@
 //!
 //! [`Fence::merge`] combines any mix into one fence that signals when all
 //! have (kernel sync files are merged by the kernel, `SYNC_IOC_MERGE`;
-//! user fences are kept side by side, only the latest per timeline). With
+//! user fences are kept side by side, only the latest per timeline among
+//! those this process owns). With
 //! the `tokio` feature, `Fence::wait_async` awaits either kind through
 //! `AsyncFd` — no thread per wait.
 //!
 //! Waiting for a fence that signalled with an error returns an error of
 //! kind [`ErrorKind::FenceFailed`] carrying the fence's errno; running out
-//! of time returns [`ErrorKind::TimedOut`].
+//! of time returns [`ErrorKind::TimedOut`]. Every wait is bounded by its
+//! timeout and none spins: a readable fd is a hint that is re-checked.
+//!
+//! A fence received from another process is never trusted: a sync file is
+//! checked by kind before any ioctl ([`SyncFile::from_fd`]); a user fence
+//! keeps the identity it had at import, latches the first final state it
+//! sees, turns a corrupt or stuck page into a named failure, and takes no
+//! part in the timeline logic of fences made here; "the sender went away"
+//! is decided per process, never written into the shared page (see
+//! [`UserFence`]). Status codes the kernel reports outside the errno
+//! range count as `EPROTO`.
 
 mod sync_file;
 mod user;
@@ -35,7 +46,8 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 
 pub use sync_file::{KernelFenceInfo, SyncFile, SyncFileInfo};
-pub use user::{FenceContext, UserFence};
+pub(crate) use user::WeakUserFence;
+pub use user::{FenceContext, UserFence, RECEIVED_CONTEXT_BIT, RECHECK, STUCK_SIGNALLING};
 
 use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
 
@@ -76,7 +88,9 @@ impl FenceStatus {
         match status {
             0 => FenceStatus::Active,
             s if s > 0 => FenceStatus::Signalled,
-            s => FenceStatus::Error(Errno::from_raw_os_error(-s)),
+            // The kernel only reports errnos; anything else is not one.
+            s if (-4095..0).contains(&s) => FenceStatus::Error(Errno::from_raw_os_error(-s)),
+            _ => FenceStatus::Error(Errno::PROTO),
         }
     }
 
@@ -149,6 +163,49 @@ pub(crate) fn poll_events(
     }
 }
 
+/// What `fd` is, as `/proc/self/fd` names it (`"anon_inode:[eventfd]"`,
+/// `"anon_inode:sync_file"`, `"/memfd:x (deleted)"`…); empty if unknown.
+/// Used to check the kind of an fd from another process before issuing
+/// any ioctl on it.
+pub(crate) fn fd_kind(fd: BorrowedFd<'_>) -> String {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The fds worth polling to learn that `fence` may have signalled: kernel
+/// sync files, and user-fence eventfds that are not readable yet (a
+/// readable eventfd of a fence still active was written by someone else,
+/// and polling it would return at once, again and again). Returns whether
+/// the caller must also re-check on its own within
+/// [`user::RECHECK`]: true while any user fence is active, since a user
+/// fence can change without any fd becoming readable (a local decision, a
+/// signaller stuck half-way, a counter someone read).
+pub(crate) fn wake_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) -> bool {
+    match fence {
+        Fence::Signalled => false,
+        Fence::Kernel(s) => {
+            if !matches!(s.status(), Ok(FenceStatus::Active)) {
+                return false;
+            }
+            use std::os::fd::AsFd;
+            out.push(s.as_fd());
+            false
+        }
+        Fence::User(u) => {
+            if u.status() != FenceStatus::Active {
+                return false;
+            }
+            if !poll_readable(u.event_fd(), Some(Instant::now())).unwrap_or(true) {
+                out.push(u.event_fd());
+            }
+            true
+        }
+        Fence::All(v) => v.iter().fold(false, |r, f| wake_fds(f, out) | r),
+    }
+}
+
 /// Any fence: kernel sync file, user fence, a set of them, or one known to
 /// have signalled. Cheap to clone (shared handles).
 #[derive(Debug, Clone)]
@@ -197,7 +254,7 @@ impl Fence {
                     Err(_) => format!("kernel fence (fd {fd})"),
                 }
             }
-            Fence::User(u) => format!("user fence {}#{}", u.context(), u.seqno()),
+            Fence::User(u) => u.describe(),
             Fence::All(v) => format!("{} merged fences", v.len()),
         }
     }
@@ -269,9 +326,11 @@ impl Fence {
     }
 
     /// One fence that signals when every one of `fences` has. Signalled
-    /// fences are dropped, nested sets flattened, user fences of one
-    /// timeline reduced to the latest, and kernel sync files merged by the
-    /// kernel into one (`SYNC_IOC_MERGE`).
+    /// fences are dropped, nested sets flattened, user fences that this
+    /// process owns reduced to the latest of each timeline (received
+    /// fences are never reduced: their claimed timeline is the peer's
+    /// word), and kernel sync files merged by the kernel into one
+    /// (`SYNC_IOC_MERGE`).
     pub fn merge(fences: impl IntoIterator<Item = Fence>) -> Result<Fence> {
         let mut flat = Vec::new();
         fn flatten(f: Fence, out: &mut Vec<Fence>) {
@@ -302,7 +361,14 @@ impl Fence {
                     if u.is_signalled() {
                         continue;
                     }
-                    match users.iter_mut().find(|x| x.context() == u.context()) {
+                    // Only fences this process owns share a timeline it
+                    // can reason about; a received fence is kept as is
+                    // (once per object), whatever context it claims.
+                    let same = |x: &UserFence| match (x.owned_context(), u.owned_context()) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => x.same_as(&u),
+                    };
+                    match users.iter_mut().find(|x| same(x)) {
                         Some(x) if x.seqno() >= u.seqno() => {}
                         Some(x) => *x = u,
                         None => users.push(u),

@@ -8,6 +8,9 @@ use crate::sys;
 
 use super::{poll_readable, FenceStatus};
 
+/// How `/proc/self/fd` names a sync file.
+const SYNC_FILE_KIND: &str = "anon_inode:sync_file";
+
 /// A sync file: one kernel fence (possibly a merge of several), as an fd.
 ///
 /// It becomes readable (`POLLIN`) when the fence has signalled, with or
@@ -43,9 +46,20 @@ pub struct KernelFenceInfo {
 }
 
 impl SyncFile {
-    /// Wraps `fd` after checking that it is a sync file (`SYNC_IOC_FILE_INFO`
-    /// succeeds on it).
+    /// Wraps `fd` after checking that it is a sync file: first its kind,
+    /// without any ioctl (the kernel names a sync file
+    /// `anon_inode:sync_file`; an fd from another process may be anything,
+    /// and an ioctl number means something else to another driver), then
+    /// `SYNC_IOC_FILE_INFO` must succeed on it.
     pub fn from_fd(fd: OwnedFd) -> Result<SyncFile> {
+        let kind = super::fd_kind(fd.as_fd());
+        if kind != SYNC_FILE_KIND {
+            return Err(Error::invalid(
+                "sync file",
+                format!("fd {}", fd.as_raw_fd()),
+                format!("not a sync file (it is '{kind}')"),
+            ));
+        }
         match sys::sync_file::file_info_summary(&fd) {
             Ok(_) => Ok(SyncFile { fd }),
             Err(e @ (Errno::NOTTY | Errno::INVAL | Errno::BADF)) => Err(Error::kernel(

@@ -13,25 +13,46 @@
 //! ## Rules
 //!
 //! * **The receiver trusts nothing.** Every message is decoded with every
-//!   length, count, kind and reserved field checked; the number of fds
-//!   received must equal the number the message implies; a buffer
-//!   announced as a dma-buf must be one (filesystem magic) from the
-//!   announced exporter; a buffer announced as portable must be a memfd
-//!   sealed with `F_SEAL_SHRINK` and `F_SEAL_GROW` (else the sender could
-//!   truncate it and the receiver would die of `SIGBUS` on its mapping); the
-//!   announced size must be the fd's size; a sync file must be a sync file
-//!   and a user fence a sealed fence memfd plus an eventfd. Anything else is
-//!   an error of kind [`ErrorKind::Protocol`] naming what was wrong —
-//!   never a panic.
+//!   length, count, kind and reserved field checked; an empty datagram is
+//!   refused (it is not taken for the peer's departure); the number of fds
+//!   received must equal the number the message implies. Every fd's kind
+//!   is checked before any ioctl is issued on it (a sync file must be what
+//!   the kernel names `anon_inode:sync_file`, an eventfd
+//!   `anon_inode:[eventfd]`). A buffer announced as a dma-buf must be one
+//!   (filesystem magic) from the announced exporter; a buffer announced as
+//!   portable must be a memfd sealed with `F_SEAL_SHRINK` and
+//!   `F_SEAL_GROW` (else the sender could truncate it and the receiver
+//!   would die of `SIGBUS` on its mapping), not opened write-only; the
+//!   announced size must be the fd's size; a user fence must be a sealed
+//!   fence memfd plus an eventfd, and what its page says later is handled
+//!   as [`UserFence`] documents (never a panic, never a spin). Anything
+//!   else is an error of kind [`ErrorKind::Protocol`] naming what was
+//!   wrong, and the channel stays usable for the next message.
+//! * **What a peer can make us hold is bounded.** At most
+//!   [`MAX_PENDING_FENCES`] unsignalled user fences received on one
+//!   channel may be held here at once (one more is a protocol error naming
+//!   the bound); the channel only keeps weak handles, so fences the
+//!   program drops close their fds at once. The pool bounds its queues
+//!   (see [`pool`]).
 //! * **No fd leaks.** Received fds are `OwnedFd` the moment they leave the
 //!   kernel (`MSG_CMSG_CLOEXEC`, so they are close-on-exec too); fds of a
 //!   refused message, fds beyond what the message implies and fds of a
-//!   truncated control message are closed.
+//!   truncated control message are closed. A process out of file
+//!   descriptors gets an `EMFILE` error saying so, not a blame on the
+//!   message.
 //! * **A peer that goes away is an error, not a hang.** End of file, `EPIPE`
 //!   and `ECONNRESET` give an error of kind [`ErrorKind::PeerGone`]; user
 //!   fences received from that peer that have not signalled are failed
-//!   with `ECONNRESET` ([`UserFence::fail_received`]), so every waiter
-//!   wakes. Sends use `MSG_NOSIGNAL` (no `SIGPIPE`).
+//!   with `ECONNRESET` *in this process only*
+//!   ([`UserFence::fail_received`]): every waiter here wakes, while the
+//!   shared fence page — and so the fence's owner and every other process
+//!   holding it — is untouched. A peer that said bye before leaving left
+//!   in order: its fences are left to signal.
+//! * **Sends never block for ever.** Sends use `MSG_NOSIGNAL` (no
+//!   `SIGPIPE`) and wait at most the channel's send timeout
+//!   ([`DEFAULT_SEND_TIMEOUT`], [`Channel::set_send_timeout`]) for a peer
+//!   that does not read: then an error of kind [`ErrorKind::TimedOut`]
+//!   naming the peer.
 //!
 //! ## Message format (version 1, little-endian)
 //!
@@ -62,7 +83,10 @@
 //! attached in the order of the list.
 
 pub mod pool;
+mod stats;
 mod wire;
+
+pub use stats::LatencyStats;
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
@@ -80,14 +104,24 @@ use rustix::net::{
 
 use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence};
+use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence, WeakUserFence};
 
 use wire::{Frame, WireFence, WireKind};
 pub use wire::{HEADER_LEN, MAGIC, MAX_BODY, MAX_FDS, MAX_FENCES, VERSION};
 
 /// The errno with which fences received from a peer that went away are
-/// failed.
+/// failed (in this process only).
 pub const PEER_GONE_ERRNO: Errno = Errno::CONNRESET;
+
+/// Most unsignalled user fences received on one channel that this process
+/// may hold at once (each is 2 fds and a mapping): one more is a
+/// [`ErrorKind::Protocol`] error naming the bound.
+pub const MAX_PENDING_FENCES: usize = 256;
+
+/// How long [`Channel::send`] waits, by default, for room in the socket
+/// buffer (a peer that does not read) before giving up with
+/// [`ErrorKind::TimedOut`] ([`Channel::set_send_timeout`] changes it).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message, with its buffers and fences already checked and rebuilt.
 #[derive(Debug, Clone)]
@@ -161,9 +195,13 @@ impl Message {
 pub struct Channel {
     fd: OwnedFd,
     peer: String,
-    /// User fences received that had not signalled yet, failed if the peer
-    /// goes away.
-    received: Mutex<Vec<UserFence>>,
+    /// User fences received that had not signalled yet and that this
+    /// process still holds (weak: dropping them closes their fds), failed
+    /// here if the peer goes away.
+    received: Mutex<Vec<WeakUserFence>>,
+    send_timeout: Mutex<Option<Duration>>,
+    /// The peer said bye: its going away later is orderly.
+    said_bye: std::sync::atomic::AtomicBool,
 }
 
 impl Channel {
@@ -233,7 +271,40 @@ impl Channel {
             fd,
             peer,
             received: Mutex::new(Vec::new()),
+            send_timeout: Mutex::new(Some(DEFAULT_SEND_TIMEOUT)),
+            said_bye: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// How long a send may wait for room in the socket buffer (`None`:
+    /// forever). [`DEFAULT_SEND_TIMEOUT`] until changed.
+    pub fn set_send_timeout(&self, timeout: Option<Duration>) {
+        *self.send_timeout.lock().unwrap_or_else(|e| e.into_inner()) = timeout;
+    }
+
+    /// The current send timeout.
+    pub fn send_timeout(&self) -> Option<Duration> {
+        *self.send_timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many unsignalled user fences received on this channel this
+    /// process still holds.
+    pub fn pending_fences(&self) -> usize {
+        let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
+        prune(&mut v);
+        v.len()
+    }
+
+    /// Who is at the other end (`SO_PEERCRED`: as the peer was when it
+    /// connected), if the kernel says.
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        rustix::net::sockopt::socket_peercred(&self.fd)
+            .ok()
+            .map(|c| PeerCredentials {
+                pid: c.pid.as_raw_nonzero().get() as u32,
+                uid: c.uid.as_raw(),
+                gid: c.gid.as_raw(),
+            })
     }
 
     /// "peer pid N (socket fd M)", for messages.
@@ -248,7 +319,11 @@ impl Channel {
     }
 
     fn gone(&self, op: &'static str, errno: Errno) -> Error {
-        self.fail_received_fences();
+        // After a bye the peer left in order: the fences it sent are left
+        // to signal (their owner cancels them if it drops them unsignalled).
+        if !self.said_bye.load(std::sync::atomic::Ordering::Relaxed) {
+            self.fail_received_fences();
+        }
         Error::new(
             ErrorKind::PeerGone,
             op,
@@ -258,18 +333,34 @@ impl Channel {
         .with_errno(errno)
     }
 
-    /// Fails every user fence received on this channel that has not
-    /// signalled, with [`PEER_GONE_ERRNO`]. Done automatically when the
-    /// peer is found gone; call it when giving up on a peer otherwise.
+    /// Fails, in this process only, every user fence received on this
+    /// channel that has not signalled and is still held here, with
+    /// [`PEER_GONE_ERRNO`] ([`UserFence::fail_received`]: the shared pages
+    /// are untouched, so the fences' owner and other receivers see no
+    /// change). Done automatically when the peer is found gone; call it
+    /// when giving up on a peer otherwise.
     pub fn fail_received_fences(&self) {
         let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
         for f in v.drain(..) {
-            f.fail_received(PEER_GONE_ERRNO);
+            if let Some(f) = f.upgrade() {
+                f.fail_received(PEER_GONE_ERRNO);
+            }
         }
     }
 
-    /// Sends `msg` (blocking while the socket buffer is full).
+    /// Sends `msg`, waiting at most the send timeout for room in the
+    /// socket buffer.
     pub fn send(&self, msg: &Message) -> Result<()> {
+        self.send_with(self.send_timeout(), msg)
+    }
+
+    /// Sends `msg`, waiting at most `limit` (and at most the send timeout).
+    pub(crate) fn send_within(&self, limit: Duration, msg: &Message) -> Result<()> {
+        let t = self.send_timeout().map_or(limit, |t| t.min(limit));
+        self.send_with(Some(t), msg)
+    }
+
+    fn send_with(&self, timeout: Option<Duration>, msg: &Message) -> Result<()> {
         let op = "send message";
         let mut fences = Vec::new();
         let frame = match msg {
@@ -341,14 +432,24 @@ impl Channel {
             }
         }
         debug_assert_eq!(fds.len(), frame.fd_count());
-        self.send_raw(&wire::encode(&frame), &fds)
+        self.send_bytes(timeout, &wire::encode(&frame), &fds)
     }
 
     /// Sends raw bytes and fds as one message (tests use it to play a
     /// hostile peer; programs use [`Channel::send`]).
     #[doc(hidden)]
     pub fn send_raw(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+        self.send_bytes(self.send_timeout(), bytes, fds)
+    }
+
+    fn send_bytes(
+        &self,
+        timeout: Option<Duration>,
+        bytes: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<()> {
         let op = "send message";
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 4))];
         let mut cmsg = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() && !cmsg.push(SendAncillaryMessage::ScmRights(fds)) {
@@ -360,9 +461,30 @@ impl Channel {
         }
         let iov = [IoSlice::new(bytes)];
         loop {
-            match rustix::net::sendmsg(&self.fd, &iov, &mut cmsg, SendFlags::NOSIGNAL) {
+            match rustix::net::sendmsg(
+                &self.fd,
+                &iov,
+                &mut cmsg,
+                SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
+                Err(Errno::AGAIN) => {
+                    let got = poll_events(self.fd.as_fd(), PollFlags::OUT, deadline)
+                        .map_err(|e| Error::os(op, self.peer.clone(), e))?;
+                    if got.is_empty() {
+                        return Err(Error::new(
+                            ErrorKind::TimedOut,
+                            op,
+                            self.peer.clone(),
+                            format!(
+                                "the peer has not read its messages for {:?}: its socket buffer stays full",
+                                timeout.unwrap_or_default()
+                            ),
+                        )
+                        .with_errno(Errno::TIMEDOUT));
+                    }
+                }
                 Err(e @ (Errno::PIPE | Errno::CONNRESET | Errno::NOTCONN)) => {
                     return Err(self.gone(op, e))
                 }
@@ -434,7 +556,27 @@ impl Channel {
             }
         }
         if res.bytes == 0 && fds.is_empty() {
-            return Err(self.gone(op, reset.unwrap_or(Errno::CONNRESET)));
+            // End of file and an empty datagram both read as 0 bytes; only
+            // a peer that has hung up is gone.
+            let hup = poll_events(
+                self.fd.as_fd(),
+                PollFlags::IN | PollFlags::RDHUP,
+                Some(Instant::now()),
+            )
+            .unwrap_or(PollFlags::HUP);
+            if reset.is_some() || hup.intersects(PollFlags::HUP | PollFlags::RDHUP) {
+                return Err(self.gone(op, reset.unwrap_or(Errno::CONNRESET)));
+            }
+            return Err(self.hostile("empty message (0 bytes): every message has a 16-byte header"));
+        }
+        if res.flags.contains(ReturnFlags::CTRUNC) && fds_exhausted(self.fd.as_fd()) {
+            return Err(Error::new(
+                ErrorKind::Os,
+                op,
+                self.peer.clone(),
+                "this process is out of file descriptors (EMFILE: too many open files); the kernel dropped the fds attached to the peer's message",
+            )
+            .with_errno(Errno::MFILE));
         }
         if res.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS {
             return Err(self.hostile(format!(
@@ -529,7 +671,11 @@ impl Channel {
                     &format!("release fence of buffer {buffer}"),
                 )?,
             },
-            Frame::Bye => Message::Bye,
+            Frame::Bye => {
+                self.said_bye
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Message::Bye
+            }
         })
     }
 
@@ -551,6 +697,14 @@ impl Channel {
                 if is_dma_buf {
                     return Err(self.hostile(format!(
                         "{what} refused: announced as portable (a sealed memfd) but the fd is a dma-buf"
+                    )));
+                }
+                let mode = rustix::fs::fcntl_getfl(&fd)
+                    .map_err(|e| self.refuse(what.to_string(), Error::os("fcntl", "fd", e)))?
+                    & rustix::fs::OFlags::ACCMODE;
+                if mode == rustix::fs::OFlags::WRONLY {
+                    return Err(self.hostile(format!(
+                        "{what} refused: the memfd was opened write-only (O_WRONLY), so it cannot be mapped for reading"
                     )));
                 }
                 Buffer::from_memfd(fd, name).map_err(|e| self.refuse(what.to_string(), e))?
@@ -603,8 +757,14 @@ impl Channel {
                         .map_err(|e| self.refuse(what.to_string(), e))?;
                     if u.status() == FenceStatus::Active {
                         let mut v = self.received.lock().unwrap_or_else(|e| e.into_inner());
-                        v.retain(|f| f.status() == FenceStatus::Active);
-                        v.push(u.clone());
+                        prune(&mut v);
+                        if v.len() >= MAX_PENDING_FENCES {
+                            return Err(self.hostile(format!(
+                                "{what}: the peer already has {} unsignalled user fences held here, the most one channel may (MAX_PENDING_FENCES); this one was closed",
+                                v.len()
+                            )));
+                        }
+                        v.push(u.downgrade());
                     }
                     out.push(Fence::User(u));
                 }
@@ -621,6 +781,24 @@ impl Channel {
     pub fn shutdown(&self) {
         let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
     }
+}
+
+/// Forgets received fences that were dropped or have signalled.
+fn prune(v: &mut Vec<WeakUserFence>) {
+    v.retain(|w| {
+        w.upgrade()
+            .is_some_and(|f| f.status() == FenceStatus::Active)
+    });
+}
+
+/// Whether this process is out of file descriptors (a dup fails with
+/// EMFILE or ENFILE), which is why the kernel truncates the fds of a
+/// message it receives.
+fn fds_exhausted(probe: BorrowedFd<'_>) -> bool {
+    matches!(
+        rustix::io::fcntl_dupfd_cloexec(probe, 0),
+        Err(Errno::MFILE | Errno::NFILE)
+    )
 }
 
 /// The unsignalled parts of `fence`, at most [`MAX_FENCES`], with their
@@ -669,8 +847,23 @@ fn flatten_for_send(
     Ok(kinds)
 }
 
+/// The process at the other end of a [`Channel`] (`SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Its pid (in this process's PID namespace; 0 if it has none there).
+    pub pid: u32,
+    /// Its user id.
+    pub uid: u32,
+    /// Its group id.
+    pub gid: u32,
+}
+
 /// A listening Unix seqpacket socket at a path; removes the path when
 /// dropped.
+///
+/// The socket file is made `0600` right after `bind` (only this user, and
+/// root, may connect), and [`Listener::accept`] refuses a peer running as
+/// another user: the path may sit in a shared directory such as `/tmp`.
 #[derive(Debug)]
 pub struct Listener {
     fd: OwnedFd,
@@ -691,8 +884,11 @@ impl Listener {
         )
         .map_err(|e| Error::os("socket", obj.clone(), e))?;
         rustix::net::bind(&fd, &addr).map_err(|e| Error::os("bind", obj.clone(), e))?;
-        rustix::net::listen(&fd, 64).map_err(|e| Error::os("listen", obj, e))?;
-        Ok(Listener { fd, path })
+        let listener = Listener { fd, path };
+        rustix::fs::chmod(&listener.path, rustix::fs::Mode::from_raw_mode(0o600))
+            .map_err(|e| Error::os("chmod", obj.clone(), e))?;
+        rustix::net::listen(&listener.fd, 64).map_err(|e| Error::os("listen", obj, e))?;
+        Ok(listener)
     }
 
     /// The path it listens at.
@@ -700,7 +896,9 @@ impl Listener {
         &self.path
     }
 
-    /// Waits at most `timeout` (`None`: forever) for the next connection.
+    /// Waits at most `timeout` (`None`: forever) for the next connection;
+    /// a peer running as another user is refused
+    /// ([`ErrorKind::PermissionDenied`], `EACCES`).
     pub fn accept(&self, timeout: Option<Duration>) -> Result<Channel> {
         let obj = || format!("socket {}", self.path.display());
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -717,7 +915,30 @@ impl Listener {
                 .with_errno(Errno::TIMEDOUT));
             }
             match rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC) {
-                Ok(fd) => return Ok(Channel::wrap(fd)),
+                Ok(fd) => {
+                    let ch = Channel::wrap(fd);
+                    let me = rustix::process::geteuid().as_raw();
+                    return match ch.peer_credentials() {
+                        Some(c) if c.uid == me => Ok(ch),
+                        Some(c) => Err(Error::new(
+                            ErrorKind::PermissionDenied,
+                            "accept",
+                            ch.peer().to_string(),
+                            format!(
+                                "the peer runs as uid {}, this process as uid {me}; refused",
+                                c.uid
+                            ),
+                        )
+                        .with_errno(Errno::ACCESS)),
+                        None => Err(Error::new(
+                            ErrorKind::PermissionDenied,
+                            "accept",
+                            ch.peer().to_string(),
+                            "the kernel does not say who the peer is (SO_PEERCRED); refused",
+                        )
+                        .with_errno(Errno::ACCESS)),
+                    };
+                }
                 Err(Errno::INTR | Errno::AGAIN) => continue,
                 Err(e) => return Err(Error::os("accept", obj(), e)),
             }

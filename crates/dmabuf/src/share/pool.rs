@@ -21,30 +21,56 @@
 //!   release, and is leased again only after those release fences have
 //!   signalled. When every buffer is in flight, `acquire` waits
 //!   (back-pressure), or times out with [`ErrorKind::TimedOut`].
+//! * **Checked on arrival.** The consumer checks every message as it
+//!   arrives: an item must name a buffer of the pool that this consumer
+//!   does not hold (received and not released yet), fit in it and carry
+//!   a larger sequence number than the last; nothing may follow the
+//!   producer's bye. So no producer can queue more items at a consumer
+//!   than the pool has buffers.
 //! * **Failures.** A consumer that closes its socket or dies is found by
 //!   the producer's next call, which returns one [`ErrorKind::PeerGone`]
 //!   error naming it; its buffers count as released, its release fences
-//!   are failed, and the pool carries on with the other consumers (with
-//!   none left every call fails with `PeerGone`). A producer that dies is
-//!   found by the consumer while it waits for an item or for its ready
-//!   fence: the fence is failed (`ECONNRESET`) and `next` returns
+//!   are failed in the producer's process only, and the pool carries on
+//!   with the other consumers (with none left every call fails with
+//!   `PeerGone`). A consumer that stops reading is dropped the same way
+//!   once a send to it has waited the send timeout
+//!   ([`Producer::set_send_timeout`]), with an [`ErrorKind::TimedOut`]
+//!   error naming it; the others still get the item. A producer that dies
+//!   is found by the consumer while it waits for an item or for its ready
+//!   fence: the fence is failed here (`ECONNRESET`) and `next` returns
 //!   `PeerGone`. No wait in this module ignores the peer's socket, so
 //!   nothing blocks forever on a peer that is gone. A message that breaks
 //!   the protocol (an unknown buffer, a release of a buffer not held, an
-//!   item in a buffer still held) is a [`ErrorKind::Protocol`] error; the
-//!   producer then drops that consumer.
-//! * **Orderly end.** [`Producer::finish`] sends a bye message and waits
-//!   for every buffer to come back; [`Consumer::next`] then returns
+//!   item in a buffer still held, a replayed sequence number) is a
+//!   [`ErrorKind::Protocol`] error; the producer then drops that
+//!   consumer.
+//! * **Fences are hints, waits are bounded.** A ready or release fence
+//!   that fails, or whose page is corrupt or stuck (see
+//!   [`UserFence`](crate::fence::UserFence)),
+//!   counts as done with that error: a failed release frees the buffer, a
+//!   failed ready fence is an error of `next` naming the cause. The waits
+//!   watch the fences' fds but re-check at least every
+//!   [`RECHECK`] and never poll a readable eventfd
+//!   of a fence still active, so a peer writing eventfds makes nothing
+//!   spin.
+//! * **Orderly end.** [`Producer::finish`] sends a bye and waits for
+//!   every buffer to come back; [`Consumer::next`] then returns
 //!   `Ok(None)`. A consumer leaving early sends a bye
-//!   ([`Consumer::leave`]), which the producer takes as a clean departure.
+//!   ([`Consumer::leave`]), which the producer takes as a clean
+//!   departure: it gets no more items, the buffers it still reads come
+//!   back as it releases them (even after it closed its socket) and its
+//!   release fences are left to signal, for at most [`LEAVE_GRACE`];
+//!   after that they are taken back (fences failed here) with an
+//!   [`ErrorKind::TimedOut`] error naming it. Dropping an [`Item`] sends
+//!   its release, waiting at most [`RELEASE_ON_DROP_TIMEOUT`].
 //!
 //! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
 //! instead of `poll`.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -52,23 +78,33 @@ use rustix::event::{PollFd, PollFlags};
 use super::{Channel, Message};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::fence::{monotonic_ns, Fence, FenceStatus};
+use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus, RECHECK};
 
 /// Most buffers a pool may have.
 pub const MAX_POOL_BUFFERS: usize = 1024;
 
-/// The fds to poll to learn that `fence` may have signalled (empty if it
-/// has).
-fn fence_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) {
-    if fence.status() != FenceStatus::Active {
-        return;
+/// How long a consumer that said bye may keep buffers it still reads, and
+/// release fences that have not signalled, before the producer takes them
+/// back (and fails those fences in its own process).
+pub const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long dropping an [`Item`] waits to send its release to a producer
+/// that does not read (at most the channel's send timeout).
+pub const RELEASE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The poll deadline: `deadline`, or sooner when something must be
+/// re-checked without an fd to tell (`recheck`).
+fn slice(deadline: Option<Instant>, recheck: bool) -> Option<Instant> {
+    if !recheck {
+        return deadline;
     }
-    match fence {
-        Fence::Kernel(s) => out.push(s.as_fd()),
-        Fence::User(u) => out.push(u.event_fd()),
-        Fence::All(v) => v.iter().for_each(|f| fence_fds(f, out)),
-        Fence::Signalled => {}
-    }
+    let soon = Instant::now() + RECHECK;
+    Some(deadline.map_or(soon, |d| d.min(soon)))
+}
+
+/// Whether `deadline` has passed.
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 /// Polls `fds` for input until `deadline`; false on timeout. Restarts on
@@ -111,7 +147,18 @@ fn protocol(op: &'static str, obj: &str, cause: String) -> Error {
 #[derive(Debug)]
 struct Peer {
     channel: Channel,
+    /// Its socket is still read (live, or leaving and not closed yet).
     alive: bool,
+    /// When it said bye, while its buffers and release fences are not all
+    /// back yet (at most [`LEAVE_GRACE`]).
+    leaving: Option<Instant>,
+}
+
+impl Peer {
+    /// Gets new items.
+    fn live(&self) -> bool {
+        self.alive && self.leaving.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -182,6 +229,7 @@ impl Producer {
                 .map(|channel| Peer {
                     channel,
                     alive: true,
+                    leaving: None,
                 })
                 .collect(),
             free: (0..buffers.len()).collect(),
@@ -204,9 +252,19 @@ impl Producer {
         self.slots.iter().map(|s| &s.buffer)
     }
 
-    /// How many consumers are still connected.
+    /// How many consumers are still connected and getting items (not
+    /// gone, not leaving).
     pub fn consumers(&self) -> usize {
-        self.peers.iter().filter(|p| p.alive).count()
+        self.peers.iter().filter(|p| p.live()).count()
+    }
+
+    /// How long a send to a consumer may wait for it to read (see
+    /// [`Channel::set_send_timeout`]); a consumer that does not read
+    /// within it is dropped with an error naming it, the others carry on.
+    pub fn set_send_timeout(&mut self, timeout: Option<Duration>) {
+        for p in &self.peers {
+            p.channel.set_send_timeout(timeout);
+        }
     }
 
     /// How many buffers are leased or held by consumers.
@@ -222,21 +280,68 @@ impl Producer {
         )
     }
 
-    /// Drops consumer `i`: its buffers count as released, its fences fail.
+    /// Drops consumer `i`: its buffers count as released, its release
+    /// fences fail (in this process only).
     fn drop_peer(&mut self, i: usize) {
         let peer = &mut self.peers[i];
-        if !peer.alive {
+        if !peer.alive && peer.leaving.is_none() {
             return;
         }
         peer.alive = false;
+        peer.leaving = None;
         peer.channel.fail_received_fences();
         peer.channel.shutdown();
+        self.take_back(i);
+    }
+
+    /// Consumer `i` can no longer release anything: its buffers come back.
+    fn take_back(&mut self, i: usize) -> usize {
+        let mut n = 0;
         for s in 0..self.slots.len() {
             if self.slots[s].holders[i] {
                 self.slots[s].holders[i] = false;
+                n += 1;
                 self.maybe_free(s);
             }
         }
+        n
+    }
+
+    fn holds(&self, i: usize) -> usize {
+        self.slots.iter().filter(|s| s.holders[i]).count()
+    }
+
+    /// A consumer that said bye is done once its buffers and release
+    /// fences are all back; one that takes longer than [`LEAVE_GRACE`]
+    /// loses them, with an error naming it.
+    fn settle_leaving(&mut self, i: usize) -> Result<()> {
+        let Some(since) = self.peers[i].leaving else {
+            return Ok(());
+        };
+        let held = self.holds(i);
+        let fences = self.peers[i].channel.pending_fences();
+        if held == 0 && fences == 0 {
+            self.peers[i].leaving = None;
+            if self.peers[i].alive {
+                self.peers[i].alive = false;
+                self.peers[i].channel.shutdown();
+            }
+            return Ok(());
+        }
+        if since.elapsed() < LEAVE_GRACE {
+            return Ok(());
+        }
+        let peer = self.peers[i].channel.peer().to_string();
+        self.drop_peer(i);
+        Err(Error::new(
+            ErrorKind::TimedOut,
+            "pool",
+            peer,
+            format!(
+                "the consumer said bye but {LEAVE_GRACE:?} later still held {held} buffers and {fences} unsignalled release fences; they were taken back"
+            ),
+        )
+        .with_errno(Errno::TIMEDOUT))
     }
 
     fn maybe_free(&mut self, s: usize) {
@@ -257,6 +362,15 @@ impl Producer {
                 let msg = match self.peers[i].channel.try_recv() {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
+                    Err(e)
+                        if e.kind() == ErrorKind::PeerGone && self.peers[i].leaving.is_some() =>
+                    {
+                        // It said bye and closed: what it still held comes
+                        // back now; its release fences get the grace.
+                        self.peers[i].alive = false;
+                        self.take_back(i);
+                        break;
+                    }
                     Err(e) => {
                         self.drop_peer(i);
                         first.get_or_insert(e);
@@ -267,6 +381,9 @@ impl Producer {
                     self.drop_peer(i);
                     first.get_or_insert(e);
                 }
+            }
+            if let Err(e) = self.settle_leaving(i) {
+                first.get_or_insert(e);
             }
         }
         match first {
@@ -310,8 +427,13 @@ impl Producer {
                 Ok(())
             }
             Message::Bye => {
-                // A clean departure: the consumer's buffers come back.
-                self.drop_peer(i);
+                // A clean departure: the consumer's buffers come back as
+                // it releases them (it may still be reading some), within
+                // LEAVE_GRACE; its release fences are left to signal.
+                if self.peers[i].leaving.is_some() {
+                    return Err(protocol("pool", &peer, "a second bye".to_string()));
+                }
+                self.peers[i].leaving = Some(Instant::now());
                 Ok(())
             }
             other => Err(protocol(
@@ -364,21 +486,23 @@ impl Producer {
     }
 
     /// The fds whose readiness may change what `try_acquire` answers:
-    /// every live consumer socket, and the pending release fences of free
-    /// slots.
-    fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+    /// every consumer socket still read, and the pending release fences
+    /// of free slots; and whether to re-check on a timer as well (user
+    /// fences, consumers leaving).
+    fn wait_fds(&self) -> (Vec<BorrowedFd<'_>>, bool) {
         let mut fds: Vec<BorrowedFd<'_>> = self
             .peers
             .iter()
             .filter(|p| p.alive)
             .map(|p| p.channel.fd())
             .collect();
+        let mut recheck = self.peers.iter().any(|p| p.leaving.is_some());
         for &s in &self.free {
             for f in &self.slots[s].releases {
-                fence_fds(f, &mut fds);
+                recheck |= wake_fds(f, &mut fds);
             }
         }
-        fds
+        (fds, recheck)
     }
 
     /// A free buffer, waiting at most `timeout` (`None`: as long as it
@@ -394,7 +518,8 @@ impl Producer {
                 return Ok(self.lease(slot));
             }
             let obj = self.object();
-            if !poll_any(&self.wait_fds(), deadline, "pool acquire", &obj)? {
+            let (fds, recheck) = self.wait_fds();
+            if !poll_any(&fds, slice(deadline, recheck), "pool acquire", &obj)? && past(deadline) {
                 return Err(timed_out(
                     "pool acquire",
                     obj,
@@ -432,7 +557,7 @@ impl Producer {
         };
         let mut first: Option<Error> = None;
         for i in 0..self.peers.len() {
-            if !self.peers[i].alive {
+            if !self.peers[i].live() {
                 continue;
             }
             match self.peers[i].channel.send(&msg) {
@@ -458,18 +583,19 @@ impl Producer {
     pub fn finish(mut self, timeout: Option<Duration>) -> Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
         for i in 0..self.peers.len() {
-            if self.peers[i].alive && self.peers[i].channel.send(&Message::Bye).is_err() {
+            if self.peers[i].live() && self.peers[i].channel.send(&Message::Bye).is_err() {
                 self.drop_peer(i);
             }
         }
         loop {
             let _ = self.pump();
             let pending = self.slots.iter().any(|s| s.holders.iter().any(|h| *h));
-            if !pending || self.consumers() == 0 {
+            if !pending || !self.peers.iter().any(|p| p.alive) {
                 return Ok(());
             }
             let obj = self.object();
-            if !poll_any(&self.wait_fds(), deadline, "pool finish", &obj)? {
+            let (fds, recheck) = self.wait_fds();
+            if !poll_any(&fds, slice(deadline, recheck), "pool finish", &obj)? && past(deadline) {
                 return Err(timed_out(
                     "pool finish",
                     obj,
@@ -526,6 +652,20 @@ pub struct Consumer {
     waiting: Option<Item>,
     last_seq: u64,
     ended: bool,
+    /// A bye has been received (queued or taken).
+    bye: bool,
+    /// Per slot: an item in it was received and not released yet.
+    held: Held,
+}
+
+/// The slots a consumer holds, shared with its [`Item`]s.
+type Held = Arc<Mutex<Vec<bool>>>;
+
+fn set_held(held: &Held, slot: u64, value: bool) {
+    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(x) = usize::try_from(slot).ok().and_then(|s| h.get_mut(s)) {
+        *x = value;
+    }
 }
 
 /// The consumer's side of the pool handshake, one message at a time.
@@ -592,6 +732,7 @@ pub struct Item {
     ready_ns: u64,
     ready: Fence,
     released: bool,
+    held: Held,
 }
 
 impl Consumer {
@@ -609,6 +750,7 @@ impl Consumer {
     }
 
     fn from_handshake(channel: Channel, buffers: Vec<Buffer>, index: u32) -> Consumer {
+        let n = buffers.len();
         Consumer {
             channel: Arc::new(channel),
             buffers,
@@ -617,6 +759,8 @@ impl Consumer {
             waiting: None,
             last_seq: 0,
             ended: false,
+            bye: false,
+            held: Arc::new(Mutex::new(vec![false; n])),
         }
     }
 
@@ -638,21 +782,30 @@ impl Consumer {
     /// Reads every waiting message into the queue.
     fn pump(&mut self) -> Result<()> {
         while let Some(m) = self.channel.try_recv()? {
-            self.queue.push_back(m);
+            self.admit(m)?;
         }
         Ok(())
     }
 
-    fn take_item(&mut self, msg: Message) -> Result<Option<Item>> {
+    /// Checks a message from the producer as it arrives and queues it. An
+    /// item must name a buffer of the pool that this consumer does not
+    /// hold (so the queue never holds more items than the pool has
+    /// buffers), fit in it, and come after the previous item; nothing may
+    /// follow a bye.
+    fn admit(&mut self, msg: Message) -> Result<()> {
         let obj = self.channel.peer().to_string();
-        match msg {
+        if self.bye {
+            return Err(protocol(
+                "pool next",
+                &obj,
+                format!("{} message after the producer's bye", msg.type_name()),
+            ));
+        }
+        match &msg {
             Message::Item {
-                buffer,
-                seq,
-                len,
-                sent_ns,
-                ready,
+                buffer, seq, len, ..
             } => {
+                let (buffer, seq, len) = (*buffer, *seq, *len);
                 let b = usize::try_from(buffer)
                     .ok()
                     .and_then(|i| self.buffers.get(i))
@@ -686,7 +839,47 @@ impl Consumer {
                         ),
                     ));
                 }
+                {
+                    let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                    let h = &mut held[buffer as usize];
+                    if *h {
+                        return Err(protocol(
+                            "pool next",
+                            &obj,
+                            format!(
+                                "item {seq} in buffer {buffer}, which this consumer still holds (not released yet)"
+                            ),
+                        ));
+                    }
+                    *h = true;
+                }
                 self.last_seq = seq;
+            }
+            Message::Bye => self.bye = true,
+            other => {
+                return Err(protocol(
+                    "pool next",
+                    &obj,
+                    format!("unexpected {} message from the producer", other.type_name()),
+                ))
+            }
+        }
+        debug_assert!(self.queue.len() <= self.buffers.len());
+        self.queue.push_back(msg);
+        Ok(())
+    }
+
+    /// Turns a queued (already admitted) message into an item.
+    fn take_item(&mut self, msg: Message) -> Result<Option<Item>> {
+        match msg {
+            Message::Item {
+                buffer,
+                seq,
+                len,
+                sent_ns,
+                ready,
+            } => {
+                let b = &self.buffers[buffer as usize];
                 Ok(Some(Item {
                     channel: self.channel.clone(),
                     buffer: b.clone(),
@@ -697,17 +890,13 @@ impl Consumer {
                     ready_ns: 0,
                     ready,
                     released: false,
+                    held: self.held.clone(),
                 }))
             }
-            Message::Bye => {
+            _ => {
                 self.ended = true;
                 Ok(None)
             }
-            other => Err(protocol(
-                "pool next",
-                &obj,
-                format!("unexpected {} message from the producer", other.type_name()),
-            )),
         }
     }
 
@@ -738,7 +927,7 @@ impl Consumer {
                 continue;
             }
             if let Some(m) = self.channel.try_recv()? {
-                self.queue.push_back(m);
+                self.admit(m)?;
                 continue;
             }
             let obj = self.channel.peer().to_string();
@@ -767,9 +956,9 @@ impl Consumer {
             }
             self.pump()?;
             let mut fds = vec![self.channel.fd()];
-            fence_fds(&item.ready, &mut fds);
+            let recheck = wake_fds(&item.ready, &mut fds);
             let obj = self.channel.peer().to_string();
-            if !poll_any(&fds, deadline, op, &obj)? {
+            if !poll_any(&fds, slice(deadline, recheck), op, &obj)? && past(deadline) {
                 return Err(timed_out(
                     op,
                     obj,
@@ -795,22 +984,28 @@ impl Consumer {
                 format!("the producer went away before item {} was ready", item.seq),
             )
             .with_errno(e)),
-            FenceStatus::Error(e) => Err(Error::new(
-                if e == Errno::CANCELED {
-                    ErrorKind::Cancelled
-                } else {
-                    ErrorKind::FenceFailed
-                },
-                op,
-                self.channel.peer().to_string(),
-                format!(
-                    "ready fence of item {} in buffer {} signalled with error {}",
-                    item.seq,
-                    item.slot,
-                    crate::error::errno_name(e)
-                ),
-            )
-            .with_errno(e)),
+            FenceStatus::Error(e) => {
+                // The fence's own words (a corrupt page, a signaller that
+                // died half-way…) when it has them.
+                let why = match item.ready.wait(Some(Duration::ZERO)) {
+                    Err(f) => f.cause().to_string(),
+                    Ok(()) => format!("signalled with error {}", crate::error::errno_name(e)),
+                };
+                Err(Error::new(
+                    if e == Errno::CANCELED {
+                        ErrorKind::Cancelled
+                    } else {
+                        ErrorKind::FenceFailed
+                    },
+                    op,
+                    self.channel.peer().to_string(),
+                    format!(
+                        "ready fence of item {} in buffer {}: {why}",
+                        item.seq, item.slot
+                    ),
+                )
+                .with_errno(e))
+            }
             _ => Ok(()),
         }
     }
@@ -872,6 +1067,7 @@ impl Item {
     /// signals (pass [`Fence::Signalled`] when every access is over).
     pub fn release(mut self, fence: Fence) -> Result<()> {
         self.released = true;
+        set_held(&self.held, self.slot, false);
         self.channel.send(&Message::Release {
             buffer: self.slot,
             seq: self.seq,
@@ -883,11 +1079,17 @@ impl Item {
 impl Drop for Item {
     fn drop(&mut self) {
         if !self.released {
-            let _ = self.channel.send(&Message::Release {
-                buffer: self.slot,
-                seq: self.seq,
-                fence: Fence::Signalled,
-            });
+            set_held(&self.held, self.slot, false);
+            // A destructor waits at most a second for a producer that does
+            // not read.
+            let _ = self.channel.send_within(
+                RELEASE_ON_DROP_TIMEOUT,
+                &Message::Release {
+                    buffer: self.slot,
+                    seq: self.seq,
+                    fence: Fence::Signalled,
+                },
+            );
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod dma_buf;
 pub mod dma_heap;
 pub mod drm;
 pub mod functionfs;
+pub mod futex;
 pub mod iio;
 pub mod mem;
 pub mod object;

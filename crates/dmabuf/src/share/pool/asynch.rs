@@ -1,8 +1,12 @@
 //! The pool's `async` face (feature `tokio`): the same state machine as
 //! the blocking [`Producer`] and [`Consumer`], waiting through tokio's
 //! `AsyncFd` on the peer sockets and the fences' fds instead of `poll`.
-//! Sends stay plain `sendmsg` calls: pool messages are small and the
-//! socket buffer holds far more of them than a pool has buffers.
+//! Sends stay the channels' `sendmsg` calls, bounded by their send
+//! timeout (a consumer that does not read is dropped, as in the blocking
+//! producer). Fence eventfds are hints here too: one that is readable
+//! while its fence is still active is not awaited (it would wake the task
+//! at once, again and again); a one-shot timer re-checks every
+//! [`RECHECK`](crate::fence::RECHECK) instead.
 
 use std::future::poll_fn;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -10,10 +14,10 @@ use std::task::Poll;
 
 use tokio::io::unix::AsyncFd;
 
-use super::{fence_fds, Consumer, Item, Lease, Producer};
+use super::{Consumer, Item, Lease, Producer};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, Result};
-use crate::fence::FenceStatus;
+use crate::fence::{wake_fds, FenceStatus, RECHECK};
 use crate::share::Channel;
 
 fn io_error(op: &'static str, obj: &str, e: std::io::Error) -> Error {
@@ -29,17 +33,22 @@ fn register(fd: BorrowedFd<'_>, op: &'static str, obj: &str) -> Result<AsyncFd<O
     crate::sys::readiness::register_readable(fd).map_err(|e| io_error(op, obj, e))
 }
 
-/// Waits until any of `fixed` or `extra` polls readable.
+/// Waits until any of `fixed` or `extra` polls readable, or [`RECHECK`]
+/// has passed if `recheck`.
 async fn any_readable(
     fixed: &[&AsyncFd<OwnedFd>],
     extra: &[BorrowedFd<'_>],
+    recheck: bool,
     op: &'static str,
     obj: &str,
 ) -> Result<()> {
-    let extra = extra
+    let mut extra = extra
         .iter()
         .map(|fd| register(*fd, op, obj))
         .collect::<Result<Vec<_>>>()?;
+    if recheck {
+        extra.push(crate::sys::readiness::timer(RECHECK).map_err(|e| io_error(op, obj, e))?);
+    }
     poll_fn(|cx| {
         for a in fixed.iter().copied().chain(extra.iter()) {
             match a.poll_read_ready(cx) {
@@ -110,19 +119,20 @@ impl AsyncProducer {
             .map(|(_, s)| s)
             .collect();
         let mut extra = Vec::new();
+        let mut recheck = self.inner.peers.iter().any(|p| p.leaving.is_some());
         for &s in &self.inner.free {
             for f in &self.inner.slots[s].releases {
-                fence_fds(f, &mut extra);
+                recheck |= wake_fds(f, &mut extra);
             }
         }
-        any_readable(&fixed, &extra, op, &obj).await
+        any_readable(&fixed, &extra, recheck, op, &obj).await
     }
 
     /// Sends a bye and awaits every buffer's return (as
     /// [`Producer::finish`]).
     pub async fn finish(mut self) -> Result<()> {
         for i in 0..self.inner.peers.len() {
-            if self.inner.peers[i].alive
+            if self.inner.peers[i].live()
                 && self.inner.peers[i]
                     .channel
                     .send(&crate::share::Message::Bye)
@@ -138,7 +148,7 @@ impl AsyncProducer {
                 .slots
                 .iter()
                 .any(|s| s.holders.iter().any(|h| *h));
-            if !pending || self.inner.consumers() == 0 {
+            if !pending || !self.inner.peers.iter().any(|p| p.alive) {
                 return Ok(());
             }
             self.wait("pool finish").await?;
@@ -179,9 +189,9 @@ impl AsyncConsumer {
                 self.inner.pump()?;
                 let item = self.inner.waiting.as_ref().expect("checked above");
                 let mut extra = Vec::new();
-                fence_fds(&item.ready, &mut extra);
+                let recheck = wake_fds(&item.ready, &mut extra);
                 let obj = self.inner.channel.peer().to_string();
-                any_readable(&[&self.socket], &extra, op, &obj).await?;
+                any_readable(&[&self.socket], &extra, recheck, op, &obj).await?;
                 continue;
             }
             if let Some(mut item) = self.inner.waiting.take() {
@@ -200,11 +210,11 @@ impl AsyncConsumer {
                 continue;
             }
             if let Some(m) = self.inner.channel.try_recv()? {
-                self.inner.queue.push_back(m);
+                self.inner.admit(m)?;
                 continue;
             }
             let obj = self.inner.channel.peer().to_string();
-            any_readable(&[&self.socket], &[], op, &obj).await?;
+            any_readable(&[&self.socket], &[], false, op, &obj).await?;
         }
     }
 
@@ -229,7 +239,7 @@ impl Consumer {
                         return Ok(Consumer::from_handshake(channel, hs.buffers, done));
                     }
                 }
-                None => any_readable(&[socket], &[], "pool handshake", obj).await?,
+                None => any_readable(&[socket], &[], false, "pool handshake", obj).await?,
             }
         }
     }

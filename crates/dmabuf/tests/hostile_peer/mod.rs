@@ -1,0 +1,333 @@
+//! A test-only hostile peer: speaks the wire format of `dmabuf::share` with
+//! raw `sendmsg` (through rustix, no library code on the sending side) and
+//! makes fake user-fence pages it can scribble on at any moment.
+//!
+//! Shared by the `hostile_*` test binaries (not every binary uses every
+//! helper).
+#![allow(dead_code)]
+
+use std::io::IoSlice;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use rustix::event::{eventfd, EventfdFlags};
+use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
+use rustix::net::{
+    sendmsg, socketpair, AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+    SocketFlags, SocketType,
+};
+
+/// Message types of the wire format.
+pub const T_BUFFER: u16 = 1;
+pub const T_FENCE: u16 = 2;
+pub const T_POOL_READY: u16 = 3;
+pub const T_ITEM: u16 = 4;
+pub const T_RELEASE: u16 = 5;
+pub const T_BYE: u16 = 6;
+
+/// The fence page's magic (version 2) and state codes.
+pub const FENCE_MAGIC: u64 = 0x444d_4246_4e43_0002;
+pub const PENDING: u64 = 0;
+pub const SIGNALLING: u64 = 1;
+pub const SIGNALLED: u64 = 2;
+pub const FAILED: u64 = 3;
+
+/// Bounded waits everywhere.
+pub const T: Option<Duration> = Some(Duration::from_secs(10));
+
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Resident set size of this process, in kB.
+pub fn rss_kb() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// CPU time used by the calling thread.
+pub fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A raw seqpacket end: the hostile side of a connection.
+pub struct Raw {
+    pub fd: OwnedFd,
+}
+
+/// A connected pair: (the library's end, the hostile raw end).
+pub fn pair() -> (dmabuf::share::Channel, Raw) {
+    let (a, b) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    (dmabuf::share::Channel::from_fd(a).unwrap(), Raw { fd: b })
+}
+
+impl Raw {
+    /// Sends `bytes` with `fds` as one datagram.
+    pub fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> rustix::io::Result<usize> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(cmsg.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        sendmsg(
+            &self.fd,
+            &[IoSlice::new(bytes)],
+            &mut cmsg,
+            SendFlags::NOSIGNAL,
+        )
+    }
+}
+
+/// Header + body, with `fds` announced.
+pub fn msg(ty: u16, body: &[u8], fds: u16) -> Vec<u8> {
+    let mut out = b"DMBS".to_vec();
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&ty.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&fds.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+pub fn buffer_body(id: u64, size: u64, kind: u8, name: &str) -> Vec<u8> {
+    let mut b = id.to_le_bytes().to_vec();
+    b.extend_from_slice(&size.to_le_bytes());
+    b.extend_from_slice(&[kind, 0, name.len() as u8, 0]);
+    b.extend_from_slice(name.as_bytes());
+    b
+}
+
+/// A fence message carrying `kinds` (1 sync file, 2 user fence).
+pub fn fence_body(tag: u64, kinds: &[u8]) -> Vec<u8> {
+    let mut b = tag.to_le_bytes().to_vec();
+    b.push(kinds.len() as u8);
+    b.extend_from_slice(kinds);
+    b
+}
+
+pub fn item_body(buffer: u64, seq: u64, len: u64, kinds: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [buffer, seq, len, dmabuf::fence::monotonic_ns()] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.push(kinds.len() as u8);
+    b.extend_from_slice(kinds);
+    b
+}
+
+pub fn release_body(buffer: u64, seq: u64, kinds: &[u8]) -> Vec<u8> {
+    let mut b = buffer.to_le_bytes().to_vec();
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.push(kinds.len() as u8);
+    b.extend_from_slice(kinds);
+    b
+}
+
+pub fn pool_ready_body(buffers: u32, consumer: u32) -> Vec<u8> {
+    let mut b = buffers.to_le_bytes().to_vec();
+    b.extend_from_slice(&consumer.to_le_bytes());
+    b
+}
+
+/// A memfd of `size` bytes with `seals`.
+pub fn memfd(size: u64, seals: SealFlags) -> OwnedFd {
+    let fd = memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    ftruncate(&fd, size).unwrap();
+    if !seals.is_empty() {
+        fcntl_add_seals(&fd, seals).unwrap();
+    }
+    fd
+}
+
+/// A fence page made by the hostile peer (sealed against resizing only,
+/// so it can scribble on it with `pwrite` whenever it likes), and its
+/// eventfd.
+pub struct FakeFence {
+    pub state: OwnedFd,
+    pub event: OwnedFd,
+}
+
+impl FakeFence {
+    pub fn new(state: u64, context: u64, seqno: u64) -> FakeFence {
+        let f = FakeFence {
+            state: memfd(4096, SealFlags::SHRINK | SealFlags::GROW),
+            event: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
+        };
+        f.set(3, context);
+        f.set(4, seqno);
+        f.set(1, state);
+        f.set(0, FENCE_MAGIC);
+        f
+    }
+
+    pub fn pending() -> FakeFence {
+        FakeFence::new(PENDING, 0x1234, 1)
+    }
+
+    /// Writes word `i` of the page.
+    pub fn set(&self, i: u64, v: u64) {
+        assert_eq!(
+            rustix::io::pwrite(&self.state, &v.to_le_bytes(), i * 8).unwrap(),
+            8
+        );
+    }
+
+    pub fn set_state(&self, v: u64) {
+        self.set(1, v);
+    }
+
+    /// Writes the futex half-word (bytes 40..44).
+    pub fn set_futex(&self, v: u32) {
+        rustix::io::pwrite(&self.state, &v.to_le_bytes(), 40).unwrap();
+    }
+
+    /// Makes the eventfd readable without signalling anything.
+    pub fn poke(&self) {
+        rustix::io::write(&self.event, &1u64.to_ne_bytes()).unwrap();
+    }
+
+    pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.state.as_fd(), self.event.as_fd()]
+    }
+
+    /// Imports it directly (as a receiver would after the message).
+    pub fn import(&self) -> dmabuf::UserFence {
+        dmabuf::UserFence::from_fds(
+            self.state.try_clone().unwrap(),
+            self.event.try_clone().unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than
+/// `limit` (no test may hang).
+pub fn bounded<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(r) => r,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("did not finish within {limit:?}: a hang")
+        }
+        Err(_) => panic!("the bounded call panicked (see above)"),
+    }
+}
+
+/// Asserts that `e` has `kind` and its message contains `words`.
+#[track_caller]
+pub fn assert_err(e: &dmabuf::Error, kind: dmabuf::ErrorKind, words: &str) {
+    assert_eq!(e.kind(), kind, "{e}");
+    assert!(e.to_string().contains(words), "'{words}' not in: {e}");
+}
+
+/// Elapsed since `t0`, asserting it stays under `limit`.
+#[track_caller]
+pub fn within(t0: Instant, limit: Duration) -> Duration {
+    let e = t0.elapsed();
+    assert!(e < limit, "took {e:?}, limit {limit:?}");
+    e
+}
+
+/// One received datagram: its type, its body, how many fds came (closed).
+pub struct Got {
+    pub ty: u16,
+    pub body: Vec<u8>,
+    pub fds: usize,
+}
+
+impl Got {
+    pub fn u64_at(&self, i: usize) -> u64 {
+        u64::from_le_bytes(self.body[i..i + 8].try_into().unwrap())
+    }
+}
+
+impl Raw {
+    /// Receives one datagram, waiting at most `timeout`; `None` on timeout
+    /// or end of file. Attached fds are closed.
+    pub fn recv(&self, timeout: Duration) -> Option<Got> {
+        use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+        let ts = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        let mut p = [rustix::event::PollFd::new(
+            &self.fd,
+            rustix::event::PollFlags::IN,
+        )];
+        if rustix::event::poll(&mut p, Some(&ts)).ok()? == 0 {
+            return None;
+        }
+        let mut bytes = vec![0u8; 2048];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
+        let r = recvmsg(&self.fd, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC).ok()?;
+        let mut fds = 0;
+        for m in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(it) = m {
+                fds += it.count();
+            }
+        }
+        if r.bytes < 16 {
+            return None;
+        }
+        Some(Got {
+            ty: u16::from_le_bytes([bytes[6], bytes[7]]),
+            body: bytes[16..r.bytes].to_vec(),
+            fds,
+        })
+    }
+
+    /// Plays a consumer's handshake: reads buffer messages up to the
+    /// pool-ready one; the number of buffers.
+    pub fn take_handshake(&self) -> usize {
+        let mut n = 0;
+        loop {
+            let g = self.recv(Duration::from_secs(10)).expect("handshake");
+            match g.ty {
+                T_BUFFER => n += 1,
+                T_POOL_READY => return n,
+                t => panic!("unexpected type {t} in the handshake"),
+            }
+        }
+    }
+
+    /// Plays a producer's handshake: `buffers` sealed memfds of `size`.
+    pub fn give_handshake(&self, buffers: &[OwnedFd], size: u64) {
+        for (i, b) in buffers.iter().enumerate() {
+            self.send(
+                &msg(T_BUFFER, &buffer_body(i as u64, size, 1, "h"), 1),
+                &[b.as_fd()],
+            )
+            .unwrap();
+        }
+        self.send(
+            &msg(T_POOL_READY, &pool_ready_body(buffers.len() as u32, 0), 0),
+            &[],
+        )
+        .unwrap();
+    }
+}
+
+/// `n` sealed memfds of `size` bytes (a hostile producer's pool).
+pub fn memfds(n: usize, size: u64) -> Vec<OwnedFd> {
+    (0..n)
+        .map(|_| memfd(size, SealFlags::SHRINK | SealFlags::GROW))
+        .collect()
+}

@@ -1,0 +1,557 @@
+//! The streaming pool (blocking and async) against hostile producers and
+//! consumers that speak the wire format with raw `sendmsg`: named errors,
+//! no crash, no hang, no spin, bounded queues, other consumers served.
+//!
+//! Every test holds `LOCK` (fd counts).
+
+mod hostile_peer;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use dmabuf::share::pool::{AsyncConsumer, AsyncProducer, Consumer, Producer, LEAVE_GRACE};
+use dmabuf::share::Channel;
+use dmabuf::{Allocate, Buffer, Errno, ErrorKind, Fence, Portable, UserFence};
+use hostile_peer::*;
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn lock() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn portables(n: usize) -> Vec<Buffer> {
+    (0..n)
+        .map(|i| Portable.allocate(4096, &format!("p{i}")).unwrap())
+        .collect()
+}
+
+/// A consumer set up against a raw producer with `n` buffers.
+fn consumer_of_raw(n: usize) -> (Consumer, Raw, Vec<std::os::fd::OwnedFd>) {
+    let (ch, raw) = pair();
+    let bufs = memfds(n, 4096);
+    raw.give_handshake(&bufs, 4096);
+    let c = Consumer::new(ch, T).unwrap();
+    (c, raw, bufs)
+}
+
+fn item(raw: &Raw, buffer: u64, seq: u64, fence: Option<&FakeFence>) {
+    match fence {
+        None => raw
+            .send(&msg(T_ITEM, &item_body(buffer, seq, 16, &[]), 0), &[])
+            .unwrap(),
+        Some(f) => raw
+            .send(&msg(T_ITEM, &item_body(buffer, seq, 16, &[2]), 2), &f.fds())
+            .unwrap(),
+    };
+}
+
+// ---- hostile producers ----------------------------------------------------
+
+#[test]
+fn handshake_lies_are_refused() {
+    let _g = lock();
+    let base = open_fds();
+    let bufs = memfds(2, 4096);
+    /// Messages (bytes, index of the memfd to attach) and the expected words.
+    type Case = (Vec<(Vec<u8>, usize)>, &'static str);
+    let cases: Vec<Case> = vec![
+        // A replayed buffer id.
+        (
+            vec![
+                (msg(T_BUFFER, &buffer_body(0, 4096, 1, "a"), 1), 0),
+                (msg(T_BUFFER, &buffer_body(0, 4096, 1, "a"), 1), 1),
+            ],
+            "buffer id 0 out of order",
+        ),
+        // More buffers announced than sent.
+        (
+            vec![
+                (msg(T_BUFFER, &buffer_body(0, 4096, 1, "a"), 1), 0),
+                (msg(T_POOL_READY, &pool_ready_body(2, 0), 0), 9),
+            ],
+            "pool-ready announces 2 buffers but 1 arrived",
+        ),
+        // An item before the pool.
+        (
+            vec![(msg(T_ITEM, &item_body(0, 1, 1, &[]), 0), 9)],
+            "unexpected item message before the pool was shared",
+        ),
+        // An empty pool.
+        (
+            vec![(msg(T_POOL_READY, &pool_ready_body(0, 0), 0), 9)],
+            "pool-ready announces 0 buffers",
+        ),
+    ];
+    for (msgs, words) in cases {
+        let (ch, raw) = pair();
+        for (m, fd) in &msgs {
+            use std::os::fd::AsFd;
+            let fds: Vec<_> = bufs.get(*fd).map(|b| b.as_fd()).into_iter().collect();
+            raw.send(m, &fds).unwrap();
+        }
+        let t0 = Instant::now();
+        let e = Consumer::new(ch, T).unwrap_err();
+        within(t0, Duration::from_secs(2));
+        assert_err(&e, ErrorKind::Protocol, words);
+    }
+    drop(bufs);
+    assert_eq!(open_fds(), base);
+}
+
+#[test]
+fn a_producer_dying_at_every_handshake_stage_is_found_at_once() {
+    let _g = lock();
+    let base = open_fds();
+    let bufs = memfds(3, 4096);
+    for k in 0..=3 {
+        let (ch, raw) = pair();
+        for (i, b) in bufs.iter().take(k).enumerate() {
+            use std::os::fd::AsFd;
+            raw.send(
+                &msg(T_BUFFER, &buffer_body(i as u64, 4096, 1, "a"), 1),
+                &[b.as_fd()],
+            )
+            .unwrap();
+        }
+        drop(raw);
+        let t0 = Instant::now();
+        let e = Consumer::new(ch, T).unwrap_err();
+        within(t0, Duration::from_secs(2));
+        assert_eq!(e.kind(), ErrorKind::PeerGone, "after {k} buffers: {e}");
+    }
+    drop(bufs);
+    assert_eq!(open_fds(), base);
+}
+
+#[test]
+fn an_item_in_a_buffer_still_held_is_refused() {
+    let _g = lock();
+    let (mut c, raw, _bufs) = consumer_of_raw(2);
+    item(&raw, 0, 1, None);
+    let held = c.next(T).unwrap().unwrap();
+    assert_eq!(held.slot(), 0);
+    item(&raw, 0, 2, None);
+    let e = c.next(T).unwrap_err();
+    assert_err(
+        &e,
+        ErrorKind::Protocol,
+        "item 2 in buffer 0, which this consumer still holds",
+    );
+    drop(held);
+}
+
+#[test]
+fn replayed_sequences_and_messages_after_bye_are_refused() {
+    let _g = lock();
+    let (mut c, raw, _bufs) = consumer_of_raw(2);
+    item(&raw, 0, 5, None);
+    drop(c.next(T).unwrap().unwrap());
+    item(&raw, 1, 5, None);
+    assert_err(
+        &c.next(T).unwrap_err(),
+        ErrorKind::Protocol,
+        "item 5 after item 5",
+    );
+
+    let (mut c, raw, _bufs) = consumer_of_raw(2);
+    let fake = FakeFence::pending();
+    item(&raw, 0, 1, Some(&fake));
+    raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
+    item(&raw, 1, 2, None);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_err(
+        &c.next(T).unwrap_err(),
+        ErrorKind::Protocol,
+        "item message after the producer's bye",
+    );
+}
+
+#[test]
+fn items_flooding_behind_a_pending_ready_fence_are_bounded_by_the_pool() {
+    let _g = lock();
+    let base = open_fds();
+    let rss0 = rss_kb();
+    {
+        let (mut c, raw, _bufs) = consumer_of_raw(4);
+        let fake = FakeFence::pending();
+        for i in 0..4 {
+            item(&raw, i, i + 1, Some(&fake));
+        }
+        // One more, in a buffer the consumer holds (queued): refused, so
+        // no producer can queue more items than the pool has buffers.
+        item(&raw, 0, 5, Some(&fake));
+        let t0 = Instant::now();
+        let e = c.next(Some(Duration::from_secs(5))).unwrap_err();
+        within(t0, Duration::from_secs(2));
+        assert_err(&e, ErrorKind::Protocol, "which this consumer still holds");
+        // The flood goes on; the consumer refuses it and keeps nothing.
+        for s in 6..2000u64 {
+            if raw
+                .send(&msg(T_ITEM, &item_body(s % 4, s, 16, &[2]), 2), &fake.fds())
+                .is_err()
+            {
+                break;
+            }
+            let _ = c.next(Some(Duration::ZERO));
+            // (The consumer's releases of refused items' predecessors.)
+            while raw.recv(Duration::ZERO).is_some() {}
+        }
+        assert!(c.channel().pending_fences() <= 4);
+    }
+    assert_eq!(open_fds(), base);
+    let grew = rss_kb().saturating_sub(rss0);
+    assert!(grew < 16 * 1024, "RSS grew by {grew} kB");
+}
+
+#[test]
+fn a_noisy_or_scribbled_ready_fence_neither_spins_nor_crashes_the_consumer() {
+    let _g = lock();
+    let (c, raw, _bufs) = consumer_of_raw(2);
+    let fake = FakeFence::pending();
+    fake.poke();
+    item(&raw, 0, 1, Some(&fake));
+    let (c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let mut c = c;
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
+        (c, e, thread_cpu() - c0, t0.elapsed())
+    });
+    assert_err(
+        &e,
+        ErrorKind::TimedOut,
+        "ready fence of item 1 did not signal",
+    );
+    assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
+    // Now the page says failed with an impossible errno.
+    fake.set_state(FAILED | (5000 << 32));
+    let mut c = c;
+    let e = c.next(T).unwrap_err();
+    assert_err(&e, ErrorKind::FenceFailed, "state page is corrupt");
+    assert_eq!(e.errno(), Some(Errno::PROTO));
+}
+
+#[test]
+fn a_ready_fence_stuck_signalling_is_resolved() {
+    let _g = lock();
+    let (mut c, raw, _bufs) = consumer_of_raw(1);
+    let fake = FakeFence::new(SIGNALLING | (777 << 32), 1, 1);
+    item(&raw, 0, 1, Some(&fake));
+    let t0 = Instant::now();
+    let e = c.next(T).unwrap_err();
+    within(t0, Duration::from_secs(3));
+    assert_eq!(e.errno(), Some(Errno::OWNERDEAD), "{e}");
+    assert!(e.to_string().contains("stopped half-way"), "{e}");
+}
+
+#[test]
+fn the_async_consumer_does_not_spin_on_a_noisy_ready_fence() {
+    let _g = lock();
+    let (ch, raw) = pair();
+    let bufs = memfds(1, 4096);
+    raw.give_handshake(&bufs, 4096);
+    let fake = FakeFence::pending();
+    fake.poke();
+    item(&raw, 0, 1, Some(&fake));
+    let (timed_out, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut c = AsyncConsumer::new(ch).await.unwrap();
+            let (c0, t0) = (thread_cpu(), Instant::now());
+            let r = tokio::time::timeout(Duration::from_millis(400), c.next()).await;
+            (r.is_err(), thread_cpu() - c0, t0.elapsed())
+        })
+    });
+    assert!(timed_out);
+    assert!(cpu < wall / 4, "async next used {cpu:?} of CPU in {wall:?}");
+}
+
+// ---- hostile consumers ----------------------------------------------------
+
+/// A well-behaved consumer on a thread: takes and releases every item;
+/// returns how many it got.
+fn healthy(ch: Channel) -> std::thread::JoinHandle<dmabuf::Result<u64>> {
+    std::thread::spawn(move || {
+        let mut c = Consumer::new(ch, T)?;
+        let mut n = 0;
+        while let Some(item) = c.next(T)? {
+            n += 1;
+            item.release(Fence::Signalled)?;
+        }
+        Ok(n)
+    })
+}
+
+#[test]
+fn a_consumer_speaking_garbage_is_dropped_and_the_others_are_served() {
+    let _g = lock();
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, raw) = pair();
+    let good = healthy(c1);
+    let raw_hs = std::thread::spawn(move || {
+        raw.take_handshake();
+        raw
+    });
+    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
+    let raw = raw_hs.join().unwrap();
+    raw.send(b"garbage", &[]).unwrap();
+    let mut errors = Vec::new();
+    let mut submitted = 0;
+    for _ in 0..50 {
+        match producer.acquire(T) {
+            Ok(l) => {
+                submitted += 1;
+                if let Err(e) = l.submit(8, Fence::Signalled) {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_err(
+        &errors[0],
+        ErrorKind::Protocol,
+        "shorter than the 16-byte header",
+    );
+    assert!(errors[0].to_string().contains("peer pid"), "{}", errors[0]);
+    assert_eq!(producer.consumers(), 1);
+    producer.finish(T).unwrap();
+    assert!(submitted >= 49);
+    assert_eq!(good.join().unwrap().unwrap(), submitted);
+}
+
+#[test]
+fn a_noisy_pending_release_fence_neither_spins_nor_crashes_the_producer() {
+    let _g = lock();
+    let (p, raw) = pair();
+    let raw = std::thread::spawn(move || {
+        raw.take_handshake();
+        raw
+    });
+    let mut producer = Producer::new(portables(1), vec![p]).unwrap();
+    let raw = raw.join().unwrap();
+    let seq = producer
+        .acquire(T)
+        .unwrap()
+        .submit(8, Fence::Signalled)
+        .unwrap();
+    let got = raw.recv(Duration::from_secs(5)).unwrap();
+    assert_eq!(got.ty, T_ITEM);
+    let fake = FakeFence::pending();
+    fake.poke();
+    raw.send(&msg(T_RELEASE, &release_body(0, seq, &[2]), 2), &fake.fds())
+        .unwrap();
+    let (producer, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let mut producer = producer;
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let e = producer
+            .acquire(Some(Duration::from_millis(400)))
+            .map(|_| ())
+            .unwrap_err();
+        (producer, e, thread_cpu() - c0, t0.elapsed())
+    });
+    assert_err(&e, ErrorKind::TimedOut, "still in flight");
+    assert!(cpu < wall / 4, "acquire used {cpu:?} of CPU in {wall:?}");
+    // The page scribbled with an impossible errno: a failed release, the
+    // buffer is free again; nothing panics.
+    fake.set_state(FAILED | (70000 << 32));
+    let mut producer = producer;
+    let t0 = Instant::now();
+    drop(producer.acquire(T).unwrap());
+    within(t0, Duration::from_secs(1));
+}
+
+#[test]
+fn the_async_producer_does_not_spin_on_a_noisy_release_fence() {
+    let _g = lock();
+    let (p, raw) = pair();
+    let raw = std::thread::spawn(move || {
+        raw.take_handshake();
+        raw
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fake = FakeFence::pending();
+    fake.poke();
+    let (timed_out, cpu, wall) = rt.block_on(async {
+        let mut producer = AsyncProducer::new(portables(1), vec![p]).unwrap();
+        let raw = raw.join().unwrap();
+        let seq = producer
+            .acquire()
+            .await
+            .unwrap()
+            .submit(8, Fence::Signalled)
+            .unwrap();
+        assert_eq!(raw.recv(Duration::from_secs(5)).unwrap().ty, T_ITEM);
+        raw.send(&msg(T_RELEASE, &release_body(0, seq, &[2]), 2), &fake.fds())
+            .unwrap();
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let r = tokio::time::timeout(Duration::from_millis(400), producer.acquire()).await;
+        (r.is_err(), thread_cpu() - c0, t0.elapsed())
+    });
+    assert!(timed_out);
+    assert!(
+        cpu < wall / 4,
+        "async acquire used {cpu:?} of CPU in {wall:?}"
+    );
+}
+
+#[test]
+fn a_consumer_that_stops_reading_is_dropped_without_hurting_the_others() {
+    let _g = lock();
+    const N: usize = 600;
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, raw) = pair();
+    let good = healthy(c1);
+    let raw = std::thread::spawn(move || {
+        assert_eq!(raw.take_handshake(), N);
+        raw // and never reads again
+    });
+    let mut producer = Producer::new(portables(N), vec![p1, p2]).unwrap();
+    producer.set_send_timeout(Some(Duration::from_millis(300)));
+    let _raw = raw.join().unwrap();
+    let t0 = Instant::now();
+    let mut errors = Vec::new();
+    for _ in 0..N + 100 {
+        match producer.acquire(T) {
+            Ok(l) => {
+                if let Err(e) = l.submit(8, Fence::Signalled) {
+                    errors.push(e);
+                }
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    within(t0, Duration::from_secs(20));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_err(
+        &errors[0],
+        ErrorKind::TimedOut,
+        "has not read its messages for 300ms",
+    );
+    assert_eq!(producer.consumers(), 1);
+    producer.finish(T).unwrap();
+    assert_eq!(good.join().unwrap().unwrap(), (N + 100) as u64);
+}
+
+#[test]
+fn a_clean_bye_waits_for_the_consumers_releases() {
+    let _g = lock();
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, c2) = Channel::pair().unwrap();
+    let mut producer = Producer::new(portables(1), vec![p1, p2]).unwrap();
+    let mut a = Consumer::new(c1, T).unwrap();
+    let mut b = Consumer::new(c2, T).unwrap();
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(8, Fence::Signalled)
+        .unwrap();
+    drop(b.next(T).unwrap().unwrap());
+    // A is still reading its item when it says bye.
+    let reading = a.next(T).unwrap().unwrap();
+    a.leave().unwrap();
+    let short = Some(Duration::from_millis(300));
+    assert_eq!(
+        producer.acquire(short).map(|_| ()).unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    // It releases with a fence still pending: not failed, waited for.
+    let done = UserFence::new().unwrap();
+    reading.release(done.clone().into()).unwrap();
+    assert_eq!(
+        producer.acquire(short).map(|_| ()).unwrap_err().kind(),
+        ErrorKind::TimedOut
+    );
+    done.signal().unwrap();
+    drop(producer.acquire(T).unwrap());
+    assert_eq!(producer.consumers(), 1);
+    drop(b);
+}
+
+#[test]
+fn a_consumer_that_says_bye_but_keeps_its_buffers_loses_them_after_the_grace() {
+    let _g = lock();
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, c2) = Channel::pair().unwrap();
+    let mut producer = Producer::new(portables(1), vec![p1, p2]).unwrap();
+    let mut a = Consumer::new(c1, T).unwrap();
+    let b = healthy(c2);
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(8, Fence::Signalled)
+        .unwrap();
+    let kept = a.next(T).unwrap().unwrap();
+    a.leave().unwrap();
+    let t0 = Instant::now();
+    let e = producer.acquire(T).map(|_| ()).unwrap_err();
+    let took = within(t0, LEAVE_GRACE + Duration::from_secs(3));
+    assert!(took + Duration::from_millis(100) >= LEAVE_GRACE, "{took:?}");
+    assert_err(&e, ErrorKind::TimedOut, "said bye but");
+    drop(producer.acquire(T).unwrap());
+    producer.finish(T).unwrap();
+    assert_eq!(b.join().unwrap().unwrap(), 1);
+    drop(kept);
+}
+
+#[test]
+fn a_consumer_dying_at_every_stage_is_reported_once_and_the_pool_carries_on() {
+    let _g = lock();
+    for stage in 0..3 {
+        let (p1, c1) = Channel::pair().unwrap();
+        let (p2, raw) = pair();
+        let good = healthy(c1);
+        let raw = std::thread::spawn(move || {
+            raw.take_handshake();
+            raw
+        });
+        let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
+        let raw = raw.join().unwrap();
+        let seq = producer
+            .acquire(T)
+            .unwrap()
+            .submit(8, Fence::Signalled)
+            .unwrap();
+        let fake = FakeFence::pending();
+        match stage {
+            0 => {}
+            1 => assert_eq!(raw.recv(Duration::from_secs(5)).unwrap().ty, T_ITEM),
+            _ => {
+                assert_eq!(raw.recv(Duration::from_secs(5)).unwrap().ty, T_ITEM);
+                raw.send(&msg(T_RELEASE, &release_body(0, seq, &[2]), 2), &fake.fds())
+                    .unwrap();
+            }
+        }
+        drop(raw);
+        let mut errors = Vec::new();
+        let mut submitted = 1;
+        for _ in 0..10 {
+            match producer.acquire(T) {
+                Ok(l) => {
+                    // A submit that reports the dead consumer still
+                    // reached the live one.
+                    submitted += 1;
+                    if let Err(e) = l.submit(8, Fence::Signalled) {
+                        errors.push(e)
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        assert_eq!(errors.len(), 1, "stage {stage}: {errors:?}");
+        assert_eq!(errors[0].kind(), ErrorKind::PeerGone, "{}", errors[0]);
+        producer.finish(T).unwrap();
+        assert_eq!(good.join().unwrap().unwrap(), submitted);
+        // The dead consumer's release fence was failed here only.
+        let mut w = [0u8; 8];
+        rustix::io::pread(&fake.state, &mut w, 8).unwrap();
+        assert_eq!(u64::from_le_bytes(w), PENDING);
+    }
+}
