@@ -581,7 +581,12 @@ mod tests {
         // number (as a forged fence would).
         let peer = received(&later);
         assert!(!peer.is_owner());
-        assert_eq!(peer.context(), mine.context());
+        assert_eq!(peer.owned_context(), None);
+        // Received contexts are marked, so even the claim cannot collide.
+        assert_eq!(
+            peer.context(),
+            mine.context() | crate::fence::RECEIVED_CONTEXT_BIT
+        );
         let res = Reservation::default();
         res.add(Fence::User(mine.clone()), Usage::Write);
         res.add(Fence::User(peer.clone()), Usage::Write);
