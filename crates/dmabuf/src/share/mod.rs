@@ -82,6 +82,7 @@
 //! memfd, then its eventfd). An empty list is a signalled fence. Fds are
 //! attached in the order of the list.
 
+mod inherit;
 pub mod pool;
 mod stats;
 mod wire;
@@ -106,6 +107,7 @@ use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence, WeakUserFence};
 
+pub use inherit::CHANNEL_FD_ENV;
 use wire::{Frame, WireFence, WireKind};
 pub use wire::{HEADER_LEN, MAGIC, MAX_BODY, MAX_FDS, MAX_FENCES, VERSION};
 

@@ -29,6 +29,7 @@ pub mod drm;
 pub mod functionfs;
 pub mod futex;
 pub mod iio;
+pub mod inherit;
 pub mod mem;
 pub mod object;
 pub mod sw_sync;
