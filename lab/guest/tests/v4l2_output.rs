@@ -12,7 +12,7 @@ use dmabuf::endpoint::v4l2::{Format, FormatRequest, FourCc, V4l2Output};
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
 use dmabuf::frame::{FrameOptions, Placement};
 use dmabuf::mapping::{Read, Write};
-use dmabuf::{Allocate, Allocator, Backend, Errno, ErrorKind, Frame};
+use dmabuf::{Allocate, Allocator, Backend, Errno, ErrorKind, FenceStatus, Frame};
 use vivid::{nodes, write_plane, FRAME_TIMEOUT};
 
 fn nv12(code: &[u8; 4]) -> FormatRequest {
@@ -51,27 +51,40 @@ fn output_frames(backend: Backend) {
         write_plane(&f.map_plane(1, true).unwrap(), &[0x80]);
     }
     let atts: Vec<_> = fs.iter().map(|f| out.attach_frame(f).unwrap()).collect();
+    // Streaming: every slot queued, then each slot queued again as soon
+    // as its frame's fence says the device is done with it. vivid hands
+    // a buffer back only once another one is queued (it keeps showing
+    // the last frame), so the newest frame's fence stays pending.
+    let mut fences: Vec<_> = atts
+        .iter()
+        .map(|a| out.queue_frame(a, TransferOptions::default()).unwrap())
+        .collect();
+    assert!(out.is_streaming());
+    let want: Vec<u32> = fmt.planes.iter().map(|p| p.sizeimage).collect();
     let mut last = None;
-    for round in 0..2 {
-        let fences: Vec<_> = atts
-            .iter()
-            .map(|a| out.queue_frame(a, TransferOptions::default()).unwrap())
-            .collect();
-        assert!(out.is_streaming());
-        for (a, f) in atts.iter().zip(&fences) {
-            f.wait(Some(FRAME_TIMEOUT)).unwrap();
-            let rec = out.frame_record(a).unwrap();
-            assert_eq!(rec.fence_seqno, f.seqno(), "round {round}");
-            assert!(!rec.is_error());
-            let want: Vec<u32> = fmt.planes.iter().map(|p| p.sizeimage).collect();
-            assert_eq!(rec.plane_bytesused, want, "{rec:?}");
-            if let Some(prev) = last {
-                assert!(rec.sequence > prev, "{} after {prev}", rec.sequence);
-            }
-            last = Some(rec.sequence);
+    for k in 0..6 {
+        let slot = k % atts.len();
+        fences[slot].wait(Some(FRAME_TIMEOUT)).unwrap();
+        let rec = out.frame_record(&atts[slot]).unwrap();
+        assert_eq!(rec.fence_seqno, fences[slot].seqno(), "frame {k}");
+        assert!(!rec.is_error());
+        assert_eq!(rec.plane_bytesused, want, "{rec:?}");
+        if let Some(prev) = last {
+            assert!(rec.sequence > prev, "{} after {prev}", rec.sequence);
         }
+        last = Some(rec.sequence);
+        fences[slot] = out
+            .queue_frame(&atts[slot], TransferOptions::default())
+            .unwrap();
     }
-    assert_eq!(out.frames_completed(), 2 * atts.len() as u64);
+    assert_eq!(out.frames_completed(), 6);
+    // The newest frame is held by the device; stopping cancels it and
+    // the others still queued.
+    let newest = &fences[(6 + atts.len() - 1) % atts.len()];
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(newest.status(), FenceStatus::Active);
+    out.stop().unwrap();
+    assert_eq!(newest.status(), FenceStatus::Error(Errno::CANCELED));
     drop(out);
 }
 
@@ -99,7 +112,11 @@ fn output_single_planar_buffers_through_the_endpoint_trait() {
     let buf = alloc
         .allocate(u64::from(fmt.sizeimage), "out-yuyv")
         .unwrap();
+    let buf2 = alloc
+        .allocate(u64::from(fmt.sizeimage), "out-yuyv-2")
+        .unwrap();
     let att = out.attach(&buf).unwrap();
+    let att2 = out.attach(&buf2).unwrap();
     let e = out.attach(&buf).unwrap_err();
     assert_eq!(e.errno(), Some(Errno::BUSY));
     let e = out
@@ -110,13 +127,20 @@ fn output_single_planar_buffers_through_the_endpoint_trait() {
         )
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
-    for _ in 0..2 {
-        let f = out
-            .transfer(&att, u64::from(fmt.sizeimage), TransferOptions::default())
-            .unwrap();
-        f.wait(Some(FRAME_TIMEOUT)).unwrap();
-        assert_eq!(out.frame(&att).unwrap().bytesused, fmt.sizeimage);
-    }
+    let len = u64::from(fmt.sizeimage);
+    let f = out.transfer(&att, len, TransferOptions::default()).unwrap();
+    let f2 = out
+        .transfer(&att2, len, TransferOptions::default())
+        .unwrap();
+    f.wait(Some(FRAME_TIMEOUT)).unwrap();
+    assert_eq!(out.frame(&att).unwrap().bytesused, fmt.sizeimage);
+    // Detaching the held buffer stops the stream: its fence is cancelled.
+    out.detach(&att2).unwrap();
+    let r = f2.wait(Some(Duration::from_secs(1)));
+    assert!(
+        matches!(&r, Err(e) if e.errno() == Some(Errno::CANCELED)),
+        "{r:?}"
+    );
     out.detach(&att).unwrap();
     let e = out.detach(&att).unwrap_err();
     assert_eq!(
@@ -136,7 +160,9 @@ fn output_waits_for_a_cpu_write_window_and_a_write_window_for_the_device() {
     assert_eq!(fmt.planes.len(), 1, "{fmt}");
     let alloc = Allocator::new(&Backend::Udmabuf).unwrap();
     let frame = frame_for(&fmt, &alloc, "out-order");
+    let other = frame_for(&fmt, &alloc, "out-order-2");
     let att = out.attach_frame(&frame).unwrap();
+    let att2 = out.attach_frame(&other).unwrap();
     let luma = frame.map_plane(0, true).unwrap();
     // A write window is open: a non-blocking queue is refused, nothing
     // queued; a blocking one waits until the window closes.
@@ -167,8 +193,9 @@ fn output_waits_for_a_cpu_write_window_and_a_write_window_for_the_device() {
         waited >= hold - Duration::from_millis(50),
         "queued after {waited:?}"
     );
-    // The device reads the frame now: a write window waits for the
-    // frame's fence (signalled at DQBUF); a read window does not have to.
+    // The device reads the frame now (vivid hands it back once the next
+    // one is queued): a write window waits for the frame's fence.
+    let f2 = out.queue_frame(&att2, TransferOptions::default()).unwrap();
     let w = luma
         .mapping()
         .window::<Write>(luma.range(), Some(FRAME_TIMEOUT))
@@ -178,7 +205,8 @@ fn output_waits_for_a_cpu_write_window_and_a_write_window_for_the_device() {
         "a write window opened while the device read the frame"
     );
     w.end().unwrap();
-    let f2 = out.queue_frame(&att, TransferOptions::default()).unwrap();
+    // A read window does not wait for a device that only reads.
+    let f3 = out.queue_frame(&att, TransferOptions::default()).unwrap();
     let r = luma
         .mapping()
         .window::<Read>(luma.range(), Some(Duration::ZERO))
@@ -186,6 +214,8 @@ fn output_waits_for_a_cpu_write_window_and_a_write_window_for_the_device() {
     r.end().unwrap();
     f2.wait(Some(FRAME_TIMEOUT)).unwrap();
     out.detach_frame(&att).unwrap();
+    assert_eq!(f3.status(), FenceStatus::Error(Errno::CANCELED));
+    out.detach_frame(&att2).unwrap();
 }
 
 /// Multi-planar output takes a `data_offset` per plane, so both planes
@@ -199,19 +229,25 @@ fn output_mplane_planes_may_share_one_buffer_at_offsets() {
     let layout = fmt.layout().unwrap();
     let alloc = Allocator::new(&Backend::Udmabuf).unwrap();
     let luma = u64::from(fmt.planes[0].sizeimage);
-    let buf = alloc
-        .allocate(luma + u64::from(fmt.planes[1].sizeimage), "out-shared")
-        .unwrap();
-    let mut l = layout.clone();
-    l.planes[1].buffer = 0;
-    l.planes[1].offset = luma;
-    let frame = Frame::from_layout(l, vec![buf]).unwrap();
-    let att = out.attach_frame(&frame).unwrap();
+    let shared = |name: &str| {
+        let buf = alloc
+            .allocate(luma + u64::from(fmt.planes[1].sizeimage), name)
+            .unwrap();
+        let mut l = layout.clone();
+        l.planes[1].buffer = 0;
+        l.planes[1].offset = luma;
+        Frame::from_layout(l, vec![buf]).unwrap()
+    };
+    let (a, b) = (shared("out-shared-a"), shared("out-shared-b"));
+    let att = out.attach_frame(&a).unwrap();
+    let att_b = out.attach_frame(&b).unwrap();
     let f = out.queue_frame(&att, TransferOptions::default()).unwrap();
+    out.queue_frame(&att_b, TransferOptions::default()).unwrap();
     f.wait(Some(FRAME_TIMEOUT)).unwrap();
     let rec = out.frame_record(&att).unwrap();
     eprintln!("shared-buffer output frame: {rec:?}");
     assert_eq!(rec.plane_data_offset, vec![0, luma as u32]);
+    assert_eq!(rec.bytesused, fmt.sizeimage);
     assert_eq!(
         rec.plane_bytesused,
         vec![

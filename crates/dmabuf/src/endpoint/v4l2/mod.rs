@@ -90,6 +90,11 @@
 //!   then, or until another buffer is queued in that slot); they are
 //!   requested again at the next attach. Dropping the endpoint does the
 //!   same for everything.
+//! * An output device may keep the frame it shows until the next one
+//!   arrives: vivid hands an output buffer back only when another one is
+//!   queued (measured in the lab), so the newest frame's fence stays
+//!   pending until the next queue, and is cancelled by a stop or detach.
+//!   Keep at least two frames in flight on output.
 //! * Drivers built on videobuf2 may need several buffers queued before
 //!   they start (`min_queued_buffers`): until then fences stay pending,
 //!   so wait with a timeout. (vivid, measured in the lab: a request for 1

@@ -443,7 +443,7 @@ impl V4l2Queue {
         for b in frame.buffers() {
             self.check_new_buffer(op, &format!("{obj}, {}", b.describe()), b)?;
         }
-        let planes = self.memory_planes(op, &obj, frame)?;
+        let planes = memory_planes(&self.format, self.direction, op, &obj, frame)?;
         let id = self.insert_slot(
             op,
             &obj,
@@ -458,100 +458,6 @@ impl V4l2Queue {
             id,
             frame: frame.clone(),
         })
-    }
-
-    /// Where each memory plane of the driver's format lies in `frame`.
-    fn memory_planes(&self, op: &'static str, obj: &str, frame: &Frame) -> Result<Vec<MemPlane>> {
-        let bad = |why: String| Error::invalid(op, obj, why);
-        let want = self.format.layout()?;
-        let got = frame.layout();
-        if got.format != want.format
-            || got.width != want.width
-            || got.height != want.height
-            || !got.modifier.is_linear()
-            || got.planes.len() != want.planes.len()
-        {
-            return Err(bad(format!(
-                "the device's format is {want} ({}); the frame must match it",
-                self.format.pixelformat
-            )));
-        }
-        for (i, (g, w)) in got.planes.iter().zip(&want.planes).enumerate() {
-            if g.stride != w.stride {
-                return Err(bad(format!(
-                    "plane {i} has a stride of {} bytes; the driver's format has {} (bytesperline)",
-                    g.stride, w.stride
-                )));
-            }
-        }
-        let mut planes = Vec::new();
-        if self.format.planes.len() == 1 {
-            // One memory plane (NV12, YUYV…): every plane in one buffer,
-            // at V4L2's offsets from the first.
-            let base = got.planes[0].offset;
-            for (i, (g, w)) in got.planes.iter().zip(&want.planes).enumerate() {
-                if g.buffer != got.planes[0].buffer {
-                    return Err(bad(format!(
-                        "V4L2 format {} keeps every plane in one buffer; plane {i} is in another",
-                        self.format.pixelformat
-                    )));
-                }
-                if g.offset.checked_sub(base) != Some(w.offset) {
-                    return Err(bad(format!(
-                        "plane {i} is at offset {}; V4L2 format {} puts it {} bytes after plane 0 (at {})",
-                        g.offset,
-                        self.format.pixelformat,
-                        w.offset,
-                        base.saturating_add(w.offset)
-                    )));
-                }
-            }
-            planes.push((got.planes[0].buffer, base));
-        } else {
-            planes.extend(got.planes.iter().map(|p| (p.buffer, p.offset)));
-        }
-        let mut out = Vec::new();
-        for (i, (buffer, offset)) in planes.into_iter().enumerate() {
-            if offset != 0 && self.direction == Direction::FromDevice {
-                return Err(bad(format!(
-                    "memory plane {i} starts at offset {offset} of its buffer; a capture device \
-                     writes each memory plane at the start of its dma-buf (videobuf2 ignores \
-                     data_offset on capture)"
-                )));
-            }
-            if offset != 0 && !self.format.multiplanar {
-                return Err(bad(format!(
-                    "memory plane {i} starts at offset {offset} of its buffer; the single-planar \
-                     API has no data_offset, so the frame must start at offset 0"
-                )));
-            }
-            if self.direction == Direction::FromDevice
-                && out.iter().any(|m: &MemPlane| m.buffer == buffer)
-            {
-                return Err(bad(format!(
-                    "memory planes {} and {i} share a buffer; a capture device writes each at \
-                     the start of its dma-buf, so each needs a buffer of its own",
-                    out.iter()
-                        .position(|m: &MemPlane| m.buffer == buffer)
-                        .unwrap_or(0)
-                )));
-            }
-            let size = frame.buffers()[buffer].size();
-            let need = offset + u64::from(self.format.planes[i].sizeimage);
-            if size < need || size > u64::from(u32::MAX) {
-                return Err(bad(format!(
-                    "memory plane {i} needs {} bytes from offset {offset} (sizeimage); its buffer \
-                     holds {size} (at most 4 GiB can be offered to V4L2)",
-                    self.format.planes[i].sizeimage
-                )));
-            }
-            let data_offset = u32::try_from(offset).map_err(|_| bad("offset past 4 GiB".into()))?;
-            out.push(MemPlane {
-                buffer,
-                data_offset,
-            });
-        }
-        Ok(out)
     }
 
     fn slot_index(
@@ -838,6 +744,104 @@ impl V4l2Queue {
     }
 }
 
+/// Where each memory plane of the driver's format lies in `frame`.
+fn memory_planes(
+    format: &Format,
+    direction: Direction,
+    op: &'static str,
+    obj: &str,
+    frame: &Frame,
+) -> Result<Vec<MemPlane>> {
+    let bad = |why: String| Error::invalid(op, obj, why);
+    let want = format.layout()?;
+    let got = frame.layout();
+    if got.format != want.format
+        || got.width != want.width
+        || got.height != want.height
+        || !got.modifier.is_linear()
+        || got.planes.len() != want.planes.len()
+    {
+        return Err(bad(format!(
+            "the device's format is {want} ({}); the frame must match it",
+            format.pixelformat
+        )));
+    }
+    for (i, (g, w)) in got.planes.iter().zip(&want.planes).enumerate() {
+        if g.stride != w.stride {
+            return Err(bad(format!(
+                "plane {i} has a stride of {} bytes; the driver's format has {} (bytesperline)",
+                g.stride, w.stride
+            )));
+        }
+    }
+    let mut planes = Vec::new();
+    if format.planes.len() == 1 {
+        // One memory plane (NV12, YUYV…): every plane in one buffer,
+        // at V4L2's offsets from the first.
+        let base = got.planes[0].offset;
+        for (i, (g, w)) in got.planes.iter().zip(&want.planes).enumerate() {
+            if g.buffer != got.planes[0].buffer {
+                return Err(bad(format!(
+                    "V4L2 format {} keeps every plane in one buffer; plane {i} is in another",
+                    format.pixelformat
+                )));
+            }
+            if g.offset.checked_sub(base) != Some(w.offset) {
+                return Err(bad(format!(
+                    "plane {i} is at offset {}; V4L2 format {} puts it {} bytes after plane 0 (at {})",
+                    g.offset,
+                    format.pixelformat,
+                    w.offset,
+                    base.saturating_add(w.offset)
+                )));
+            }
+        }
+        planes.push((got.planes[0].buffer, base));
+    } else {
+        planes.extend(got.planes.iter().map(|p| (p.buffer, p.offset)));
+    }
+    let mut out = Vec::new();
+    for (i, (buffer, offset)) in planes.into_iter().enumerate() {
+        if offset != 0 && direction == Direction::FromDevice {
+            return Err(bad(format!(
+                "memory plane {i} starts at offset {offset} of its buffer; a capture device \
+                 writes each memory plane at the start of its dma-buf (videobuf2 ignores \
+                 data_offset on capture)"
+            )));
+        }
+        if offset != 0 && !format.multiplanar {
+            return Err(bad(format!(
+                "memory plane {i} starts at offset {offset} of its buffer; the single-planar \
+                 API has no data_offset, so the frame must start at offset 0"
+            )));
+        }
+        if direction == Direction::FromDevice && out.iter().any(|m: &MemPlane| m.buffer == buffer) {
+            return Err(bad(format!(
+                "memory planes {} and {i} share a buffer; a capture device writes each at \
+                 the start of its dma-buf, so each needs a buffer of its own",
+                out.iter()
+                    .position(|m: &MemPlane| m.buffer == buffer)
+                    .unwrap_or(0)
+            )));
+        }
+        let size = frame.buffers()[buffer].size();
+        let need = offset + u64::from(format.planes[i].sizeimage);
+        if size < need || size > u64::from(u32::MAX) {
+            return Err(bad(format!(
+                "memory plane {i} needs {} bytes from offset {offset} (sizeimage); its buffer \
+                 holds {size} (at most 4 GiB can be offered to V4L2)",
+                format.planes[i].sizeimage
+            )));
+        }
+        let data_offset = u32::try_from(offset).map_err(|_| bad("offset past 4 GiB".into()))?;
+        out.push(MemPlane {
+            buffer,
+            data_offset,
+        });
+    }
+    Ok(out)
+}
+
 /// The buffer type a node with `caps` uses for `direction`, preferring
 /// the single-planar API when the node has both.
 fn buffer_type(direction: Direction, caps: u32) -> Option<u32> {
@@ -880,6 +884,87 @@ impl Drop for V4l2Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::v4l2::PlaneFormat;
+    use crate::frame::{FrameOptions, Placement};
+    use crate::{Fourcc, Portable};
+
+    fn nv12_format(code: &[u8; 4], planes: &[u32], multiplanar: bool) -> Format {
+        Format {
+            width: 1280,
+            height: 720,
+            pixelformat: super::super::FourCc::new(code),
+            field: 1,
+            bytesperline: 1280,
+            sizeimage: planes.iter().sum(),
+            planes: planes
+                .iter()
+                .map(|&s| PlaneFormat {
+                    bytesperline: 1280,
+                    sizeimage: s,
+                })
+                .collect(),
+            multiplanar,
+        }
+    }
+
+    fn frame(placement: Placement, align: u32) -> Frame {
+        let opts = FrameOptions {
+            placement,
+            stride_align: align,
+            ..FrameOptions::default()
+        };
+        Frame::allocate(&Portable, Fourcc::NV12, 1280, 720, &opts).unwrap()
+    }
+
+    fn plan(f: &Format, d: Direction, fr: &Frame) -> Result<Vec<(usize, u32)>> {
+        memory_planes(f, d, "test", "obj", fr)
+            .map(|v| v.iter().map(|m| (m.buffer, m.data_offset)).collect())
+    }
+
+    #[test]
+    fn frames_map_to_memory_planes_as_v4l2_lays_them_out() {
+        let (cap, out) = (Direction::FromDevice, Direction::ToDevice);
+        let nv12 = nv12_format(b"NV12", &[1_382_400], true);
+        let nm12 = nv12_format(b"NM12", &[921_600, 460_800], true);
+        let contiguous = frame(Placement::Contiguous, 64);
+        let per_plane = frame(Placement::PerPlane, 64);
+        // NV12: one memory plane holding both planes.
+        assert_eq!(plan(&nv12, cap, &contiguous).unwrap(), vec![(0, 0)]);
+        let e = plan(&nv12, cap, &per_plane).unwrap_err();
+        assert!(
+            e.to_string().contains("keeps every plane in one buffer"),
+            "{e}"
+        );
+        // NM12: a buffer per plane on capture.
+        assert_eq!(plan(&nm12, cap, &per_plane).unwrap(), vec![(0, 0), (1, 0)]);
+        let e = plan(&nm12, cap, &contiguous).unwrap_err();
+        assert!(
+            e.to_string().contains("ignores data_offset on capture"),
+            "{e}"
+        );
+        // ... and on multi-planar output, one buffer with a data_offset.
+        assert_eq!(
+            plan(&nm12, out, &contiguous).unwrap(),
+            vec![(0, 0), (0, 921_600)]
+        );
+        // The single-planar API has no data_offset.
+        let nm12_single = nv12_format(b"NM12", &[921_600, 460_800], false);
+        let e = plan(&nm12_single, out, &contiguous).unwrap_err();
+        assert!(e.to_string().contains("no data_offset"), "{e}");
+        // Strides must be the driver's.
+        let e = plan(&nv12, cap, &frame(Placement::Contiguous, 512)).unwrap_err();
+        assert!(e.to_string().contains("stride of 1536"), "{e}");
+        // A driver sizeimage past what the buffer holds.
+        let big = nv12_format(b"NV12", &[1_382_400 + 8192], true);
+        let e = plan(&big, cap, &contiguous).unwrap_err();
+        assert!(e.to_string().contains("sizeimage"), "{e}");
+        // Another format or size.
+        let small =
+            Frame::allocate(&Portable, Fourcc::NV12, 640, 360, &FrameOptions::default()).unwrap();
+        let e = plan(&nv12, cap, &small).unwrap_err();
+        assert!(e.to_string().contains("frame must match"), "{e}");
+        assert_eq!(e.errno(), Some(Errno::INVAL));
+    }
 
     #[test]
     fn buffer_types_follow_the_node_caps() {

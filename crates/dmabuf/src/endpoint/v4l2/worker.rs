@@ -23,8 +23,9 @@ pub struct FrameRecord {
     /// Sequence number of the fence of this transfer (see
     /// [`UserFence::seqno`]).
     pub fence_seqno: u64,
-    /// Bytes the driver wrote (capture) or took (output), all memory
-    /// planes together.
+    /// Bytes of frame data the driver wrote (capture) or took (output),
+    /// all memory planes together: each plane's `bytesused` less its
+    /// `data_offset`.
     pub bytesused: u32,
     /// Per memory plane: `bytesused` (including `data_offset`).
     pub plane_bytesused: Vec<u32>,
@@ -139,7 +140,8 @@ impl Shared {
             fence_seqno: seq,
             bytesused: plane_bytesused
                 .iter()
-                .fold(0u32, |a, b| a.saturating_add(*b)),
+                .zip(&plane_data_offset)
+                .fold(0u32, |a, (b, o)| a.saturating_add(b.saturating_sub(*o))),
             plane_bytesused,
             plane_data_offset,
             sequence: buf.sequence,
