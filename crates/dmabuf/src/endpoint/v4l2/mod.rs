@@ -51,7 +51,7 @@
 //!   slot (`VIDIOC_QBUF` with `len` bytes: at least `sizeimage`, at most
 //!   the buffer's size; offered to the device on capture, the frame's
 //!   bytes on output), [`V4l2Queue::queue_frame`] a frame's (every memory
-//!   plane's buffer whole). Each returns a [`UserFence`] of the endpoint's
+//!   plane's buffer whole). Each returns a [`UserFence`](crate::UserFence) of the endpoint's
 //!   [`FenceContext`](crate::FenceContext), one per frame, that signals
 //!   when the frame is dequeued (`VIDIOC_DQBUF`): on capture when the
 //!   device has written it, on output when the device is done reading it.
