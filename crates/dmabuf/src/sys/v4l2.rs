@@ -475,6 +475,25 @@ pub const VIDIOC_STREAMON: Opcode = opcode::write::<i32>(b'V', 18);
 /// `VIDIOC_STREAMOFF`.
 pub const VIDIOC_STREAMOFF: Opcode = opcode::write::<i32>(b'V', 19);
 
+/// `VIDIOC_S_INPUT`.
+pub const VIDIOC_S_INPUT: Opcode = opcode::read_write::<i32>(b'V', 39);
+/// `VIDIOC_S_OUTPUT`.
+pub const VIDIOC_S_OUTPUT: Opcode = opcode::read_write::<i32>(b'V', 47);
+
+/// `VIDIOC_S_INPUT`: selects the capture input `index` (device state).
+pub fn s_input(dev: impl AsFd, index: u32) -> Result<()> {
+    let mut i = index as i32;
+    // SAFETY: the command reads and writes an `int`.
+    unsafe { ioctl_with(dev, VIDIOC_S_INPUT, &mut i) }.map(drop)
+}
+
+/// `VIDIOC_S_OUTPUT`: selects the video output `index` (device state).
+pub fn s_output(dev: impl AsFd, index: u32) -> Result<()> {
+    let mut i = index as i32;
+    // SAFETY: the command reads and writes an `int`.
+    unsafe { ioctl_with(dev, VIDIOC_S_OUTPUT, &mut i) }.map(drop)
+}
+
 /// `VIDIOC_QUERYCAP`.
 pub fn querycap(dev: impl AsFd) -> Result<V4l2Capability> {
     let mut cap = V4l2Capability::default();
@@ -737,6 +756,8 @@ mod tests {
         assert_eq!(VIDIOC_DQBUF, 0xc058_5611);
         assert_eq!(VIDIOC_STREAMON, 0x4004_5612);
         assert_eq!(VIDIOC_STREAMOFF, 0x4004_5613);
+        assert_eq!(VIDIOC_S_INPUT, 0xc004_5627);
+        assert_eq!(VIDIOC_S_OUTPUT, 0xc004_562f);
     }
 
     #[test]
