@@ -30,6 +30,9 @@ pub struct Kernel {
     pub modules: PathBuf,
     /// The kernel release string.
     pub version: String,
+    /// Kernel modules the lab built for this kernel (see [`crate::fixtures`]),
+    /// loaded instead of the kernel's own modules of the same name.
+    pub fixtures: Vec<PathBuf>,
 }
 
 /// The cache directory: `$DMABUF_LAB_CACHE`, or `lab/cache` in the repository.
@@ -55,14 +58,24 @@ pub fn cached(cache: &Path) -> Option<Kernel> {
         vmlinuz: root.join(format!("boot/vmlinuz-{KERNEL_VERSION}")),
         modules: root.join(format!("lib/modules/{KERNEL_VERSION}")),
         version: KERNEL_VERSION.to_string(),
+        fixtures: vec![],
     };
     let ok =
         stamp(cache).is_file() && k.vmlinuz.is_file() && k.modules.join("modules.dep").is_file();
     ok.then_some(k)
 }
 
-/// Makes sure the kernel is downloaded and unpacked; downloads nothing when it is.
+/// Makes sure the kernel is downloaded and unpacked and the lab's module
+/// fixtures are built for it; downloads and builds nothing when they are.
 pub fn fetch(cache: &Path) -> Result<Kernel> {
+    let mut kernel = fetch_kernel(cache)?;
+    kernel.fixtures = crate::fixtures::ensure(cache).with_ctx(|| {
+        format!("building the lab's kernel-module fixtures (lab/fixtures/) for {KERNEL_VERSION}")
+    })?;
+    Ok(kernel)
+}
+
+fn fetch_kernel(cache: &Path) -> Result<Kernel> {
     if let Some(k) = cached(cache) {
         eprintln!(
             "lab: kernel {KERNEL_VERSION} already in {}",
@@ -71,9 +84,17 @@ pub fn fetch(cache: &Path) -> Result<Kernel> {
         return Ok(k);
     }
     mkdir_p(cache)?;
-    let deb = match find_deb(cache)? {
+    let deb = match find_deb(cache, KERNEL_PACKAGE)? {
         Some(deb) => deb,
-        None => download(cache)?,
+        None => {
+            apt_download(cache, &[format!("{KERNEL_PACKAGE}/{KERNEL_SUITE}")])?;
+            find_deb(cache, KERNEL_PACKAGE)?.ok_or_else(|| {
+                crate::util::Error::msg(format!(
+                    "apt-get download succeeded but no {KERNEL_PACKAGE}_*.deb is in {}",
+                    cache.join("debs").display()
+                ))
+            })?
+        }
     };
     unpack(cache, &deb)?;
     cached(cache).ok_or_else(|| {
@@ -85,25 +106,29 @@ pub fn fetch(cache: &Path) -> Result<Kernel> {
     })
 }
 
-fn find_deb(cache: &Path) -> Result<Option<PathBuf>> {
+/// The downloaded `.deb` of `package` in `<cache>/debs`, if there is one.
+pub fn find_deb(cache: &Path, package: &str) -> Result<Option<PathBuf>> {
     let dir = cache.join("debs");
     if !dir.is_dir() {
         return Ok(None);
     }
-    let prefix = format!("{KERNEL_PACKAGE}_");
+    let prefix = format!("{package}_");
     for e in fs::read_dir(&dir).with_ctx(|| format!("cannot read {}", dir.display()))? {
         let p = e
             .with_ctx(|| format!("cannot read {}", dir.display()))?
             .path();
         let name = p.file_name().unwrap_or_default().to_string_lossy();
-        if name.starts_with(&prefix) && name.ends_with("_amd64.deb") {
+        if name.starts_with(&prefix) && (name.ends_with("_amd64.deb") || name.ends_with("_all.deb"))
+        {
             return Ok(Some(p));
         }
     }
     Ok(None)
 }
 
-fn download(cache: &Path) -> Result<PathBuf> {
+/// `apt-get download`s `specs` (`name/suite` or `name=version`) into
+/// `<cache>/debs` with the lab's private apt configuration.
+pub fn apt_download(cache: &Path, specs: &[String]) -> Result<()> {
     let apt_get = require_tool("apt-get", "apt")?;
     let src = machine_source();
     let apt = cache.join("apt");
@@ -119,7 +144,8 @@ fn download(cache: &Path) -> Result<PathBuf> {
     fs::write(&list, private_sources_list(&src))
         .with_ctx(|| format!("cannot write {}", list.display()))?;
     eprintln!(
-        "lab: downloading {KERNEL_PACKAGE} from {} {KERNEL_SUITE} (private apt config in {})",
+        "lab: downloading {} from {} (private apt config in {})",
+        specs.join(" "),
         src.uri,
         apt.display()
     );
@@ -133,15 +159,9 @@ fn download(cache: &Path) -> Result<PathBuf> {
     let mut dl = Command::new(&apt_get);
     dl.args(&opts)
         .arg("download")
-        .arg(format!("{KERNEL_PACKAGE}/{KERNEL_SUITE}"))
+        .args(specs)
         .current_dir(&debs);
-    run_status(&mut dl)?;
-    find_deb(cache)?.ok_or_else(|| {
-        crate::util::Error::msg(format!(
-            "apt-get download succeeded but no {KERNEL_PACKAGE}_*.deb is in {}",
-            debs.display()
-        ))
-    })
+    run_status(&mut dl)
 }
 
 fn unpack(cache: &Path, deb: &Path) -> Result<()> {

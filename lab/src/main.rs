@@ -4,6 +4,7 @@
 mod cpio;
 mod elf;
 mod fetch;
+mod fixtures;
 mod guest_build;
 mod modules;
 mod report;
@@ -21,7 +22,8 @@ const USAGE: &str = "\
 usage: dmabuf-lab <command>
 
 commands:
-  fetch               download and unpack the lab's kernel (idempotent)
+  fetch               download and unpack the lab's kernel, build its module
+                      fixtures (lab/fixtures/); idempotent
   test [FILTER...]    build the guest tests, boot the kernel, run them; FILTER and
                       other arguments go to every test binary (libtest syntax)
   run -- CMD ARGS...  boot the kernel and run one command line in it

@@ -96,7 +96,8 @@ pub fn build_initramfs(
 
     let modroot = work.join("modroot");
     rm_rf(&modroot)?;
-    let staged = crate::modules::stage(&kernel.modules, &kernel.version, &modroot)?;
+    let staged =
+        crate::modules::stage(&kernel.modules, &kernel.version, &modroot, &kernel.fixtures)?;
     eprintln!(
         "lab: {} kernel modules staged (decompressed, depmod'ed)",
         staged.len()

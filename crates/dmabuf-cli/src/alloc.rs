@@ -11,52 +11,23 @@
 //!   a write window.
 //! * What was made is printed as `key: value` lines on stdout (kind, size,
 //!   inode, exporter, name, pid, fd) and flushed before holding, so that a
-//!   script can read them while the buffer is held.
+//!   script can read them while the buffer is held. Values that come from
+//!   elsewhere (the name, the exporter) are escaped — control characters,
+//!   line separators and backslashes as `\n`, `\u{1b}`, `\\` — so that one
+//!   key stays one line and a name cannot forge another key. The library
+//!   refuses names over 31 bytes or with a NUL.
+//! * A size that cannot fit in the memory this process can get is
+//!   refused by the library before allocating, naming both numbers.
+//! * `--hold SECONDS` takes 0 up to 365 days (the `seconds` parser).
 //! * Without `--hold`/`--hold-forever` the buffer is freed at exit.
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dmabuf::Allocate;
-
 use crate::backend;
-
-/// How to fill the buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fill {
-    /// Every byte this value.
-    Byte(u8),
-    /// Byte `i` is `i % 251`.
-    Pattern,
-}
-
-impl Fill {
-    /// Parses `pattern`, `0xNN` or a decimal byte.
-    pub fn parse(s: &str) -> Result<Fill, String> {
-        if s == "pattern" {
-            return Ok(Fill::Pattern);
-        }
-        let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            Some(hex) => u8::from_str_radix(hex, 16),
-            None => s.parse::<u8>(),
-        };
-        v.map(Fill::Byte)
-            .map_err(|_| format!("'{s}' is neither a byte (0-255, or 0x00-0xff) nor 'pattern'"))
-    }
-
-    /// Writes the fill into `bytes`.
-    pub fn apply(self, bytes: &mut [u8]) {
-        match self {
-            Fill::Byte(b) => bytes.fill(b),
-            Fill::Pattern => bytes
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, b)| *b = (i % 251) as u8),
-        }
-    }
-}
+use crate::out::escape;
+use crate::pattern::Fill;
 
 /// Parses a size: bytes, or a number with `K`, `M`, `G` or `T` (binary
 /// multiples; `Ki`/`KiB` forms too, any case).
@@ -116,8 +87,8 @@ pub struct Args {
     #[arg(long, value_parser = Fill::parse)]
     pub fill: Option<Fill>,
     /// Keep the buffer for SECONDS before exiting.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "hold_forever")]
-    pub hold: Option<f64>,
+    #[arg(long, value_name = "SECONDS", conflicts_with = "hold_forever", allow_hyphen_values = true, value_parser = crate::seconds::non_negative)]
+    pub hold: Option<Duration>,
     /// Keep the buffer until killed.
     #[arg(long)]
     pub hold_forever: bool,
@@ -125,51 +96,45 @@ pub struct Args {
 
 /// Runs `dmabuf alloc`.
 pub fn run(args: Args) -> crate::CliResult {
-    if let Some(h) = args.hold {
-        if !(h.is_finite() && h >= 0.0) {
-            return Err(format!("--hold {h}: expected a number of seconds ≥ 0").into());
-        }
-    }
     let alloc = args.backend.allocator()?;
     let buf = alloc.allocate(args.size, &args.name)?;
     if let Some(fill) = args.fill {
         let map = buf.map()?;
         let mut w = map.write()?;
-        fill.apply(&mut w);
+        fill.apply(w.bytes_mut());
         w.end()?;
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "kind: {}", buf.kind())?;
-    writeln!(out, "size: {}", buf.size())?;
+    outln!("kind: {}", escape(&buf.kind().to_string()))?;
+    outln!("size: {}", buf.size())?;
     match buf.dma_buf() {
         Some(d) => {
-            writeln!(out, "inode: {}", d.inode())?;
-            writeln!(out, "exporter: {}", d.exporter()?)?;
+            outln!("inode: {}", d.inode())?;
+            outln!("exporter: {}", escape(&d.exporter()?))?;
         }
         None => {
-            writeln!(out, "inode: -")?;
-            writeln!(out, "exporter: -")?;
+            outln!("inode: -")?;
+            outln!("exporter: -")?;
         }
     }
-    writeln!(out, "name: {}", buf.name())?;
-    writeln!(out, "pid: {}", std::process::id())?;
-    writeln!(out, "fd: {}", buf.fd().as_raw_fd())?;
+    // A name may hold any byte but NUL: escaped, it stays one line.
+    outln!("name: {}", escape(&buf.name()))?;
+    outln!("pid: {}", std::process::id())?;
+    outln!("fd: {}", buf.fd().as_raw_fd())?;
     if let Some(f) = args.fill {
         let what = match f {
             Fill::Byte(b) => format!("{b:#04x}"),
             Fill::Pattern => "pattern".to_string(),
         };
-        writeln!(out, "fill: {what}")?;
+        outln!("fill: {what}")?;
     }
     if let Some(h) = args.hold {
-        writeln!(out, "holding: {h} s")?;
+        outln!("holding: {} s", h.as_secs_f64())?;
     } else if args.hold_forever {
-        writeln!(out, "holding: until killed")?;
+        outln!("holding: until killed")?;
     }
-    out.flush()?;
-    drop(out);
+    crate::out::flush()?;
     if let Some(h) = args.hold {
-        std::thread::sleep(Duration::from_secs_f64(h));
+        std::thread::sleep(h);
     } else if args.hold_forever {
         loop {
             std::thread::sleep(Duration::from_secs(3600));
@@ -213,18 +178,5 @@ mod tests {
             let e = parse_size(s).unwrap_err();
             assert!(e.contains(want), "{s:?}: {e}");
         }
-    }
-
-    #[test]
-    fn fills_parse() {
-        assert_eq!(Fill::parse("0xab"), Ok(Fill::Byte(0xab)));
-        assert_eq!(Fill::parse("171"), Ok(Fill::Byte(171)));
-        assert_eq!(Fill::parse("pattern"), Ok(Fill::Pattern));
-        assert!(Fill::parse("256").is_err());
-        assert!(Fill::parse("0x100").is_err());
-        assert!(Fill::parse("zebra").unwrap_err().contains("pattern"));
-        let mut b = [0u8; 300];
-        Fill::Pattern.apply(&mut b);
-        assert_eq!((b[0], b[250], b[251], b[299]), (0, 250, 0, 48));
     }
 }

@@ -35,7 +35,6 @@ impl Choice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dmabuf::Allocate;
 
     #[test]
     fn backends_parse() {

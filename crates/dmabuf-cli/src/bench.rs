@@ -27,7 +27,6 @@ use std::process::{Child, ChildStdout, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use dmabuf::share::Listener;
-use dmabuf::Allocate;
 
 use crate::pattern;
 use crate::stream::{self, ConsumerReport, Limit};
@@ -39,8 +38,8 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Seconds per case and size (default 1, or 0.1 with --quick).
-    #[arg(long)]
-    pub seconds: Option<f64>,
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
+    pub seconds: Option<Duration>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -53,14 +52,20 @@ pub struct Args {
     /// (internal) where the worker meets the producer.
     #[arg(long, hide = true)]
     pub path: Option<String>,
-    /// (internal) the item size of the worker.
-    #[arg(long, hide = true)]
+    /// (internal) the item size of the worker (16 bytes to 1 GiB: the
+    /// sizes the bench uses).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
     pub size: Option<u64>,
 }
 
 const CASES: [&str; 5] = ["dmabuf", "pipe", "unix", "iceoryx2", "bound"];
 const LATENCY_SIZE: u64 = 4096;
 const LATENCY_GAP: Duration = Duration::from_micros(500);
+/// The first items include the consumer's warm-up: their latencies are
+/// not recorded.
+const WARMUP: u64 = 50;
+/// Longest wait for the other side of a case.
+const PEER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn now_ns() -> u64 {
     dmabuf::fence::monotonic_ns()
@@ -122,31 +127,35 @@ fn read_items(mut r: impl Read, size: u64) -> BoxResult<ConsumerReport> {
         }
         let arrived = now_ns();
         let sent = check_stamped(&buf, rep.items + 1)?;
-        rep.latencies_ns.push(arrived.saturating_sub(sent));
-        rep.items += 1;
-        rep.bytes += size;
+        rep.record(size, arrived.saturating_sub(sent), WARMUP);
     }
 }
 
-fn ready() {
-    println!("ready");
-    let _ = std::io::stdout().flush();
+fn ready() -> BoxResult<()> {
+    outln!("ready")?;
+    crate::out::flush()?;
+    Ok(())
 }
 
 fn worker(kind: &str, path: &str, size: u64) -> BoxResult<ConsumerReport> {
     match kind {
         "dmabuf" => {
-            ready();
-            stream::consume(Path::new(path))
+            ready()?;
+            let channel = stream::connect(Path::new(path), PEER_TIMEOUT)?;
+            let r = stream::consume(channel, PEER_TIMEOUT, WARMUP);
+            match r.error {
+                Some(e) => Err(e.into()),
+                None => Ok(r),
+            }
         }
         "pipe" => {
             let f = std::fs::File::open(path)?;
-            ready();
+            ready()?;
             read_items(f, size)
         }
         "unix" => {
             let s = std::os::unix::net::UnixStream::connect(path)?;
-            ready();
+            ready()?;
             read_items(s, size)
         }
         #[cfg(feature = "iceoryx2")]
@@ -232,11 +241,10 @@ struct Run {
     report: ConsumerReport,
 }
 
-fn scratch(tag: &str, size: u64) -> PathBuf {
-    std::env::temp_dir().join(format!("dmabuf-bench-{}-{tag}-{size}", std::process::id()))
-}
-
 fn run_case(case: &str, size: u64, limit: Limit, gap: Option<Duration>) -> BoxResult<Run> {
+    // Sockets and fifos in a directory only this user can enter.
+    let dir = crate::tempdir::PrivateDir::new()?;
+    let scratch = |tag: &str, size: u64| dir.join(&format!("{tag}-{size}"));
     match case {
         "dmabuf" => {
             let path = scratch("dmabuf", size);
@@ -245,7 +253,16 @@ fn run_case(case: &str, size: u64, limit: Limit, gap: Option<Duration>) -> BoxRe
             let mut w = Worker::spawn("dmabuf", &path.to_string_lossy(), size)?;
             w.wait_ready()?;
             let alloc = dmabuf::Allocator::auto();
-            let p = stream::produce_paced(&listener, 1, &alloc, size, 4, limit, false, gap)?;
+            let channels = stream::accept_consumers(&listener, 1, PEER_TIMEOUT)?;
+            let opts = stream::ProduceOptions {
+                progress: false,
+                gap,
+                timeout: PEER_TIMEOUT,
+            };
+            let p = stream::produce(channels, &alloc, size, 4, limit, opts)?;
+            if let Some(e) = p.error {
+                return Err(e.into());
+            }
             Ok(Run {
                 start_ns: p.start_ns,
                 items: p.items,
@@ -326,8 +343,9 @@ fn run_case(case: &str, size: u64, limit: Limit, gap: Option<Duration>) -> BoxRe
                 report: ConsumerReport {
                     items: n,
                     bytes: n * size,
-                    latencies_ns: Vec::new(),
+                    handoff: Default::default(),
                     end_ns: now_ns(),
+                    error: None,
                 },
             })
         }
@@ -335,7 +353,7 @@ fn run_case(case: &str, size: u64, limit: Limit, gap: Option<Duration>) -> BoxRe
     }
 }
 
-fn throughput(case: &'static str, size: u64, secs: f64) -> Cell {
+fn throughput(case: &'static str, size: u64, secs: Duration) -> Cell {
     let mut cell = Cell {
         case,
         size,
@@ -344,7 +362,7 @@ fn throughput(case: &'static str, size: u64, secs: f64) -> Cell {
         items: 0,
         missing: None,
     };
-    match run_case(case, size, Limit::Time(Duration::from_secs_f64(secs)), None) {
+    match run_case(case, size, Limit::Time(secs), None) {
         Ok(r) if r.report.items == r.items => {
             let t = r.report.end_ns.saturating_sub(r.start_ns) as f64 / 1e9;
             cell.gib_s = Some(r.report.bytes as f64 / t.max(1e-9) / (1u64 << 30) as f64);
@@ -370,12 +388,10 @@ fn latency(case: &'static str, samples: u64) -> Latency {
         missing: None,
     };
     match run_case(case, LATENCY_SIZE, Limit::Count(samples), Some(LATENCY_GAP)) {
-        Ok(mut r) => {
-            // The first items include the consumer's warm-up; drop them.
-            let skip = (r.report.latencies_ns.len() / 20).min(50);
-            let lat = &mut r.report.latencies_ns[skip..];
-            let (p50, _, p99) = pattern::percentiles_us(lat);
-            l.samples = lat.len();
+        Ok(r) => {
+            // The first WARMUP items were not recorded.
+            let (p50, _, p99) = r.report.handoff.percentiles_us();
+            l.samples = r.report.handoff.len() as usize;
             l.p50_us = Some(p50);
             l.p99_us = Some(p99);
         }
@@ -390,10 +406,14 @@ pub fn run(args: Args) -> crate::CliResult {
         let path = args.path.as_deref().ok_or("--worker needs --path")?;
         let size = args.size.ok_or("--worker needs --size")?;
         let rep = worker(kind, path, size)?;
-        println!("{}", serde_json::to_string(&rep)?);
+        crate::out::json(&rep, false)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let secs = args.seconds.unwrap_or(if args.quick { 0.1 } else { 1.0 });
+    let secs = args.seconds.unwrap_or(if args.quick {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(1)
+    });
     let sizes: Vec<u64> = if args.quick {
         vec![4 << 10, 1 << 20]
     } else {
@@ -409,12 +429,12 @@ pub fn run(args: Args) -> crate::CliResult {
             c.ratio_to_bound = c.gib_s.zip(bound).map(|(a, b)| a / b);
         }
         if !args.json {
-            eprint!(".");
+            err!(".");
         }
         cells.extend(row);
     }
     if !args.json {
-        eprintln!();
+        errln!();
     }
     let lats: Vec<Latency> = ["dmabuf", "iceoryx2", "unix"]
         .iter()
@@ -425,12 +445,12 @@ pub fn run(args: Args) -> crate::CliResult {
         let v = serde_json::json!({
             "machine": machine,
             "backend": backend.backend().to_string(),
-            "seconds_per_case": secs,
+            "seconds_per_case": secs.as_secs_f64(),
             "throughput": cells,
             "latency": lats,
             "targets": targets(&cells, &lats),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::out::json(&v, true)?;
     } else {
         print_table(
             &machine,
@@ -438,12 +458,12 @@ pub fn run(args: Args) -> crate::CliResult {
             &sizes,
             &cells,
             &lats,
-        );
+        )?;
     }
     if let Some(p) = &args.plot {
         std::fs::write(p, svg(&sizes, &cells))?;
         if !args.json {
-            println!("plot written to {}", p.display());
+            outln!("plot written to {}", p.display())?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -498,28 +518,34 @@ fn targets(cells: &[Cell], lats: &[Latency]) -> serde_json::Value {
     })
 }
 
-fn print_table(machine: &str, backend: &str, sizes: &[u64], cells: &[Cell], lats: &[Latency]) {
-    println!("machine: {machine}; dmabuf backend: {backend}");
-    println!("throughput, GiB/s (ratio to the one-process bound):");
-    print!("{:>8}", "size");
+fn print_table(
+    machine: &str,
+    backend: &str,
+    sizes: &[u64],
+    cells: &[Cell],
+    lats: &[Latency],
+) -> BoxResult<()> {
+    outln!("machine: {machine}; dmabuf backend: {backend}")?;
+    outln!("throughput, GiB/s (ratio to the one-process bound):")?;
+    out!("{:>8}", "size")?;
     for c in CASES {
-        print!(" {c:>17}");
+        out!(" {c:>17}")?;
     }
-    println!();
+    outln!()?;
     for &s in sizes {
-        print!("{:>8}", pattern::human_size(s));
+        out!("{:>8}", dmabuf::units::human_size(s))?;
         for c in CASES {
             match get(cells, c, s) {
                 Some(Cell {
                     gib_s: Some(g),
                     ratio_to_bound: Some(r),
                     ..
-                }) => print!(" {:>9.2} ({:>4.0}%)", g, r * 100.0),
-                Some(Cell { gib_s: Some(g), .. }) => print!(" {g:>17.2}"),
-                _ => print!(" {:>17}", "missing"),
+                }) => out!(" {:>9.2} ({:>4.0}%)", g, r * 100.0)?,
+                Some(Cell { gib_s: Some(g), .. }) => out!(" {g:>17.2}")?,
+                _ => out!(" {:>17}", "missing")?,
             }
         }
-        println!();
+        outln!()?;
     }
     let mut reasons: Vec<String> = cells
         .iter()
@@ -527,34 +553,36 @@ fn print_table(machine: &str, backend: &str, sizes: &[u64], cells: &[Cell], lats
         .collect();
     reasons.dedup();
     for r in reasons {
-        println!("  missing {r}");
+        outln!("  missing {r}")?;
     }
-    println!(
+    outln!(
         "handoff latency of a {} item every {} µs:",
-        pattern::human_size(LATENCY_SIZE),
+        dmabuf::units::human_size(LATENCY_SIZE),
         LATENCY_GAP.as_micros()
-    );
+    )?;
     for l in lats {
         match (l.p50_us, l.p99_us) {
-            (Some(a), Some(b)) => println!(
+            (Some(a), Some(b)) => outln!(
                 "  {:>9}: p50 {a:7.1} µs, p99 {b:7.1} µs ({} samples)",
-                l.case, l.samples
-            ),
-            _ => println!(
+                l.case,
+                l.samples
+            )?,
+            _ => outln!(
                 "  {:>9}: missing: {}",
                 l.case,
                 l.missing.as_deref().unwrap_or("?")
-            ),
+            )?,
         }
     }
     let t = targets(cells, lats);
     let f = |k: &str| t[k].as_f64().map_or("n/a".into(), |v| format!("{v:.2}"));
-    println!(
+    outln!(
         "targets: stream/bound at ≥1 MiB {} (goal ≥ 0.85); stream/unix {} (goal ≥ 5); handoff p50 ours/iceoryx2 {} (goal ≤ 2)",
         f("stream_vs_bound_at_1MiB_plus_min"),
         f("stream_vs_unix_at_1MiB_plus_min"),
         f("handoff_p50_vs_iceoryx2")
-    );
+    )?;
+    Ok(())
 }
 
 /// A hand-written SVG: throughput against size (log scale), one line per
@@ -594,7 +622,7 @@ fn svg(sizes: &[u64], cells: &[Cell]) -> String {
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n",
             x(i),
             h - b + 18.0,
-            pattern::human_size(sz)
+            dmabuf::units::human_size(sz)
         );
     }
     for (k, case) in CASES.iter().enumerate() {
@@ -722,7 +750,7 @@ mod iox {
         let (_node, ps, ev) = services(name, size)?;
         let subscriber = ps.subscriber_builder().create()?;
         let listener: Listener<ipc::Service> = ev.listener_builder().create()?;
-        ready();
+        ready()?;
         let mut rep = ConsumerReport::default();
         let mut end = false;
         loop {
@@ -741,9 +769,7 @@ mod iox {
                     return Err(format!("sample of {} bytes, expected {size}", p.len()).into());
                 }
                 let sent = check_stamped(p, rep.items + 1)?;
-                rep.latencies_ns.push(arrived.saturating_sub(sent));
-                rep.items += 1;
-                rep.bytes += size;
+                rep.record(size, arrived.saturating_sub(sent), WARMUP);
             }
             if end {
                 rep.end_ns = now_ns();

@@ -34,7 +34,7 @@ use dmabuf::endpoint::v4l2::{
     FormatRequest, FourCc, FrameAttachment, FrameRecord, V4l2Capture, MAX_SLOTS,
 };
 use dmabuf::endpoint::{Attachment, Endpoint, TransferOptions};
-use dmabuf::{Allocate, Fence, Frame, UserFence};
+use dmabuf::{Fence, Frame, UserFence};
 
 use crate::backend;
 
@@ -66,8 +66,8 @@ pub struct Args {
     #[arg(long, value_parser = parse_fourcc)]
     pub format: Option<FourCc>,
     /// Seconds to wait for each frame before giving up.
-    #[arg(long, default_value_t = 10.0)]
-    pub timeout: f64,
+    #[arg(long, default_value = "10", value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
+    pub timeout: Duration,
 }
 
 fn parse_fourcc(s: &str) -> Result<FourCc, String> {
@@ -155,14 +155,7 @@ impl Sink {
 
 /// Runs `dmabuf capture`.
 pub fn run(args: Args) -> crate::CliResult {
-    if !(args.timeout.is_finite() && args.timeout > 0.0) {
-        return Err(format!(
-            "--timeout {}: expected a number of seconds > 0",
-            args.timeout
-        )
-        .into());
-    }
-    let timeout = Duration::from_secs_f64(args.timeout);
+    let timeout = args.timeout;
     let request = FormatRequest {
         width: args.width,
         height: args.height,
@@ -246,7 +239,7 @@ pub fn run(args: Args) -> crate::CliResult {
             for (map, &used) in maps[slot].iter().zip(&frame.plane_bytesused) {
                 let w = map.read()?;
                 let n = (used as usize).min(w.len());
-                data.extend_from_slice(&w[..n]);
+                data.extend_from_slice(&w.bytes().subslice(0..n)?.to_vec());
                 w.end()?;
             }
             sink.write(done, &data)?;
@@ -270,32 +263,32 @@ pub fn run(args: Args) -> crate::CliResult {
     let span = u64::from(last_seq.wrapping_sub(first_seq)) + 1;
     let secs = elapsed.as_secs_f64();
     let info = cap.device_info();
-    println!(
+    outln!(
         "device: {} ({}, {})",
-        args.device.display(),
-        info.driver,
-        info.card
-    );
-    println!("backend: {} ({})", alloc.backend(), alloc.reason());
-    println!("data path: {}", cap.data_path());
-    println!("format: {format}");
+        crate::out::escape(&args.device.display().to_string()),
+        crate::out::escape(&info.driver),
+        crate::out::escape(&info.card)
+    )?;
+    outln!("backend: {} ({})", alloc.backend(), alloc.reason())?;
+    outln!("data path: {}", cap.data_path())?;
+    outln!("format: {format}")?;
     if let Some(l) = &layout {
-        println!("frame: {l}");
+        outln!("frame: {l}")?;
     }
-    println!("buffers: {} (asked {})", atts.len(), cap.requested_slots());
-    println!("frames: {done}");
-    println!("errors: {errors}");
-    println!(
+    outln!("buffers: {} (asked {})", atts.len(), cap.requested_slots())?;
+    outln!("frames: {done}")?;
+    outln!("errors: {errors}")?;
+    outln!(
         "sequence: {first_seq}..{last_seq} ({} dropped)",
         span.saturating_sub(done)
-    );
-    println!("bytes: {bytes}");
-    println!(
-        "time: {secs:.3} s ({:.2} fps, {:.2} MB/s)",
+    )?;
+    outln!("bytes: {bytes}")?;
+    outln!(
+        "time: {secs:.3} s ({:.2} fps, {})",
         done as f64 / secs.max(1e-9),
-        bytes as f64 / 1e6 / secs.max(1e-9)
-    );
-    println!("out: {out}");
+        dmabuf::units::human_rate(bytes, secs)
+    )?;
+    outln!("out: {out}")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,6 +1,5 @@
 //! `dmabuf ls`: who holds which dma-buf.
 
-use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,10 +44,10 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
     /// Scan again every SECONDS and show what appeared, grew or went away.
-    #[arg(long, value_name = "SECONDS", value_parser = parse_interval)]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub watch: Option<Duration>,
     /// With --watch: stop after N rounds.
-    #[arg(long, value_name = "N", requires = "watch")]
+    #[arg(long, value_name = "N", requires = "watch", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Where procfs is mounted.
     #[arg(long, value_name = "DIR", default_value = "/proc")]
@@ -66,28 +65,12 @@ struct Round<'a> {
     changes: Option<&'a Changes>,
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
-        return Err(format!("{s} seconds is not a positive interval"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
 /// Runs `dmabuf ls`.
+/// `dmabuf ls | head` closes the pipe early: `main` takes the
+/// [`OutputError`](crate::out::OutputError) of the next write as a quiet
+/// end.
 pub fn run(args: Args) -> crate::CliResult {
-    match run_inner(&args) {
-        // `dmabuf ls | head` closes the pipe early: not a failure.
-        Err(e) if is_broken_pipe(e.as_ref()) => Ok(ExitCode::SUCCESS),
-        other => other,
-    }
-}
-
-fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
-    e.downcast_ref::<io::Error>()
-        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    run_inner(&args)
 }
 
 fn run_inner(args: &Args) -> crate::CliResult {
@@ -103,15 +86,13 @@ fn run_inner(args: &Args) -> crate::CliResult {
         snapshot.sort(args.sort.into());
         Ok(snapshot)
     };
-    let mut out = io::stdout().lock();
 
     let Some(interval) = args.watch else {
         let snapshot = scan()?;
         if args.json {
-            serde_json::to_writer_pretty(&mut out, &snapshot)?;
-            writeln!(out)?;
+            crate::out::json(&snapshot, true)?;
         } else {
-            out.write_all(report::render_snapshot(&snapshot).as_bytes())?;
+            out!("{}", report::render_snapshot(&snapshot))?;
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -128,23 +109,21 @@ fn run_inner(args: &Args) -> crate::CliResult {
                 snapshot: &snapshot,
                 changes: changes.as_ref(),
             };
-            serde_json::to_writer(&mut out, &line)?;
-            writeln!(out)?;
+            crate::out::json(&line, false)?;
         } else {
             if round > 1 {
-                writeln!(
-                    out,
+                outln!(
                     "\n=== round {round}, {:.1} s later ===",
                     interval.as_secs_f64()
                 )?;
             }
-            out.write_all(report::render_snapshot(&snapshot).as_bytes())?;
+            out!("{}", report::render_snapshot(&snapshot))?;
             if let Some(changes) = &changes {
-                writeln!(out)?;
-                out.write_all(report::render_changes(changes).as_bytes())?;
+                outln!()?;
+                out!("{}", report::render_changes(changes))?;
             }
         }
-        out.flush()?;
+        crate::out::flush()?;
         if args.count.is_some_and(|n| round >= n) {
             return Ok(ExitCode::SUCCESS);
         }

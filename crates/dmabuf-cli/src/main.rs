@@ -5,18 +5,23 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[macro_use]
+mod out;
 mod alloc;
 mod backend;
 #[cfg_attr(not(feature = "iceoryx2"), allow(dead_code))]
 mod bench;
 mod capture;
+mod latency;
 mod ls;
 mod pattern;
 mod probe;
+mod seconds;
 mod stream;
+mod tempdir;
 
 /// The error type of every subcommand: a message for people.
-pub type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+pub type CliResult<T = ExitCode> = Result<T, Box<dyn std::error::Error>>;
 
 #[derive(Parser)]
 #[command(
@@ -56,11 +61,103 @@ fn main() -> ExitCode {
         Command::Stream(args) => stream::run(args),
         Command::Bench(args) => bench::run(args),
     };
+    // A buffered write may fail only at the flush.
+    let result = result.and_then(|code| out::flush().map(|()| code).map_err(Into::into));
     match result {
         Ok(code) => code,
+        // The reader closed the pipe (`dmabuf ls | head -1`): a quiet end.
+        Err(e)
+            if e.downcast_ref::<out::OutputError>()
+                .is_some_and(|o| o.is_broken_pipe()) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
-            eprintln!("dmabuf: {e}");
+            // A message may quote a name from elsewhere: one line.
+            errln!("dmabuf: {}", out::escape(&e.to_string()));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    const WORDS: &[&str] = &[
+        "probe",
+        "ls",
+        "alloc",
+        "capture",
+        "stream",
+        "bench",
+        "--json",
+        "--size",
+        "--seconds",
+        "--count",
+        "--consumers",
+        "--buffers",
+        "--backend",
+        "--role",
+        "--socket",
+        "--timeout",
+        "--hold",
+        "--hold-forever",
+        "--name",
+        "--fill",
+        "--watch",
+        "--pid",
+        "--sort",
+        "--frames",
+        "--width",
+        "--format",
+        "--worker",
+        "--path",
+        "--quick",
+        "--help",
+        "-h",
+        "--version",
+        "producer",
+        "consumer",
+        "-",
+        "auto",
+        "heap:",
+        "portable",
+        "pattern",
+        "0x",
+        "0",
+    ];
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(WORDS).prop_map(str::to_string),
+            // Numbers of every shape: the duration and size parsers' input.
+            any::<f64>().prop_map(|f| f.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| format!("{n}K")),
+            "[0-9]{1,25}[kKmMgGtTbBiI]{0,3}",
+            "(inf|-inf|nan|NaN|1e300|-1|1e-400|\\+1)",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// Whatever the arguments, parsing answers (a value or a clap
+        /// error with exit code 0 or 2), never panics.
+        #[test]
+        fn no_argument_list_panics_the_parser(argv in proptest::collection::vec(word(), 0..7)) {
+            let args = std::iter::once("dmabuf".to_string()).chain(argv);
+            if let Err(e) = Cli::try_parse_from(args) {
+                prop_assert!(matches!(e.exit_code(), 0 | 2), "{e}");
+            }
         }
     }
 }

@@ -2,6 +2,11 @@
 //! `i` of item `seq` is `(i * 31 + seq) mod 256`, written and compared in
 //! 256-byte blocks (a copy and a compare of a precomputed block, so the
 //! pattern costs what touching the bytes costs).
+//!
+//! Every fill and check of buffer bytes in the command lives here, and
+//! `dmabuf alloc --fill` ([`Fill`]).
+
+use dmabuf::mapping::{VolatileBytes, VolatileBytesMut};
 
 /// The 256-byte block of item `seq`.
 pub fn block(seq: u64) -> [u8; 256] {
@@ -18,6 +23,37 @@ pub fn fill(buf: &mut [u8], seq: u64) {
     for c in buf.chunks_mut(256) {
         c.copy_from_slice(&b[..c.len()]);
     }
+}
+
+/// Writes the pattern of item `seq` into every byte of a window's bytes
+/// (volatile stores, block by block: the bytes are shared memory).
+pub fn fill_volatile(mut buf: dmabuf::mapping::VolatileBytesMut<'_>, seq: u64) {
+    let b = block(seq);
+    let mut off = 0;
+    while off < buf.len() {
+        let n = (buf.len() - off).min(b.len());
+        // In range: `off + n <= len`.
+        let _ = buf.write_at(off, &b[..n]);
+        off += n;
+    }
+}
+
+/// [`check`] on a window's bytes: each 256-byte block is copied out
+/// (volatile loads) and compared.
+pub fn check_volatile(buf: dmabuf::mapping::VolatileBytes<'_>, seq: u64) -> Option<usize> {
+    let mut chunk = [0u8; 4096];
+    let mut off = 0;
+    while off < buf.len() {
+        let n = (buf.len() - off).min(chunk.len());
+        // In range: `off + n <= len`.
+        let _ = buf.read_at(off, &mut chunk[..n]);
+        // 4096 is a multiple of the 256-byte block: the phase is kept.
+        if let Some(at) = check(&chunk[..n], seq) {
+            return Some(off + at);
+        }
+        off += n;
+    }
+    None
 }
 
 /// The offset of the first byte of `buf` that breaks the pattern of item
@@ -37,29 +73,73 @@ pub fn check(buf: &[u8], seq: u64) -> Option<usize> {
     None
 }
 
-/// Latency percentiles of `samples` (ns), in µs: p50, p90, p99.
-pub fn percentiles_us(samples: &mut [u64]) -> (f64, f64, f64) {
-    if samples.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    samples.sort_unstable();
-    let at = |p: f64| {
-        let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
-        samples[i.min(samples.len() - 1)] as f64 / 1000.0
-    };
-    (at(0.50), at(0.90), at(0.99))
+/// How to fill the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Every byte this value.
+    Byte(u8),
+    /// Byte `i` is `i % 251`.
+    Pattern,
 }
 
-/// "4 KiB", "16 MiB".
-pub fn human_size(n: u64) -> String {
-    if n >= 1 << 30 && n % (1 << 30) == 0 {
-        format!("{} GiB", n >> 30)
-    } else if n >= 1 << 20 && n % (1 << 20) == 0 {
-        format!("{} MiB", n >> 20)
-    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
-        format!("{} KiB", n >> 10)
-    } else {
-        format!("{n} B")
+impl Fill {
+    /// Parses `pattern`, `0xNN` or a decimal byte.
+    pub fn parse(s: &str) -> Result<Fill, String> {
+        if s == "pattern" {
+            return Ok(Fill::Pattern);
+        }
+        let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            Some(hex) => u8::from_str_radix(hex, 16),
+            None => s.parse::<u8>(),
+        };
+        v.map(Fill::Byte)
+            .map_err(|_| format!("'{s}' is neither a byte (0-255, or 0x00-0xff) nor 'pattern'"))
+    }
+
+    /// Writes the fill into a window's bytes (volatile stores).
+    pub fn apply(self, mut bytes: VolatileBytesMut<'_>) {
+        match self {
+            Fill::Byte(b) => bytes.fill(b),
+            Fill::Pattern => {
+                // 16 periods of the pattern, written block by block: each
+                // block starts at a multiple of 251, so the phase is kept.
+                let block: Vec<u8> = (0..251 * 16).map(|i| (i % 251) as u8).collect();
+                let mut off = 0;
+                while off < bytes.len() {
+                    let n = (bytes.len() - off).min(block.len());
+                    // In range: `off + n <= len`.
+                    let _ = bytes.write_at(off, &block[..n]);
+                    off += n;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the pattern of item `seq` into the first `len` bytes of a
+/// window's bytes `buf` (refused if the window is shorter).
+pub fn fill_prefix(buf: VolatileBytesMut<'_>, len: u64, seq: u64) -> Result<(), String> {
+    let have = buf.len();
+    let part = usize::try_from(len)
+        .ok()
+        .and_then(|l| buf.into_subslice(0..l).ok())
+        .ok_or_else(|| format!("item of {len} bytes does not fit the {have}-byte buffer"))?;
+    fill_volatile(part, seq);
+    Ok(())
+}
+
+/// Checks that the first `len` bytes of a window's bytes `buf` carry the
+/// pattern of item `seq`; the cause in words if not (a length past the
+/// window, a byte that breaks the pattern).
+pub fn check_prefix(buf: VolatileBytes<'_>, len: u64, seq: u64) -> Result<(), String> {
+    let have = buf.len();
+    let part = usize::try_from(len)
+        .ok()
+        .and_then(|l| buf.subslice(0..l).ok())
+        .ok_or_else(|| format!("item {seq} claims {len} bytes, but its buffer has {have}"))?;
+    match check_volatile(part, seq) {
+        None => Ok(()),
+        Some(at) => Err(format!("item {seq}: byte {at} breaks the pattern")),
     }
 }
 
@@ -77,15 +157,47 @@ mod tests {
         assert_eq!(check(&v, 7), Some(600));
     }
 
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human_size(16 << 20), "16 MiB");
+    fn portable(len: u64) -> dmabuf::Mapping {
+        use dmabuf::Allocate;
+        dmabuf::Portable
+            .allocate(len, "pattern-test")
+            .unwrap()
+            .map()
+            .unwrap()
     }
 
     #[test]
-    fn percentiles() {
-        let mut v: Vec<u64> = (1..=100).map(|x| x * 1000).collect();
-        let (a, b, c) = percentiles_us(&mut v);
-        assert_eq!((a.round(), b.round(), c.round()), (51.0, 90.0, 99.0));
+    fn prefixes_are_bounded_by_the_window() {
+        let map = portable(4096);
+        let mut w = map.write().unwrap();
+        let v = w.bytes_mut().into_subslice(0..512).unwrap();
+        fill_prefix(v, 300, 3).unwrap();
+        check_prefix(w.bytes().subslice(0..512).unwrap(), 300, 3).unwrap();
+        let v = w.bytes_mut().into_subslice(0..512).unwrap();
+        assert!(fill_prefix(v, 513, 3).unwrap_err().contains("does not fit"));
+        let e = check_prefix(w.bytes(), u64::MAX, 3).unwrap_err();
+        assert!(e.contains("claims 18446744073709551615 bytes"), "{e}");
+        let b = w.bytes().get(7).unwrap();
+        assert!(w.bytes_mut().set(7, b ^ 0xff));
+        assert_eq!(
+            check_prefix(w.bytes(), 300, 3).unwrap_err(),
+            "item 3: byte 7 breaks the pattern"
+        );
+    }
+
+    #[test]
+    fn fills_parse() {
+        assert_eq!(Fill::parse("0xab"), Ok(Fill::Byte(0xab)));
+        assert_eq!(Fill::parse("171"), Ok(Fill::Byte(171)));
+        assert_eq!(Fill::parse("pattern"), Ok(Fill::Pattern));
+        assert!(Fill::parse("256").is_err());
+        assert!(Fill::parse("0x100").is_err());
+        assert!(Fill::parse("zebra").unwrap_err().contains("pattern"));
+        let map = portable(8192);
+        let mut w = map.write().unwrap();
+        Fill::Pattern.apply(w.bytes_mut());
+        let b = w.to_vec();
+        assert_eq!((b[0], b[250], b[251], b[299]), (0, 250, 0, 48));
+        assert_eq!((b[4015], b[4016], b[8191]), (250, 0, (8191 % 251) as u8));
     }
 }

@@ -25,7 +25,7 @@ fn row(name: &str, f: &Feature) -> String {
 pub fn run(args: Args) -> crate::CliResult {
     let r = probe();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        crate::out::json(&r, true)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut out = format!("kernel {}\n\nexporters\n", r.kernel);
@@ -59,6 +59,6 @@ pub fn run(args: Args) -> crate::CliResult {
         out += "\nThis kernel offers no dma-buf exporter that this process can use: \
                 buffers will be portable sealed memfds, with the same API and rules.\n";
     }
-    print!("{out}");
+    out!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,25 +1,63 @@
 //! `dmabuf stream`: a producer and consumers in separate processes, passing
 //! buffers through this library's streaming pool.
 //!
-//! Without `--role`, the command is the producer and spawns the consumers
-//! itself (re-executing this program with `--role consumer --socket
-//! PATH`); with `--role producer|consumer --socket PATH` each side can be
-//! started by hand. The producer writes every byte of each item inside a
-//! write window; each consumer reads every byte inside a read window and
-//! checks the pattern (see `pattern`). The handoff latency is the time
-//! from the producer's submit to the item being ready in the consumer
-//! (CLOCK_MONOTONIC, measured by the consumer).
+//! # DOC: stream
+//!
+//! * **Spawn mode** (no `--role`): the command is the producer and starts
+//!   `--consumers` copies of itself as consumers, each connected by its
+//!   own `socketpair` handed over as its standard input (`--role consumer
+//!   --socket -`): no path in the file system, nothing another process
+//!   can connect to.
+//! * **Roles** (`--role producer|consumer --socket PATH`): each side
+//!   started by hand. The producer listens at PATH and accepts only peers
+//!   of its own user (`SO_PEERCRED`); a peer of another uid is refused
+//!   with a message naming its pid and uid, and the producer keeps
+//!   waiting for its consumers. The consumer checks the producer's uid
+//!   the same way. The socket file is removed when the producer ends,
+//!   also on SIGTERM, SIGINT and SIGHUP.
+//! * **Peers are untrusted.** Every wait is bounded by `--timeout`
+//!   (default 30 s): for consumers to connect, for a free buffer, for an
+//!   item, for the end. A consumer that goes away or breaks the protocol
+//!   is dropped and the stream carries on with the others; a consumer
+//!   that stops reading holds its buffers, and the producer then fails
+//!   with a timeout naming the wait. In spawn mode the producer then
+//!   waits at most `--timeout` for each consumer process to exit, kills
+//!   it past that, and reports per consumer what it checked (items,
+//!   bytes) and how it ended (its own error message, its exit status or
+//!   the signal); the command exits 1 if any consumer failed, after the
+//!   report.
+//! * **Limits.** `--size × --buffers` must fit in the memory this process
+//!   can get (the library's check, refused before allocating);
+//!   `--buffers` ≤ 1024, `--consumers` ≤ 64. Each consumer records
+//!   handoff latencies in a fixed-size histogram; a consumer's report is
+//!   read up to 1 MiB.
+//!
+//! The producer writes every byte of each item inside a write window; each
+//! consumer reads every byte inside a read window and checks the pattern
+//! (see `pattern`). The handoff latency is the time from the producer's
+//! submit to the item being ready in the consumer (CLOCK_MONOTONIC,
+//! measured by the consumer).
 
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dmabuf::share::pool::{Consumer, Producer};
+use dmabuf::share::pool::{Consumer, Producer, MAX_POOL_BUFFERS};
 use dmabuf::share::{Channel, Listener};
-use dmabuf::{Allocate, Allocator, ErrorKind, Fence};
+use dmabuf::units::{human_rate, human_size};
+use dmabuf::{Allocator, ErrorKind, Fence};
 
+use crate::latency::Histogram;
 use crate::pattern;
+
+/// Most consumer processes in spawn mode.
+pub const MAX_CONSUMERS: u32 = 64;
+/// Most bytes of a consumer's report (its stdout) that are read.
+const MAX_REPORT_BYTES: u64 = 1 << 20;
 
 /// Which side of the stream this process runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -37,17 +75,17 @@ pub struct Args {
     #[arg(long, default_value = "4M", value_parser = crate::alloc::parse_size)]
     pub size: u64,
     /// Stop after this many items.
-    #[arg(long, conflicts_with = "seconds")]
+    #[arg(long, conflicts_with = "seconds", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Stop after this many seconds (the default is 3 s unless --count).
-    #[arg(long)]
-    pub seconds: Option<f64>,
-    /// Buffers in the pool.
-    #[arg(long, default_value_t = 4)]
-    pub buffers: usize,
-    /// Consumer processes.
-    #[arg(long, default_value_t = 1)]
-    pub consumers: usize,
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
+    pub seconds: Option<Duration>,
+    /// Buffers in the pool (1 to 1024).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=MAX_POOL_BUFFERS as i64))]
+    pub buffers: u32,
+    /// Consumer processes (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_CONSUMERS as i64))]
+    pub consumers: u32,
     /// Memory to allocate from: auto, heap, heap:NAME, udmabuf or portable.
     #[arg(long, default_value = "auto", value_parser = crate::backend::parse)]
     pub backend: crate::backend::Choice,
@@ -57,9 +95,14 @@ pub struct Args {
     /// Run only one side (with --socket).
     #[arg(long, value_enum, requires = "socket")]
     pub role: Option<Role>,
-    /// The socket path the producer listens at.
-    #[arg(long)]
+    /// The socket path the producer listens at (with --role); for a
+    /// consumer, `-` is a connected socket on standard input.
+    #[arg(long, requires = "role")]
     pub socket: Option<PathBuf>,
+    /// Longest wait for a peer: to connect, for a free buffer, for an
+    /// item, for a consumer process to exit.
+    #[arg(long, value_name = "SECONDS", default_value = "30", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
+    pub timeout: Duration,
 }
 
 /// What a consumer measured.
@@ -69,10 +112,25 @@ pub struct ConsumerReport {
     pub items: u64,
     /// Bytes read and checked.
     pub bytes: u64,
-    /// Handoff latencies (ns), one per item.
-    pub latencies_ns: Vec<u64>,
+    /// Handoff latencies (ns).
+    pub handoff: Histogram,
     /// CLOCK_MONOTONIC ns when the last item was checked.
     pub end_ns: u64,
+    /// Why the consumer stopped early, if it did.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl ConsumerReport {
+    /// Counts one checked item of `len` bytes and its handoff latency,
+    /// unless it is one of the first `warmup` items.
+    pub fn record(&mut self, len: u64, latency_ns: u64, warmup: u64) {
+        if self.items >= warmup {
+            self.handoff.record(latency_ns);
+        }
+        self.items += 1;
+        self.bytes = self.bytes.saturating_add(len);
+    }
 }
 
 /// What the producer measured.
@@ -88,6 +146,10 @@ pub struct ProducerReport {
     pub bytes: u64,
     /// CLOCK_MONOTONIC ns of the first write.
     pub start_ns: u64,
+    /// Consumers dropped on the way (the stream carried on without them).
+    pub dropped: Vec<String>,
+    /// Why the stream stopped before its end, if it did.
+    pub error: Option<String>,
 }
 
 /// When the producer stops.
@@ -99,37 +161,39 @@ pub enum Limit {
     Time(Duration),
 }
 
-/// Runs the producer side on `listener` for `consumers` consumers.
-pub fn produce(
-    listener: &Listener,
-    consumers: usize,
-    alloc: &Allocator,
-    size: u64,
-    buffers: usize,
-    limit: Limit,
-    progress: bool,
-) -> Result<ProducerReport, dmabuf::Error> {
-    produce_paced(
-        listener, consumers, alloc, size, buffers, limit, progress, None,
-    )
+/// How the producer runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ProduceOptions {
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+    /// Pause after each item (for latency runs).
+    pub gap: Option<Duration>,
+    /// Longest wait for a free buffer and for the end.
+    pub timeout: Duration,
 }
 
-/// [`produce`], pausing `gap` after each item (for latency runs).
-#[allow(clippy::too_many_arguments)]
-pub fn produce_paced(
-    listener: &Listener,
-    consumers: usize,
+/// `size × buffers` as one allocation request, checked against the memory
+/// this process can get before any buffer is made.
+fn check_pool_fits(size: u64, buffers: usize) -> Result<(), dmabuf::Error> {
+    let obj = format!("stream pool ({buffers} buffers of {})", human_size(size));
+    let total = size.checked_mul(buffers as u64).ok_or_else(|| {
+        dmabuf::Error::invalid("allocate", obj.clone(), "the total size overflows")
+    })?;
+    dmabuf::alloc::ensure_fits(total, &obj)
+}
+
+/// Runs the producer side with `channels`, one per consumer. Setup
+/// failures are errors; a failure while streaming ends the stream and is
+/// in the report's `error`, with what was sent until then.
+pub fn produce(
+    channels: Vec<Channel>,
     alloc: &Allocator,
     size: u64,
     buffers: usize,
     limit: Limit,
-    progress: bool,
-    gap: Option<Duration>,
-) -> Result<ProducerReport, dmabuf::Error> {
-    let mut channels = Vec::new();
-    for _ in 0..consumers {
-        channels.push(listener.accept(Some(Duration::from_secs(30)))?);
-    }
+    opts: ProduceOptions,
+) -> Result<ProducerReport, Box<dyn std::error::Error>> {
+    check_pool_fits(size, buffers)?;
     let bufs = (0..buffers)
         .map(|i| alloc.allocate(size, &format!("stream-{i}")))
         .collect::<Result<Vec<_>, _>>()?;
@@ -140,84 +204,206 @@ pub fn produce_paced(
         .collect::<Result<Vec<_>, _>>()?;
     let mut producer = Producer::new(bufs, channels)?;
     let start = Instant::now();
-    let start_ns = dmabuf::fence::monotonic_ns();
-    let mut items = 0u64;
-    let mut bar = Progress::new(progress, limit);
+    let mut report = ProducerReport {
+        backend: alloc.backend().to_string(),
+        backend_reason: alloc.reason().to_string(),
+        items: 0,
+        bytes: 0,
+        start_ns: dmabuf::fence::monotonic_ns(),
+        dropped: Vec::new(),
+        error: None,
+    };
+    let mut bar = Progress::new(opts.progress, limit);
     loop {
         let done = match limit {
-            Limit::Count(n) => items >= n,
+            Limit::Count(n) => report.items >= n,
             Limit::Time(d) => start.elapsed() >= d,
         };
         if done {
             break;
         }
-        let lease = producer.acquire(Some(Duration::from_secs(30)))?;
-        {
-            let mut w = maps[lease.slot()].write()?;
-            pattern::fill(&mut w[..size as usize], items + 1);
-            w.end()?;
+        let before = producer.consumers();
+        let sent = match one_item(&mut producer, &maps, size, report.items + 1, opts.timeout) {
+            Ok(()) => true,
+            Err((sent, e)) => {
+                // A call that fails while dropping a consumer (gone,
+                // hostile) has still served the others: note it and carry
+                // on while any is left.
+                let now = producer.consumers();
+                if now < before && now > 0 {
+                    report.dropped.push(e.to_string());
+                    sent
+                } else {
+                    report.error = Some(e.to_string());
+                    break;
+                }
+            }
+        };
+        if !sent {
+            continue;
         }
-        lease.submit(size, Fence::Signalled)?;
-        items += 1;
-        bar.update(items, start.elapsed(), items * size);
-        if let Some(g) = gap {
+        report.items += 1;
+        report.bytes += size;
+        bar.update(report.items, start.elapsed(), report.bytes);
+        if let Some(g) = opts.gap {
             std::thread::sleep(g);
         }
     }
     bar.finish();
-    producer.finish(Some(Duration::from_secs(30)))?;
-    Ok(ProducerReport {
-        backend: alloc.backend().to_string(),
-        backend_reason: alloc.reason().to_string(),
-        items,
-        bytes: items * size,
-        start_ns,
-    })
+    if report.error.is_none() {
+        if let Err(e) = producer.finish(Some(opts.timeout)) {
+            report.error = Some(e.to_string());
+        }
+    }
+    Ok(report)
 }
 
-/// Runs a consumer: connects to `socket` (waiting up to 30 s for it to
-/// appear), reads and checks every item until the producer finishes.
-pub fn consume(socket: &Path) -> Result<ConsumerReport, Box<dyn std::error::Error>> {
+/// Acquires a buffer, writes item `seq` into it and submits it. An error
+/// says whether the item was sent (to the consumers still there).
+fn one_item(
+    producer: &mut Producer,
+    maps: &[dmabuf::mapping::Mapping],
+    size: u64,
+    seq: u64,
+    timeout: Duration,
+) -> Result<(), (bool, Box<dyn std::error::Error>)> {
+    let lease = producer
+        .acquire(Some(timeout))
+        .map_err(|e| (false, e.into()))?;
+    let write = || -> Result<(), Box<dyn std::error::Error>> {
+        let mut w = maps[lease.slot()].write()?;
+        pattern::fill_prefix(w.bytes_mut(), size, seq)?;
+        w.end()?;
+        Ok(())
+    };
+    write().map_err(|e| (false, e))?;
+    lease
+        .submit(size, Fence::Signalled)
+        .map(drop)
+        .map_err(|e| (true, e.into()))
+}
+
+/// Whether the peer of `channel` runs as this user; the refusal in words
+/// if not.
+fn check_peer(channel: &Channel, what: &str) -> Result<(), String> {
+    let me = rustix::process::geteuid().as_raw();
+    match rustix::net::sockopt::socket_peercred(channel.fd()) {
+        Ok(c) if c.uid.as_raw() == me => Ok(()),
+        Ok(c) => Err(format!(
+            "refused {what} pid {} uid {}: not this user (uid {me})",
+            c.pid.as_raw_nonzero(),
+            c.uid.as_raw()
+        )),
+        Err(e) => Err(format!(
+            "refused {what}: its credentials are unreadable ({e})"
+        )),
+    }
+}
+
+/// Accepts `n` consumers of this user at `listener`, waiting at most
+/// `timeout` in all; peers of other users are refused (said on stderr)
+/// and not counted.
+pub fn accept_consumers(
+    listener: &Listener,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<Channel>, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + timeout;
+    let mut channels = Vec::new();
+    let mut refused = 0;
+    while channels.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let c = match listener.accept(Some(left)) {
+            Ok(c) => c,
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                return Err(format!(
+                "stream: {} of {n} consumers connected to {} within {:.1} s ({refused} refused)",
+                channels.len(),
+                listener.path().display(),
+                timeout.as_secs_f64()
+            )
+                .into())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match check_peer(&c, "peer") {
+            Ok(()) => channels.push(c),
+            Err(why) => {
+                refused += 1;
+                errln!("dmabuf: stream: {} at {}", why, listener.path().display())
+            }
+        }
+    }
+    Ok(channels)
+}
+
+/// Runs a consumer on `channel` until the producer finishes: reads and
+/// checks every item. A failure stops it and is in the report's `error`,
+/// with what was checked until then. The first `warmup` items' latencies
+/// are not recorded.
+pub fn consume(channel: Channel, timeout: Duration, warmup: u64) -> ConsumerReport {
+    let mut report = ConsumerReport::default();
+    if let Err(e) = consume_into(channel, timeout, warmup, &mut report) {
+        report.error = Some(e.to_string());
+    }
+    report.end_ns = dmabuf::fence::monotonic_ns();
+    report
+}
+
+fn consume_into(
+    channel: Channel,
+    timeout: Duration,
+    warmup: u64,
+    report: &mut ConsumerReport,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut consumer = Consumer::new(channel, Some(timeout))?;
+    let maps = consumer
+        .buffers()
+        .iter()
+        .map(|b| b.map_read_only())
+        .collect::<Result<Vec<_>, _>>()?;
+    while let Some(item) = consumer.next(Some(timeout))? {
+        let map = usize::try_from(item.slot())
+            .ok()
+            .and_then(|s| maps.get(s))
+            .ok_or_else(|| {
+                format!(
+                    "item {} names buffer {}, which the pool lacks",
+                    item.seq(),
+                    item.slot()
+                )
+            })?;
+        {
+            let r = map.read()?;
+            pattern::check_prefix(r.bytes(), item.len(), item.seq())
+                .map_err(|e| format!("{e} (buffer {})", item.slot()))?;
+        }
+        let latency = u64::try_from(item.handoff().as_nanos()).unwrap_or(u64::MAX);
+        report.record(item.len(), latency, warmup);
+        item.release(Fence::Signalled)?;
+    }
+    Ok(())
+}
+
+/// Connects to the producer at `socket` (waiting up to `timeout` for it
+/// to appear) and checks that it runs as this user.
+pub fn connect(socket: &Path, timeout: Duration) -> Result<Channel, Box<dyn std::error::Error>> {
     let t0 = Instant::now();
     let channel = loop {
         match Channel::connect(socket) {
             Ok(c) => break c,
             Err(e)
                 if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Os)
-                    && t0.elapsed() < Duration::from_secs(30) =>
+                    && t0.elapsed() < timeout =>
             {
                 std::thread::sleep(Duration::from_millis(5))
             }
             Err(e) => return Err(e.into()),
         }
     };
-    let mut consumer = Consumer::new(channel, Some(Duration::from_secs(30)))?;
-    let maps = consumer
-        .buffers()
-        .iter()
-        .map(|b| b.map_read_only())
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut report = ConsumerReport::default();
-    while let Some(item) = consumer.next(Some(Duration::from_secs(60)))? {
-        let len = item.len() as usize;
-        {
-            let r = maps[item.slot() as usize].read()?;
-            if let Some(at) = pattern::check(&r[..len], item.seq()) {
-                return Err(format!(
-                    "item {} in buffer {}: byte {at} breaks the pattern",
-                    item.seq(),
-                    item.slot()
-                )
-                .into());
-            }
-        }
-        report.latencies_ns.push(item.handoff().as_nanos() as u64);
-        report.items += 1;
-        report.bytes += len as u64;
-        item.release(Fence::Signalled)?;
-    }
-    report.end_ns = dmabuf::fence::monotonic_ns();
-    Ok(report)
+    check_peer(&channel, "producer")
+        .map_err(|why| format!("stream: {why} at {}", socket.display()))?;
+    Ok(channel)
 }
 
 /// A one-line progress bar on stderr, drawn only on a terminal.
@@ -252,151 +438,365 @@ impl Progress {
         .min(1.0);
         let w = 30;
         let full = (frac * w as f64) as usize;
-        let rate = bytes as f64 / elapsed.as_secs_f64().max(1e-9) / (1u64 << 30) as f64;
-        eprint!(
-            "\r[{}{}] {:3.0}% {items} items {rate:.2} GiB/s ",
+        err!(
+            "\r[{}{}] {:3.0}% {items} items {} ",
             "#".repeat(full),
             " ".repeat(w - full),
-            frac * 100.0
+            frac * 100.0,
+            human_rate(bytes, elapsed.as_secs_f64())
         );
-        let _ = std::io::stderr().flush();
     }
 
     fn finish(&self) {
         if self.on && self.last.is_some() {
-            eprint!("\r{}\r", " ".repeat(70));
+            err!("\r{}\r", " ".repeat(70));
         }
     }
 }
 
-/// A socket path in the temporary directory unique to this process.
-pub fn temp_socket(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("dmabuf-{tag}-{}.sock", std::process::id()))
+/// A spawned consumer process, its stdout and stderr read by threads (so
+/// a consumer that stops cannot block the producer).
+struct Spawned {
+    child: Child,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
 }
 
-/// Spawns `n` consumer processes of this program for `socket`; their
-/// stdout carries their JSON report.
-fn spawn_consumers(n: usize, socket: &Path) -> std::io::Result<Vec<std::process::Child>> {
+fn read_capped(r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.take(MAX_REPORT_BYTES).read_to_end(&mut v);
+        v
+    })
+}
+
+/// Spawns one consumer process of this program with `fd` (one end of a
+/// socketpair) as its stdin.
+fn spawn_consumer(fd: OwnedFd, timeout: Duration) -> std::io::Result<Spawned> {
     let exe = std::env::current_exe()?;
-    (0..n)
-        .map(|_| {
-            Command::new(&exe)
-                .args(["stream", "--role", "consumer", "--json", "--socket"])
-                .arg(socket)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-        })
-        .collect()
+    let mut child = Command::new(exe)
+        .args([
+            "stream",
+            "--role",
+            "consumer",
+            "--json",
+            "--socket",
+            "-",
+            "--timeout",
+        ])
+        .arg(timeout.as_secs_f64().to_string())
+        .stdin(Stdio::from(fd))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let err = child
+        .stderr
+        .take()
+        .ok_or_else(|| std::io::Error::other("no stderr"))?;
+    Ok(Spawned {
+        child,
+        stdout: read_capped(out),
+        stderr: read_capped(err),
+    })
+}
+
+/// How one spawned consumer did.
+#[derive(Debug, serde::Serialize)]
+pub struct ConsumerOutcome {
+    /// 1-based.
+    pub consumer: usize,
+    /// Its process id.
+    pub pid: u32,
+    /// Whether it checked every item sent and exited 0.
+    pub ok: bool,
+    /// Items it checked.
+    pub items: u64,
+    /// Bytes it checked.
+    pub bytes: u64,
+    /// How it ended, in words, when not ok.
+    pub error: Option<String>,
+    #[serde(skip)]
+    end_ns: u64,
+    #[serde(skip)]
+    handoff: Histogram,
+}
+
+/// Waits at most `bound` for the consumer to exit, kills it past that,
+/// and collects what it reported.
+fn collect(i: usize, s: Spawned, bound: Duration, sent: u64) -> ConsumerOutcome {
+    let Spawned {
+        mut child,
+        stdout,
+        stderr,
+    } = s;
+    let pid = child.id();
+    let deadline = Instant::now() + bound;
+    let mut killed = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Ok(st),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                killed = true;
+                break child.wait();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => break Err(e),
+        }
+    };
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    let report = serde_json::from_slice::<ConsumerReport>(&out);
+    let mut o = ConsumerOutcome {
+        consumer: i + 1,
+        pid,
+        ok: false,
+        items: 0,
+        bytes: 0,
+        error: None,
+        end_ns: 0,
+        handoff: Histogram::default(),
+    };
+    let mut why = Vec::new();
+    match report {
+        Ok(r) => {
+            o.items = r.items;
+            o.bytes = r.bytes;
+            o.end_ns = r.end_ns;
+            o.handoff = r.handoff;
+            if let Some(e) = r.error {
+                why.push(e);
+            }
+        }
+        Err(_) if out.is_empty() => why.push("no report".to_string()),
+        Err(e) => why.push(format!("unreadable report ({e})")),
+    }
+    let stderr_text = String::from_utf8_lossy(&err);
+    let last = stderr_text.lines().rev().find(|l| !l.trim().is_empty());
+    if let Some(l) = last {
+        let l = l.trim().trim_start_matches("dmabuf: ").to_string();
+        if !why.contains(&l) {
+            why.push(l);
+        }
+    }
+    match status {
+        Ok(st) if killed => why.push(format!(
+            "did not exit within {:.1} s after the stream ended: killed ({st})",
+            bound.as_secs_f64()
+        )),
+        Ok(st) if !st.success() => why.push(format!("exited with {st}")),
+        Ok(_) => {}
+        Err(e) => why.push(format!("could not be waited for: {e}")),
+    }
+    if why.is_empty() && o.items != sent {
+        why.push(format!("checked {} of the {sent} items sent", o.items));
+    }
+    o.ok = why.is_empty();
+    if !o.ok {
+        o.error = Some(why.join("; "));
+    }
+    o
+}
+
+/// Removes the socket file at `path` and exits on SIGTERM, SIGINT or
+/// SIGHUP, once `armed` (set after the bind, so that a file this process
+/// did not create is never removed).
+fn remove_on_signal(path: PathBuf, armed: Arc<AtomicBool>) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            if armed.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&path);
+            }
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
 }
 
 /// Runs `dmabuf stream`.
 pub fn run(args: Args) -> crate::CliResult {
-    if args.buffers == 0 || args.consumers == 0 {
-        return Err("--buffers and --consumers must be at least 1".into());
-    }
     let limit = match (args.count, args.seconds) {
         (Some(n), _) => Limit::Count(n),
-        (None, Some(s)) if s > 0.0 => Limit::Time(Duration::from_secs_f64(s)),
-        (None, Some(_)) => return Err("--seconds must be positive".into()),
+        (None, Some(d)) => Limit::Time(d),
         (None, None) => Limit::Time(Duration::from_secs(3)),
+    };
+    let opts = ProduceOptions {
+        progress: std::io::stderr().is_terminal() && !args.json,
+        gap: None,
+        timeout: args.timeout,
     };
     match args.role {
         Some(Role::Consumer) => {
-            let socket = args.socket.as_deref().expect("clap requires --socket");
-            let mut r = consume(socket)?;
-            if args.json {
-                println!("{}", serde_json::to_string(&r)?);
+            let socket = args
+                .socket
+                .as_deref()
+                .ok_or("--role consumer needs --socket")?;
+            let channel = if socket == Path::new("-") {
+                let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+                Channel::from_fd(fd)
+                    .map_err(|e| format!("stream: --socket - (standard input): {e}"))?
             } else {
-                let (p50, p90, p99) = pattern::percentiles_us(&mut r.latencies_ns);
-                println!(
-                    "consumer: {} items, {} bytes checked; handoff p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs",
-                    r.items, r.bytes
-                );
+                connect(socket, args.timeout)?
+            };
+            let r = consume(channel, args.timeout, 0);
+            if args.json {
+                crate::out::json(&r, false)?;
+            } else {
+                let (p50, p90, p99) = r.handoff.percentiles_us();
+                outln!(
+                    "consumer: {} items, {} checked; handoff p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs",
+                    r.items,
+                    human_size(r.bytes)
+                )?;
             }
-            Ok(ExitCode::SUCCESS)
+            match r.error {
+                Some(e) => Err(e.into()),
+                None => Ok(ExitCode::SUCCESS),
+            }
         }
         Some(Role::Producer) => {
-            let socket = args.socket.clone().expect("clap requires --socket");
+            let socket = args
+                .socket
+                .clone()
+                .ok_or("--role producer needs --socket")?;
+            if socket == Path::new("-") {
+                return Err(
+                    "stream: a producer listens at a path; --socket - is for a consumer".into(),
+                );
+            }
             let alloc = args.backend.allocator()?;
+            check_pool_fits(args.size, args.buffers as usize)?;
+            let armed = Arc::new(AtomicBool::new(false));
+            remove_on_signal(socket.clone(), armed.clone())?;
             let listener = Listener::bind(&socket)?;
-            let progress = std::io::stderr().is_terminal();
+            armed.store(true, Ordering::SeqCst);
+            let channels = accept_consumers(&listener, args.consumers as usize, args.timeout)?;
             let p = produce(
-                &listener,
-                args.consumers,
+                channels,
                 &alloc,
                 args.size,
-                args.buffers,
+                args.buffers as usize,
                 limit,
-                progress,
+                opts,
             )?;
-            let secs = (dmabuf::fence::monotonic_ns() - p.start_ns) as f64 / 1e9;
-            print_report(&args, &p, &mut [], secs)?;
-            Ok(ExitCode::SUCCESS)
+            drop(listener);
+            let secs = dmabuf::fence::monotonic_ns().saturating_sub(p.start_ns) as f64 / 1e9;
+            print_report(&args, &p, &[], &Histogram::default(), secs)?;
+            finish(&p, &[])
         }
         None => {
             let alloc = args.backend.allocator()?;
-            let socket = temp_socket("stream");
-            let _ = std::fs::remove_file(&socket);
-            let listener = Listener::bind(&socket)?;
-            let children = spawn_consumers(args.consumers, &socket)?;
-            let progress = std::io::stderr().is_terminal() && !args.json;
+            check_pool_fits(args.size, args.buffers as usize)?;
+            let mut channels = Vec::new();
+            let mut children = Vec::new();
+            for _ in 0..args.consumers {
+                let (mine, theirs) = rustix::net::socketpair(
+                    rustix::net::AddressFamily::UNIX,
+                    rustix::net::SocketType::SEQPACKET,
+                    rustix::net::SocketFlags::CLOEXEC,
+                    None,
+                )?;
+                channels.push(Channel::from_fd(mine)?);
+                children.push(spawn_consumer(theirs, args.timeout)?);
+            }
             let produced = produce(
-                &listener,
-                args.consumers,
+                channels,
                 &alloc,
                 args.size,
-                args.buffers,
+                args.buffers as usize,
                 limit,
-                progress,
+                opts,
             );
-            let mut reports = Vec::new();
-            let mut failures = Vec::new();
-            for c in children {
-                let out = c.wait_with_output()?;
-                if !out.status.success() {
-                    failures.push(format!("a consumer failed ({})", out.status));
-                    continue;
-                }
-                match serde_json::from_slice::<ConsumerReport>(&out.stdout) {
-                    Ok(r) => reports.push(r),
-                    Err(e) => failures.push(format!("a consumer's report is unreadable: {e}")),
-                }
-            }
-            let p = produced?;
-            if !failures.is_empty() {
-                return Err(failures.join("; ").into());
-            }
-            for r in &reports {
-                if r.items != p.items {
-                    return Err(format!(
-                        "a consumer checked {} items of the {} sent",
-                        r.items, p.items
-                    )
-                    .into());
-                }
-            }
-            let end = reports.iter().map(|r| r.end_ns).max().unwrap_or(p.start_ns);
-            let secs = end.saturating_sub(p.start_ns) as f64 / 1e9;
-            let mut lat: Vec<u64> = reports
-                .iter()
-                .flat_map(|r| r.latencies_ns.iter().copied())
+            // The producer (and so every channel) is gone: a consumer
+            // still running is stopped or hung.
+            let sent = produced.as_ref().map_or(0, |p| p.items);
+            let outcomes: Vec<ConsumerOutcome> = children
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| collect(i, c, args.timeout, sent))
                 .collect();
-            print_report(&args, &p, &mut lat, secs)?;
-            Ok(ExitCode::SUCCESS)
+            let p = match produced {
+                Ok(p) => p,
+                Err(e) => {
+                    for o in outcomes.iter().filter(|o| !o.ok) {
+                        errln!(
+                            "dmabuf: stream: consumer {} (pid {}): {}",
+                            o.consumer,
+                            o.pid,
+                            o.error.as_deref().unwrap_or("failed")
+                        );
+                    }
+                    return Err(e);
+                }
+            };
+            let end = outcomes
+                .iter()
+                .map(|o| o.end_ns)
+                .max()
+                .unwrap_or(p.start_ns);
+            let secs = end.saturating_sub(p.start_ns) as f64 / 1e9;
+            let mut lat = Histogram::default();
+            for o in &outcomes {
+                lat.merge(&o.handoff);
+            }
+            print_report(&args, &p, &outcomes, &lat, secs)?;
+            finish(&p, &outcomes)
         }
+    }
+}
+
+/// The exit: 0 if the stream reached its end and every consumer checked
+/// every item; else an error naming what failed (the report is out).
+fn finish(p: &ProducerReport, outcomes: &[ConsumerOutcome]) -> crate::CliResult {
+    let mut why = Vec::new();
+    if let Some(e) = &p.error {
+        why.push(format!("stream stopped after {} items: {e}", p.items));
+    }
+    for d in &p.dropped {
+        why.push(format!("a consumer was dropped: {d}"));
+    }
+    let failed: Vec<&ConsumerOutcome> = outcomes.iter().filter(|o| !o.ok).collect();
+    if !failed.is_empty() {
+        why.push(format!(
+            "{} of {} consumers failed: {}",
+            failed.len(),
+            outcomes.len(),
+            failed
+                .iter()
+                .map(|o| format!(
+                    "consumer {} (pid {}): {}",
+                    o.consumer,
+                    o.pid,
+                    o.error.as_deref().unwrap_or("failed")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    if why.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(why.join("; ").into())
     }
 }
 
 fn print_report(
     args: &Args,
     p: &ProducerReport,
-    lat: &mut [u64],
+    outcomes: &[ConsumerOutcome],
+    lat: &Histogram,
     secs: f64,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> crate::CliResult<()> {
     let gib_s = p.bytes as f64 / secs.max(1e-9) / (1u64 << 30) as f64;
     let items_s = p.items as f64 / secs.max(1e-9);
-    let (p50, p90, p99) = pattern::percentiles_us(lat);
+    let (p50, p90, p99) = lat.percentiles_us();
+    let verified = !outcomes.is_empty() && outcomes.iter().all(|o| o.ok);
     if args.json {
         let v = serde_json::json!({
             "backend": p.backend,
@@ -408,24 +808,52 @@ fn print_report(
             "bytes": p.bytes,
             "seconds": secs,
             "throughput_gib_s": gib_s,
+            "throughput": human_rate(p.bytes, secs),
             "items_per_s": items_s,
             "handoff_us": { "p50": p50, "p90": p90, "p99": p99 },
-            "verified": !lat.is_empty(),
+            "verified": verified,
+            "per_consumer": outcomes,
+            "dropped": p.dropped,
+            "error": p.error,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        crate::out::json(&v, true)?;
     } else {
-        println!("backend:    {} ({})", p.backend, p.backend_reason);
-        println!(
+        outln!("backend:    {} ({})", p.backend, p.backend_reason)?;
+        outln!(
             "items:      {} × {} to {} consumer(s), {} buffers, in {secs:.2} s",
             p.items,
-            pattern::human_size(args.size),
+            human_size(args.size),
             args.consumers,
             args.buffers
-        );
-        println!("throughput: {gib_s:.2} GiB/s per consumer, {items_s:.0} items/s");
+        )?;
+        outln!(
+            "throughput: {} per consumer, {items_s:.0} items/s",
+            human_rate(p.bytes, secs)
+        )?;
         if !lat.is_empty() {
-            println!("handoff:    p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs");
-            println!("verified:   every byte of every item, in every consumer");
+            outln!("handoff:    p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs")?;
+        }
+        for o in outcomes {
+            match &o.error {
+                None => outln!(
+                    "consumer {}:  pid {}, {} items, {} checked",
+                    o.consumer,
+                    o.pid,
+                    o.items,
+                    human_size(o.bytes)
+                )?,
+                Some(e) => outln!(
+                    "consumer {}:  pid {}, {} items, {} checked, FAILED: {}",
+                    o.consumer,
+                    o.pid,
+                    o.items,
+                    human_size(o.bytes),
+                    crate::out::escape(e)
+                )?,
+            }
+        }
+        if verified {
+            outln!("verified:   every byte of every item, in every consumer")?;
         }
     }
     Ok(())

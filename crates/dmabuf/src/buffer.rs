@@ -12,24 +12,52 @@
 //!
 //! * the bytes are reached only through a [`Mapping`] and a
 //!   CPU-access [`Window`](crate::Window) (see the `mapping` module);
-//! * the buffer is mapped into the process at most once; every mapping
-//!   handle, range and window shares that one mapping (refcounted), which
-//!   is unmapped when the last user drops it — the idea of the kernel's
-//!   `vmap`/`vmap_local`, for user space;
+//! * one piece of memory has one identity in the process, named by the
+//!   kernel's `(st_dev, st_ino)` of its file: every handle on it — a
+//!   [`Buffer`] clone, [`Buffer::from_fd`] of a dup'd fd or of a reopened
+//!   `/proc/self/fd` path, [`Buffer::from_dma_buf`] of a
+//!   [`DmaBuf::try_clone`], a buffer received over a channel while this
+//!   process already has it open — shares one mapping, one registry of
+//!   open windows and one [`Reservation`]. A window opened through one
+//!   handle conflicts with windows opened through any other
+//!   ([`ErrorKind::Busy`], naming the bytes in the way), and
+//!   [`Buffer::same_as`] says true for all of them;
+//! * writability is per handle: a handle on an fd opened read-only (or a
+//!   memfd sealed against writing) gets no writable mapping and no write
+//!   window, even while another handle on the same memory writes;
+//! * the memory is mapped into the process at most once at a time; every
+//!   mapping handle, range and window shares that one mapping
+//!   (refcounted), which is unmapped when the last user drops it — the
+//!   idea of the kernel's `vmap`/`vmap_local`, for user space. If the
+//!   mapping there is read-only (made for a read-only handle) and a
+//!   writable handle maps, a second, writable mapping is made; windows are
+//!   still counted per byte of the memory, whichever mapping serves them;
 //! * it has a [`Reservation`] of fences and CPU windows that orders CPU,
 //!   devices and other processes (see the `reservation` module), combined
 //!   with the kernel's own for dma-bufs.
+//!
+//! What this identity covers, and what it cannot: it is per process, and
+//! per file. Two different files showing the same pages — two udmabufs
+//! over one memfd range, a udmabuf and its memfd — are tied together only
+//! for udmabufs this process made (see the `udmabuf` module: it records
+//! their memfd pages, and a list repeating pages is refused). Memory mapped
+//! outside the library, and windows of other processes or devices, are not
+//! seen by the registry: against those the library relies on fences and
+//! the window protocol, and reads and writes the bytes only with volatile
+//! accesses (see the `mapping` module), so what they do is never undefined
+//! behaviour here.
 //!
 //! A portable buffer is a memfd named `dmabuf-portable:<name>`, sealed
 //! against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`), so that a
 //! process it is shared with can never be killed by `SIGBUS` through a
 //! truncation. Its name is kept by the library (a memfd cannot be renamed).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use rustix::event::PollFlags;
@@ -42,6 +70,7 @@ use crate::mapping::Mapping;
 use crate::reservation::{Reservation, Usage};
 use crate::sys;
 use crate::sys::mem::Region;
+use crate::sys::object::MemoryObject;
 
 /// Prefix of the memfd name of portable buffers (visible in
 /// `/proc/PID/fd` and `/proc/PID/maps`, which is how inspection finds them).
@@ -99,6 +128,7 @@ pub struct DmaBuf {
     size: u64,
     inode: u64,
     writable: bool,
+    object: Arc<MemoryObject>,
 }
 
 impl DmaBuf {
@@ -122,14 +152,17 @@ impl DmaBuf {
             .map_err(|e| Error::kernel("dma-buf", obj.clone(), e, "cannot read the size"))?;
         let _ = rustix::fs::seek(&fd, SeekFrom::Start(0));
         let stat = rustix::fs::fstat(&fd).map_err(|e| Error::os("dma-buf", obj.clone(), e))?;
-        let mode = rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::os("dma-buf", obj, e))?;
+        let mode =
+            rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::os("dma-buf", obj.clone(), e))?;
         let acc = mode & rustix::fs::OFlags::ACCMODE;
         let writable = acc == rustix::fs::OFlags::RDWR || acc == rustix::fs::OFlags::WRONLY;
+        let object = MemoryObject::intern(&fd).map_err(|e| Error::os("dma-buf", obj, e))?;
         Ok(DmaBuf {
             fd,
             size,
             inode: stat.st_ino,
             writable,
+            object,
         })
     }
 
@@ -189,6 +222,7 @@ impl DmaBuf {
             size: self.size,
             inode: self.inode,
             writable: self.writable,
+            object: self.object.clone(),
         })
     }
 
@@ -245,11 +279,31 @@ impl DmaBuf {
     pub fn into_fd(self) -> OwnedFd {
         self.fd
     }
+
+    /// The process-wide identity of the memory.
+    pub(crate) fn memory_object(&self) -> &Arc<MemoryObject> {
+        &self.object
+    }
 }
 
 impl AsFd for DmaBuf {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+impl TryFrom<OwnedFd> for DmaBuf {
+    type Error = Error;
+
+    /// [`DmaBuf::from_fd`]: refuses an fd that is not a dma-buf.
+    fn try_from(fd: OwnedFd) -> Result<DmaBuf> {
+        DmaBuf::from_fd(fd)
+    }
+}
+
+impl From<DmaBuf> for OwnedFd {
+    fn from(d: DmaBuf) -> OwnedFd {
+        d.into_fd()
     }
 }
 
@@ -332,6 +386,36 @@ pub struct Buffer {
     inner: Arc<Inner>,
 }
 
+/// What every handle on one piece of memory shares, once per process: the
+/// memory object (mapping and borrow registry, `sys::object`) and the
+/// reservation.
+#[derive(Debug)]
+struct Object {
+    memory: Arc<MemoryObject>,
+    reservation: Reservation,
+}
+
+impl Object {
+    /// The one `Object` of `memory` in this process.
+    fn of(memory: &Arc<MemoryObject>) -> Arc<Object> {
+        static OBJECTS: OnceLock<Mutex<HashMap<u64, Weak<Object>>>> = OnceLock::new();
+        let mut map = OBJECTS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(o) = map.get(&memory.id()).and_then(Weak::upgrade) {
+            return o;
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let o = Arc::new(Object {
+            memory: memory.clone(),
+            reservation: Reservation::default(),
+        });
+        map.insert(memory.id(), Arc::downgrade(&o));
+        o
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     id: u64,
@@ -340,12 +424,18 @@ struct Inner {
     size: u64,
     writable: bool,
     name: Mutex<String>,
-    reservation: Reservation,
-    region: Mutex<Weak<Region>>,
+    object: Arc<Object>,
 }
 
 impl Buffer {
-    fn build(memory: Memory, kind: BufferKind, size: u64, writable: bool, name: String) -> Buffer {
+    fn build(
+        memory: Memory,
+        object: &Arc<MemoryObject>,
+        kind: BufferKind,
+        size: u64,
+        writable: bool,
+        name: String,
+    ) -> Buffer {
         Buffer {
             inner: Arc::new(Inner {
                 id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
@@ -354,8 +444,7 @@ impl Buffer {
                 size,
                 writable,
                 name: Mutex::new(name),
-                reservation: Reservation::default(),
-                region: Mutex::new(Weak::new()),
+                object: Object::of(object),
             }),
         }
     }
@@ -364,7 +453,8 @@ impl Buffer {
     pub fn from_dma_buf_of_kind(dmabuf: DmaBuf, kind: BufferKind) -> Buffer {
         let name = dmabuf.name().ok().flatten().unwrap_or_default();
         let (size, writable) = (dmabuf.size(), dmabuf.is_writable());
-        Buffer::build(Memory::DmaBuf(dmabuf), kind, size, writable, name)
+        let object = dmabuf.memory_object().clone();
+        Buffer::build(Memory::DmaBuf(dmabuf), &object, kind, size, writable, name)
     }
 
     /// A buffer on a kernel dma-buf; the kind comes from its exporter name
@@ -421,12 +511,24 @@ impl Buffer {
         if st.st_size <= 0 {
             return Err(Error::invalid("portable buffer", obj, "memfd is empty"));
         }
-        let mode =
-            rustix::fs::fcntl_getfl(&memfd).map_err(|e| Error::os("portable buffer", obj, e))?;
+        let mode = rustix::fs::fcntl_getfl(&memfd)
+            .map_err(|e| Error::os("portable buffer", obj.clone(), e))?;
+        if (mode & rustix::fs::OFlags::ACCMODE) == rustix::fs::OFlags::WRONLY {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "portable buffer",
+                obj,
+                "memfd is open write-only: it could never be mapped (a mapping needs read access)",
+            )
+            .with_errno(Errno::ACCESS));
+        }
         let writable = !seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE)
             && (mode & rustix::fs::OFlags::ACCMODE) != rustix::fs::OFlags::RDONLY;
+        let object =
+            MemoryObject::intern(&memfd).map_err(|e| Error::os("portable buffer", obj, e))?;
         Ok(Buffer::build(
             Memory::Memfd(memfd),
+            &object,
             BufferKind::Portable,
             st.st_size as u64,
             writable,
@@ -523,14 +625,22 @@ impl Buffer {
         }
     }
 
-    /// The library's reservation of this buffer (user fences, CPU windows).
+    /// The library's reservation of this buffer (user fences, CPU
+    /// windows): one per piece of memory in this process, shared by every
+    /// handle on it.
     pub fn reservation(&self) -> &Reservation {
-        &self.inner.reservation
+        &self.inner.object.reservation
     }
 
-    /// Whether `other` is a handle on the same buffer.
+    /// Whether `other` is a handle on the same memory (the same buffer,
+    /// however each handle was made: clone, dup'd fd, received fd).
     pub fn same_as(&self, other: &Buffer) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        Arc::ptr_eq(&self.inner.object, &other.inner.object)
+    }
+
+    /// The process-wide identity of the memory.
+    pub(crate) fn memory_object(&self) -> &Arc<MemoryObject> {
+        &self.inner.object.memory
     }
 
     /// Maps the whole buffer, read-write if the buffer is writable.
@@ -594,34 +704,29 @@ impl Buffer {
         ))
     }
 
-    /// The buffer's one mapping, made on first use and shared until the
-    /// last user drops it.
+    /// The memory's one mapping, made on first use and shared by every
+    /// handle on the memory until the last user drops it (made anew,
+    /// writable, if the one there is read-only and this handle may write).
     fn shared_region(&self) -> Result<Arc<Region>> {
-        let mut slot = self.inner.region.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = slot.upgrade() {
-            return Ok(r);
-        }
         let len = usize::try_from(self.size()).map_err(|_| {
             Error::invalid("map", self.describe(), "too large for this address space")
         })?;
-        let region = Region::map(self.fd(), 0, len, self.is_writable()).map_err(|e| match e {
-            Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
-                "mmap",
-                self.describe(),
-                e,
-                "the exporter refused the mapping (it may not support mmap)",
-            ),
-            e => Error::os("mmap", self.describe(), e),
-        })?;
-        let region = Arc::new(region);
-        *slot = Arc::downgrade(&region);
-        Ok(region)
+        self.memory_object()
+            .region(self.fd(), len, self.is_writable())
+            .map_err(|e| match e {
+                Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
+                    "mmap",
+                    self.describe(),
+                    e,
+                    "the exporter refused the mapping (it may not support mmap)",
+                ),
+                e => Error::os("mmap", self.describe(), e),
+            })
     }
 
-    /// Whether the buffer is mapped into this process now, and where.
+    /// Whether the memory is mapped into this process now, and where.
     pub fn mapped_at(&self) -> Option<usize> {
-        let slot = self.inner.region.lock().unwrap_or_else(|e| e.into_inner());
-        slot.upgrade().map(|r| r.addr())
+        self.memory_object().current_region().map(|r| r.addr())
     }
 
     /// Waits until the buffer is idle for `access` (a read waits for
@@ -694,5 +799,68 @@ impl Buffer {
                 Ok(())
             }
         }
+    }
+}
+
+impl AsFd for Buffer {
+    /// The fd of the memory (dma-buf or memfd), as [`Buffer::fd`].
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
+impl TryFrom<OwnedFd> for Buffer {
+    type Error = Error;
+
+    /// [`Buffer::from_fd`] with no name: a dma-buf or a sealed memfd,
+    /// anything else refused.
+    fn try_from(fd: OwnedFd) -> Result<Buffer> {
+        Buffer::from_fd(fd, "")
+    }
+}
+
+impl fmt::Display for Buffer {
+    /// `buffer 'name' (kind, N bytes)`, as in error messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl Buffer {
+    /// Maps the buffer, opens a write window on all of it, runs `f` on its
+    /// bytes and closes the window, returning `END`'s error if it fails:
+    /// the one-shot way to write a buffer.
+    ///
+    /// ```
+    /// # fn main() -> dmabuf::Result<()> {
+    /// let buf = dmabuf::Allocator::auto().allocate(4096, "once")?;
+    /// buf.write_with(|mut bytes| bytes.fill(7))?;
+    /// assert_eq!(buf.read_with(|bytes| bytes.get(100))?, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write_with<R>(
+        &self,
+        f: impl FnOnce(crate::mapping::VolatileBytesMut<'_>) -> R,
+    ) -> Result<R> {
+        let map = self.map()?;
+        let mut w = map.write()?;
+        let r = f(w.bytes_mut());
+        w.end()?;
+        Ok(r)
+    }
+
+    /// Maps the buffer, opens a read window on all of it (waiting for
+    /// writers), runs `f` on its bytes and closes the window: the one-shot
+    /// way to read a buffer.
+    pub fn read_with<R>(
+        &self,
+        f: impl FnOnce(crate::mapping::VolatileBytes<'_>) -> R,
+    ) -> Result<R> {
+        let map = self.map_read_only()?;
+        let r = map.read()?;
+        let out = f(r.bytes());
+        r.end()?;
+        Ok(out)
     }
 }

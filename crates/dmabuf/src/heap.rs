@@ -7,13 +7,17 @@
 //! `0600` unless udev says otherwise). `DMA_HEAP_IOCTL_ALLOC` returns a
 //! zeroed dma-buf of the length rounded up to pages, with close-on-exec
 //! and an access mode of the caller's choice; no heap flags exist in 6.12.
+//! A length the kernel could not satisfy (0, overflowing when rounded to
+//! pages, more than the memory this process can still get) is refused
+//! first, with the same messages as every allocator (see the `alloc`
+//! module's memory limits).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::alloc::{Allocate, Backend};
+use crate::alloc::{allocation_size, Allocate, Backend};
 use crate::buffer::{Access, Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
@@ -126,13 +130,9 @@ impl Heap {
     /// kernel), zeroed.
     pub fn allocate_dma_buf(&self, len: u64, opts: HeapAllocOptions) -> Result<DmaBuf> {
         let obj = format!("heap '{}'", self.name);
-        if len == 0 {
-            return Err(Error::invalid(
-                "heap allocate",
-                obj,
-                "length 0: a buffer needs at least one byte",
-            ));
-        }
+        // The one size check of every allocator: 0, overflow when rounded
+        // to pages, more than the memory this process can still get.
+        let len = allocation_size(len, &obj)?;
         if opts.heap_flags & !sys::dma_heap::DMA_HEAP_VALID_HEAP_FLAGS != 0 {
             return Err(Error::invalid(
                 "heap allocate",

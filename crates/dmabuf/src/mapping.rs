@@ -16,8 +16,8 @@
 //! * [`Mapping::read`], [`Mapping::write`] and [`Mapping::read_write`] open
 //!   a [`Window`]: they wait for the fences the access must wait for (a
 //!   read waits for writers, a write for everyone), issue `START` with the
-//!   direction, and only then hand out `&[u8]` (and `&mut [u8]` for
-//!   writing windows);
+//!   direction, and only then give access to the bytes (reading, and
+//!   writing for writing windows — see "the bytes are volatile" below);
 //! * closing the window — [`Window::end`], which returns `END`'s error, or
 //!   just dropping it — issues `END` with the same direction. There is no
 //!   way to issue `END` without a `START` (a udmabuf would answer EINVAL);
@@ -46,16 +46,48 @@
 //! The memory is shared with devices and other processes; a window is a
 //! promise between cooperating parties (through fences), not a lock the
 //! kernel enforces on others.
-
+//!
+//! # DOC: the bytes are volatile (the trust model)
+//!
+//! Inside this process the library guarantees that no two windows overlap
+//! unless all of them read, across every handle on the same memory (and,
+//! for udmabufs this process made, across the memfd pages they are made
+//! of; see `buffer` and `udmabuf`). It cannot guarantee the same of other
+//! processes or devices: a peer that does not follow the protocol, or that
+//! is hostile, can write the bytes while a window is open. In Rust's model
+//! a `&[u8]` or `&mut [u8]` over bytes that change meanwhile is a data
+//! race, so a [`Window`] does not dereference to a slice. Its bytes are
+//! reached through a volatile view, in the style of `vm-memory`'s
+//! `VolatileSlice`:
+//!
+//! * [`Window::bytes`] gives a [`VolatileBytes`] (`len`, `get`, `read_at`,
+//!   `copy_to_slice`, `to_vec`, `subslice`, `iter`), and writing windows'
+//!   [`Window::bytes_mut`] a [`VolatileBytesMut`] (also `set`, `write_at`,
+//!   `copy_from_slice`, `copy_from_volatile`, `fill`); the window itself
+//!   has the common ones (`len`, `get`, `read_at`, `copy_to_slice`,
+//!   `to_vec`, and for writing windows `set`, `write_at`,
+//!   `copy_from_slice`, `fill`);
+//! * every access is a volatile load or store, bulk ones by aligned 64-bit
+//!   words; a byte another party changes is just a different value read,
+//!   never undefined behaviour, and a value read once is a copy that
+//!   cannot change under the program;
+//! * a plain slice is only had through `unsafe`:
+//!   [`VolatileBytes::as_slice`] / [`VolatileBytesMut::as_mut_slice`],
+//!   whose caller asserts that nobody else writes (or, for the mutable one,
+//!   reads) the bytes while the slice lives — true when every holder of
+//!   the memory follows the window and fence protocol, never to be assumed
+//!   of memory an untrusted peer can write.
 use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut, Range};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::buffer::{Access, Buffer, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
-use crate::sys::mem::{BorrowError, Region, RegionMut, RegionRef};
+use crate::sys::mem::Region;
+use crate::sys::object::{BorrowError, View};
+pub use crate::sys::volatile::{OutOfRange, VolatileBytes, VolatileBytesMut};
 
 /// A handle on (a range of) a buffer's shared mapping. Cheap; make as
 /// many as needed: the buffer is mapped once.
@@ -73,7 +105,7 @@ pub trait WindowMode: sealed::Sealed {
     const ACCESS: Access;
 }
 
-/// Window modes that hand out `&mut [u8]`.
+/// Window modes that may write the bytes.
 pub trait Writable: WindowMode {}
 
 mod sealed {
@@ -217,40 +249,18 @@ impl Mapping {
         // Ordering: check for fences and register the window in one step
         // (see `begin_window`), before taking the bytes.
         begin_window(&self.buffer, access, deadline, skip)?;
-        let bytes = if access.writes() {
-            self.region.borrow_mut(abs.clone()).map(Bytes::Exclusive)
-        } else {
-            self.region.borrow(abs.clone()).map(Bytes::Shared)
-        }
-        .map_err(|e| match e {
-            BorrowError::Conflict { with_exclusive } => Error::new(
-                ErrorKind::Busy,
-                op,
-                obj(),
-                format!(
-                    "a {} window overlapping bytes {}..{} is already open",
-                    if with_exclusive { "write" } else { "read" },
-                    abs.start,
-                    abs.end
-                ),
-            )
-            .with_errno(Errno::BUSY),
-            BorrowError::ReadOnly => Error::new(
-                ErrorKind::PermissionDenied,
-                op,
-                obj(),
-                "the mapping is read-only",
-            )
-            .with_errno(Errno::ACCESS),
-            BorrowError::OutOfBounds => Error::invalid(op, obj(), "range outside the mapping"),
-        });
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) => {
-                self.buffer.reservation().cpu_end(access);
-                return Err(e);
-            }
-        };
+        let bytes =
+            match self
+                .buffer
+                .memory_object()
+                .borrow(&self.region, abs.clone(), access.writes())
+            {
+                Ok(b) => b,
+                Err(e) => {
+                    self.buffer.reservation().cpu_end(access);
+                    return Err(borrow_error(e, op, obj(), &abs));
+                }
+            };
         // From here on, dropping `window` undoes what was done.
         let mut window = Window {
             mapping: self,
@@ -333,20 +343,47 @@ fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &st
     }
 }
 
-#[derive(Debug)]
-enum Bytes<'a> {
-    Shared(RegionRef<'a>),
-    Exclusive(RegionMut<'a>),
+/// The error for a refused borrow of bytes `abs` of the buffer.
+fn borrow_error(e: BorrowError, op: &'static str, obj: String, abs: &Range<usize>) -> Error {
+    match e {
+        BorrowError::Conflict {
+            with_exclusive,
+            overlap,
+            backing,
+        } => {
+            let kind = if with_exclusive { "write" } else { "read" };
+            let cause = match backing {
+                None => format!(
+                    "a {kind} window overlapping bytes {}..{} is already open (both cover bytes {}..{}; windows of every handle on this memory count)",
+                    abs.start, abs.end, overlap.start, overlap.end
+                ),
+                Some((dev, ino)) => format!(
+                    "a {kind} window overlapping bytes {}..{} is already open through the same memfd pages (memfd inode {ino} on device {dev:#x}, bytes {}..{} of it)",
+                    abs.start, abs.end, overlap.start, overlap.end
+                ),
+            };
+            Error::new(ErrorKind::Busy, op, obj, cause).with_errno(Errno::BUSY)
+        }
+        BorrowError::ReadOnly => Error::new(
+            ErrorKind::PermissionDenied,
+            op,
+            obj,
+            "the mapping is read-only",
+        )
+        .with_errno(Errno::ACCESS),
+        BorrowError::OutOfBounds => Error::invalid(op, obj, "range outside the mapping"),
+    }
 }
 
 /// An open CPU-access window: the only holder of the buffer's bytes.
 ///
-/// Dereferences to `[u8]`; windows of a writing mode also to `mut [u8]`.
-/// Closing it ([`Window::end`] or drop) issues `DMA_BUF_IOCTL_SYNC END`.
+/// Its bytes are reached through volatile views ([`Window::bytes`],
+/// [`Window::bytes_mut`]) or the copy methods, never as a plain slice (see
+/// the module documentation). Closing it ([`Window::end`] or drop) issues `DMA_BUF_IOCTL_SYNC END`.
 #[derive(Debug)]
 pub struct Window<'a, M: WindowMode> {
     mapping: &'a Mapping,
-    bytes: Option<Bytes<'a>>,
+    bytes: Option<View>,
     started: bool,
     _mode: PhantomData<M>,
 }
@@ -390,24 +427,83 @@ impl<M: WindowMode> Window<'_, M> {
     }
 }
 
-impl<M: WindowMode> Deref for Window<'_, M> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
+impl<M: WindowMode> Window<'_, M> {
+    /// The window's bytes, for volatile reads.
+    pub fn bytes(&self) -> VolatileBytes<'_> {
         match self.bytes.as_ref() {
-            Some(Bytes::Shared(b)) => b,
-            Some(Bytes::Exclusive(b)) => b,
-            None => &[],
+            Some(v) => v.bytes(),
+            None => VolatileBytes::empty(),
         }
+    }
+
+    /// Length of the window in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Whether the window is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Byte `i`, or `None` past the end.
+    pub fn get(&self, i: usize) -> Option<u8> {
+        self.bytes().get(i)
+    }
+
+    /// Copies `dst.len()` bytes from `offset` of the window into `dst`.
+    pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.bytes()
+            .read_at(offset, dst)
+            .map_err(|e| self.out_of_range("read from CPU window", e))
+    }
+
+    /// Copies the first `min(self.len(), dst.len())` bytes into `dst`;
+    /// returns how many.
+    pub fn copy_to_slice(&self, dst: &mut [u8]) -> usize {
+        self.bytes().copy_to_slice(dst)
+    }
+
+    /// The window's bytes, copied into a new vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.bytes().to_vec()
+    }
+
+    fn out_of_range(&self, op: &'static str, e: OutOfRange) -> Error {
+        Error::invalid(op, self.mapping.buffer.describe(), e.to_string())
     }
 }
 
-impl<M: Writable> DerefMut for Window<'_, M> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        match self.bytes.as_mut() {
-            Some(Bytes::Exclusive(b)) => b,
-            // Writable modes always borrow exclusively.
-            Some(Bytes::Shared(_)) | None => &mut [],
-        }
+impl<M: Writable> Window<'_, M> {
+    /// The window's bytes, for volatile reads and writes.
+    pub fn bytes_mut(&mut self) -> VolatileBytesMut<'_> {
+        // Writable modes always borrow exclusively.
+        self.bytes
+            .as_mut()
+            .and_then(View::bytes_mut)
+            .unwrap_or_else(VolatileBytesMut::empty)
+    }
+
+    /// Sets byte `i`; false past the end.
+    pub fn set(&mut self, i: usize, value: u8) -> bool {
+        self.bytes_mut().set(i, value)
+    }
+
+    /// Copies `src` into the window from `offset`.
+    pub fn write_at(&mut self, offset: usize, src: &[u8]) -> Result<()> {
+        let r = self.bytes_mut().write_at(offset, src);
+        r.map_err(|e| self.out_of_range("write to CPU window", e))
+    }
+
+    /// Copies the first `min(self.len(), src.len())` bytes of `src` in;
+    /// returns how many.
+    pub fn copy_from_slice(&mut self, src: &[u8]) -> usize {
+        self.bytes_mut().copy_from_slice(src)
+    }
+
+    /// Sets every byte of the window to `value`.
+    pub fn fill(&mut self, value: u8) {
+        self.bytes_mut().fill(value)
     }
 }
 

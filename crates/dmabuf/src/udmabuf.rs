@@ -24,6 +24,38 @@
 //!
 //! The kernel's own answer is still mapped to the same error kinds, for
 //! whatever the checks cannot see (a seal added concurrently, ENOMEM…).
+//!
+//! # DOC: the same pages under two names
+//!
+//! The kernel accepts a range list that repeats pages of a memfd (two
+//! ranges over the same memfd pages, or overlapping ones): the dma-buf then
+//! shows the same memory at two offsets, and two windows over different
+//! offsets would alias. The library refuses such a list before asking the
+//! kernel, naming the two ranges and the pages they share (EINVAL, "ranges
+//! 1 and 3 both cover memfd pages 0..4096"); memfds are compared by inode,
+//! so two fds of one memfd are the same memfd.
+//!
+//! Different dma-bufs may still share pages: two udmabufs over the same
+//! memfd range, or a udmabuf and its memfd used as a portable buffer. For
+//! udmabufs made by *this process* through [`Udmabuf::create`] and
+//! [`Udmabuf::create_list`], the library records which memfd pages each
+//! one is made of, and a CPU window on the udmabuf is registered on those
+//! memfd pages too: an overlapping window on another udmabuf of the same
+//! pages, or on the memfd itself as a portable [`Buffer`], is refused
+//! ([`ErrorKind::Busy`], naming the memfd bytes in the way), and so is one
+//! on the same udmabuf through any other handle (see `buffer`). The record
+//! is kept by the dma-buf's inode (never reused while the system runs), so
+//! it also holds for a handle made later from an fd that was given up
+//! ([`DmaBuf::into_fd`], then [`Buffer::from_fd`]), for the 4096 most
+//! recent udmabufs this process made (older records are dropped once no
+//! handle on them is left).
+//!
+//! What the library cannot see, and so cannot guard: udmabufs made by
+//! other processes or received from them (their memfd pages are unknown
+//! here), udmabufs made with the raw ioctl, memory mapped outside the
+//! library, and other processes' windows. Between processes the order is
+//! kept by fences and the window protocol, not by this registry; the bytes
+//! themselves are only reached through volatile accesses (see `mapping`).
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -36,6 +68,7 @@ use crate::alloc::{allocation_size, Allocate, Backend};
 use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
+use crate::sys::object::{MemoryObject, Segment};
 use crate::sys::udmabuf::{UdmabufCreate, UdmabufCreateItem};
 
 /// Filesystem magic of shmem (tmpfs, memfd) files.
@@ -226,7 +259,7 @@ impl Udmabuf {
             size,
         };
         let fd = sys::udmabuf::create(&self.dev, &arg).map_err(|e| kernel_error(e, &range))?;
-        DmaBuf::from_fd(fd)
+        record_backing(DmaBuf::from_fd(fd)?, &range)
     }
 
     /// A dma-buf of several ranges in order (`UDMABUF_CREATE_LIST`).
@@ -243,8 +276,56 @@ impl Udmabuf {
             .collect();
         let fd = sys::udmabuf::create_list(&self.dev, self.flags(), &items)
             .map_err(|e| kernel_error(e, ranges))?;
-        DmaBuf::from_fd(fd)
+        record_backing(DmaBuf::from_fd(fd)?, ranges)
     }
+}
+
+/// Records on the new udmabuf's memory object which memfd pages it is made
+/// of, so that windows on it are registered on those pages too.
+fn record_backing(d: DmaBuf, ranges: &[Range<'_>]) -> Result<DmaBuf> {
+    let mut segments = Vec::with_capacity(ranges.len());
+    let mut offset = 0;
+    for (i, r) in ranges.iter().enumerate() {
+        let target = MemoryObject::intern(r.memfd)
+            .map_err(|e| Error::os("udmabuf", range_object(ranges, i), e))?;
+        segments.push(Segment {
+            offset,
+            len: r.size,
+            target,
+            target_offset: r.offset,
+        });
+        offset += r.size;
+    }
+    d.memory_object().set_backing(segments).map_err(|e| {
+        Error::kernel(
+            "udmabuf",
+            format!("dma-buf inode {}", d.inode()),
+            e,
+            "the dma-buf already has a different record of its memfd pages",
+        )
+    })?;
+    Ok(d)
+}
+
+/// The first two ranges (by index, 0-based) of the same memfd that share
+/// pages, and the shared bytes of the memfd. `ranges` are
+/// `(memfd identity, offset, size)`.
+pub(crate) fn repeated_pages<K: PartialEq>(
+    ranges: &[(K, u64, u64)],
+) -> Option<(usize, usize, std::ops::Range<u64>)> {
+    for (j, (kj, oj, sj)) in ranges.iter().enumerate() {
+        for (i, (ki, oi, si)) in ranges[..j].iter().enumerate() {
+            if ki != kj {
+                continue;
+            }
+            let lo = (*oi).max(*oj);
+            let hi = oi.saturating_add(*si).min(oj.saturating_add(*sj));
+            if lo < hi {
+                return Some((i, j, lo..hi));
+            }
+        }
+    }
+    None
 }
 
 fn range_object(ranges: &[Range<'_>], i: usize) -> String {
@@ -349,6 +430,7 @@ pub fn validate(ranges: &[Range<'_>], limits: &Limits) -> Result<()> {
             ));
         }
     }
+    let mut keys = Vec::with_capacity(ranges.len());
     for (i, r) in ranges.iter().enumerate() {
         let obj = || range_object(ranges, i);
         let fs = rustix::fs::fstatfs(r.memfd).map_err(|e| {
@@ -393,6 +475,7 @@ pub fn validate(ranges: &[Range<'_>], limits: &Limits) -> Result<()> {
             }
         }
         let st = rustix::fs::fstat(r.memfd).map_err(|e| Error::os(op, obj(), e))?;
+        keys.push(((st.st_dev, st.st_ino), r.offset, r.size));
         let len = st.st_size as u64;
         if r.offset.checked_add(r.size).is_none_or(|end| end > len) {
             return Err(Error::invalid(
@@ -405,6 +488,21 @@ pub fn validate(ranges: &[Range<'_>], limits: &Limits) -> Result<()> {
                 ),
             ));
         }
+    }
+    if let Some((i, j, pages)) = repeated_pages(&keys) {
+        return Err(Error::invalid(
+            op,
+            all_object(ranges),
+            format!(
+                "ranges {} and {} both cover memfd pages {}..{} (fd {} and fd {} are the same memfd): the dma-buf would show the same memory at two offsets, and windows over them would alias",
+                i + 1,
+                j + 1,
+                pages.start,
+                pages.end,
+                ranges[i].memfd.as_raw_fd(),
+                ranges[j].memfd.as_raw_fd(),
+            ),
+        ));
     }
     Ok(())
 }
@@ -430,6 +528,53 @@ impl Allocate for Udmabuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_pages_of_one_memfd_are_found() {
+        const P: u64 = 4096;
+        // Different memfds never clash; disjoint ranges of one neither.
+        assert_eq!(repeated_pages(&[(1, 0, P), (2, 0, P)]), None);
+        assert_eq!(
+            repeated_pages(&[(1, 0, P), (1, P, P), (1, 2 * P, 2 * P)]),
+            None
+        );
+        // The same page twice.
+        assert_eq!(repeated_pages(&[(1, 0, P), (1, 0, P)]), Some((0, 1, 0..P)));
+        // Ranges 1 and 3 overlap on one page, range 2 is another memfd.
+        assert_eq!(
+            repeated_pages(&[(1, 0, 2 * P), (2, 0, P), (1, P, 2 * P)]),
+            Some((0, 2, P..2 * P))
+        );
+        // Contained ranges, and sizes near the top of u64 do not overflow.
+        assert_eq!(
+            repeated_pages(&[(1, 0, 8 * P), (1, 3 * P, P)]),
+            Some((0, 1, 3 * P..4 * P))
+        );
+        assert_eq!(repeated_pages(&[(1, u64::MAX - P, P), (1, 0, P)]), None);
+    }
+
+    #[test]
+    fn validate_refuses_a_list_repeating_memfd_pages_and_names_them() {
+        let m = Memfd::new("repeat", 4 * 4096).unwrap();
+        let other = Memfd::new("other", 4096).unwrap();
+        let dup = m.as_fd().try_clone_to_owned().unwrap();
+        let ranges = [
+            Range::new(&m, 0, 4096),
+            Range::new(&other, 0, 4096),
+            Range::new(&dup, 0, 2 * 4096),
+        ];
+        let e = validate(&ranges, &Limits::default()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert_eq!(e.errno(), Some(Errno::INVAL));
+        assert!(
+            e.cause()
+                .contains("ranges 1 and 3 both cover memfd pages 0..4096"),
+            "{e}"
+        );
+        assert!(validate(&ranges[..2], &Limits::default()).is_ok());
+        let ok = [Range::new(&m, 0, 4096), Range::new(&dup, 4096, 4096)];
+        assert!(validate(&ok, &Limits::default()).is_ok());
+    }
 
     #[test]
     fn limits_fall_back_to_defaults_and_read_sysfs() {

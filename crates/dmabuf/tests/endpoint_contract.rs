@@ -77,7 +77,7 @@ fn every_endpoint_waits_and_publishes_in_one_step_and_moves_the_bytes() {
         }
         let map = buf.map().unwrap();
         let mut win = map.write().unwrap();
-        win[..6].copy_from_slice(b"window");
+        win.bytes_mut().write_at(0, b"window").unwrap();
         let e = ep
             .transfer(
                 &a,

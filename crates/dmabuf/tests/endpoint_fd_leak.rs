@@ -32,8 +32,9 @@ fn endpoints_buffers_and_fences_give_back_every_fd() {
             .unwrap()
             .read()
             .unwrap()
+            .bytes()
             .iter()
-            .all(|&x| x == round));
+            .all(|x| x == round));
         // A refused transfer, a failed one and cancelled ones too.
         let blocker = UserFence::new().unwrap();
         src.add_fence(blocker.clone().into(), Usage::Write).unwrap();

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 // The only place these tests touch bytes through a window: the window's
 // byte access is the part of the API most likely to change.
 fn put(w: &mut Window<'_, Write>, at: usize, bytes: &[u8]) {
-    w[at..at + bytes.len()].copy_from_slice(bytes);
+    w.bytes_mut().write_at(at, bytes).unwrap();
 }
 fn get(w: &Window<'_, Read>) -> Vec<u8> {
     w.to_vec()

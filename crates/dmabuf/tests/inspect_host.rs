@@ -8,10 +8,41 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
 use dmabuf::inspect::{BufferKind, Scanner, SizeSource, Snapshot, PORTABLE_MEMFD_PREFIX};
-use dmabuf::sys::mem::Region;
 use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
 
 const SIZE: usize = 64 * 1024;
+
+/// A shared mapping that outlives its fd and is never read or written
+/// (the library's mappings live with their buffer's fd, so the test makes
+/// its own, as another program holding a buffer only by mapping would).
+struct RawMapping(*mut std::ffi::c_void);
+
+impl RawMapping {
+    fn new(fd: &std::os::fd::OwnedFd) -> RawMapping {
+        use rustix::mm::{MapFlags, ProtFlags};
+        // SAFETY: a new mapping at an address the kernel chooses touches no
+        // Rust memory; nothing reads or writes through it.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                SIZE,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .unwrap();
+        RawMapping(ptr)
+    }
+}
+
+impl Drop for RawMapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`, never referenced.
+        unsafe { rustix::mm::munmap(self.0, SIZE) }.unwrap();
+    }
+}
 
 fn find<'a>(snap: &'a Snapshot, name: &str) -> Option<&'a dmabuf::inspect::BufferEntry> {
     snap.buffers
@@ -32,8 +63,8 @@ fn portable_memfd_held_by_fd_mapping_and_child() {
     ftruncate(&memfd, SIZE as u64).unwrap();
     let inode = fstat(&memfd).unwrap().st_ino;
     let fd = memfd.as_raw_fd();
-    // A mapping that outlives the fd (the library's safe mapping type).
-    let mapping = Region::map(&memfd, 0, SIZE, true).unwrap();
+    // A mapping that outlives the fd.
+    let mapping = RawMapping::new(&memfd);
 
     let mut child = Command::new("sleep")
         .arg("60")

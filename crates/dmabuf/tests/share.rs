@@ -68,7 +68,8 @@ fn fill(buf: &Buffer, v: u8) {
 fn all_bytes_are(buf: &Buffer, len: usize, v: u8) -> bool {
     let map = buf.map_read_only().unwrap();
     let w = map.read().unwrap();
-    w[..len].iter().all(|&b| b == v)
+    let all = w.bytes().subslice(0..len).unwrap().iter().all(|b| b == v);
+    all
 }
 
 #[test]

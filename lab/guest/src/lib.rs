@@ -15,6 +15,9 @@
 //! wait_for_path("/dev/video0", Duration::from_secs(10)).unwrap();
 //! ```
 
+pub mod bytes;
+pub mod fences;
+pub mod iio;
 pub mod sys;
 pub mod usb;
 

@@ -139,15 +139,18 @@ impl Gadget {
                 .map_err(|e| err("linking ffs.lab into configs/c.1", e))?;
         }
         mkdir(FFS_DIR)?;
-        let out = std::process::Command::new("mount")
-            .args(["-t", "functionfs", "lab", FFS_DIR])
-            .output()
-            .map_err(|e| err("mount functionfs", e))?;
-        if !out.status.success() {
-            return Err(LabError::new(
-                "mount -t functionfs lab /dev/ffs-lab",
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            ));
+        // An earlier test binary of the same boot may have mounted it.
+        if !ffs_mounted() {
+            let out = std::process::Command::new("mount")
+                .args(["-t", "functionfs", "lab", FFS_DIR])
+                .output()
+                .map_err(|e| err("mount functionfs", e))?;
+            if !out.status.success() {
+                return Err(LabError::new(
+                    "mount -t functionfs lab /dev/ffs-lab",
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                ));
+            }
         }
         let ep0 = rustix::fs::open(
             format!("{FFS_DIR}/ep0").as_str(),
@@ -158,7 +161,10 @@ impl Gadget {
         rustix::io::write(&ep0, &descriptors())
             .map_err(|e| err("writing descriptors to ep0", e))?;
         rustix::io::write(&ep0, &strings()).map_err(|e| err("writing strings to ep0", e))?;
-        write_file(g.join("UDC"), UDC)?;
+        // Closing ep0 (an earlier binary exiting) unbinds the gadget.
+        if udc_of_gadget().is_empty() {
+            write_file(g.join("UDC"), UDC)?;
+        }
         let (host_path, iface) = find_host_device(Duration::from_secs(20))?;
         let (in_address, out_address) = endpoint_addresses(&iface)?;
         let host = rustix::fs::open(
@@ -182,10 +188,22 @@ impl Gadget {
     /// a packet the device sends is an overflow, `EOVERFLOW`); more data
     /// than `len` is an error.
     pub fn host_read(&self, len: usize, timeout: Duration) -> Result<Vec<u8>, LabError> {
+        self.host_read_in(len, 65536, timeout)
+    }
+
+    /// [`Gadget::host_read`] in bulk transfers of at most `chunk` bytes (a
+    /// multiple of 512).
+    pub fn host_read_in(
+        &self,
+        len: usize,
+        chunk: usize,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, LabError> {
+        let max = chunk.next_multiple_of(512);
         let mut out = Vec::with_capacity(len);
-        let mut chunk = vec![0u8; 65536];
+        let mut chunk = vec![0u8; max];
         while out.len() < len {
-            let want = (len - out.len()).next_multiple_of(512).min(65536);
+            let want = (len - out.len()).next_multiple_of(512).min(max);
             let got = bulk(
                 self.host.as_fd(),
                 self.in_address,
@@ -231,6 +249,48 @@ impl Gadget {
     }
 }
 
+/// Whether the FunctionFS instance is mounted at [`FFS_DIR`].
+fn ffs_mounted() -> bool {
+    fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(1) == Some(FFS_DIR))
+    })
+}
+
+/// The UDC the gadget is bound to (empty: none).
+pub fn udc_of_gadget() -> String {
+    fs::read_to_string(Path::new(GADGET_DIR).join("UDC"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Unbinds the gadget from its UDC (as `echo "" > UDC`): the host sees a
+/// disconnect, FunctionFS disables every endpoint.
+pub fn unbind_udc() -> Result<(), LabError> {
+    write_file(Path::new(GADGET_DIR).join("UDC"), "\n")
+}
+
+/// Binds the gadget to the lab's UDC again after [`unbind_udc`] (ep0 must
+/// still be open).
+pub fn bind_udc() -> Result<(), LabError> {
+    write_file(Path::new(GADGET_DIR).join("UDC"), UDC)
+}
+
+/// Disconnects (`false`) or reconnects (`true`) the device from the host
+/// side's point of view, through the UDC's `soft_connect`.
+pub fn soft_connect(connect: bool) -> Result<(), LabError> {
+    write_file(
+        Path::new("/sys/class/udc").join(UDC).join("soft_connect"),
+        if connect { "connect" } else { "disconnect" },
+    )
+}
+
+/// Whether the loaded `dummy_hcd` is the lab's scatter-gather build (an
+/// out-of-tree module: taint flag `O`), not the kernel's own.
+pub fn patched_udc_loaded() -> bool {
+    fs::read_to_string("/sys/module/dummy_hcd/taint").is_ok_and(|t| t.contains('O'))
+}
+
 fn bulk(
     fd: std::os::fd::BorrowedFd<'_>,
     ep: u8,
@@ -267,7 +327,8 @@ fn find_host_device(timeout: Duration) -> Result<(PathBuf, PathBuf), LabError> {
                     let node = PathBuf::from(format!("/dev/bus/usb/{bus:03}/{dev:03}"));
                     let name = entry.file_name().to_string_lossy().into_owned();
                     let iface = p.join(format!("{name}:1.0"));
-                    if node.exists() && iface.exists() {
+                    // The interface's ep_XX directories appear after it.
+                    if node.exists() && iface.exists() && endpoint_addresses(&iface).is_ok() {
                         return Ok((node, iface));
                     }
                 }

@@ -5,12 +5,12 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use dmabuf::sys::dma_buf::{
-    DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW, DMA_BUF_SYNC_WRITE,
-};
 use dmabuf::{
     Access, Allocate, Allocator, Backend, Buffer, BufferKind, DmaBuf, Errno, ErrorKind, Fence,
     FenceStatus, Heap, Memfd, SyncFile, Udmabuf, Usage,
+};
+use dmabuf_lab_guest::sys::dma_buf::{
+    DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW, DMA_BUF_SYNC_WRITE,
 };
 use dmabuf_lab_guest::{load_module, require_lab, wait_for_path};
 
@@ -42,7 +42,7 @@ fn heap_allocations_are_zeroed_and_report_their_kind() {
     assert_eq!(b.size(), 16 * PAGE);
     assert_eq!(b.dma_buf().unwrap().exporter().unwrap(), "system");
     let m = b.map().unwrap();
-    assert!(m.read().unwrap().iter().all(|&x| x == 0));
+    assert!(m.read().unwrap().bytes().iter().all(|x| x == 0));
 }
 
 #[test]
@@ -72,13 +72,13 @@ fn bad_heap_input_is_refused_clearly() {
     );
     // The kernel refuses heap flags too.
     assert_eq!(
-        dmabuf::sys::dma_heap::alloc(&h, PAGE, 0o2000002, 1).map(drop),
+        dmabuf_lab_guest::sys::dma_heap::alloc(&h, PAGE, 0o2000002, 1).map(drop),
         Err(Errno::INVAL)
     );
     let e = h.allocate_dma_buf(0, Default::default()).unwrap_err();
-    assert!(e.to_string().contains("length 0"), "{e}");
+    assert!(e.to_string().contains("at least one byte"), "{e}");
     assert_eq!(
-        dmabuf::sys::dma_heap::alloc(&h, 0, 0o2000002, 0).map(drop),
+        dmabuf_lab_guest::sys::dma_heap::alloc(&h, 0, 0o2000002, 0).map(drop),
         Err(Errno::INVAL)
     );
     let e = Heap::open("nonexistent").unwrap_err();
@@ -111,7 +111,7 @@ fn read_only_heap_buffers_map_read_only() {
     assert_eq!(m.write().unwrap_err().kind(), ErrorKind::PermissionDenied);
     let e = b.map_range(0..PAGE, true).unwrap_err();
     assert!(e.to_string().contains("the buffer is read-only"), "{e}");
-    assert!(m.read().unwrap().iter().all(|&x| x == 0));
+    assert!(m.read().unwrap().bytes().iter().all(|x| x == 0));
 }
 
 #[test]
@@ -125,23 +125,25 @@ fn windows_in_every_direction_on_every_kind() {
         }
         {
             let r = m.read().unwrap();
-            assert!(r.iter().all(|&x| x == 0x5a), "{}", b.describe());
+            assert!(r.bytes().iter().all(|x| x == 0x5a), "{}", b.describe());
             r.end().unwrap();
         }
         {
             let mut rw = m.read_write().unwrap();
-            for x in rw.iter_mut() {
-                *x = x.wrapping_add(1);
+            for i in 0..rw.len() {
+                let x = rw.get(i).unwrap();
+                assert!(rw.set(i, x.wrapping_add(1)));
             }
             rw.end().unwrap();
         }
-        assert!(m.read().unwrap().iter().all(|&x| x == 0x5b));
+        assert!(m.read().unwrap().bytes().iter().all(|x| x == 0x5b));
         // A range window of the second page only.
         let half = b.map_range(PAGE..2 * PAGE, true).unwrap();
         half.write().unwrap().fill(1);
         let r = m.read().unwrap();
-        assert!(r[..4096].iter().all(|&x| x == 0x5b));
-        assert!(r[4096..].iter().all(|&x| x == 1));
+        let bytes = r.to_vec();
+        assert!(bytes[..4096].iter().all(|&x| x == 0x5b));
+        assert!(bytes[4096..].iter().all(|&x| x == 1));
     }
 }
 
@@ -152,16 +154,19 @@ fn end_before_start_is_refused_by_the_kernel_and_impossible_in_the_api() {
     // The raw ioctl shows what the kernel does: a udmabuf answers EINVAL to
     // an END that no START preceded (6.12: !ubuf->sg).
     assert_eq!(
-        dmabuf::sys::dma_buf::sync(d, DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ),
+        dmabuf_lab_guest::sys::dma_buf::sync(d, DMA_BUF_SYNC_END | DMA_BUF_SYNC_READ),
         Err(Errno::INVAL)
     );
     // The API issues END only when a window closes, after its START.
     let m = b.map().unwrap();
     m.read().unwrap().end().unwrap();
     // Bad flags are refused by the kernel.
-    assert_eq!(dmabuf::sys::dma_buf::sync(d, 0), Err(Errno::INVAL));
     assert_eq!(
-        dmabuf::sys::dma_buf::sync(d, 0x8 | DMA_BUF_SYNC_RW),
+        dmabuf_lab_guest::sys::dma_buf::sync(d, 0),
+        Err(Errno::INVAL)
+    );
+    assert_eq!(
+        dmabuf_lab_guest::sys::dma_buf::sync(d, 0x8 | DMA_BUF_SYNC_RW),
         Err(Errno::INVAL)
     );
     let _ = DMA_BUF_SYNC_WRITE;
@@ -183,7 +188,7 @@ fn names_are_set_and_read_back_through_fdinfo() {
         assert!(e.to_string().contains("at most 31 fit"), "{e}");
         // The kernel refuses a 32-byte name too.
         assert_eq!(
-            dmabuf::sys::dma_buf::set_name(d, &"x".repeat(32)),
+            dmabuf_lab_guest::sys::dma_buf::set_name(d, &"x".repeat(32)),
             Err(Errno::INVAL)
         );
         // Renaming is allowed any time.
@@ -245,13 +250,13 @@ fn sync_files_export_import_merge_info_wait() {
     assert!(e.to_string().contains("not a sync file"), "{e}");
     let memfd = Memfd::new("x", PAGE).unwrap();
     assert_eq!(
-        dmabuf::sys::dma_buf::import_sync_file(d, 2, &memfd),
+        dmabuf_lab_guest::sys::dma_buf::import_sync_file(d, 2, &memfd),
         Err(Errno::INVAL),
         "uapi.md: a non-sync-file fd gives EINVAL, not EBADF"
     );
     // Merge with a non-sync-file is ENOENT.
     assert_eq!(
-        dmabuf::sys::sync_file::merge(&s, &memfd, "x").map(drop),
+        dmabuf_lab_guest::sys::sync_file::merge(&s, &memfd, "x").map(drop),
         Err(Errno::NOENT)
     );
     // Fence::merge of kernel fences goes through the kernel.
@@ -278,9 +283,9 @@ fn vgem() -> Vgem {
         .open("/dev/dri/card0")
         .unwrap()
         .into();
-    let (handle, size) = dmabuf::sys::vgem::create_dumb(&card, 1024, 1).unwrap();
+    let (handle, size) = dmabuf_lab_guest::sys::vgem::create_dumb(&card, 1024, 1).unwrap();
     assert_eq!(size, PAGE);
-    let d = DmaBuf::from_fd(dmabuf::sys::vgem::export(&card, handle).unwrap()).unwrap();
+    let d = DmaBuf::from_fd(dmabuf_lab_guest::sys::vgem::export(&card, handle).unwrap()).unwrap();
     let buffer = Buffer::from_dma_buf(d);
     Vgem {
         card,
@@ -304,7 +309,7 @@ fn idle_waits_follow_poll_semantics_with_real_kernel_fences() {
     assert!(b.is_idle(Access::Write).unwrap());
 
     // A read fence: readers go on, writers wait.
-    let rf = dmabuf::sys::vgem::fence_attach(&v.card, v.handle, false).unwrap();
+    let rf = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, false).unwrap();
     assert!(
         b.is_idle(Access::Read).unwrap(),
         "POLLIN ignores read fences"
@@ -322,18 +327,18 @@ fn idle_waits_follow_poll_semantics_with_real_kernel_fences() {
     assert_eq!(for_write.status(), FenceStatus::Active);
     let for_read = b.export_fence(Access::Read).unwrap();
     assert_eq!(for_read.status(), FenceStatus::Signalled);
-    dmabuf::sys::vgem::fence_signal(&v.card, rf).unwrap();
+    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, rf).unwrap();
     for_write.wait(Some(Duration::from_secs(1))).unwrap();
     assert!(b.is_idle(Access::Write).unwrap());
 
     // A write fence: everyone waits; a read window opened meanwhile blocks
     // in START until the fence signals.
-    let wf = dmabuf::sys::vgem::fence_attach(&v.card, v.handle, true).unwrap();
+    let wf = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, true).unwrap();
     assert!(!b.is_idle(Access::Read).unwrap());
     let card = v.card.as_fd().try_clone_to_owned().unwrap();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(200));
-        dmabuf::sys::vgem::fence_signal(&card, wf).unwrap();
+        dmabuf_lab_guest::sys::vgem::fence_signal(&card, wf).unwrap();
     });
     let start = Instant::now();
     let m = b.map().unwrap();
@@ -354,7 +359,7 @@ fn kernel_and_user_fences_combine_in_one_reservation() {
     let b = &v.buffer;
     let user = dmabuf::UserFence::new().unwrap();
     b.add_fence(user.clone().into(), Usage::Write).unwrap();
-    let kf = dmabuf::sys::vgem::fence_attach(&v.card, v.handle, false).unwrap();
+    let kf = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, false).unwrap();
     let f = b.export_fence(Access::Write).unwrap();
     assert!(matches!(&f, Fence::All(v) if v.len() == 2), "{f:?}");
     user.signal().unwrap();
@@ -363,16 +368,16 @@ fn kernel_and_user_fences_combine_in_one_reservation() {
         FenceStatus::Active,
         "the kernel fence is pending"
     );
-    dmabuf::sys::vgem::fence_signal(&v.card, kf).unwrap();
+    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, kf).unwrap();
     f.wait(Some(Duration::from_secs(1))).unwrap();
     // A kernel sync file added to a kernel buffer lands in the kernel's
     // reservation, where poll sees it.
-    let kf2 = dmabuf::sys::vgem::fence_attach(&v.card, v.handle, true).unwrap();
+    let kf2 = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, true).unwrap();
     let pending = b.export_fence(Access::Read).unwrap();
     let other = udmabuf(1);
     other.add_fence(pending, Usage::Write).unwrap();
     assert!(!other.is_idle(Access::Read).unwrap());
-    dmabuf::sys::vgem::fence_signal(&v.card, kf2).unwrap();
+    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, kf2).unwrap();
     other
         .wait_idle(Access::Read, Some(Duration::from_secs(1)))
         .unwrap();

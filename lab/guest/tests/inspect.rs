@@ -52,7 +52,7 @@ fn ls_lists_each_buffer_once_with_its_holders_and_shares() {
     // Y: an unnamed heap buffer kept here by a mapping only (fd closed).
     let y = heap.allocate_dma_buf(2 * PAGE, Default::default()).unwrap();
     let y_inode = y.inode();
-    let y_map = dmabuf::sys::mem::Region::map(&y, 0, (2 * PAGE) as usize, true).unwrap();
+    let y_map = dmabuf_lab_guest::sys::RawMapping::new(&y, (2 * PAGE) as usize, true).unwrap();
     drop(y);
     // Z: a named heap buffer held only by child B (our fd is closed).
     let z = heap.allocate(8 * PAGE, "inspect-child").unwrap();
@@ -139,7 +139,7 @@ fn a_buffer_kept_only_by_a_mapping_disappears_when_unmapped() {
     let d = heap.allocate_dma_buf(PAGE, Default::default()).unwrap();
     d.set_name("inspect-maponly").unwrap();
     let inode = d.inode();
-    let map = dmabuf::sys::mem::Region::map(&d, 0, PAGE as usize, false).unwrap();
+    let map = dmabuf_lab_guest::sys::RawMapping::new(&d, PAGE as usize, false).unwrap();
     drop(d);
     let snap = Scanner::new().scan().unwrap();
     let b = snap

@@ -20,7 +20,7 @@ mod prime {
     // The only place these tests touch bytes through a window: the window's
     // byte access is the part of the API most likely to change.
     fn put(w: &mut Window<'_, Write>, at: usize, bytes: &[u8]) {
-        w[at..at + bytes.len()].copy_from_slice(bytes);
+        w.bytes_mut().write_at(at, bytes).unwrap();
     }
     fn get(w: &Window<'_, Read>) -> Vec<u8> {
         w.to_vec()
@@ -138,10 +138,10 @@ mod prime {
             // Closed: the kernel no longer knows the handle in this file, and
             // the dma-buf's reference is back.
             assert_eq!(
-                dmabuf::sys::drm::prime_handle_to_fd(
+                dmabuf_lab_guest::sys::drm::prime_handle_to_fd(
                     d.fd(),
                     raw,
-                    dmabuf::sys::drm::DRM_CLOEXEC | dmabuf::sys::drm::DRM_RDWR
+                    dmabuf_lab_guest::sys::drm::DRM_CLOEXEC | dmabuf_lab_guest::sys::drm::DRM_RDWR
                 )
                 .map(drop),
                 Err(Errno::NOENT)
@@ -163,10 +163,10 @@ mod prime {
                 s.spawn(|| {
                     for _ in 0..200 {
                         let h = d.import(&b).unwrap();
-                        let fd = dmabuf::sys::drm::prime_handle_to_fd(
+                        let fd = dmabuf_lab_guest::sys::drm::prime_handle_to_fd(
                             d.fd(),
                             h.handle(),
-                            dmabuf::sys::drm::DRM_CLOEXEC,
+                            dmabuf_lab_guest::sys::drm::DRM_CLOEXEC,
                         );
                         assert!(fd.is_ok(), "handle {} was closed: {fd:?}", h.handle());
                     }
@@ -205,7 +205,7 @@ mod prime {
         assert_eq!(e.errno(), Some(Errno::INVAL));
         // The kernel's own answer, which the library's refusal matches.
         assert_eq!(
-            dmabuf::sys::drm::prime_fd_to_handle(d.fd(), &m).map(drop),
+            dmabuf_lab_guest::sys::drm::prime_fd_to_handle(d.fd(), &m).map(drop),
             Err(Errno::INVAL)
         );
         assert_eq!(d.open_handles(), 0);
@@ -238,8 +238,12 @@ mod prime {
         let raw = back.handle();
         drop(back);
         assert_eq!(
-            dmabuf::sys::drm::prime_handle_to_fd(d.fd(), raw, dmabuf::sys::drm::DRM_CLOEXEC)
-                .map(drop),
+            dmabuf_lab_guest::sys::drm::prime_handle_to_fd(
+                d.fd(),
+                raw,
+                dmabuf_lab_guest::sys::drm::DRM_CLOEXEC
+            )
+            .map(drop),
             Err(Errno::NOENT)
         );
     }

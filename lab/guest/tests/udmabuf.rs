@@ -4,10 +4,10 @@
 
 use std::os::fd::AsFd;
 
-use dmabuf::sys::udmabuf::{UdmabufCreate, UdmabufCreateItem};
 use dmabuf::udmabuf::{Limits, Range};
 use dmabuf::{Buffer, BufferKind, Errno, ErrorKind, Memfd, Udmabuf};
 use dmabuf_lab_guest::require_lab;
+use dmabuf_lab_guest::sys::udmabuf::{UdmabufCreate, UdmabufCreateItem};
 use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 
 const PAGE: u64 = 4096;
@@ -26,7 +26,7 @@ fn kernel_says(memfd: impl AsFd, offset: u64, size: u64) -> Result<(), Errno> {
     )
     .unwrap();
     use std::os::fd::AsRawFd;
-    dmabuf::sys::udmabuf::create(
+    dmabuf_lab_guest::sys::udmabuf::create(
         &dev,
         &UdmabufCreate {
             memfd: memfd.as_fd().as_raw_fd() as u32,
@@ -95,6 +95,7 @@ fn create_from_a_list_concatenates_ranges_in_order() {
     assert_eq!(buf.kind(), &BufferKind::Udmabuf);
     let m = buf.map().unwrap();
     let r = m.read().unwrap();
+    let r = r.to_vec();
     assert!(r[..4096].iter().all(|&x| x == 0xaa));
     assert!(r[4096..8192].iter().all(|&x| x == 0xbb));
     assert!(r[8192..].iter().all(|&x| x == 0xcc));
@@ -111,22 +112,24 @@ fn data_is_shared_between_mappings_and_the_memfd() {
     let m1 = b1.map().unwrap();
     {
         let mut w = m1.write().unwrap();
-        w[..5].copy_from_slice(b"hello");
-        w[4096..4101].copy_from_slice(b"world");
+        w.write_at(0, b"hello").unwrap();
+        w.write_at(4096, b"world").unwrap();
         w.end().unwrap();
     }
     let m2 = b2.map().unwrap();
-    assert_ne!(m1.addr(), m2.addr(), "two buffer handles, two mappings");
+    // Two handles on one dma-buf are one buffer: one mapping.
+    assert_eq!(m1.addr(), m2.addr(), "two buffer handles, one mapping");
     let r = m2.read().unwrap();
-    assert_eq!(&r[..5], b"hello");
-    assert_eq!(&r[4096..4101], b"world");
+    let bytes = r.to_vec();
+    assert_eq!(&bytes[..5], b"hello");
+    assert_eq!(&bytes[4096..4101], b"world");
     let mut via_memfd = [0u8; 5];
     rustix::io::pread(&m, &mut via_memfd, PAGE).unwrap();
     assert_eq!(&via_memfd, b"world");
     // And the other way round: written through the memfd, seen in a window.
     rustix::io::pwrite(&m, b"MEMFD", 100).unwrap();
     drop(r);
-    assert_eq!(&m1.read().unwrap()[100..105], b"MEMFD");
+    assert_eq!(&m1.read().unwrap().to_vec()[100..105], b"MEMFD");
 }
 
 #[test]
@@ -303,7 +306,7 @@ fn more_ranges_than_the_list_limit_are_refused() {
         })
         .collect();
     assert_eq!(
-        dmabuf::sys::udmabuf::create_list(&raw, 0, &items).map(drop),
+        dmabuf_lab_guest::sys::udmabuf::create_list(&raw, 0, &items).map(drop),
         Err(Errno::INVAL)
     );
 }
@@ -327,4 +330,139 @@ fn limits_are_read_from_sysfs() {
     assert!(l.from_sysfs);
     assert_eq!(l.list_limit, 1024);
     assert_eq!(l.size_limit_mb, 64);
+}
+
+/// A sealed (shrink and grow) memfd: usable both for udmabuf and as a
+/// portable buffer.
+fn fixed_memfd(pages: u64) -> std::os::fd::OwnedFd {
+    let m = memfd_create("lab-alias", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    ftruncate(&m, pages * PAGE).unwrap();
+    fcntl_add_seals(&m, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    m
+}
+
+#[test]
+fn a_list_repeating_memfd_pages_is_refused_though_the_kernel_accepts_it() {
+    let dev = dev();
+    let m = Memfd::new("repeat", 4 * PAGE).unwrap();
+    let e = dev
+        .create_list(&[
+            Range::new(&m, 0, PAGE),
+            Range::new(&m, 2 * PAGE, PAGE),
+            Range::new(&m, 0, 2 * PAGE),
+        ])
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    assert_eq!(e.errno(), Some(Errno::INVAL));
+    assert!(
+        e.cause()
+            .contains("ranges 1 and 3 both cover memfd pages 0..4096"),
+        "{e}"
+    );
+    // The kernel itself takes the same page twice (what the check is for).
+    let raw = rustix::fs::open(
+        "/dev/udmabuf",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    use std::os::fd::AsRawFd;
+    let item = UdmabufCreateItem {
+        memfd: m.as_fd().as_raw_fd() as u32,
+        pad: 0,
+        offset: 0,
+        size: PAGE,
+    };
+    let fd = dmabuf_lab_guest::sys::udmabuf::create_list(&raw, 1, &[item, item]).unwrap();
+    let size = rustix::fs::seek(&fd, rustix::fs::SeekFrom::End(0)).unwrap();
+    assert_eq!(size, 2 * PAGE, "one memfd page shown twice");
+    // Disjoint pages of one memfd are fine.
+    let d = dev
+        .create_list(&[Range::new(&m, PAGE, PAGE), Range::new(&m, 0, PAGE)])
+        .unwrap();
+    assert_eq!(d.size(), 2 * PAGE);
+}
+
+#[test]
+fn two_udmabufs_over_the_same_pages_never_hold_overlapping_windows() {
+    let dev = dev();
+    let m = Memfd::new("two-udmabufs", 4 * PAGE).unwrap();
+    // b1 is memfd pages 0..2, b2 memfd pages 1..3: b1's page 1 is b2's page 0.
+    // b1 comes back from a bare fd (every handle of it gone meanwhile).
+    let b1_fd = dev.create(&m, 0, 2 * PAGE).unwrap().into_fd();
+    let b1 = Buffer::from_fd(b1_fd, "").unwrap();
+    let b2 = Buffer::from_dma_buf(dev.create(&m, PAGE, 2 * PAGE).unwrap());
+    assert!(!b1.same_as(&b2), "two dma-bufs");
+    let (m1, m2) = (b1.map().unwrap(), b2.map().unwrap());
+    let mut w = m1.write().unwrap();
+    w.fill(0x5a);
+    let e = m2
+        .window::<dmabuf::mapping::Read>(0..PAGE as usize, None)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert_eq!(e.errno(), Some(Errno::BUSY));
+    assert!(e.cause().contains("same memfd pages"), "{e}");
+    assert!(e.cause().contains("bytes 4096..8192 of it"), "{e}");
+    let e = m2.write().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    // b2's second page is memfd page 2, which b1 does not cover.
+    let mut w2 = m2
+        .window::<dmabuf::mapping::Write>(PAGE as usize..2 * PAGE as usize, None)
+        .unwrap();
+    w2.fill(0xa5);
+    drop(w2);
+    drop(w);
+    // Both see the same memory once the writer is gone.
+    let r2 = m2.read().unwrap();
+    let r1 = m1.read().unwrap();
+    assert!(r2.to_vec()[..PAGE as usize].iter().all(|&x| x == 0x5a));
+    assert!(r2.to_vec()[PAGE as usize..].iter().all(|&x| x == 0xa5));
+    assert!(r1.to_vec().iter().all(|&x| x == 0x5a));
+}
+
+#[test]
+fn a_udmabuf_and_its_memfd_as_a_portable_buffer_share_the_registry() {
+    let dev = dev();
+    let m = fixed_memfd(2);
+    let u = Buffer::from_dma_buf(dev.create(&m, PAGE, PAGE).unwrap());
+    let p = Buffer::from_memfd(m.try_clone().unwrap(), "alias").unwrap();
+    assert_eq!(p.kind(), &BufferKind::Portable);
+    let (mu, mp) = (u.map().unwrap(), p.map().unwrap());
+    let r = mu.read().unwrap();
+    // The memfd's page 1 is the udmabuf's page 0: no writer over it.
+    let e = mp.write().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    assert!(
+        e.cause().contains("same memfd pages") || e.cause().contains("4096..8192"),
+        "{e}"
+    );
+    // Page 0 of the memfd is not part of the udmabuf.
+    mp.window::<dmabuf::mapping::Write>(0..PAGE as usize, None)
+        .unwrap()
+        .fill(1);
+    drop(r);
+    mp.write().unwrap().fill(7);
+    assert!(mu.read().unwrap().to_vec().iter().all(|&x| x == 7));
+}
+
+#[test]
+fn a_second_handle_on_a_dma_buf_is_the_same_buffer() {
+    let dev = dev();
+    let m = Memfd::new("second-handle", 2 * PAGE).unwrap();
+    let d = dev.create(&m, 0, 2 * PAGE).unwrap();
+    let clone = Buffer::from_dma_buf(d.try_clone().unwrap());
+    let b = Buffer::from_dma_buf(d);
+    let by_fd = Buffer::from_fd(b.try_clone_fd().unwrap(), "").unwrap();
+    for (how, h) in [("try_clone", &clone), ("from_fd", &by_fd)] {
+        assert!(h.same_as(&b), "{how}");
+        let (mb, mh) = (b.map().unwrap(), h.map().unwrap());
+        assert_eq!(mb.addr(), mh.addr(), "{how}: one mapping");
+        let w = mb.write().unwrap();
+        let e = mh.write().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "{how}: {e}");
+        let e = mh.read().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "{how}: {e}");
+        drop(w);
+        assert!(mh.write().is_ok(), "{how}");
+    }
 }

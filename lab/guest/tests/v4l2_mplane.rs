@@ -13,8 +13,8 @@ use std::time::Duration;
 use dmabuf::endpoint::v4l2::{FormatRequest, FourCc, V4l2Capture};
 use dmabuf::endpoint::{Endpoint, TransferOptions};
 use dmabuf::frame::{FrameOptions, Placement};
-use dmabuf::sys::v4l2 as sys;
-use dmabuf::{Allocate, Allocator, Backend, Errno, ErrorKind, FenceStatus, Fourcc, Frame};
+use dmabuf::{Allocator, Backend, Errno, ErrorKind, FenceStatus, Fourcc, Frame};
+use dmabuf_lab_guest::sys::v4l2 as sys;
 use vivid::{nodes, read_plane, FRAME_TIMEOUT};
 
 fn request(code: &[u8; 4]) -> FormatRequest {
@@ -269,16 +269,10 @@ fn mplane_capture_ignores_data_offset_of_planes_sharing_a_dma_buf() {
         .unwrap();
     let t = sys::V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE;
     let mut fmt = sys::g_fmt(dev.as_fd(), t).unwrap();
-    let mut p = fmt.pix_mp();
-    p.width = 1280;
-    p.height = 720;
-    p.pixelformat = sys::fourcc(b"NM12");
-    p.plane_fmt = Default::default();
-    fmt.set_pix_mp(&p);
+    fmt.set_mp(1280, 720, b"NM12");
     sys::s_fmt(dev.as_fd(), &mut fmt).unwrap();
-    let p = fmt.pix_mp();
-    assert_eq!(p.num_planes, 2);
-    let mut req = sys::V4l2Requestbuffers {
+    assert_eq!(fmt.num_planes(), 2);
+    let mut req = sys::Requestbuffers {
         count: 2,
         type_: t,
         memory: sys::V4L2_MEMORY_DMABUF,
@@ -288,13 +282,13 @@ fn mplane_capture_ignores_data_offset_of_planes_sharing_a_dma_buf() {
     let alloc = Allocator::new(&Backend::Udmabuf).unwrap();
     let buf = alloc.allocate(1280 * 720 * 2, "shared-planes").unwrap();
     vivid::zero_buffer(&buf);
-    let mut planes = [sys::V4l2Plane::default(); 2];
+    let mut planes = [sys::Plane::default(); 2];
     for (i, pl) in planes.iter_mut().enumerate() {
-        pl.set_fd(buf.fd().as_raw_fd());
+        pl.m = buf.fd().as_raw_fd() as u32 as u64;
         pl.length = buf.size() as u32;
         pl.data_offset = if i == 1 { 1280 * 720 } else { 0 };
     }
-    let mut vb = sys::V4l2Buffer {
+    let mut vb = sys::Buffer {
         index: 0,
         type_: t,
         memory: sys::V4L2_MEMORY_DMABUF,
@@ -303,10 +297,10 @@ fn mplane_capture_ignores_data_offset_of_planes_sharing_a_dma_buf() {
     let q = sys::qbuf_planes(dev.as_fd(), &mut vb, &mut planes);
     eprintln!("QBUF of two planes in one dma-buf: {q:?}");
     q.unwrap();
-    sys::streamon(dev.as_fd(), t).unwrap();
+    sys::stream(dev.as_fd(), t, true).unwrap();
     let start = std::time::Instant::now();
-    let mut out = [sys::V4l2Plane::default(); 2];
-    let mut db = sys::V4l2Buffer {
+    let mut out = [sys::Plane::default(); 2];
+    let mut db = sys::Buffer {
         type_: t,
         memory: sys::V4L2_MEMORY_DMABUF,
         ..Default::default()
@@ -320,7 +314,7 @@ fn mplane_capture_ignores_data_offset_of_planes_sharing_a_dma_buf() {
             Err(e) => panic!("DQBUF: {e:?}"),
         }
     }
-    sys::streamoff(dev.as_fd(), t).unwrap();
+    sys::stream(dev.as_fd(), t, false).unwrap();
     eprintln!(
         "dequeued: bytesused {:?}, data_offset {:?}",
         out.iter().map(|p| p.bytesused).collect::<Vec<_>>(),
@@ -338,7 +332,7 @@ fn mplane_capture_ignores_data_offset_of_planes_sharing_a_dma_buf() {
     eprintln!("non-zero bytes: first half {head_nz}, second half {tail_nz}");
     assert_eq!(tail_nz, 0);
     assert!(head_nz > 1280 * 720 / 2);
-    let mut req0 = sys::V4l2Requestbuffers { count: 0, ..req };
+    let mut req0 = sys::Requestbuffers { count: 0, ..req };
     sys::reqbufs(dev.as_fd(), &mut req0).unwrap();
 }
 

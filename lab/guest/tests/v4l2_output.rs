@@ -12,7 +12,7 @@ use dmabuf::endpoint::v4l2::{Format, FormatRequest, FourCc, V4l2Output};
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
 use dmabuf::frame::{FrameOptions, Placement};
 use dmabuf::mapping::{Read, Write};
-use dmabuf::{Allocate, Allocator, Backend, Errno, ErrorKind, FenceStatus, Frame};
+use dmabuf::{Allocator, Backend, Errno, ErrorKind, FenceStatus, Frame};
 use vivid::{nodes, write_plane, FRAME_TIMEOUT};
 
 fn nv12(code: &[u8; 4]) -> FormatRequest {

@@ -7,26 +7,16 @@
 
 mod vivid;
 
-use std::os::fd::AsFd;
-
-use dmabuf::endpoint::v4l2::{Format, FormatRequest, FourCc, V4l2Capture, V4l2Output};
+use dmabuf::endpoint::v4l2::{
+    select_input, Format, FormatRequest, FourCc, V4l2Capture, V4l2Output,
+};
 use dmabuf::endpoint::TransferOptions;
-use dmabuf::sys::v4l2 as sys;
-use dmabuf::{Allocate, Allocator, Backend, Frame};
+use dmabuf::{Allocator, Backend, Frame};
 use vivid::{nodes, read_plane, FRAME_TIMEOUT};
 
 /// vivid's S-Video input (`input_types` default 0xe4: webcam, TV,
 /// S-Video, HDMI).
 const SVIDEO_INPUT: u32 = 2;
-
-fn select_input(node: &str, input: u32) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(node)
-        .unwrap();
-    sys::s_input(f.as_fd(), input).unwrap();
-}
 
 fn frame_for(fmt: &Format, alloc: &Allocator, name: &str) -> Frame {
     let buffers = fmt
@@ -40,7 +30,7 @@ fn frame_for(fmt: &Format, alloc: &Allocator, name: &str) -> Frame {
 #[test]
 fn pipeline_capture_to_output_zero_copy_ordered_by_fences() {
     let n = nodes();
-    select_input(&n.capture_mplane, SVIDEO_INPUT);
+    select_input(&n.capture_mplane, SVIDEO_INPUT).unwrap();
     let req = FormatRequest {
         pixelformat: Some(FourCc::new(b"NM12")),
         ..FormatRequest::default()
@@ -109,5 +99,5 @@ fn pipeline_capture_to_output_zero_copy_ordered_by_fences() {
     }
     drop(out);
     drop(cap);
-    select_input(&n.capture_mplane, 0);
+    select_input(&n.capture_mplane, 0).unwrap();
 }

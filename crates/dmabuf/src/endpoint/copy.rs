@@ -76,10 +76,12 @@ use super::{Attachment, Direction, TransferOptions};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, UserFence};
-use crate::mapping::{Read, Write};
+use crate::mapping::{Read, VolatileBytes, VolatileBytesMut, Write};
 
 /// How many failure messages an engine keeps for [`CopyEngine::failure`].
 const KEPT_FAILURES: usize = 64;
+/// Largest bounce buffer between a window and the fd.
+const BOUNCE: usize = 256 * 1024;
 
 /// What kind of file the engine moves data through; decides how it
 /// waits and how big its I/O calls are.
@@ -497,14 +499,14 @@ impl Shared {
             Direction::ToDevice => {
                 let map = job.buffer.map_read_only()?;
                 let window = map.window_excluding::<Read>(0..job.len, Some(deadline), &skip)?;
-                self.write_all(&window, &job.buffer)?;
+                self.write_all(window.bytes(), &job.buffer)?;
                 window.end()
             }
             Direction::FromDevice => {
                 let map = job.buffer.map()?;
                 let mut window =
                     map.window_excluding::<Write>(0..job.len, Some(deadline), &skip)?;
-                self.read_into(&mut window, &job.buffer)?;
+                self.read_into(window.bytes_mut(), &job.buffer)?;
                 window.end()
             }
         }
@@ -545,11 +547,18 @@ impl Shared {
         chunk.min(left)
     }
 
-    fn write_all(&self, bytes: &[u8], buffer: &Buffer) -> Result<()> {
+    /// Writes the window's bytes to the fd. The bytes may be written by
+    /// other parties meanwhile, so they are never made a slice: each chunk
+    /// is copied (volatile loads) into a bounce buffer, which is written.
+    fn write_all(&self, bytes: VolatileBytes<'_>, buffer: &Buffer) -> Result<()> {
+        let mut bounce = vec![0u8; bytes.len().min(BOUNCE)];
         let mut done = 0;
         while done < bytes.len() {
             self.wait_ready(PollFlags::OUT, buffer)?;
-            let part = &bytes[done..done + self.chunk(bytes.len() - done)];
+            let part = &mut bounce[..self.chunk(bytes.len() - done).min(BOUNCE)];
+            // In range: `done + part.len() <= bytes.len()`.
+            let _ = bytes.read_at(done, part);
+            let part = &*part;
             let r = match self.kind {
                 FdKind::Socket => {
                     rustix::net::send(&self.fd, part, SendFlags::DONTWAIT | SendFlags::NOSIGNAL)
@@ -584,13 +593,17 @@ impl Shared {
         Ok(())
     }
 
-    fn read_into(&self, bytes: &mut [u8], buffer: &Buffer) -> Result<()> {
+    /// Reads from the fd into the window: each chunk lands in a bounce
+    /// buffer and is copied in with volatile stores (no slice of the
+    /// shared bytes is made).
+    fn read_into(&self, mut bytes: VolatileBytesMut<'_>, buffer: &Buffer) -> Result<()> {
         let len = bytes.len();
+        let mut bounce = vec![0u8; len.min(BOUNCE)];
         let mut done = 0;
         while done < len {
             self.wait_ready(PollFlags::IN, buffer)?;
-            let want = self.chunk(len - done);
-            let part = &mut bytes[done..done + want];
+            let want = self.chunk(len - done).min(BOUNCE);
+            let part = &mut bounce[..want];
             let r = match self.kind {
                 FdKind::Socket => {
                     rustix::net::recv(&self.fd, part, RecvFlags::DONTWAIT).map(|(n, _)| n)
@@ -608,6 +621,8 @@ impl Shared {
                     ))
                 }
                 Ok(n) => {
+                    // In range: `done + n <= done + want <= len`.
+                    let _ = bytes.write_at(done, &bounce[..n]);
                     done += n;
                     if n < want && self.options.short_read_completes {
                         return Ok(());

@@ -41,7 +41,7 @@
 //! **Not tested against a kernel.** Debian's 6.12 kernel builds no IIO
 //! driver with DMABUF support (`IIO_BUFFER_DMA`/`IIO_BUFFER_DMAENGINE`
 //! are off), so the lab cannot run this path; the argument building
-//! ([`sys::iio::enqueue_arg`]) and the error mapping are unit-tested, the
+//! (`sys::iio::enqueue_arg`) and the error mapping are unit-tested, the
 //! copy path is the same engine the fd endpoint's tests exercise.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -345,7 +345,12 @@ mod tests {
         let mut ep = IioEndpoint::from_buffer_fd(w, Direction::ToDevice, "stand-in").unwrap();
         assert_eq!(ep.data_path(), DataPath::Copy(UNDECIDED.into()));
         let buf = Portable.allocate(4096, "iio-copy").unwrap();
-        buf.map().unwrap().write().unwrap()[..4].copy_from_slice(b"iio!");
+        buf.map()
+            .unwrap()
+            .write()
+            .unwrap()
+            .write_at(0, b"iio!")
+            .unwrap();
         let a = ep.attach(&buf).unwrap();
         match ep.path_of(&a).unwrap() {
             DataPath::Copy(why) => assert!(why.contains("portable memory"), "{why}"),

@@ -140,7 +140,7 @@ impl UserFence {
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
         )
         .map_err(fail("state memfd"))?;
-        let words = AtomicWords::map(&state_fd, WORDS).map_err(fail("state memfd"))?;
+        let words = AtomicWords::map_sealed(&state_fd, WORDS).map_err(fail("state memfd"))?;
         let event =
             eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(fail("eventfd"))?;
         let w = |i| words.get(i).expect("state page has WORDS words");
@@ -206,7 +206,7 @@ impl UserFence {
                 format!("event fd is not an eventfd (it is '{link}')"),
             ));
         }
-        let words = AtomicWords::map(&state, WORDS)
+        let words = AtomicWords::map_sealed(&state, WORDS)
             .map_err(|e| Error::os("user fence import", obj.clone(), e))?;
         if words.get(W_MAGIC).map(|w| w.load(Ordering::Acquire)) != Some(MAGIC) {
             return Err(Error::invalid(

@@ -6,20 +6,7 @@ use super::snapshot::{
     BufferEntry, Changes, Holder, SizeSource, Snapshot, SourceState, UnreadableReason,
 };
 
-/// A size in bytes for people: `512 B`, `4.0 KiB`, `1.5 MiB`, `2.0 GiB`.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
+pub use crate::units::human_size;
 
 /// A signed size difference for people: `+4.0 KiB`, `-1.0 MiB`, `0 B`.
 pub fn human_delta(before: u64, after: u64) -> String {

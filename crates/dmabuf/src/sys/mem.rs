@@ -1,25 +1,16 @@
-//! Shared memory mappings, with the borrow bookkeeping that makes handing
-//! out slices of them sound.
+//! Shared memory mappings.
 //!
-//! A [`Region`] is one `mmap(MAP_SHARED)` of a dma-buf or memfd. Slices of
-//! it are only given out as [`RegionRef`] (shared) and [`RegionMut`]
-//! (exclusive) borrows of a byte range, tracked at run time like a
-//! `RefCell` over ranges: any number of shared borrows, or one exclusive
-//! borrow, of any byte. A conflicting borrow is refused, never granted.
-//! The mapping is unmapped when the `Region` is dropped, which the borrow
-//! lifetimes prevent while any slice is alive.
+//! A [`Region`] is one `mmap(MAP_SHARED)` of a dma-buf or memfd. It hands
+//! out no bytes itself: the borrow registry of the memory object it maps
+//! (`sys::object`) decides who may reach which bytes, and the views it
+//! grants read and write them (see `sys::volatile`). The mapping is
+//! unmapped when the last holder drops the `Region`.
 //!
-//! What this layer cannot promise: the memory is shared with other
-//! processes and devices, which may write it while a slice is held. That is
-//! what the CPU-access windows above (and the fences they wait for) are
-//! for; this layer only guarantees that *this* process never aliases a
-//! `&mut [u8]`.
+//! [`AtomicWords`] is a small mapping used only as atomic 64-bit words.
 
-use std::ops::{Deref, DerefMut, Range};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
 
 use rustix::mm::{MapFlags, ProtFlags};
 
@@ -32,48 +23,87 @@ pub fn page_size() -> usize {
     rustix::param::page_size()
 }
 
+/// Checks that `fd` cannot shrink below `offset + len` bytes: a dma-buf
+/// (fixed size) or a memfd with `F_SEAL_SHRINK`, long enough.
+fn check_fixed_size(fd: BorrowedFd<'_>, offset: u64, len: usize) -> IoResult<()> {
+    let end = offset
+        .checked_add(len as u64)
+        .filter(|_| len > 0)
+        .ok_or(Errno::INVAL)?;
+    let fs = rustix::fs::fstatfs(fd)?;
+    let size = if fs.f_type as i64 == super::dma_buf::DMA_BUF_MAGIC {
+        rustix::fs::seek(fd, rustix::fs::SeekFrom::End(0))?
+    } else {
+        let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| Errno::BADF)?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err(Errno::INVAL);
+        }
+        rustix::fs::fstat(fd)?.st_size as u64
+    };
+    if end > size {
+        return Err(Errno::INVAL);
+    }
+    Ok(())
+}
+
 /// One shared mapping of (part of) a file.
 #[derive(Debug)]
 pub struct Region {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
-    borrows: Mutex<Vec<Borrow>>,
+    owner: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Borrow {
-    start: usize,
-    end: usize,
-    exclusive: bool,
-}
-
-// SAFETY: the region is a process-wide mapping valid until `Drop`; every
-// access to its bytes goes through the borrow registry, which is
-// protected by a mutex, so using it from several threads is sound.
+// SAFETY: the region is a process-wide mapping valid until `Drop`; it
+// hands out no references, only its address to the views that the owner's
+// borrow registry (protected by a mutex) granted, so moving or sharing the
+// handle between threads is sound.
 unsafe impl Send for Region {}
-// SAFETY: as above; shared references only hand out tracked borrows.
+// SAFETY: as above.
 unsafe impl Sync for Region {}
 
-/// Why a borrow of a [`Region`] was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BorrowError {
-    /// The range is not inside the region.
-    OutOfBounds,
-    /// An exclusive borrow was asked of a read-only mapping.
-    ReadOnly,
-    /// The range overlaps a live borrow that conflicts with this one; the
-    /// flag says whether the live one is exclusive.
-    Conflict {
-        /// Whether the live borrow in the way is exclusive (a writer).
-        with_exclusive: bool,
-    },
-}
-
 impl Region {
+    /// Maps `len` bytes of `fd` at `offset` after checking that the file
+    /// cannot shrink under the mapping: a dma-buf (whose size is fixed) or
+    /// a memfd sealed with `F_SEAL_SHRINK`, at least `offset + len` bytes
+    /// long. Anything else is refused with EINVAL (EBADF for other files).
+    /// `owner` is the id of the memory object whose registry governs the
+    /// bytes (`sys::object`), recorded so that only its borrows read them.
+    pub fn map_fixed_size(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        writable: bool,
+        owner: u64,
+    ) -> IoResult<Region> {
+        let fd = fd.as_fd();
+        check_fixed_size(fd, offset, len)?;
+        // SAFETY: the file cannot shrink (checked just above: a dma-buf's
+        // size never changes, a memfd sealed against shrinking cannot lose
+        // pages, and seals cannot be removed), so no access to the mapping
+        // can fault; the region hands out no references, only its address
+        // to views granted by the registry of `owner`.
+        unsafe { Region::map(fd, offset, len, writable, owner) }
+    }
+
     /// Maps `len` bytes of `fd` at `offset`, shared, readable and (if
     /// `writable`) writable.
-    pub fn map(fd: impl AsFd, offset: u64, len: usize, writable: bool) -> IoResult<Region> {
+    ///
+    /// # Safety
+    ///
+    /// In the style of `memmap2::Mmap::map`: the caller guarantees that the
+    /// file is not truncated (or shrunk) while the mapping lives — an access
+    /// past the file's end raises `SIGBUS` — and that `fd` is the memory of
+    /// the object `owner`, whose registry is then the only way to these
+    /// bytes in this process.
+    pub unsafe fn map(
+        fd: impl AsFd,
+        offset: u64,
+        len: usize,
+        writable: bool,
+        owner: u64,
+    ) -> IoResult<Region> {
         if len == 0 {
             return Err(Errno::INVAL);
         }
@@ -99,7 +129,7 @@ impl Region {
             ptr,
             len,
             writable,
-            borrows: Mutex::new(Vec::new()),
+            owner,
         })
     }
 
@@ -108,153 +138,34 @@ impl Region {
         self.len
     }
 
-    /// Whether the mapping is empty (never true: zero-length mappings are
-    /// refused).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Whether the mapping allows writing.
     pub fn is_writable(&self) -> bool {
         self.writable
     }
 
+    /// The memory object whose registry governs these bytes.
+    pub fn owner(&self) -> u64 {
+        self.owner
+    }
+
     /// The address of the first byte (for diagnostics and device APIs that
-    /// take user pointers; reading through it bypasses the bookkeeping).
+    /// take user pointers; nothing in the library reads through it
+    /// outside a granted view).
     pub fn addr(&self) -> usize {
         self.ptr.as_ptr() as usize
     }
 
-    /// Number of live borrows.
-    pub fn live_borrows(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Borrow>> {
-        // A panic while holding the lock cannot leave the list
-        // inconsistent (each update is a single push or remove).
-        self.borrows.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn register(&self, range: &Range<usize>, exclusive: bool) -> Result<Borrow, BorrowError> {
-        if range.start > range.end || range.end > self.len {
-            return Err(BorrowError::OutOfBounds);
-        }
-        if exclusive && !self.writable {
-            return Err(BorrowError::ReadOnly);
-        }
-        let b = Borrow {
-            start: range.start,
-            end: range.end,
-            exclusive,
-        };
-        let mut live = self.lock();
-        for other in live.iter() {
-            let overlap = b.start < other.end && other.start < b.end;
-            if overlap && (exclusive || other.exclusive) {
-                return Err(BorrowError::Conflict {
-                    with_exclusive: other.exclusive,
-                });
-            }
-        }
-        live.push(b);
-        Ok(b)
-    }
-
-    fn release(&self, b: Borrow) {
-        let mut live = self.lock();
-        if let Some(i) = live.iter().position(|x| *x == b) {
-            live.swap_remove(i);
-        }
-    }
-
-    /// A shared borrow of `range`.
-    pub fn borrow(&self, range: Range<usize>) -> Result<RegionRef<'_>, BorrowError> {
-        let b = self.register(&range, false)?;
-        Ok(RegionRef { region: self, b })
-    }
-
-    /// An exclusive borrow of `range`.
-    pub fn borrow_mut(&self, range: Range<usize>) -> Result<RegionMut<'_>, BorrowError> {
-        let b = self.register(&range, true)?;
-        Ok(RegionMut { region: self, b })
+    /// The first byte, for views granted by the owner's registry.
+    pub(super) fn ptr(&self) -> NonNull<u8> {
+        self.ptr
     }
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: `ptr`/`len` are exactly the mapping made in `map`, and no
-        // borrow can be alive: each borrows `self`.
+        // view can be alive: each holds an `Arc` of this region.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
-
-/// A shared borrow of bytes of a [`Region`].
-#[derive(Debug)]
-pub struct RegionRef<'a> {
-    region: &'a Region,
-    b: Borrow,
-}
-
-impl Deref for RegionRef<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: the range is inside the live mapping (checked in
-        // `register`), and the registry guarantees no exclusive borrow of
-        // any of these bytes exists while this one lives.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.region.ptr.as_ptr().add(self.b.start),
-                self.b.end - self.b.start,
-            )
-        }
-    }
-}
-
-impl Drop for RegionRef<'_> {
-    fn drop(&mut self) {
-        self.region.release(self.b);
-    }
-}
-
-/// An exclusive borrow of bytes of a [`Region`].
-#[derive(Debug)]
-pub struct RegionMut<'a> {
-    region: &'a Region,
-    b: Borrow,
-}
-
-impl Deref for RegionMut<'_> {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        // SAFETY: inside the live mapping; this borrow is the only one of
-        // these bytes (registry), and `&self` forbids mutation meanwhile.
-        unsafe {
-            std::slice::from_raw_parts(
-                self.region.ptr.as_ptr().add(self.b.start),
-                self.b.end - self.b.start,
-            )
-        }
-    }
-}
-
-impl DerefMut for RegionMut<'_> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        // SAFETY: inside the live, writable mapping; the registry
-        // guarantees no other borrow of these bytes exists, and `&mut self`
-        // makes this slice unique for its lifetime.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.region.ptr.as_ptr().add(self.b.start),
-                self.b.end - self.b.start,
-            )
-        }
-    }
-}
-
-impl Drop for RegionMut<'_> {
-    fn drop(&mut self) {
-        self.region.release(self.b);
     }
 }
 
@@ -272,8 +183,28 @@ unsafe impl Send for AtomicWords {}
 unsafe impl Sync for AtomicWords {}
 
 impl AtomicWords {
+    /// Maps `words` 64-bit words of `fd` at offset 0 after checking that
+    /// `fd` is a memfd sealed against shrinking and at least `words * 8`
+    /// bytes long (EINVAL otherwise), so no access can fault.
+    pub fn map_sealed(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
+        let fd = fd.as_fd();
+        let len = words.checked_mul(8).ok_or(Errno::INVAL)?;
+        check_fixed_size(fd, 0, len)?;
+        // SAFETY: the file cannot shrink (checked above), and every access
+        // to the words is atomic, so other mappings of it, here or in
+        // other processes, are no data race.
+        unsafe { AtomicWords::map(fd, words) }
+    }
+
     /// Maps `words` 64-bit words of `fd` at offset 0, shared, read-write.
-    pub fn map(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
+    ///
+    /// # Safety
+    ///
+    /// The caller guarantees that the file is not truncated below
+    /// `words * 8` bytes while the mapping lives (an access past its end
+    /// raises `SIGBUS`), and that whoever else maps these bytes accesses
+    /// them only atomically.
+    pub unsafe fn map(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
         let len = words.checked_mul(8).ok_or(Errno::INVAL)?;
         if len == 0 {
             return Err(Errno::INVAL);
@@ -317,53 +248,69 @@ impl Drop for AtomicWords {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
+    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 
     fn memfd(len: u64) -> std::os::fd::OwnedFd {
-        let fd = memfd_create("sys-mem-test", MemfdFlags::CLOEXEC).unwrap();
+        let fd = memfd_create(
+            "sys-mem-test",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
         ftruncate(&fd, len).unwrap();
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
         fd
     }
 
     #[test]
-    fn shared_borrows_coexist_exclusive_ones_do_not() {
-        let fd = memfd(8192);
-        let r = Region::map(&fd, 0, 8192, true).unwrap();
-        let a = r.borrow(0..100).unwrap();
-        let b = r.borrow(50..200).unwrap();
+    fn safe_constructors_refuse_files_that_can_shrink() {
+        let open = memfd_create("sys-mem-unsealed", MemfdFlags::CLOEXEC).unwrap();
+        ftruncate(&open, 4096).unwrap();
+        // A memfd made without MFD_ALLOW_SEALING reports F_SEAL_SEAL only.
         assert_eq!(
-            r.borrow_mut(150..300).unwrap_err(),
-            BorrowError::Conflict {
-                with_exclusive: false
-            }
+            Region::map_fixed_size(&open, 0, 4096, true, 0).unwrap_err(),
+            Errno::INVAL
         );
-        let mut w = r.borrow_mut(200..300).unwrap();
-        w[0] = 7;
+        assert_eq!(AtomicWords::map_sealed(&open, 4).unwrap_err(), Errno::INVAL);
+        // A file that is neither a dma-buf nor a memfd.
+        let file = std::fs::File::open("/proc/self/status").unwrap();
         assert_eq!(
-            r.borrow(250..251).unwrap_err(),
-            BorrowError::Conflict {
-                with_exclusive: true
-            }
+            Region::map_fixed_size(&file, 0, 4096, false, 0).unwrap_err(),
+            Errno::BADF
         );
-        drop((a, b, w));
-        assert_eq!(r.live_borrows(), 0);
-        assert_eq!(r.borrow(200..201).unwrap()[0], 7);
+        let sealable = memfd_create(
+            "sys-mem-sealable",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        ftruncate(&sealable, 4096).unwrap();
+        assert_eq!(
+            Region::map_fixed_size(&sealable, 0, 4096, true, 0).unwrap_err(),
+            Errno::INVAL
+        );
+        let sealed = memfd(4096);
+        assert_eq!(
+            Region::map_fixed_size(&sealed, 0, 8192, true, 0).unwrap_err(),
+            Errno::INVAL,
+            "past the end"
+        );
+        assert!(Region::map_fixed_size(&sealed, 0, 4096, true, 0).is_ok());
+        assert!(AtomicWords::map_sealed(&sealed, 4).is_ok());
     }
 
     #[test]
-    fn bounds_and_read_only_are_enforced() {
+    fn zero_lengths_are_refused() {
         let fd = memfd(4096);
-        let r = Region::map(&fd, 0, 4096, false).unwrap();
-        assert_eq!(r.borrow(0..4097).unwrap_err(), BorrowError::OutOfBounds);
-        assert_eq!(r.borrow_mut(0..1).unwrap_err(), BorrowError::ReadOnly);
-        assert_eq!(Region::map(&fd, 0, 0, false).unwrap_err(), Errno::INVAL);
+        assert_eq!(
+            Region::map_fixed_size(&fd, 0, 0, false, 0).unwrap_err(),
+            Errno::INVAL
+        );
     }
 
     #[test]
     fn atomic_words_are_shared_between_mappings() {
         let fd = memfd(4096);
-        let a = AtomicWords::map(&fd, 4).unwrap();
-        let b = AtomicWords::map(&fd, 4).unwrap();
+        let a = AtomicWords::map_sealed(&fd, 4).unwrap();
+        let b = AtomicWords::map_sealed(&fd, 4).unwrap();
         a.get(3)
             .unwrap()
             .store(42, std::sync::atomic::Ordering::SeqCst);

@@ -3,8 +3,17 @@
 //!
 //! # Rules
 //!
-//! * This is the only module of the crate that contains `unsafe`. Every
-//!   `unsafe` block carries a `// SAFETY:` line saying why it is sound.
+//! * This is the only module of the crate that contains `unsafe`
+//!   (`#![deny(unsafe_code)]` at the crate root, allowed here only), and it
+//!   is private to the crate: safe code outside the crate cannot reach a
+//!   raw ioctl on an arbitrary fd or a mapping without bookkeeping. Every
+//!   `unsafe` block carries a `// SAFETY:` line saying why it is sound
+//!   (`clippy::undocumented_unsafe_blocks`); every `unsafe fn` a
+//!   `# Safety` section. The crate calls its own only from safe functions
+//!   that establish the precondition (`Region::map` behind
+//!   `map_fixed_size`, `AtomicWords::map` behind `map_sealed`); the two
+//!   public ones, `VolatileBytes::as_slice` and
+//!   `VolatileBytesMut::as_mut_slice`, hand the assertion to the caller.
 //! * Functions take `impl AsFd` (or `BorrowedFd`) arguments, return
 //!   `OwnedFd` for new file descriptors and `rustix::io::Result`, so the
 //!   kernel's errno is kept exactly. Nothing here validates input or
@@ -20,11 +29,13 @@ pub mod drm;
 pub mod functionfs;
 pub mod iio;
 pub mod mem;
+pub mod object;
 pub mod sw_sync;
 pub mod sync_file;
 pub mod udmabuf;
 pub mod v4l2;
 pub mod vgem;
+pub mod volatile;
 
 #[cfg(feature = "tokio")]
 pub mod readiness;

@@ -9,12 +9,12 @@
 
 #![allow(dead_code)]
 
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use dmabuf::sys::v4l2 as sys;
+use dmabuf::endpoint::v4l2::query;
+use dmabuf::endpoint::Direction;
 use dmabuf_lab_guest::{load_module, module_loaded, require_lab, wait_for_path};
 
 pub const PARAMS: &str = "n_devs=2 multiplanar=1,2 node_types=0x101,0x101";
@@ -35,30 +35,21 @@ fn scan() -> Option<Nodes> {
     let (mut c, mut o, mut cm, mut om) = (None, None, None, None);
     for i in 0..32 {
         let path = format!("/dev/video{i}");
-        let Ok(f) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-        else {
+        let Ok(info) = query(&path) else {
             continue;
         };
-        let Ok(cap) = sys::querycap(f.as_fd()) else {
-            continue;
-        };
-        if dmabuf::sys::from_c_name(&cap.driver) != "vivid" {
+        if info.driver != "vivid" {
             continue;
         }
-        let caps = cap.node_caps();
-        let slot = if caps & sys::V4L2_CAP_VIDEO_CAPTURE != 0 {
-            &mut c
-        } else if caps & sys::V4L2_CAP_VIDEO_OUTPUT != 0 {
-            &mut o
-        } else if caps & sys::V4L2_CAP_VIDEO_CAPTURE_MPLANE != 0 {
-            &mut cm
-        } else if caps & sys::V4L2_CAP_VIDEO_OUTPUT_MPLANE != 0 {
-            &mut om
-        } else {
-            continue;
+        let slot = match (
+            info.multiplanar(Direction::FromDevice),
+            info.multiplanar(Direction::ToDevice),
+        ) {
+            (Some(false), _) => &mut c,
+            (Some(true), _) => &mut cm,
+            (None, Some(false)) => &mut o,
+            (None, Some(true)) => &mut om,
+            (None, None) => continue,
         };
         slot.get_or_insert(path);
     }

@@ -115,9 +115,9 @@
 //! bindings that follow whatever header is installed, where this crate
 //! pins every layout and ioctl number by test), it brings `nix` next to
 //! the `rustix` this crate is built on, and `anyhow`/`thiserror` 1 errors
-//! that do not keep the errno and object the way [`Error`](crate::Error)
+//! that do not keep the errno and object the way [`Error`]
 //! does; its 0.0.x API also makes no stability promise. The subset this
-//! endpoint needs is eight ioctls (in `sys::v4l2`), each pinned against
+//! endpoint needs is ten ioctls (in `sys::v4l2`), each pinned against
 //! the uapi header.
 
 mod format;
@@ -133,7 +133,7 @@ pub use worker::FrameRecord;
 
 use super::{Attachment, DataPath, Direction, Endpoint, TransferOptions};
 use crate::buffer::Buffer;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::frame::Frame;
 
@@ -152,6 +152,41 @@ pub struct DeviceInfo {
     pub bus_info: String,
     /// `V4L2_CAP_*` of the opened node.
     pub caps: u32,
+}
+
+impl DeviceInfo {
+    /// Whether the node moves video in `direction` (capture: from the
+    /// device), and through which API: `Some(false)` single-planar (also
+    /// when the node has both), `Some(true)` multi-planar only, `None` not
+    /// at all.
+    pub fn multiplanar(&self, direction: Direction) -> Option<bool> {
+        queue::buffer_type(direction, self.caps).map(crate::sys::v4l2::is_multiplanar)
+    }
+}
+
+/// Asks the node at `path` what it is (`VIDIOC_QUERYCAP`), without
+/// touching its queues or format.
+pub fn query(path: impl AsRef<Path>) -> Result<DeviceInfo> {
+    queue::query(path.as_ref()).map(|(_, info)| info)
+}
+
+/// Selects the capture input `index` of the device at `path`
+/// (`VIDIOC_S_INPUT`; vivid: 0 webcam, 1 TV, 2 S-Video, 3 HDMI). Device
+/// state, kept after the file is closed; refused (`EBUSY`) while another
+/// file has buffers set up.
+pub fn select_input(path: impl AsRef<Path>, index: u32) -> Result<()> {
+    let (dev, info) = queue::query(path.as_ref())?;
+    crate::sys::v4l2::s_input(&dev, index).map_err(|e| {
+        Error::os(
+            "v4l2 select input",
+            format!(
+                "{} ({}), input {index}",
+                path.as_ref().display(),
+                info.driver
+            ),
+            e,
+        )
+    })
 }
 
 /// A frame attached to a V4L2 endpoint ([`V4l2Queue::attach_frame`]).
@@ -271,6 +306,26 @@ mod tests {
         assert!(e.to_string().contains("no such device node"), "{e}");
         let e = V4l2Output::open("/nonexistent/video9", &FormatRequest::default(), 2).unwrap_err();
         assert_eq!(e.errno(), Some(Errno::NOENT));
+    }
+
+    #[test]
+    fn device_info_says_which_api_a_direction_uses() {
+        use crate::sys::v4l2 as sys;
+        let info = |caps| DeviceInfo {
+            driver: "vivid".into(),
+            card: String::new(),
+            bus_info: String::new(),
+            caps,
+        };
+        let mp = info(sys::V4L2_CAP_VIDEO_CAPTURE_MPLANE | sys::V4L2_CAP_STREAMING);
+        assert_eq!(mp.multiplanar(Direction::FromDevice), Some(true));
+        assert_eq!(mp.multiplanar(Direction::ToDevice), None);
+        let sp = info(sys::V4L2_CAP_VIDEO_OUTPUT | sys::V4L2_CAP_VIDEO_OUTPUT_MPLANE);
+        assert_eq!(sp.multiplanar(Direction::ToDevice), Some(false));
+        let e = query("/dev/null").unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::NOTTY), "{e}");
+        let e = select_input("/nonexistent/video9", 0).unwrap_err();
+        assert_eq!(e.errno(), Some(Errno::NOENT), "{e}");
     }
 
     #[test]

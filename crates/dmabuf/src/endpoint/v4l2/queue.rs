@@ -78,36 +78,8 @@ impl V4l2Queue {
                 format!("{n_buffers} buffers asked for; 1 to {MAX_SLOTS} are possible"),
             ));
         }
-        let dev = rustix::fs::open(
-            path,
-            OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
-            Errno::NOENT => Error::kernel(
-                "v4l2 open",
-                path_s.clone(),
-                e,
-                "no such device node (is the driver loaded? vivid: modprobe vivid)",
-            ),
-            e => Error::os("v4l2 open", path_s.clone(), e),
-        })?;
-        let cap = sys::querycap(&dev).map_err(|e| match e {
-            Errno::NOTTY | Errno::INVAL => Error::kernel(
-                "v4l2 open",
-                path_s.clone(),
-                e,
-                "not a V4L2 device (VIDIOC_QUERYCAP refused)",
-            ),
-            e => Error::os("v4l2 query capabilities", path_s.clone(), e),
-        })?;
-        let caps = cap.node_caps();
-        let info = DeviceInfo {
-            driver: crate::sys::from_c_name(&cap.driver),
-            card: crate::sys::from_c_name(&cap.card),
-            bus_info: crate::sys::from_c_name(&cap.bus_info),
-            caps,
-        };
+        let (dev, info) = query(path)?;
+        let caps = info.caps;
         let obj = format!("{path_s} ({})", info.driver);
         let type_ = buffer_type(direction, caps).ok_or_else(|| {
             let what = match direction {
@@ -842,9 +814,44 @@ fn memory_planes(
     Ok(out)
 }
 
+/// Opens the node at `path` (non-blocking) and asks what it is.
+pub(super) fn query(path: &Path) -> Result<(OwnedFd, DeviceInfo)> {
+    let path_s = path.display().to_string();
+    let dev = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::NOENT => Error::kernel(
+            "v4l2 open",
+            path_s.clone(),
+            e,
+            "no such device node (is the driver loaded? vivid: modprobe vivid)",
+        ),
+        e => Error::os("v4l2 open", path_s.clone(), e),
+    })?;
+    let cap = sys::querycap(&dev).map_err(|e| match e {
+        Errno::NOTTY | Errno::INVAL => Error::kernel(
+            "v4l2 open",
+            path_s.clone(),
+            e,
+            "not a V4L2 device (VIDIOC_QUERYCAP refused)",
+        ),
+        e => Error::os("v4l2 query capabilities", path_s.clone(), e),
+    })?;
+    let info = DeviceInfo {
+        driver: crate::sys::from_c_name(&cap.driver),
+        card: crate::sys::from_c_name(&cap.card),
+        bus_info: crate::sys::from_c_name(&cap.bus_info),
+        caps: cap.node_caps(),
+    };
+    Ok((dev, info))
+}
+
 /// The buffer type a node with `caps` uses for `direction`, preferring
 /// the single-planar API when the node has both.
-fn buffer_type(direction: Direction, caps: u32) -> Option<u32> {
+pub(super) fn buffer_type(direction: Direction, caps: u32) -> Option<u32> {
     let (single, multi) = match direction {
         Direction::FromDevice => (
             (

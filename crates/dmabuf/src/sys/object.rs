@@ -1,0 +1,519 @@
+//! One identity per memory object per process, and the borrow registry
+//! that makes windows on it exclusive.
+//!
+//! A [`MemoryObject`] stands for one piece of memory the kernel knows as
+//! one file: a dma-buf or a memfd, named by `(st_dev, st_ino)`. It is
+//! interned process-wide: every fd on the same memory — dup'd, received
+//! over a socket, opened twice — yields the same object, so there is one
+//! borrow registry and one [`Region`] (mapping) for it however many handles
+//! exist.
+//!
+//! Borrows are kept in the object's own offsets, independent of which
+//! mapping serves the bytes (a read-only mapping made first and a writable
+//! one made later are both views of the same registry). A udmabuf made by
+//! this process records its *backing*: the memfd objects and page ranges
+//! it is made of; a borrow of the udmabuf is registered on those memfd
+//! ranges too, so a window on the udmabuf conflicts with one on the memfd
+//! itself or on another udmabuf over the same pages.
+//!
+//! Rules: any number of shared borrows of a byte, or one exclusive borrow;
+//! a conflicting borrow is refused, never granted. All registrations go
+//! through one process-wide lock, so a borrow spanning several objects is
+//! checked and recorded atomically.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use super::mem::Region;
+use super::volatile::{VolatileBytes, VolatileBytesMut};
+use super::Errno;
+
+type IoResult<T> = rustix::io::Result<T>;
+
+/// `(st_dev, st_ino)`: what names a piece of memory to the kernel.
+pub type ObjectKey = (u64, u64);
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn objects() -> MutexGuard<'static, HashMap<ObjectKey, Weak<MemoryObject>>> {
+    static OBJECTS: OnceLock<Mutex<HashMap<ObjectKey, Weak<MemoryObject>>>> = OnceLock::new();
+    OBJECTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// How many udmabufs' backing records outlive their handles.
+pub const KEPT_BACKINGS: usize = 4096;
+
+/// Backing records by object key, kept past the objects' lives (a handle
+/// may give up its fd, `DmaBuf::into_fd`, and the fd come back as a new
+/// handle later): the most recent [`KEPT_BACKINGS`], oldest dropped first.
+#[derive(Default)]
+struct Backings {
+    by_key: HashMap<ObjectKey, Vec<Segment>>,
+    order: std::collections::VecDeque<ObjectKey>,
+}
+
+fn backings() -> MutexGuard<'static, Backings> {
+    static BACKINGS: OnceLock<Mutex<Backings>> = OnceLock::new();
+    BACKINGS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// The one lock every registration and release takes (see module docs).
+fn registry() -> MutexGuard<'static, ()> {
+    static REGISTRY: Mutex<()> = Mutex::new(());
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One piece of memory (a dma-buf or a memfd), once per process.
+#[derive(Debug)]
+pub struct MemoryObject {
+    id: u64,
+    key: ObjectKey,
+    /// Live borrows, in the object's offsets. Only changed under
+    /// [`registry`]; its own mutex makes reads elsewhere sound.
+    borrows: Mutex<Vec<Borrow>>,
+    /// The current mapping (the widest one made: writable wins).
+    region: Mutex<Weak<Region>>,
+    /// The memfd pages this object is made of, if this process made it
+    /// from memfds (a udmabuf); set once.
+    backing: OnceLock<Vec<Segment>>,
+}
+
+/// A range of this object that is made of pages of another object.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// Offset in this object.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// The object that holds the pages (a memfd).
+    pub target: Arc<MemoryObject>,
+    /// Offset in the target.
+    pub target_offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Borrow {
+    id: u64,
+    start: u64,
+    end: u64,
+    exclusive: bool,
+}
+
+/// Why a borrow was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BorrowError {
+    /// The range is not inside the mapping it would be read through.
+    OutOfBounds,
+    /// An exclusive borrow was asked through a read-only mapping.
+    ReadOnly,
+    /// The range overlaps a live borrow that conflicts with it.
+    Conflict {
+        /// Whether the live borrow in the way is exclusive (a writer).
+        with_exclusive: bool,
+        /// The bytes both cover, in the offsets of the object where they
+        /// meet.
+        overlap: Range<u64>,
+        /// Where they meet: `None` for the object itself, else the backing
+        /// object's key (e.g. the memfd of a udmabuf).
+        backing: Option<ObjectKey>,
+    },
+}
+
+impl MemoryObject {
+    /// The object of the memory `fd` refers to, made on first use.
+    pub fn intern(fd: impl AsFd) -> IoResult<Arc<MemoryObject>> {
+        let st = rustix::fs::fstat(fd)?;
+        let key = (st.st_dev, st.st_ino);
+        let mut map = objects();
+        if let Some(o) = map.get(&key).and_then(Weak::upgrade) {
+            return Ok(o);
+        }
+        map.retain(|_, w| w.strong_count() > 0);
+        let backing = OnceLock::new();
+        if let Some(segments) = backings().by_key.get(&key) {
+            let _ = backing.set(segments.clone());
+        }
+        let o = Arc::new(MemoryObject {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            key,
+            borrows: Mutex::new(Vec::new()),
+            region: Mutex::new(Weak::new()),
+            backing,
+        });
+        map.insert(key, Arc::downgrade(&o));
+        Ok(o)
+    }
+
+    /// A process-unique id of the object.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// `(st_dev, st_ino)` of the memory.
+    pub fn key(&self) -> ObjectKey {
+        self.key
+    }
+
+    /// Records the backing of this object (once; a second call with other
+    /// segments is refused with EEXIST, the same ones are accepted).
+    /// Segments must not overlap one another in this object. The record
+    /// also outlives the object: a later object of the same key (the same
+    /// dma-buf, reopened from an fd that was given up) gets it back, for
+    /// the [`KEPT_BACKINGS`] most recent records.
+    pub fn set_backing(&self, segments: Vec<Segment>) -> IoResult<()> {
+        let same = |a: &[Segment], b: &[Segment]| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|(x, y)| {
+                    (x.offset, x.len, x.target.id, x.target_offset)
+                        == (y.offset, y.len, y.target.id, y.target_offset)
+                })
+        };
+        match self.backing.get() {
+            Some(old) if same(old, &segments) => Ok(()),
+            Some(_) => Err(Errno::EXIST),
+            None => {
+                let mut kept = backings();
+                if kept.by_key.insert(self.key, segments.clone()).is_none() {
+                    kept.order.push_back(self.key);
+                }
+                while kept.order.len() > KEPT_BACKINGS {
+                    if let Some(old) = kept.order.pop_front() {
+                        kept.by_key.remove(&old);
+                    }
+                }
+                drop(kept);
+                let _ = self.backing.set(segments);
+                Ok(())
+            }
+        }
+    }
+
+    /// The recorded backing (empty if none).
+    pub fn backing(&self) -> &[Segment] {
+        self.backing.get().map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Borrow>> {
+        // Each update is a single push or remove: a panic cannot leave the
+        // list inconsistent.
+        self.borrows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of live borrows of this object itself.
+    pub fn live_borrows(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The object's mapping for `len` bytes from `fd` (which must refer to
+    /// this object), made if there is none or if the one there is
+    /// read-only and `writable` is asked; shared by every caller until
+    /// the last drops it.
+    pub fn region(&self, fd: impl AsFd, len: usize, writable: bool) -> IoResult<Arc<Region>> {
+        let fd = fd.as_fd();
+        let st = rustix::fs::fstat(fd)?;
+        if (st.st_dev, st.st_ino) != self.key {
+            return Err(Errno::INVAL);
+        }
+        let mut slot = self.region.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = slot.upgrade() {
+            if r.len() == len && (r.is_writable() || !writable) {
+                return Ok(r);
+            }
+        }
+        let r = Arc::new(Region::map_fixed_size(fd, 0, len, writable, self.id)?);
+        *slot = Arc::downgrade(&r);
+        Ok(r)
+    }
+
+    /// The current mapping, if any.
+    pub fn current_region(&self) -> Option<Arc<Region>> {
+        self.region
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upgrade()
+    }
+
+    /// Registers a borrow of `range` (object offsets) read through
+    /// `region`, a mapping of this object: shared, or `exclusive`. The
+    /// borrow is registered on the object and on every backing range it
+    /// covers; it lasts as long as the returned [`View`].
+    pub fn borrow(
+        self: &Arc<Self>,
+        region: &Arc<Region>,
+        range: Range<usize>,
+        exclusive: bool,
+    ) -> Result<View, BorrowError> {
+        if region.owner() != self.id || range.start > range.end || range.end > region.len() {
+            return Err(BorrowError::OutOfBounds);
+        }
+        if exclusive && !region.is_writable() {
+            return Err(BorrowError::ReadOnly);
+        }
+        let (start, end) = (range.start as u64, range.end as u64);
+        let mut wanted: Vec<(Arc<MemoryObject>, u64, u64, bool)> =
+            vec![(self.clone(), start, end, false)];
+        for s in self.backing() {
+            let lo = start.max(s.offset);
+            let hi = end.min(s.offset + s.len);
+            if lo < hi {
+                let t = s.target_offset + (lo - s.offset);
+                wanted.push((s.target.clone(), t, t + (hi - lo), true));
+            }
+        }
+        let _guard = registry();
+        // Check everything first, then record: nothing is half-registered.
+        for (obj, s, e, via) in &wanted {
+            for other in obj.lock().iter() {
+                let (lo, hi) = ((*s).max(other.start), (*e).min(other.end));
+                if lo < hi && (exclusive || other.exclusive) {
+                    return Err(BorrowError::Conflict {
+                        with_exclusive: other.exclusive,
+                        overlap: lo..hi,
+                        backing: via.then(|| obj.key),
+                    });
+                }
+            }
+        }
+        let mut held = Vec::with_capacity(wanted.len());
+        for (obj, s, e, _) in wanted {
+            let b = Borrow {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                start: s,
+                end: e,
+                exclusive,
+            };
+            obj.lock().push(b);
+            held.push((obj, b));
+        }
+        Ok(View {
+            region: region.clone(),
+            range,
+            exclusive,
+            held,
+        })
+    }
+}
+
+/// A registered borrow of bytes of a [`MemoryObject`], with the mapping
+/// they are read through. Released on drop.
+#[derive(Debug)]
+pub struct View {
+    region: Arc<Region>,
+    range: Range<usize>,
+    exclusive: bool,
+    held: Vec<(Arc<MemoryObject>, Borrow)>,
+}
+
+impl View {
+    /// Whether the borrow is exclusive (a writer).
+    pub fn is_exclusive(&self) -> bool {
+        self.exclusive
+    }
+
+    /// The bytes borrowed, in the object's offsets.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The borrowed bytes, for volatile reads.
+    pub fn bytes(&self) -> VolatileBytes<'_> {
+        // SAFETY: the range is inside the live mapping (checked in
+        // `borrow`), a mapping of this object (owner id checked) that
+        // cannot shrink and lives as long as `self`; no reference to the
+        // bytes exists, and the registry guarantees that no exclusive
+        // borrow of them, through any mapping or backing, exists while
+        // this one lives (an exclusive view writes only through
+        // `&mut self`).
+        unsafe { VolatileBytes::new(self.region.ptr().add(self.range.start), self.range.len()) }
+    }
+
+    /// The borrowed bytes, for volatile writes: exclusive views only.
+    pub fn bytes_mut(&mut self) -> Option<VolatileBytesMut<'_>> {
+        if !self.exclusive {
+            return None;
+        }
+        // SAFETY: inside the live, writable mapping (checked in `borrow`);
+        // the registry guarantees no other borrow of these bytes exists in
+        // this process, and `&mut self` makes this view unique for its
+        // lifetime.
+        Some(unsafe {
+            VolatileBytesMut::new(self.region.ptr().add(self.range.start), self.range.len())
+        })
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let _guard = registry();
+        for (obj, b) in self.held.drain(..) {
+            let mut live = obj.lock();
+            if let Some(i) = live.iter().position(|x| x.id == b.id) {
+                live.swap_remove(i);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
+
+    fn memfd(len: u64) -> std::os::fd::OwnedFd {
+        let fd = memfd_create(
+            "sys-object-test",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        ftruncate(&fd, len).unwrap();
+        fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        fd
+    }
+
+    #[test]
+    fn one_object_per_memory_and_one_registry() {
+        let fd = memfd(8192);
+        let dup = fd.try_clone().unwrap();
+        let a = MemoryObject::intern(&fd).unwrap();
+        let b = MemoryObject::intern(&dup).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let ra = a.region(&fd, 8192, true).unwrap();
+        let rb = b.region(&dup, 8192, true).unwrap();
+        assert!(Arc::ptr_eq(&ra, &rb), "one mapping");
+        let _w = a.borrow(&ra, 0..100, true).unwrap();
+        let e = b.borrow(&rb, 50..60, false).unwrap_err();
+        assert_eq!(
+            e,
+            BorrowError::Conflict {
+                with_exclusive: true,
+                overlap: 50..60,
+                backing: None
+            }
+        );
+        let other = memfd(4096);
+        assert_eq!(a.region(&other, 4096, false).unwrap_err(), Errno::INVAL);
+    }
+
+    #[test]
+    fn shared_borrows_coexist_exclusive_ones_do_not() {
+        let fd = memfd(8192);
+        let o = MemoryObject::intern(&fd).unwrap();
+        let r = o.region(&fd, 8192, true).unwrap();
+        let a = o.borrow(&r, 0..100, false).unwrap();
+        let b = o.borrow(&r, 50..200, false).unwrap();
+        assert!(matches!(
+            o.borrow(&r, 150..300, true).unwrap_err(),
+            BorrowError::Conflict {
+                with_exclusive: false,
+                ..
+            }
+        ));
+        let w = o.borrow(&r, 200..300, true).unwrap();
+        assert!(matches!(
+            o.borrow(&r, 250..251, false).unwrap_err(),
+            BorrowError::Conflict {
+                with_exclusive: true,
+                ..
+            }
+        ));
+        drop((a, b, w));
+        assert_eq!(o.live_borrows(), 0);
+        assert_eq!(
+            o.borrow(&r, 0..8193, false).unwrap_err(),
+            BorrowError::OutOfBounds
+        );
+    }
+
+    #[test]
+    fn a_read_only_mapping_is_widened_and_borrows_stay_on_the_object() {
+        let fd = memfd(4096);
+        let o = MemoryObject::intern(&fd).unwrap();
+        let ro = o.region(&fd, 4096, false).unwrap();
+        assert_eq!(
+            o.borrow(&ro, 0..1, true).unwrap_err(),
+            BorrowError::ReadOnly
+        );
+        let _r = o.borrow(&ro, 0..10, false).unwrap();
+        let rw = o.region(&fd, 4096, true).unwrap();
+        assert!(!Arc::ptr_eq(&ro, &rw));
+        assert!(rw.is_writable());
+        // The read borrow made through the read-only mapping still counts.
+        assert!(o.borrow(&rw, 5..6, true).is_err());
+        assert!(o.borrow(&rw, 10..11, true).is_ok());
+        // A later read-only request reuses the writable mapping.
+        assert!(Arc::ptr_eq(&o.region(&fd, 4096, false).unwrap(), &rw));
+    }
+
+    #[test]
+    fn borrows_reach_the_backing_pages() {
+        let page = super::super::mem::page_size() as u64;
+        let m = memfd(4 * page);
+        let mo = MemoryObject::intern(&m).unwrap();
+        // Two "made of" objects (any sealed memfds stand in for udmabufs)
+        // over memfd pages 1..3 and 2..4.
+        let (u1f, u2f) = (memfd(2 * page), memfd(2 * page));
+        let u1 = MemoryObject::intern(&u1f).unwrap();
+        let u2 = MemoryObject::intern(&u2f).unwrap();
+        let seg = |off: u64| {
+            vec![Segment {
+                offset: 0,
+                len: 2 * page,
+                target: mo.clone(),
+                target_offset: off,
+            }]
+        };
+        u1.set_backing(seg(page)).unwrap();
+        u2.set_backing(seg(2 * page)).unwrap();
+        assert_eq!(u1.set_backing(seg(page)), Ok(()));
+        assert_eq!(u1.set_backing(seg(0)), Err(Errno::EXIST));
+        let r1 = u1.region(&u1f, (2 * page) as usize, true).unwrap();
+        let r2 = u2.region(&u2f, (2 * page) as usize, true).unwrap();
+        let rm = mo.region(&m, (4 * page) as usize, true).unwrap();
+        // u1's second page is memfd page 2, u2's first page too.
+        let w = u1
+            .borrow(&r1, page as usize..(page + 10) as usize, true)
+            .unwrap();
+        assert_eq!(
+            u2.borrow(&r2, 0..1, false).unwrap_err(),
+            BorrowError::Conflict {
+                with_exclusive: true,
+                overlap: 2 * page..2 * page + 1,
+                backing: Some(mo.key()),
+            }
+        );
+        assert!(mo
+            .borrow(&rm, (2 * page) as usize..(2 * page + 4) as usize, false)
+            .is_err());
+        // Disjoint pages are free.
+        assert!(u2
+            .borrow(&r2, page as usize..(page + 1) as usize, true)
+            .is_ok());
+        assert!(mo.borrow(&rm, 0..page as usize, true).is_ok());
+        drop(w);
+        assert_eq!(mo.live_borrows(), 0);
+        assert!(u2.borrow(&r2, 0..1, true).is_ok());
+
+        // Every handle of u1 gone, its fd kept: the record comes back with
+        // the object made again from the fd.
+        let u1_key = u1.key();
+        drop((r1, u1));
+        let again = MemoryObject::intern(&u1f).unwrap();
+        assert_eq!(again.key(), u1_key);
+        assert_eq!(again.backing().len(), 1);
+        assert_eq!(again.backing()[0].target_offset, page);
+        let ra = again.region(&u1f, (2 * page) as usize, true).unwrap();
+        let _w = again
+            .borrow(&ra, page as usize..(page + 1) as usize, true)
+            .unwrap();
+        assert!(u2.borrow(&r2, 0..1, false).is_err());
+    }
+}
