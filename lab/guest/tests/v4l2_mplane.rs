@@ -386,3 +386,40 @@ fn mplane_cli_capture_takes_a_format_and_prints_frames() {
     assert!(!out.status.success());
     assert!(stderr.contains("does not do ZZZZ"), "{stderr}");
 }
+
+/// A frame whose second buffer has a CPU window open: the queue is
+/// refused as busy, nothing is queued, and the fence published on the
+/// first buffer is ended, so a window there opens at once.
+#[test]
+fn mplane_a_busy_second_buffer_queues_nothing() {
+    let n = nodes();
+    let alloc = Allocator::new(&Backend::Udmabuf).unwrap();
+    let mut cap = V4l2Capture::open(&n.capture_mplane, &request(b"NM12"), 2).unwrap();
+    let f = &frames(&alloc, 1, Placement::PerPlane)[0];
+    let att = cap.attach_frame(f).unwrap();
+    let chroma = f.map_plane(1, false).unwrap();
+    let w = chroma.read().unwrap();
+    let nb = TransferOptions {
+        nonblocking: true,
+        ..TransferOptions::default()
+    };
+    let e = cap.queue_frame(&att, nb).unwrap_err();
+    assert_eq!(
+        (e.kind(), e.errno()),
+        (ErrorKind::Busy, Some(Errno::BUSY)),
+        "{e}"
+    );
+    assert_eq!(cap.pending(), 0);
+    assert!(!cap.is_streaming());
+    let luma = f.map_plane(0, true).unwrap();
+    let lw = luma
+        .mapping()
+        .window::<dmabuf::mapping::Write>(luma.range(), Some(Duration::ZERO))
+        .unwrap();
+    lw.end().unwrap();
+    w.end().unwrap();
+    // With the window closed the frame is captured.
+    let fence = cap.queue_frame(&att, TransferOptions::default()).unwrap();
+    fence.wait(Some(FRAME_TIMEOUT)).unwrap();
+    check_nv12(f);
+}

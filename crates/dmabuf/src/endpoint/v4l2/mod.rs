@@ -66,7 +66,10 @@
 //!   write fences and is published as a **read** fence (a CPU write
 //!   window waits until the device is done reading; read windows do
 //!   not). A slot that is still queued is refused (wait for its fence
-//!   first).
+//!   first). If a later buffer of a frame is still busy at the deadline,
+//!   the fence already published on the earlier ones is failed with
+//!   `ECANCELED` (so it holds nobody up), nothing is queued, and the
+//!   error is [`ErrorKind::Busy`](crate::ErrorKind::Busy).
 //! * The endpoint contract holds: attaching a buffer twice (alone or in a
 //!   frame) is refused with `EBUSY`, an attachment this device does not
 //!   have gives [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) with
