@@ -3,13 +3,19 @@
 //!
 //! # DOC: capture
 //!
-//! * Every buffer slot the driver grants gets a buffer of its own from the
-//!   chosen backend, and all are queued at once (some drivers start
+//! * Every buffer slot the driver grants gets a frame of its own from the
+//!   chosen backend (one buffer per memory plane: one for single-planar
+//!   nodes and formats such as NV12, one per plane for NM12 on
+//!   multi-planar nodes), and all are queued at once (some drivers start
 //!   capturing only once several buffers are queued); each buffer is
 //!   queued again as soon as its frame has been read, until `--frames`
 //!   frames were read. Frames still in the device then are cancelled.
 //! * A frame is read only inside a read window, which waits for the
-//!   frame's fence; `bytesused` bytes are written out.
+//!   frame's fence; each memory plane's `bytesused` bytes are written out.
+//! * `--format` takes a V4L2 fourcc (`YUYV`, `NV12`, `NM12`, `RGB3`…).
+//!   When the format has a DRM counterpart the buffers are attached as a
+//!   checked frame, printed as `frame: NV12 1280x720 (LINEAR), 2 planes`;
+//!   other formats with one memory plane (`MJPG`…) as plain buffers.
 //! * `--out DIR` (an existing directory, or a path ending in `/`) gets
 //!   one file per frame, `frame-000000.raw`…; any other `--out FILE` gets
 //!   all frames one after another. Without `--out` frames are read and
@@ -24,9 +30,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use dmabuf::endpoint::v4l2::{FormatRequest, FourCc, V4l2Capture, MAX_SLOTS};
-use dmabuf::endpoint::{Endpoint, TransferOptions};
-use dmabuf::Fence;
+use dmabuf::endpoint::v4l2::{
+    FormatRequest, FourCc, FrameAttachment, FrameRecord, V4l2Capture, MAX_SLOTS,
+};
+use dmabuf::endpoint::{Attachment, Endpoint, TransferOptions};
+use dmabuf::{Fence, Frame, UserFence};
 
 use crate::backend;
 
@@ -54,7 +62,7 @@ pub struct Args {
     /// Frame height in pixels (the driver may adjust it).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub height: Option<u32>,
-    /// Pixel format as a fourcc (YUYV, RGB3, GREY…).
+    /// Pixel format as a V4L2 fourcc (YUYV, NV12, NM12, RGB3, GREY…).
     #[arg(long, value_parser = parse_fourcc)]
     pub format: Option<FourCc>,
     /// Seconds to wait for each frame before giving up.
@@ -64,6 +72,36 @@ pub struct Args {
 
 fn parse_fourcc(s: &str) -> Result<FourCc, String> {
     s.parse::<FourCc>().map_err(|e| e.cause().to_string())
+}
+
+/// A slot's attachment: a checked frame, or a plain buffer for formats
+/// without a DRM counterpart.
+enum Slot {
+    Frame(FrameAttachment),
+    Buffer(Attachment, u64),
+}
+
+impl Slot {
+    fn queue(&self, cap: &mut V4l2Capture, opts: TransferOptions) -> dmabuf::Result<UserFence> {
+        match self {
+            Slot::Frame(a) => cap.queue_frame(a, opts),
+            Slot::Buffer(a, len) => cap.queue(a, *len, opts),
+        }
+    }
+
+    fn record(&self, cap: &V4l2Capture) -> Option<FrameRecord> {
+        match self {
+            Slot::Frame(a) => cap.frame_record(a),
+            Slot::Buffer(a, _) => cap.frame(a),
+        }
+    }
+
+    fn detach(&self, cap: &mut V4l2Capture) -> dmabuf::Result<()> {
+        match self {
+            Slot::Frame(a) => cap.detach_frame(a),
+            Slot::Buffer(a, _) => cap.detach(a),
+        }
+    }
 }
 
 enum Sink {
@@ -128,21 +166,39 @@ pub fn run(args: Args) -> crate::CliResult {
     let format = cap.format();
     let mut sink = Sink::open(args.out.as_deref())?;
 
+    let layout = format.layout().ok();
     let mut atts = Vec::new();
     let mut maps = Vec::new();
     for i in 0..cap.slots() {
-        let buf = alloc.allocate(u64::from(format.sizeimage), &format!("capture-{i}"))?;
-        let att = cap.attach(&buf)?;
-        maps.push(buf.map_read_only()?);
-        atts.push(att);
+        let buffers = format
+            .planes
+            .iter()
+            .map(|p| alloc.allocate(u64::from(p.sizeimage), &format!("capture-{i}")))
+            .collect::<dmabuf::Result<Vec<_>>>()?;
+        maps.push(
+            buffers
+                .iter()
+                .map(|b| b.map_read_only())
+                .collect::<dmabuf::Result<Vec<_>>>()?,
+        );
+        atts.push(match (&layout, buffers.len()) {
+            (Some(l), _) => Slot::Frame(cap.attach_frame(&Frame::from_layout(l.clone(), buffers)?)?),
+            (None, 1) => Slot::Buffer(cap.attach(&buffers[0])?, u64::from(format.sizeimage)),
+            (None, n) => {
+                return Err(format!(
+                    "capture: {}: {format} has {n} memory planes and no DRM frame layout; this program cannot capture it",
+                    cap.describe()
+                )
+                .into())
+            }
+        });
     }
-    let len = u64::from(format.sizeimage);
     let opts = TransferOptions::default();
     let start = Instant::now();
     // In-flight transfers, oldest first: (slot, fence).
     let mut inflight = std::collections::VecDeque::new();
     for (i, att) in atts.iter().enumerate() {
-        inflight.push_back((i, cap.transfer(att, len, opts)?));
+        inflight.push_back((i, Fence::User(att.queue(&mut cap, opts)?)));
     }
     let (mut done, mut bytes) = (0u64, 0u64);
     let (mut first_seq, mut last_seq) = (None, 0u32);
@@ -165,8 +221,8 @@ pub fn run(args: Args) -> crate::CliResult {
             // EIO: the driver flagged the frame as corrupted; count it.
             errors += 1;
         }
-        let frame = cap
-            .frame(&atts[slot])
+        let frame = atts[slot]
+            .record(&cap)
             .ok_or("capture: a frame's fence signalled without a frame record")?;
         if let Fence::User(u) = &fence {
             if u.seqno() != frame.fence_seqno {
@@ -179,24 +235,28 @@ pub fn run(args: Args) -> crate::CliResult {
             }
         }
         if !frame.is_error() {
-            let w = maps[slot].read()?;
-            let n = (frame.bytesused as usize).min(w.len());
-            sink.write(done, &w.bytes().subslice(0..n)?.to_vec())?;
-            w.end()?;
+            let mut data = Vec::new();
+            for (map, &used) in maps[slot].iter().zip(&frame.plane_bytesused) {
+                let w = map.read()?;
+                let n = (used as usize).min(w.len());
+                data.extend_from_slice(&w.bytes().subslice(0..n)?.to_vec());
+                w.end()?;
+            }
+            sink.write(done, &data)?;
             bytes += u64::from(frame.bytesused);
         }
         first_seq.get_or_insert(frame.sequence);
         last_seq = frame.sequence;
         done += 1;
         if done + (inflight.len() as u64) < args.frames {
-            inflight.push_back((slot, cap.transfer(&atts[slot], len, opts)?));
+            inflight.push_back((slot, Fence::User(atts[slot].queue(&mut cap, opts)?)));
         }
     }
     let elapsed = start.elapsed();
     // Frames still in the device are cancelled here (STREAMOFF).
     drop(inflight);
     for att in &atts {
-        cap.detach(att)?;
+        att.detach(&mut cap)?;
     }
     let out = sink.finish()?;
     let first_seq = first_seq.unwrap_or(0);
@@ -212,6 +272,9 @@ pub fn run(args: Args) -> crate::CliResult {
     outln!("backend: {} ({})", alloc.backend(), alloc.reason())?;
     outln!("data path: {}", cap.data_path())?;
     outln!("format: {format}")?;
+    if let Some(l) = &layout {
+        outln!("frame: {l}")?;
+    }
     outln!("buffers: {} (asked {})", atts.len(), cap.requested_slots())?;
     outln!("frames: {done}")?;
     outln!("errors: {errors}")?;

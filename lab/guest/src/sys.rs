@@ -538,10 +538,162 @@ pub mod udmabuf {
     }
 }
 
-/// `include/uapi/linux/videodev2.h` constants the tests read.
+/// `include/uapi/linux/videodev2.h`: constants the tests read, and raw
+/// multi-planar DMABUF ioctls for tests that probe what the kernel does
+/// with requests the library refuses (x86_64 layouts, as the library's).
 pub mod v4l2 {
+    use super::*;
+
     /// `V4L2_BUF_CAP_SUPPORTS_DMABUF`.
     pub const V4L2_BUF_CAP_SUPPORTS_DMABUF: u32 = 1 << 2;
+    /// `V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE`.
+    pub const V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE: u32 = 9;
+    /// `V4L2_MEMORY_DMABUF`.
+    pub const V4L2_MEMORY_DMABUF: u32 = 4;
+
+    /// `struct v4l2_format` (208 bytes): `type` and the union as bytes;
+    /// `fmt.pix_mp` is at the start of the union.
+    #[repr(C, align(8))]
+    #[derive(Debug, Clone, Copy)]
+    pub struct Format {
+        pub type_: u32,
+        pub _pad: u32,
+        pub fmt: [u8; 200],
+    }
+
+    impl Format {
+        /// `pix_mp.pixelformat`, `width`, `height` set, planes cleared.
+        pub fn set_mp(&mut self, width: u32, height: u32, fourcc: &[u8; 4]) {
+            self.fmt[0..4].copy_from_slice(&width.to_ne_bytes());
+            self.fmt[4..8].copy_from_slice(&height.to_ne_bytes());
+            self.fmt[8..12].copy_from_slice(fourcc);
+            self.fmt[20..180].fill(0);
+        }
+
+        /// `pix_mp.num_planes`.
+        pub fn num_planes(&self) -> u8 {
+            self.fmt[180]
+        }
+    }
+
+    /// `struct v4l2_requestbuffers` (20 bytes).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Requestbuffers {
+        pub count: u32,
+        pub type_: u32,
+        pub memory: u32,
+        pub capabilities: u32,
+        pub flags: u8,
+        pub reserved: [u8; 3],
+    }
+
+    /// `struct v4l2_buffer` (88 bytes on LP64), `m` as a `u64`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Buffer {
+        pub index: u32,
+        pub type_: u32,
+        pub bytesused: u32,
+        pub flags: u32,
+        pub field: u32,
+        pub _pad0: u32,
+        pub timestamp: [i64; 2],
+        pub timecode: [u32; 4],
+        pub sequence: u32,
+        pub memory: u32,
+        pub m: u64,
+        pub length: u32,
+        pub reserved2: u32,
+        pub request_fd: i32,
+        pub _pad1: u32,
+    }
+
+    /// `struct v4l2_plane` (64 bytes), `m.fd` in the low half of `m`.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Plane {
+        pub bytesused: u32,
+        pub length: u32,
+        pub m: u64,
+        pub data_offset: u32,
+        pub reserved: [u32; 11],
+    }
+
+    const G_FMT: Opcode = opcode::read_write::<Format>(b'V', 4);
+    const S_FMT: Opcode = opcode::read_write::<Format>(b'V', 5);
+    const REQBUFS: Opcode = opcode::read_write::<Requestbuffers>(b'V', 8);
+    const QBUF: Opcode = opcode::read_write::<Buffer>(b'V', 15);
+    const DQBUF: Opcode = opcode::read_write::<Buffer>(b'V', 17);
+    const STREAMON: Opcode = opcode::write::<i32>(b'V', 18);
+    const STREAMOFF: Opcode = opcode::write::<i32>(b'V', 19);
+
+    /// `VIDIOC_G_FMT` of `type_`.
+    pub fn g_fmt(dev: impl AsFd, type_: u32) -> Result<Format> {
+        let mut f = Format {
+            type_,
+            _pad: 0,
+            fmt: [0; 200],
+        };
+        // SAFETY: the command reads and writes a `struct v4l2_format`.
+        unsafe { ioctl_with(dev, G_FMT, &mut f) }?;
+        Ok(f)
+    }
+
+    /// `VIDIOC_S_FMT`.
+    pub fn s_fmt(dev: impl AsFd, f: &mut Format) -> Result<()> {
+        // SAFETY: the command reads and writes a `struct v4l2_format`.
+        unsafe { ioctl_with(dev, S_FMT, f) }.map(drop)
+    }
+
+    /// `VIDIOC_REQBUFS`.
+    pub fn reqbufs(dev: impl AsFd, r: &mut Requestbuffers) -> Result<()> {
+        // SAFETY: the command reads and writes a `struct v4l2_requestbuffers`.
+        unsafe { ioctl_with(dev, REQBUFS, r) }.map(drop)
+    }
+
+    fn with_planes(dev: impl AsFd, op: Opcode, b: &mut Buffer, p: &mut [Plane]) -> Result<()> {
+        b.m = p.as_mut_ptr() as u64;
+        b.length = p.len() as u32;
+        // SAFETY: `m.planes` points at `length` writable `struct
+        // v4l2_plane`s borrowed for the call; the kernel keeps no pointer.
+        let r = unsafe { ioctl_with(dev, op, b) }.map(drop);
+        b.m = 0;
+        r
+    }
+
+    /// `VIDIOC_QBUF` of a multi-planar buffer (`b.type_` must be one).
+    pub fn qbuf_planes(dev: impl AsFd, b: &mut Buffer, p: &mut [Plane]) -> Result<()> {
+        with_planes(dev, QBUF, b, p)
+    }
+
+    /// `VIDIOC_DQBUF` of a multi-planar buffer (`b.type_` must be one).
+    pub fn dqbuf_planes(dev: impl AsFd, b: &mut Buffer, p: &mut [Plane]) -> Result<()> {
+        with_planes(dev, DQBUF, b, p)
+    }
+
+    /// `VIDIOC_STREAMON` (`on`) or `VIDIOC_STREAMOFF`.
+    pub fn stream(dev: impl AsFd, type_: u32, on: bool) -> Result<()> {
+        let mut t = type_ as i32;
+        let op = if on { STREAMON } else { STREAMOFF };
+        // SAFETY: the command takes a pointer to an `int` buffer type.
+        unsafe { ioctl_with(dev, op, &mut t) }.map(drop)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn layouts_match_the_uapi() {
+            assert_eq!(std::mem::size_of::<Format>(), 208);
+            assert_eq!(std::mem::size_of::<Buffer>(), 88);
+            assert_eq!(std::mem::offset_of!(Buffer, m), 64);
+            assert_eq!(std::mem::size_of::<Plane>(), 64);
+            assert_eq!(QBUF, 0xc058_560f);
+            assert_eq!(G_FMT, 0xc0d0_5604);
+        }
+    }
 }
 
 /// A raw shared mapping of any fd, with no bookkeeping: for tests that need
