@@ -12,6 +12,7 @@ mod backend;
 #[cfg_attr(not(feature = "iceoryx2"), allow(dead_code))]
 mod bench;
 mod capture;
+mod generate;
 mod latency;
 mod ls;
 mod pattern;
@@ -29,7 +30,7 @@ pub type CliResult<T = ExitCode> = Result<T, Box<dyn std::error::Error>>;
     version,
     about = "Linux DMA-BUF buffer sharing: probe, inspect, allocate, stream, benchmark"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +50,10 @@ enum Command {
     /// Compare the stream with pipes, Unix sockets, iceoryx2 and the
     /// one-process bound.
     Bench(bench::Args),
+    /// Write shell completions (bash, zsh, fish, elvish, powershell) to standard output.
+    Completions(generate::CompletionsArgs),
+    /// Write the man page dmabuf(1) (roff) to standard output.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +65,8 @@ fn main() -> ExitCode {
         Command::Capture(args) => capture::run(args),
         Command::Stream(args) => stream::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man => generate::man(),
     };
     // A buffered write may fail only at the flush.
     let result = result.and_then(|code| out::flush().map(|()| code).map_err(Into::into));

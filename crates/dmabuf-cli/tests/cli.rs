@@ -216,3 +216,23 @@ fn capture_from_a_non_v4l2_file_says_so() {
     let err = text(&out.stderr);
     assert!(err.contains("not a V4L2 device"), "{err}");
 }
+
+#[test]
+fn completions_and_the_man_page_are_generated_from_the_parser() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = dmabuf(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        for sub in ["probe", "stream", "capture", "completions"] {
+            assert!(text.contains(sub), "{shell} completions lack {sub}");
+        }
+    }
+    let out = dmabuf(&["completions", "nosh"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'nosh'"));
+    let out = dmabuf(&["man"]);
+    assert!(out.status.success());
+    let page = String::from_utf8(out.stdout).unwrap();
+    assert!(page.contains(".TH dmabuf 1"), "{page}");
+    assert!(page.contains("probe") && page.contains("bench"), "{page}");
+}
