@@ -57,12 +57,28 @@ pub fn flush() -> Result<(), OutputError> {
     io::stdout().lock().flush().map_err(OutputError)
 }
 
-/// Writes `value` as JSON (pretty or one line) and a newline.
+/// The version of every `--json` document's layout, in its
+/// `schema_version` field. It grows when a field changes meaning or goes
+/// away; new fields may appear within a version.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Writes `value` as JSON (pretty or one line) and a newline. A top-level
+/// object gets a `"schema_version"` field ([`JSON_SCHEMA_VERSION`]) unless
+/// it carries its own.
 pub fn json<T: serde::Serialize + ?Sized>(value: &T, pretty: bool) -> crate::CliResult<()> {
+    let mut v = serde_json::to_value(value)?;
+    if let serde_json::Value::Object(fields) = &mut v {
+        if !fields.contains_key("schema_version") {
+            let mut with = serde_json::Map::new();
+            with.insert("schema_version".into(), JSON_SCHEMA_VERSION.into());
+            with.append(fields);
+            *fields = with;
+        }
+    }
     let s = if pretty {
-        serde_json::to_string_pretty(value)?
+        serde_json::to_string_pretty(&v)?
     } else {
-        serde_json::to_string(value)?
+        serde_json::to_string(&v)?
     };
     write_all(s.as_bytes())?;
     write_all(b"\n")?;

@@ -236,3 +236,21 @@ fn completions_and_the_man_page_are_generated_from_the_parser() {
     assert!(page.contains(".TH dmabuf 1"), "{page}");
     assert!(page.contains("probe") && page.contains("bench"), "{page}");
 }
+
+#[test]
+fn every_json_document_carries_its_schema_version() {
+    for args in [&["probe", "--json"][..], &["ls", "--json"][..]] {
+        let out = dmabuf(args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["schema_version"], 1, "{args:?}: {v}");
+    }
+    let out = dmabuf(&["probe", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Machine-readable: a value `--backend` takes.
+    let name = v["auto_backend_name"].as_str().unwrap();
+    assert!(
+        ["portable", "udmabuf"].contains(&name) || name.starts_with("heap:"),
+        "{name}"
+    );
+}

@@ -90,6 +90,9 @@ pub struct Report {
     pub debugfs_bufinfo: Feature,
     /// The backend `Allocator::auto()` picks, and why.
     pub auto_backend: Feature,
+    /// The same backend, machine-readable: the `--backend` value that
+    /// selects it (`heap:system`, `udmabuf`, `portable`).
+    pub auto_backend_name: String,
 }
 
 impl Report {
@@ -332,6 +335,7 @@ pub fn probe() -> Report {
         debugfs_bufinfo: probe_debugfs(),
         portable: probe_portable(),
         auto_backend: Feature::yes(format!("{} ({})", auto.backend(), auto.reason())),
+        auto_backend_name: auto.backend().to_string(),
         kernel,
         udmabuf,
         heaps,
