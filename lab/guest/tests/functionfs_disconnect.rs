@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dmabuf::endpoint::functionfs::FunctionFsEndpoint;
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
-use dmabuf::{Allocate, Fence, FenceStatus, Portable, Udmabuf};
+use dmabuf::{Allocate, Errno, Fence, FenceStatus, Portable, Udmabuf};
 use dmabuf_lab_guest::require_lab;
 use dmabuf_lab_guest::usb::{bind_udc, soft_connect, unbind_udc, Gadget, FFS_DIR};
 
@@ -133,13 +133,28 @@ fn ffs_a_udc_unbound_mid_transfer_fails_every_fence_and_nothing_hangs() {
         m.window::<dmabuf::mapping::Read>(0..16, Some(Duration::from_secs(1)))
             .unwrap();
     }
-    // Fences before their attachments (kernel-findings: f_fs fence lock).
     drop((fi, fo, fc));
+    // The UDC is gone: 6.12's FUNCTIONFS_DMABUF_TRANSFER and _DETACH would
+    // dereference the NULL gadget (kernel-findings). The endpoints saw
+    // ESHUTDOWN and ask before issuing either: a transfer is refused with
+    // that cause, a detach leaves the attachment to the file's close.
+    let (ep_in, ai, r) = bounded("a zero-copy transfer after unbind", move || {
+        let r = ep_in.transfer(&ai, 4096, TransferOptions::default());
+        (ep_in, ai, r)
+    });
+    let e = r.expect_err("a zero-copy transfer was queued on an unbound UDC");
+    assert_eq!(e.errno(), Some(Errno::SHUTDOWN), "{e}");
+    assert!(e.cause().contains("unbound"), "{e}");
+    let (ep_out, r) = bounded("a zero-copy detach after unbind", move || {
+        let r = ep_out.detach(&ao);
+        (ep_out, r)
+    });
+    r.unwrap();
     // 6.12's FUNCTIONFS_DMABUF_DETACH dereferences ffs->gadget, which an
     // unbind clears (kernel-findings): bind again before the endpoints
     // detach their buffers.
     bounded("binding the UDC again", bind_udc).unwrap();
-    drop((ai, ao, ac));
+    drop((ai, ac));
     bounded("dropping endpoints after unbind", move || {
         drop(ep_in);
         drop(ep_out);

@@ -119,6 +119,8 @@ impl DmabufUapi for FunctionFs {
     const DEVICE: &'static str = "the controller";
     // 6.12 adds an OUT transfer's fence as a reader (uapi.md §5).
     const FIX_FROM_DEVICE_USAGE: bool = true;
+    // A disabled endpoint (host reset, disconnect, or UDC unbound).
+    const GONE_ERRNO: Option<Errno> = Some(Errno::SHUTDOWN);
 
     fn attach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
         sys::functionfs::attach(fd, dmabuf)
@@ -135,6 +137,28 @@ impl DmabufUapi for FunctionFs {
         len: u64,
     ) -> rustix::io::Result<()> {
         sys::functionfs::transfer(fd, dmabuf, flags, len)
+    }
+
+    fn device_present(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> bool {
+        // FUNCTIONFS_DMABUF_ATTACH is the one DMABUF ioctl that checks the
+        // gadget pointer (EPERM without a gadget, or without sg, which
+        // this endpoint's zero-copy attachment proves it had). A probe
+        // attachment is the newest one of this dma-buf, so the detach
+        // that follows removes it and not the caller's.
+        match sys::functionfs::attach(fd, dmabuf) {
+            Ok(()) => {
+                let _ = sys::functionfs::detach(fd, dmabuf);
+                true
+            }
+            Err(Errno::PERM) => false,
+            Err(_) => true,
+        }
+    }
+
+    fn gone_reason() -> &'static str {
+        "FUNCTIONFS_DMABUF_ATTACH finds no gadget: the UDC was unbound, and 6.12's \
+         FUNCTIONFS_DMABUF_TRANSFER and _DETACH would dereference the NULL gadget pointer; \
+         the kernel releases the attachment when the endpoint file is closed"
     }
 
     fn fallback_reason(errno: Errno) -> Option<String> {

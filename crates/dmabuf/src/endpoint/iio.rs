@@ -77,6 +77,7 @@ impl DmabufUapi for Iio {
     const DEVICE: &'static str = "the IIO buffer";
     // IIO gives its fences the right usage.
     const FIX_FROM_DEVICE_USAGE: bool = false;
+    const GONE_ERRNO: Option<Errno> = None;
 
     fn attach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
         sys::iio::attach(fd, dmabuf)
@@ -93,6 +94,14 @@ impl DmabufUapi for Iio {
         len: u64,
     ) -> rustix::io::Result<()> {
         sys::iio::enqueue(fd, &sys::iio::enqueue_arg(dmabuf, flags, len))
+    }
+
+    fn device_present(_: BorrowedFd<'_>, _: &DmaBuf) -> bool {
+        true
+    }
+
+    fn gone_reason() -> &'static str {
+        "the IIO device was removed"
     }
 
     fn fallback_reason(errno: Errno) -> Option<String> {
