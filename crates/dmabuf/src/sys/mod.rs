@@ -30,6 +30,7 @@ pub mod functionfs;
 pub mod iio;
 pub mod mem;
 pub mod object;
+pub mod signal;
 pub mod sw_sync;
 pub mod sync_file;
 pub mod udmabuf;
