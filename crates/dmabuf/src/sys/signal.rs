@@ -67,3 +67,27 @@ pub fn interrupt<T>(handle: &JoinHandle<T>) -> bool {
     // detached: its `pthread_t` stays valid even if it has exited.
     unsafe { libc::pthread_kill(handle.as_pthread_t() as libc::pthread_t, SIGNAL) == 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_thread_blocked_in_read_returns_eintr() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut b = [0u8; 1];
+            rustix::io::read(&r, &mut b)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let until = Instant::now() + Duration::from_secs(5);
+        while !t.is_finished() && Instant::now() < until {
+            assert!(interrupt(&t), "the signal was not sent");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(t.is_finished(), "the blocked read was not interrupted");
+        assert_eq!(t.join().unwrap(), Err(rustix::io::Errno::INTR));
+        drop(w);
+    }
+}
