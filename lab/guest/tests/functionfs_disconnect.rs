@@ -3,8 +3,8 @@
 //! host side disconnected (soft disconnect) mid-transfer, and a
 //! copy endpoint dropped while its worker is blocked in a `write()` nobody
 //! reads. A binary of its own because it takes the gadget down. Tests run
-//! in name order: the unbind first, because a drop that hangs leaves a
-//! thread holding an endpoint file, and when that file is finally closed
+//! in name order, the copy drop last: if its worker were ever left behind
+//! it would hold an endpoint file, and when that file is finally closed
 //! FunctionFS detaches *every* dma-buf of the endpoint, whoever attached
 //! it. Test names start with `ffs_`.
 
@@ -80,6 +80,9 @@ fn ffs_c_copy_endpoint_dropped_while_its_write_waits_for_the_host_returns() {
         move || drop(ep),
     );
     assert_failed_with_named_cause(&f, "copy transfer cut by drop");
+    // The library cut it (the blocked write was interrupted and the
+    // worker saw the cancellation), not the host.
+    assert_eq!(f.status(), FenceStatus::Error(Errno::CANCELED));
     drop(f);
     drop(buf);
     assert_eq!(open_fds(), before, "file descriptors leaked");
