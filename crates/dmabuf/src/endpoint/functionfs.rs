@@ -38,12 +38,12 @@
 //! with a message, before the kernel sees it), then, in one step under the
 //! buffer's reservation lock, waits for the library's own fences, CPU
 //! windows and the kernel's fences in the way, at most
-//! [`TransferOptions::timeout`], and publishes a placeholder fence of the
-//! transfer there, so no CPU window of this process opens between that
-//! wait and the ioctl; the kernel then waits again (at most its own 5 s;
-//! `O_NONBLOCK` is set on the endpoint file for the ioctl of a
-//! non-blocking transfer). Right after the ioctl the transfer's fence is
-//! taken from the dma-buf's reservation with
+//! [`TransferOptions::timeout`], and publishes the transfer's fence
+//! there, so no CPU window of this process opens between that wait and
+//! the end of the transfer; the kernel then waits again (at most its own
+//! 5 s; `O_NONBLOCK` is set on the endpoint file for the ioctl of a
+//! non-blocking transfer). Right after the ioctl the kernel's fence of the
+//! transfer is taken from the dma-buf's reservation with
 //! `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for **writing** (it covers every
 //! fence, so it covers this transfer whatever usage the kernel gave it)
 //! and handed to the endpoint's fence watcher thread, which settles the
