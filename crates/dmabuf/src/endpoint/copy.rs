@@ -358,10 +358,14 @@ impl CopyEngine {
     /// Stops the engine: cancels everything queued and the running
     /// transfer (at its next wait), and waits at most `timeout` for the
     /// worker to stop. A worker blocked in an I/O call that the kernel
-    /// does not interrupt (a FunctionFS transfer the host never takes, a
-    /// device that never answers) is detached instead of waited for
-    /// forever: the error says so, and the thread ends, closing its fd and
-    /// settling the running transfer's fence, when that call returns.
+    /// only ends on completion (a FunctionFS transfer the host never
+    /// takes, a tty nobody reads) is then interrupted with `SIGURG`
+    /// (`EINTR`, see the module documentation) for at most
+    /// [`INTERRUPT_WAIT`]; the running transfer's fence fails with
+    /// `ECANCELED`. Only if the call still does not return is the worker
+    /// detached instead of waited for forever: the error says so, and the
+    /// thread ends, closing its fd and settling the running transfer's
+    /// fence, when that call returns.
     pub fn shutdown(&mut self, timeout: Duration) -> Result<()> {
         {
             let mut st = self.shared.lock();
