@@ -32,9 +32,14 @@
 //! For kernel dma-bufs the kernel keeps its own reservation (fences added
 //! by drivers and by `DMA_BUF_IOCTL_IMPORT_SYNC_FILE`); the library keeps
 //! this one for user fences, CPU windows and the fences of the transfers
-//! its endpoints queued (kernel fences included, so that a CPU window of
-//! this process sees a transfer in flight before the kernel does), and
-//! every wait and export combines the two. For portable buffers this
+//! its endpoints queued (so that a CPU window of this process sees a
+//! transfer in flight before the kernel does), and every wait and export
+//! combines the two. For a FunctionFS or IIO zero-copy transfer this
+//! reservation holds the library's own fence of the transfer, never the
+//! kernel's sync file (on 6.12 that fence's lock lives in the endpoint's
+//! attachment, which detach frees: see `endpoint::watch`); the kernel's
+//! fence stays in the dma-buf's own reservation, where `poll`, `SYNC` and
+//! other drivers find it. For portable buffers this
 //! reservation is all there is, and it follows the same rules.
 //!
 //! A fence that has signalled *with an error* is done, like a successful
@@ -57,9 +62,10 @@
 //!   `poll` with a zero timeout whether the kernel's fences are done). If
 //!   there is one, it releases the lock, waits for that fence until the
 //!   deadline, and starts over. If there is none, it adds its own fence
-//!   **before releasing the lock**. Kernel endpoints publish a
-//!   placeholder fence there, issue their ioctl, then add the kernel's
-//!   fence and signal the placeholder, so a window never sees a gap;
+//!   **before releasing the lock**. Kernel endpoints publish the
+//!   transfer's own (library) fence there, then issue their ioctl, and
+//!   settle that fence when the kernel's fence signals, so a window never
+//!   sees a gap;
 //! * a **CPU window** (`Mapping::window`) takes the lock, looks for
 //!   conflicting unsignalled fences (device fences included); if there is
 //!   one it releases the lock, waits (until its deadline) and starts

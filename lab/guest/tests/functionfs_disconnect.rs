@@ -3,8 +3,8 @@
 //! host side disconnected (soft disconnect) mid-transfer, and a
 //! copy endpoint dropped while its worker is blocked in a `write()` nobody
 //! reads. A binary of its own because it takes the gadget down. Tests run
-//! in name order: the unbind first, because a drop that hangs leaves a
-//! thread holding an endpoint file, and when that file is finally closed
+//! in name order, the copy drop last: if its worker were ever left behind
+//! it would hold an endpoint file, and when that file is finally closed
 //! FunctionFS detaches *every* dma-buf of the endpoint, whoever attached
 //! it. Test names start with `ffs_`.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dmabuf::endpoint::functionfs::FunctionFsEndpoint;
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
-use dmabuf::{Allocate, Fence, FenceStatus, Portable, Udmabuf};
+use dmabuf::{Allocate, Errno, Fence, FenceStatus, Portable, Udmabuf};
 use dmabuf_lab_guest::require_lab;
 use dmabuf_lab_guest::usb::{bind_udc, soft_connect, unbind_udc, Gadget, FFS_DIR};
 
@@ -80,6 +80,9 @@ fn ffs_c_copy_endpoint_dropped_while_its_write_waits_for_the_host_returns() {
         move || drop(ep),
     );
     assert_failed_with_named_cause(&f, "copy transfer cut by drop");
+    // The library cut it (the blocked write was interrupted and the
+    // worker saw the cancellation), not the host.
+    assert_eq!(f.status(), FenceStatus::Error(Errno::CANCELED));
     drop(f);
     drop(buf);
     assert_eq!(open_fds(), before, "file descriptors leaked");
@@ -133,13 +136,28 @@ fn ffs_a_udc_unbound_mid_transfer_fails_every_fence_and_nothing_hangs() {
         m.window::<dmabuf::mapping::Read>(0..16, Some(Duration::from_secs(1)))
             .unwrap();
     }
-    // Fences before their attachments (kernel-findings: f_fs fence lock).
     drop((fi, fo, fc));
+    // The UDC is gone: 6.12's FUNCTIONFS_DMABUF_TRANSFER and _DETACH would
+    // dereference the NULL gadget (kernel-findings). The endpoints saw
+    // ESHUTDOWN and ask before issuing either: a transfer is refused with
+    // that cause, a detach leaves the attachment to the file's close.
+    let (ep_in, ai, r) = bounded("a zero-copy transfer after unbind", move || {
+        let r = ep_in.transfer(&ai, 4096, TransferOptions::default());
+        (ep_in, ai, r)
+    });
+    let e = r.expect_err("a zero-copy transfer was queued on an unbound UDC");
+    assert_eq!(e.errno(), Some(Errno::SHUTDOWN), "{e}");
+    assert!(e.cause().contains("unbound"), "{e}");
+    let (ep_out, r) = bounded("a zero-copy detach after unbind", move || {
+        let r = ep_out.detach(&ao);
+        (ep_out, r)
+    });
+    r.unwrap();
     // 6.12's FUNCTIONFS_DMABUF_DETACH dereferences ffs->gadget, which an
     // unbind clears (kernel-findings): bind again before the endpoints
     // detach their buffers.
     bounded("binding the UDC again", bind_udc).unwrap();
-    drop((ai, ao, ac));
+    drop((ai, ac));
     bounded("dropping endpoints after unbind", move || {
         drop(ep_in);
         drop(ep_out);

@@ -51,11 +51,19 @@
 //!   said writable, the `write` blocks) finishes first.
 //! * **Dropping the engine never waits for ever**: it cancels everything
 //!   and waits at most [`DROP_WAIT`] for the worker; a worker still
-//!   blocked in such a call is detached, with a message on stderr naming
-//!   the engine (the only report a `Drop` can make);
+//!   blocked in such a call is then interrupted with a signal
+//!   (`SIGURG`, see `sys::signal`: its call returns `EINTR`; a FunctionFS
+//!   `write()`/`read()` dequeues its USB request and returns), every
+//!   50 ms for at most [`INTERRUPT_WAIT`], and the running transfer's
+//!   fence fails with `ECANCELED`; the worker ends and closes its `dup`
+//!   of the fd. Only if that does not end the call (the program ignores
+//!   `SIGURG`, or its own handler restarts calls) is the worker detached,
+//!   with a message on stderr naming the engine (the only report a
+//!   `Drop` can make); it then still holds its `dup` of the fd, a clone
+//!   of the running transfer's buffer and its open CPU window until the
+//!   call returns, when it closes them and settles the fence.
 //!   [`CopyEngine::shutdown`] does the same with a timeout of your choice
-//!   and returns that error instead. The detached worker closes its fd
-//!   and settles the running transfer's fence when the call returns.
+//!   and returns that error instead.
 //!
 //! `SIGPIPE`: writing to a pipe whose reader has gone raises `SIGPIPE`;
 //! Rust programs ignore it (so the fence fails with `EPIPE`), C hosts must
@@ -350,10 +358,14 @@ impl CopyEngine {
     /// Stops the engine: cancels everything queued and the running
     /// transfer (at its next wait), and waits at most `timeout` for the
     /// worker to stop. A worker blocked in an I/O call that the kernel
-    /// does not interrupt (a FunctionFS transfer the host never takes, a
-    /// device that never answers) is detached instead of waited for
-    /// forever: the error says so, and the thread ends, closing its fd and
-    /// settling the running transfer's fence, when that call returns.
+    /// only ends on completion (a FunctionFS transfer the host never
+    /// takes, a tty nobody reads) is then interrupted with `SIGURG`
+    /// (`EINTR`, see the module documentation) for at most
+    /// [`INTERRUPT_WAIT`]; the running transfer's fence fails with
+    /// `ECANCELED`. Only if the call still does not return is the worker
+    /// detached instead of waited for forever: the error says so, and the
+    /// thread ends, closing its fd and settling the running transfer's
+    /// fence, when that call returns.
     pub fn shutdown(&mut self, timeout: Duration) -> Result<()> {
         {
             let mut st = self.shared.lock();
@@ -371,8 +383,20 @@ impl CopyEngine {
         };
         let deadline = Instant::now() + timeout;
         let mut st = self.shared.lock();
+        let mut interrupting_until: Option<Instant> = None;
         while !st.exited {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let mut left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                // A call the kernel does not end on its own: interrupt it
+                // (EINTR; the worker then sees the cancellation), a signal
+                // every INTERRUPT_EVERY in case one lands just before the
+                // call, for at most INTERRUPT_WAIT.
+                let until =
+                    *interrupting_until.get_or_insert_with(|| Instant::now() + INTERRUPT_WAIT);
+                if Instant::now() < until && crate::sys::signal::interrupt(&worker) {
+                    left = INTERRUPT_EVERY;
+                }
+            }
             if left.is_zero() {
                 let running = st.running.is_some();
                 drop(st);
@@ -405,8 +429,15 @@ impl CopyEngine {
 }
 
 /// How long dropping a [`CopyEngine`] waits for its worker to stop before
-/// detaching it (see [`CopyEngine::shutdown`]).
+/// interrupting its call (see [`CopyEngine::shutdown`]).
 pub const DROP_WAIT: Duration = Duration::from_secs(2);
+
+/// How long [`CopyEngine::shutdown`] keeps interrupting a worker blocked
+/// in an I/O call (after its timeout) before detaching it.
+pub const INTERRUPT_WAIT: Duration = Duration::from_secs(1);
+
+/// How often the blocked worker is signalled while interrupting.
+const INTERRUPT_EVERY: Duration = Duration::from_millis(50);
 
 impl Drop for CopyEngine {
     fn drop(&mut self) {

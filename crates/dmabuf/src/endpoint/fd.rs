@@ -103,8 +103,9 @@ impl FdEndpoint {
 
     /// Stops the endpoint's worker, waiting at most `timeout` for it (see
     /// [`CopyEngine::shutdown`]): everything queued is cancelled; a worker
-    /// blocked in an I/O call the kernel does not interrupt is detached
-    /// and the error says so. Dropping the endpoint does the same with
+    /// blocked in an I/O call after `timeout` is interrupted with a signal,
+    /// and only if that does not end the call is it detached, with an
+    /// error saying so. Dropping the endpoint does the same with
     /// [`copy::DROP_WAIT`](super::copy::DROP_WAIT).
     pub fn shutdown(&mut self, timeout: std::time::Duration) -> Result<()> {
         self.engine.shutdown(timeout)

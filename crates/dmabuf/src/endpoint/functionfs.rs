@@ -13,7 +13,8 @@
 //! * a dma-buf is offered to the kernel with `FUNCTIONFS_DMABUF_ATTACH`,
 //!   which maps it for the controller once. If that works, transfers of it
 //!   are zero-copy: `FUNCTIONFS_DMABUF_TRANSFER` queues the controller's
-//!   DMA and the kernel's fence is the transfer's fence;
+//!   DMA, and the transfer's fence is a user fence the library owns,
+//!   settled from the kernel's fence (see below);
 //! * if the kernel answers `EPERM` (the controller has no scatter-gather:
 //!   `gadget->sg_supported` is false — always so on `dummy_hcd`), `ENOTTY`
 //!   (a kernel before 6.9) or `EINVAL` (the controller cannot map this
@@ -37,17 +38,26 @@
 //! with a message, before the kernel sees it), then, in one step under the
 //! buffer's reservation lock, waits for the library's own fences, CPU
 //! windows and the kernel's fences in the way, at most
-//! [`TransferOptions::timeout`], and publishes a placeholder fence of the
-//! transfer there, so no CPU window of this process opens between that
-//! wait and the ioctl; the kernel then waits again (at most its own 5 s;
-//! `O_NONBLOCK` is set on the endpoint file for the ioctl of a
-//! non-blocking transfer). Right after the ioctl the transfer's fence is
-//! taken from the dma-buf's reservation with
+//! [`TransferOptions::timeout`], and publishes the transfer's fence
+//! there, so no CPU window of this process opens between that wait and
+//! the end of the transfer; the kernel then waits again (at most its own
+//! 5 s; `O_NONBLOCK` is set on the endpoint file for the ioctl of a
+//! non-blocking transfer). Right after the ioctl the kernel's fence of the
+//! transfer is taken from the dma-buf's reservation with
 //! `DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for **writing** (it covers every
-//! fence, so it covers this transfer whatever usage the kernel gave it),
-//! added to the library's reservation, and the placeholder signalled.
-//! FunctionFS and IIO share this core (`endpoint::kernel`), each with its
-//! own ioctls and errno mapping.
+//! fence, so it covers this transfer whatever usage the kernel gave it)
+//! and handed to the endpoint's fence watcher thread, which settles the
+//! transfer's fence — the one published before the ioctl and returned to
+//! the caller, a [`UserFence`](crate::UserFence) the library owns — with
+//! the kernel fence's status when it signals. The kernel's fence itself
+//! never leaves the endpoint: on 6.12 its lock lives in the attachment,
+//! and querying or closing a polled sync file of it after detach hangs
+//! the machine (`endpoint::watch`, docs/kernel-findings.md); the library
+//! lets go of an attachment's kernel fences before it detaches. If the
+//! transfer completes before the export, the export holds the buffer's
+//! other fences only (or none), and the transfer's fence signals when
+//! those have. FunctionFS and IIO share this core (`endpoint::kernel`),
+//! each with its own ioctls and errno mapping.
 //!
 //! **The 6.12 direction bug** (uapi.md §5, fixed upstream by 0145e7acd298):
 //! Linux 6.12 adds the fence of an OUT transfer (the controller *writes*
@@ -69,15 +79,43 @@
 //! [`ErrorKind::WouldBlock`]. A controller's failure after queueing is
 //! the fence's error.
 //!
-//! **Detach** cancels pending transfers: `FUNCTIONFS_DMABUF_DETACH`
-//! dequeues the kernel's, the copy engine's fail with `ECANCELED`.
+//! **Detach** cancels pending transfers: their fences fail with
+//! `ECANCELED` (copy path and zero-copy alike). On 6.12
+//! `FUNCTIONFS_DMABUF_DETACH` dequeues only the attachment's *latest*
+//! USB request; earlier zero-copy transfers of the same attachment stay
+//! queued in the controller until the host takes them. Their fences fail
+//! with `ECANCELED` too (their kernel fences cannot be watched once the
+//! attachment is gone), but the dma-buf's own reservation keeps the
+//! kernel's fences, so CPU windows (`DMA_BUF_IOCTL_SYNC`) and later
+//! transfers still wait for the controller.
+//!
 //! Dropping the endpoint detaches everything and closes the file. It
 //! never waits for ever: a copy-path `write()` that the host never takes
 //! blocks in the kernel (`poll` on an endpoint file always says ready,
 //! and `O_NONBLOCK` does not make a queued request return), so after
-//! [`copy::DROP_WAIT`](super::copy::DROP_WAIT) the worker is detached
-//! with a message naming the endpoint; it ends, closing its `dup` of the
-//! file, when the call returns (host reads, reset, or unbind).
+//! [`copy::DROP_WAIT`](super::copy::DROP_WAIT) the worker's call is
+//! interrupted with a signal (f_fs dequeues the request and the call
+//! returns `EINTR`), the transfer's fence fails with `ECANCELED` and the
+//! worker closes its `dup` of the file; only a program that ignores
+//! `SIGURG` gets the fallback of a detached worker (see
+//! [`copy`](super::copy)).
+//!
+//! **UDC unbound.** After the UDC is unbound, 6.12 leaves the endpoint
+//! files open and `FFS_ACTIVE` but clears `ffs->gadget`, and both
+//! `FUNCTIONFS_DMABUF_TRANSFER` (`ffs_dmabuf_find_attachment`) and
+//! `FUNCTIONFS_DMABUF_DETACH` dereference `ffs->gadget->dev.parent`: a
+//! NULL pointer dereference (kernel oops) in the calling thread. Transfers
+//! in flight at unbind fail with `ESHUTDOWN`; once the endpoint has seen
+//! `ESHUTDOWN` (a fence or an enqueue; a host disconnect gives it too), it
+//! asks before its next zero-copy transfer or detach with a probe
+//! `FUNCTIONFS_DMABUF_ATTACH` of the same dma-buf — the one DMABUF ioctl
+//! that checks the gadget (`EPERM` without one; a successful probe is
+//! detached at once). With no gadget, a transfer is refused
+//! ([`ErrorKind::Cancelled`], `ESHUTDOWN`, saying why) and a detach does
+//! not issue the ioctl: the kernel releases the attachment when the
+//! endpoint file is closed. After a rebind the probe succeeds and both
+//! work again. An unbind with no transfer in flight is not seen: a
+//! zero-copy transfer or detach issued then still meets the kernel bug.
 //!
 //! The endpoint file is shared by the ioctls and the copy worker (a `dup`,
 //! one open file description: the kernel detaches every dma-buf of the
@@ -119,6 +157,8 @@ impl DmabufUapi for FunctionFs {
     const DEVICE: &'static str = "the controller";
     // 6.12 adds an OUT transfer's fence as a reader (uapi.md §5).
     const FIX_FROM_DEVICE_USAGE: bool = true;
+    // A disabled endpoint (host reset, disconnect, or UDC unbound).
+    const GONE_ERRNO: Option<Errno> = Some(Errno::SHUTDOWN);
 
     fn attach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
         sys::functionfs::attach(fd, dmabuf)
@@ -135,6 +175,28 @@ impl DmabufUapi for FunctionFs {
         len: u64,
     ) -> rustix::io::Result<()> {
         sys::functionfs::transfer(fd, dmabuf, flags, len)
+    }
+
+    fn device_present(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> bool {
+        // FUNCTIONFS_DMABUF_ATTACH is the one DMABUF ioctl that checks the
+        // gadget pointer (EPERM without a gadget, or without sg, which
+        // this endpoint's zero-copy attachment proves it had). A probe
+        // attachment is the newest one of this dma-buf, so the detach
+        // that follows removes it and not the caller's.
+        match sys::functionfs::attach(fd, dmabuf) {
+            Ok(()) => {
+                let _ = sys::functionfs::detach(fd, dmabuf);
+                true
+            }
+            Err(Errno::PERM) => false,
+            Err(_) => true,
+        }
+    }
+
+    fn gone_reason() -> &'static str {
+        "FUNCTIONFS_DMABUF_ATTACH finds no gadget: the UDC was unbound, and 6.12's \
+         FUNCTIONFS_DMABUF_TRANSFER and _DETACH would dereference the NULL gadget pointer; \
+         the kernel releases the attachment when the endpoint file is closed"
     }
 
     fn fallback_reason(errno: Errno) -> Option<String> {

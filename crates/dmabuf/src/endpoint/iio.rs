@@ -24,25 +24,35 @@
 //!   message) everywhere else. The library checks length, flags and the
 //!   attachment before the kernel does, and waits for its own fences, CPU
 //!   windows and the kernel's fences at most the transfer's timeout,
-//!   publishing a placeholder fence in the same step (the kernel endpoint
-//!   core shared with FunctionFS, `endpoint::kernel`); the transfer's
-//!   fence is exported from the dma-buf right after the ioctl
-//!   (`EXPORT_SYNC_FILE` for writing; IIO gives its fences the right
-//!   usage, no direction fix is needed) and added to the library's
-//!   reservation.
+//!   publishing the transfer's fence in the same step (the kernel
+//!   endpoint core shared with FunctionFS, `endpoint::kernel`); that fence
+//!   is a user fence the library owns, settled by the endpoint's fence
+//!   watcher from the kernel's fence, which is exported from the dma-buf
+//!   right after the ioctl (`EXPORT_SYNC_FILE` for writing; IIO gives its
+//!   fences the right usage, no direction fix is needed) and never handed
+//!   out: on 6.12 its lock lives in the attachment, which detach frees
+//!   (`endpoint::watch`, docs/kernel-findings.md).
 //! * **Kernel errors** become errors with the errno: `EBUSY` (fences
 //!   still active after the kernel's 5 s, or none when non-blocking) →
 //!   [`ErrorKind::Busy`]; `EPERM` (not attached) →
 //!   [`ErrorKind::NotFound`]; `EINVAL` (length, flags, cyclic on an
 //!   input) → [`ErrorKind::InvalidInput`].
 //! * **Detach** (`IIO_BUFFER_DMABUF_DETACH_IOCTL`) and drop behave as
-//!   for every endpoint.
+//!   for every endpoint: the fences of pending enqueues fail with
+//!   `ECANCELED`. The kernel itself cancels nothing at detach: the driver
+//!   keeps the block until it is done or the buffer is disabled (the
+//!   kernel's fence then fails with `EINTR`); until then the dma-buf's
+//!   own reservation keeps the kernel's fence, so CPU windows and later
+//!   transfers still wait for the device.
 //!
-//! **Not tested against a kernel.** Debian's 6.12 kernel builds no IIO
-//! driver with DMABUF support (`IIO_BUFFER_DMA`/`IIO_BUFFER_DMAENGINE`
-//! are off), so the lab cannot run this path; the argument building
-//! (`sys::iio::enqueue_arg`) and the error mapping are unit-tested, the
-//! copy path is the same engine the fd endpoint's tests exercise.
+//! **Tested against the kernel** in the lab (`lab/guest/tests/iio.rs`,
+//! `lab/guest/tests/relay.rs`): Debian's 6.12 has `IIO_BUFFER=y` but no
+//! DMABUF-capable driver, so the lab builds `industrialio-buffer-dma` from
+//! the same source and a fake ADC fixture (`lab/fixtures/fake_adc/`) whose
+//! samples the tests check byte for byte; attach, enqueue, `bytes_used`,
+//! the flags, duplicate and unknown attachments, detach with an enqueue
+//! pending, read windows waiting for an enqueue and the copy path run
+//! there.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -77,6 +87,7 @@ impl DmabufUapi for Iio {
     const DEVICE: &'static str = "the IIO buffer";
     // IIO gives its fences the right usage.
     const FIX_FROM_DEVICE_USAGE: bool = false;
+    const GONE_ERRNO: Option<Errno> = None;
 
     fn attach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()> {
         sys::iio::attach(fd, dmabuf)
@@ -93,6 +104,14 @@ impl DmabufUapi for Iio {
         len: u64,
     ) -> rustix::io::Result<()> {
         sys::iio::enqueue(fd, &sys::iio::enqueue_arg(dmabuf, flags, len))
+    }
+
+    fn device_present(_: BorrowedFd<'_>, _: &DmaBuf) -> bool {
+        true
+    }
+
+    fn gone_reason() -> &'static str {
+        "the IIO device was removed"
     }
 
     fn fallback_reason(errno: Errno) -> Option<String> {
@@ -338,7 +357,7 @@ mod tests {
 
     #[test]
     fn copy_path_on_a_pipe_stands_in_for_a_buffer_fd() {
-        // No IIO device with DMABUF exists in the test kernels; a pipe
+        // No IIO device exists on the host (the lab has one); a pipe
         // stands in for an output buffer fd: portable buffers take the
         // copy path and the bytes arrive.
         let (r, w) = rustix::pipe::pipe().unwrap();

@@ -9,35 +9,55 @@
 //!
 //! 1. the request is checked on the user side (flags by the uAPI, length,
 //!    attachment) with the errno the kernel would give;
-//! 2. a placeholder fence of the endpoint's timeline is published in the
-//!    buffer's reservation in one step with the wait for CPU windows, the
-//!    library's fences and the kernel's fences (`Reservation::begin_device`),
-//!    so no CPU window of this process can open from here on;
+//! 2. the transfer's fence — a [`UserFence`] of the attachment's own
+//!    timeline, owned by the library — is published in the buffer's
+//!    reservation in one step with the wait for CPU windows, the
+//!    library's fences and the kernel's fences
+//!    (`Reservation::begin_device`), so no CPU window of this process can
+//!    open from here until the transfer is done;
 //! 3. the enqueue ioctl is issued (`O_NONBLOCK` around it for a
 //!    non-blocking transfer, restarted on `EINTR`); the kernel waits again
-//!    for its fences and adds the transfer's fence;
-//! 4. that fence is exported (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for
+//!    for its fences and adds its own fence of the transfer to the
+//!    dma-buf's reservation (where other drivers and processes see it);
+//! 4. that kernel fence is exported (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE` for
 //!    writing: it covers every fence, whatever usage the kernel gave this
 //!    one), re-imported as a writer where the uAPI needs it (FunctionFS on
-//!    6.12, see there), added to the library's reservation with the
-//!    transfer's usage, and only then is the placeholder signalled: a
-//!    window never sees a moment without a fence of the transfer;
-//! 5. on a failure after step 2 the placeholder fails (done for waiters)
+//!    6.12, see there), and handed to the endpoint's fence watcher
+//!    (`endpoint::watch`), which settles the user fence with the kernel
+//!    fence's status when it signals. The caller and the library's
+//!    reservation only ever see the user fence: the kernel's fence of
+//!    these interfaces cannot be used safely once its attachment is gone
+//!    (see `endpoint::watch`);
+//! 5. on a failure after step 2 the user fence fails (done for waiters)
 //!    and the error names the operation, the endpoint and the buffer.
+//!
+//! Detach: the attachment's kernel fences are taken from the watcher,
+//! their status read and they are closed, *then* the detach ioctl is
+//! issued, then the user fences of transfers still pending fail with
+//! `ECANCELED`. Dropping the endpoint detaches every attachment that way
+//! before the endpoint file is closed.
+//!
+//! A transfer the kernel keeps running after detach (FunctionFS cancels
+//! only an attachment's latest transfer, IIO none: the driver keeps its
+//! blocks until the buffer is disabled) still has its fence in the
+//! dma-buf's own reservation: CPU windows (`DMA_BUF_IOCTL_SYNC`, `poll`)
+//! and later transfers still wait for it there, although its user fence
+//! has failed with `ECANCELED`.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use super::common::{
-    begin_transfer, check_transfer, enqueue_ioctl, usage_of, AttachPath, Attachments,
-};
+use super::common::{begin_transfer, check_transfer, enqueue_ioctl, AttachPath, Attachments};
 use super::copy::{CopyEngine, CopyOptions};
 use super::fd::check_attachable;
+use super::watch::{settle, Watcher};
 use super::{Attachment, DataPath, Direction, TransferOptions};
 use crate::buffer::{Access, Buffer, DmaBuf};
-use crate::error::{Errno, Error, Result};
-use crate::fence::{Fence, FenceContext};
+use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
+use crate::fence::{Fence, FenceContext, SyncFile, UserFence};
 use crate::reservation::Usage;
 
 /// A kernel DMABUF endpoint interface: its ioctls and its errnos.
@@ -49,6 +69,10 @@ pub(crate) trait DmabufUapi {
     /// Whether a from-device transfer's fence must be added back to the
     /// dma-buf as a writer (the kernel adds it with the wrong usage).
     const FIX_FROM_DEVICE_USAGE: bool;
+    /// The errno of a transfer cut because the device may have gone (the
+    /// core then checks [`DmabufUapi::device_present`] before its next
+    /// enqueue or detach ioctl), if the interface has one.
+    const GONE_ERRNO: Option<Errno>;
 
     /// The attach ioctl.
     fn attach(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> rustix::io::Result<()>;
@@ -57,6 +81,12 @@ pub(crate) trait DmabufUapi {
     /// The enqueue ioctl for `len` bytes with `flags`.
     fn enqueue(fd: BorrowedFd<'_>, dmabuf: &DmaBuf, flags: u32, len: u64)
         -> rustix::io::Result<()>;
+    /// Whether the device behind `fd` is still there, asked without an
+    /// ioctl that would fault if it is not; `dmabuf` is attached to it.
+    fn device_present(fd: BorrowedFd<'_>, dmabuf: &DmaBuf) -> bool;
+    /// Why an enqueue or detach ioctl is not issued when the device is
+    /// gone, in words.
+    fn gone_reason() -> &'static str;
     /// The reason in words for a copy-path fallback after attach answered
     /// `errno`, or `None` if that errno is a real failure.
     fn fallback_reason(errno: Errno) -> Option<String>;
@@ -71,18 +101,33 @@ pub(crate) trait DmabufUapi {
     fn check_flags(object: &str, direction: Direction, zero_copy: bool, flags: u32) -> Result<()>;
 }
 
+/// What the core keeps per attachment.
+#[derive(Debug)]
+struct Att {
+    path: AttachPath,
+    /// The timeline of the attachment's zero-copy transfer fences (one
+    /// per attachment: the kernel completes an attachment's transfers in
+    /// order, and detach cancels them together).
+    timeline: FenceContext,
+}
+
 /// An endpoint on a kernel DMABUF interface `U`, with the copy engine as
 /// its fallback.
 pub(crate) struct KernelDmabufCore<U: DmabufUapi> {
-    file: OwnedFd,
     direction: Direction,
+    name: String,
     object: String,
     undecided: &'static str,
-    attachments: Attachments<AttachPath>,
+    attachments: Attachments<Att>,
     latest: Option<AttachPath>,
-    /// The timeline of the placeholders published before each enqueue.
-    placeholders: FenceContext,
+    /// Started at the first zero-copy transfer.
+    watcher: Option<Watcher>,
+    /// A transfer failed with `U::GONE_ERRNO`: ask whether the device is
+    /// still there before the next enqueue or detach ioctl.
+    maybe_gone: Arc<AtomicBool>,
     engine: CopyEngine,
+    /// Last: closed after the watcher has let go of every kernel fence.
+    file: OwnedFd,
     _uapi: PhantomData<fn() -> U>,
 }
 
@@ -114,14 +159,16 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
             .map_err(|e| Error::os("dup", object.clone(), crate::error::io_errno(&e)))?;
         let engine = CopyEngine::with_options(dup, direction, name, copy)?;
         Ok(KernelDmabufCore {
-            file,
             direction,
+            name: name.to_string(),
             object,
             undecided,
             attachments: Attachments::default(),
             latest: None,
-            placeholders: FenceContext::new(&format!("{name} enqueue")),
+            watcher: None,
+            maybe_gone: Arc::new(AtomicBool::new(false)),
             engine,
+            file,
             _uapi: PhantomData,
         })
     }
@@ -149,6 +196,7 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
         Ok(self
             .attachments
             .get("data path", &self.object, attachment)?
+            .path
             .data_path())
     }
 
@@ -181,7 +229,8 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
             },
         };
         self.latest = Some(path.clone());
-        Ok(self.attachments.insert(buffer, path))
+        let timeline = FenceContext::new(&format!("{} transfer", self.name));
+        Ok(self.attachments.insert(buffer, Att { path, timeline }))
     }
 
     pub(crate) fn transfer(
@@ -190,15 +239,13 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
         len: u64,
         opts: TransferOptions,
     ) -> Result<Fence> {
-        let path = self
-            .attachments
-            .get("transfer", &self.object, attachment)?
-            .clone();
+        let att = self.attachments.get("transfer", &self.object, attachment)?;
+        let (path, timeline) = (att.path.clone(), att.timeline.clone());
         let obj = format!("{}, {}", self.object, attachment.buffer.describe());
         match (path, attachment.buffer.dma_buf()) {
             (AttachPath::ZeroCopy, Some(d)) => {
                 let buffer = attachment.buffer.clone();
-                self.transfer_zero_copy(&buffer, d, len, opts)
+                self.transfer_zero_copy(attachment.id, &timeline, &buffer, d, len, opts)
             }
             _ => {
                 U::check_flags(&obj, self.direction, false, opts.flags)?;
@@ -208,8 +255,30 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
         }
     }
 
+    /// Whether the device is known to be gone: after a transfer failed
+    /// with `U::GONE_ERRNO`, asks `U::device_present` (and forgets the
+    /// failure once the device answers again).
+    fn device_gone(&self, dmabuf: &DmaBuf) -> bool {
+        if !self.maybe_gone.load(Ordering::SeqCst) {
+            return false;
+        }
+        if U::device_present(self.file.as_fd(), dmabuf) {
+            self.maybe_gone.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    fn note_errno(&self, errno: Errno) {
+        if U::GONE_ERRNO == Some(errno) {
+            self.maybe_gone.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn transfer_zero_copy(
         &mut self,
+        id: u64,
+        timeline: &FenceContext,
         buffer: &Buffer,
         dmabuf: &DmaBuf,
         len: u64,
@@ -223,15 +292,33 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
             len,
             TransferOptions { flags: 0, ..opts },
         )?;
-        let placeholder = self.placeholders.next_fence()?;
+        if self.device_gone(dmabuf) {
+            let errno = U::GONE_ERRNO.unwrap_or(Errno::NODEV);
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                "transfer",
+                obj,
+                format!(
+                    "{} is gone ({} seen): {}",
+                    U::DEVICE,
+                    errno_name(errno),
+                    U::gone_reason()
+                ),
+            )
+            .with_errno(errno));
+        }
+        if self.watcher.is_none() {
+            self.watcher = Some(Watcher::start(&self.name, self.maybe_gone.clone())?);
+        }
+        let fence = timeline.next_fence()?;
         // Wait for what is in the way and publish, one step: from here no
-        // CPU window of this process opens until the placeholder settles.
+        // CPU window of this process opens until the fence settles.
         begin_transfer(
             buffer,
             self.direction,
             opts,
             &self.object,
-            Fence::User(placeholder.clone()),
+            Fence::User(fence.clone()),
             &|_| false,
         )?;
         let file = self.file.as_fd();
@@ -239,53 +326,76 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
             U::enqueue(file, dmabuf, opts.flags, len)
         })
         .map_err(|e| Error::os("transfer", obj.clone(), e))
-        .and_then(|r| r.map_err(|e| U::transfer_error(&obj, e)));
+        .and_then(|r| {
+            r.map_err(|e| {
+                self.note_errno(e);
+                U::transfer_error(&obj, e)
+            })
+        });
         if let Err(e) = queued {
-            let _ = placeholder.fail(e.errno().unwrap_or(Errno::IO));
+            let _ = fence.fail(e.errno().unwrap_or(Errno::IO));
             return Err(e);
         }
         // The kernel put the transfer's fence in the dma-buf's
         // reservation; a write export covers every fence whatever usage it
         // was given.
-        let fence = match self.kernel_fence(dmabuf) {
-            Ok(f) => f,
+        let kernel = match self.kernel_fence(dmabuf) {
+            Ok(k) => k,
             Err(e) => {
                 // The transfer is queued but its fence is out of reach:
                 // say so; windows still wait for it in START (the kernel
                 // has it).
-                let _ = placeholder.fail(e.errno().unwrap_or(Errno::IO));
+                let _ = fence.fail(e.errno().unwrap_or(Errno::IO));
                 return Err(e);
             }
         };
-        buffer
-            .reservation()
-            .add(fence.clone(), usage_of(self.direction));
-        let _ = placeholder.signal();
-        Ok(fence)
+        self.watcher
+            .as_ref()
+            .expect("started above")
+            .add(id, kernel, fence.clone());
+        Ok(Fence::User(fence))
     }
 
-    fn kernel_fence(&self, dmabuf: &DmaBuf) -> Result<Fence> {
+    fn kernel_fence(&self, dmabuf: &DmaBuf) -> Result<SyncFile> {
         let sync = dmabuf.export_sync_file(Access::Write)?;
         if U::FIX_FROM_DEVICE_USAGE && self.direction == Direction::FromDevice {
             dmabuf.import_sync_file(&sync, Usage::Write)?;
         }
-        Ok(Fence::from(sync))
+        Ok(sync)
     }
 
     pub(crate) fn detach(&mut self, attachment: &Attachment) -> Result<()> {
-        let path = self
+        let att = self
             .attachments
             .remove("detach", &self.object, attachment)?;
         self.engine.cancel(attachment.id);
-        if let (AttachPath::ZeroCopy, Some(d)) = (path, attachment.buffer.dma_buf()) {
+        let (AttachPath::ZeroCopy, Some(d)) = (att.path, attachment.buffer.dma_buf()) else {
+            return Ok(());
+        };
+        // Let go of the attachment's kernel fences while it is alive: read
+        // their status, close them; only then detach.
+        let mut pending: Vec<UserFence> = Vec::new();
+        if let Some(w) = &self.watcher {
+            let mut mine = w.withdraw(Some(attachment.id));
+            mine.sort_by_key(|w| w.fence.seqno());
+            pending.extend(mine.into_iter().filter_map(|w| settle(w, false)));
+        }
+        let r = if self.device_gone(d) {
+            // Not issued: the kernel releases the attachment when the
+            // endpoint file is closed.
+            Ok(())
+        } else {
             U::detach(self.file.as_fd(), d).map_err(|e| {
                 U::detach_error(
                     &format!("{}, {}", self.object, attachment.buffer.describe()),
                     e,
                 )
-            })?;
+            })
+        };
+        for f in pending {
+            let _ = f.fail(Errno::CANCELED);
         }
-        Ok(())
+        r
     }
 }
 
@@ -294,5 +404,8 @@ impl<U: DmabufUapi> Drop for KernelDmabufCore<U> {
         for a in self.attachments.all() {
             let _ = self.detach(&a);
         }
+        // No kernel fence is left with the watcher (each detach took its
+        // attachment's); stop it before the endpoint file closes.
+        self.watcher = None;
     }
 }

@@ -76,6 +76,7 @@ pub mod functionfs;
 pub mod iio;
 mod kernel;
 pub mod prime;
+mod watch;
 
 pub use copy::{CopyEngine, CopyOptions};
 pub use fd::FdEndpoint;

@@ -1,6 +1,9 @@
 //! `include/uapi/linux/iio/buffer.h`: the DMABUF interface of IIO buffers
 //! (Linux 6.11+). Debian's 6.12 kernel builds no IIO driver with DMABUF
-//! support, so this is tested for layout and argument building only.
+//! support; the lab builds `industrialio-buffer-dma` and a fake ADC
+//! fixture and runs these ioctls against the real kernel
+//! (`lab/guest/tests/iio.rs`, with the kernel's raw answers checked in
+//! `iio_kernel_answers_of_the_dmabuf_ioctls`).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 

@@ -32,6 +32,7 @@ pub mod iio;
 pub mod inherit;
 pub mod mem;
 pub mod object;
+pub mod signal;
 pub mod sw_sync;
 pub mod sync_file;
 pub mod udmabuf;
