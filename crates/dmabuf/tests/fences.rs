@@ -202,3 +202,32 @@ fn async_waits_need_no_thread_per_fence() {
         }
     });
 }
+
+#[test]
+fn a_failure_on_a_timeline_waits_for_the_fences_before_it() {
+    let ctx = dmabuf::FenceContext::new("in-order");
+    let first = ctx.next_fence().unwrap();
+    let refused = ctx.next_fence().unwrap();
+    // A refused transfer fails its fence: the one queued before it goes on.
+    refused.fail(Errno::CANCELED).unwrap();
+    assert_eq!(first.status(), FenceStatus::Active);
+    assert_eq!(refused.status(), FenceStatus::Active, "waits in line");
+    assert!(refused.fail(Errno::CANCELED).is_err(), "failed once only");
+    first.signal().unwrap();
+    assert_eq!(refused.status(), FenceStatus::Error(Errno::CANCELED));
+    // A later success signals the earlier ones, keeping a deferred error.
+    let a = ctx.next_fence().unwrap();
+    let b = ctx.next_fence().unwrap();
+    let c = ctx.next_fence().unwrap();
+    b.fail(Errno::IO).unwrap();
+    c.signal().unwrap();
+    assert_eq!(a.status(), FenceStatus::Signalled);
+    assert_eq!(b.status(), FenceStatus::Error(Errno::IO));
+    assert_eq!(c.status(), FenceStatus::Signalled);
+    // An owner dropping an earlier fence (cancelled) lets a deferred one go.
+    let d = ctx.next_fence().unwrap();
+    let e = ctx.next_fence().unwrap();
+    e.fail(Errno::INTR).unwrap();
+    drop(d);
+    assert_eq!(e.status(), FenceStatus::Error(Errno::INTR));
+}

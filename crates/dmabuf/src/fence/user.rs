@@ -84,10 +84,13 @@ pub const RECEIVED_CONTEXT_BIT: u64 = 1 << 63;
 ///   shared futex on that page (blocking waits) and an eventfd
 ///   ([`UserFence::event_fd`], for `poll`, event loops and async waits);
 ///   both fds pass to another process.
-/// * Fences made by a [`FenceContext`] carry increasing sequence numbers,
-///   and signalling one signals every earlier unsignalled fence of the
-///   context first, so a later fence having signalled always implies the
-///   earlier ones have (the kernel's timeline rule). Context ids are
+/// * Fences made by a [`FenceContext`] carry increasing sequence numbers
+///   and complete in that order (the kernel's timeline rule): signalling
+///   one signals every earlier unsignalled fence of the context first, and
+///   failing one while earlier ones are pending does not end those — the
+///   failure waits in line and takes effect once they have completed.
+///   So a later fence having completed always implies the earlier ones
+///   have, and a refused transfer never cancels the ones queued before it. Context ids are
 ///   random (not guessable, distinct across PID namespaces).
 /// * The fence made here is its *owner*, in the process that made it:
 ///   dropping the last owner handle of an unsignalled fence fails it with
@@ -198,6 +201,45 @@ struct ContextInner {
     name: String,
     next: Mutex<u64>,
     pending: Mutex<Vec<Weak<Inner>>>,
+    /// Fences failed while an earlier fence of the timeline was still
+    /// pending: each completes with its errno once every earlier fence
+    /// has completed (completion stays in sequence order).
+    deferred: Mutex<Vec<(Weak<Inner>, Errno)>>,
+}
+
+impl ContextInner {
+    /// The fences of this timeline, earlier than `seqno`, still pending.
+    fn pending_before(&self, seqno: u64) -> Vec<Arc<Inner>> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut earlier: Vec<_> = pending
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|f| f.seqno < seqno && !f.is_final())
+            .collect();
+        earlier.sort_by_key(|f| f.seqno);
+        earlier
+    }
+
+    /// Completes the deferred failures whose earlier fences are all done.
+    fn settle_deferred(&self) {
+        loop {
+            let ready = {
+                let mut deferred = self.deferred.lock().unwrap_or_else(|e| e.into_inner());
+                deferred.retain(|(w, _)| w.upgrade().is_some_and(|f| !f.is_final()));
+                let i = deferred.iter().position(|(w, _)| {
+                    w.upgrade()
+                        .is_some_and(|f| self.pending_before(f.seqno).is_empty())
+                });
+                i.map(|i| deferred.remove(i))
+            };
+            match ready.and_then(|(w, e)| Some((w.upgrade()?, e))) {
+                Some((f, e)) => {
+                    f.complete(Some(e));
+                }
+                None => return,
+            }
+        }
+    }
 }
 
 impl FenceContext {
@@ -209,6 +251,7 @@ impl FenceContext {
                 name: name.to_string(),
                 next: Mutex::new(1),
                 pending: Mutex::new(Vec::new()),
+                deferred: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -436,27 +479,48 @@ impl UserFence {
             .with_errno(Errno::PERM));
         }
         if let Some(ctx) = &self.inner.timeline {
-            let me = self.seqno();
-            let earlier: Vec<Arc<Inner>> = {
-                let pending = ctx.pending.lock().unwrap_or_else(|e| e.into_inner());
-                pending.iter().filter_map(Weak::upgrade).collect()
-            };
-            let mut earlier: Vec<_> = earlier.into_iter().filter(|f| f.seqno < me).collect();
-            earlier.sort_by_key(|f| f.seqno);
-            for f in earlier {
-                let _ = f.complete(error);
+            let earlier = ctx.pending_before(self.seqno());
+            match error {
+                // A later fence signalled implies the earlier ones did.
+                None => {
+                    let deferred: Vec<(Weak<Inner>, Errno)> = ctx
+                        .deferred
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    for f in earlier {
+                        // A failure waiting in line keeps its errno.
+                        let failed = deferred.iter().find_map(|(w, e)| {
+                            w.upgrade().filter(|d| Arc::ptr_eq(d, &f)).map(|_| *e)
+                        });
+                        let _ = f.complete(failed);
+                    }
+                }
+                // A failure does not end work still running before it: it
+                // waits in line, and completes when the earlier ones have.
+                Some(e) if !earlier.is_empty() => {
+                    let mut deferred = ctx.deferred.lock().unwrap_or_else(|e| e.into_inner());
+                    if self.inner.is_final()
+                        || deferred
+                            .iter()
+                            .any(|(w, _)| w.upgrade().is_some_and(|f| Arc::ptr_eq(&f, &self.inner)))
+                    {
+                        return Err(already_signalled(self));
+                    }
+                    deferred.push((Arc::downgrade(&self.inner), e));
+                    return Ok(());
+                }
+                Some(_) => {}
             }
         }
-        if self.inner.complete(error) {
+        let done = self.inner.complete(error);
+        if let Some(ctx) = &self.inner.timeline {
+            ctx.settle_deferred();
+        }
+        if done {
             Ok(())
         } else {
-            Err(Error::new(
-                ErrorKind::InvalidInput,
-                "signal fence",
-                self.describe(),
-                "already signalled",
-            )
-            .with_errno(Errno::INVAL))
+            Err(already_signalled(self))
         }
     }
 
@@ -703,6 +767,11 @@ impl Inner {
         status
     }
 
+    /// Whether this process has latched a final state for the fence.
+    fn is_final(&self) -> bool {
+        self.lock().fin.is_some()
+    }
+
     /// The owner moves the fence to its final state; false if it already
     /// was. The decision is latched here first, then published.
     fn complete(&self, error: Option<Errno>) -> bool {
@@ -735,6 +804,16 @@ impl Inner {
     }
 }
 
+fn already_signalled(f: &UserFence) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "signal fence",
+        f.describe(),
+        "already signalled",
+    )
+    .with_errno(Errno::INVAL)
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.is_owner() {
@@ -742,6 +821,9 @@ impl Drop for Inner {
             // waiter (here or in another process) waits forever. A copy
             // inherited through fork() is not the owner and does nothing.
             self.complete(Some(Errno::CANCELED));
+            if let Some(ctx) = &self.timeline {
+                ctx.settle_deferred();
+            }
         }
     }
 }
