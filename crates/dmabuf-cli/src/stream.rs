@@ -324,6 +324,15 @@ pub fn accept_consumers(
             )
                 .into())
             }
+            // The listener itself refuses peers of another user.
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                refused += 1;
+                errln!(
+                    "dmabuf: stream: refused peer: {}",
+                    crate::out::escape(&e.to_string())
+                );
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         match check_peer(&c, "peer") {

@@ -76,7 +76,8 @@ fn peers_of_another_user_are_refused_both_ways() {
     let perr = String::from_utf8_lossy(&p.stderr);
     assert_eq!(p.status.code(), Some(1), "{perr}");
     assert!(
-        perr.contains("refused peer") && perr.contains("uid 65534: not this user (uid 0)"),
+        perr.contains("refused peer")
+            && perr.contains("the peer runs as uid 65534, this process as uid 0"),
         "{perr}"
     );
     assert!(
