@@ -62,6 +62,7 @@
 //! attached in the order of the list.
 
 pub mod pool;
+pub mod ring;
 mod wire;
 
 use std::collections::VecDeque;

@@ -19,6 +19,7 @@ pub mod dma_heap;
 pub mod functionfs;
 pub mod iio;
 pub mod mem;
+pub mod ring_mem;
 pub mod sw_sync;
 pub mod sync_file;
 pub mod udmabuf;
