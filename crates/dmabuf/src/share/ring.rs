@@ -97,6 +97,9 @@ const H_CONSUMER_WAITING: usize = 36; // 32-bit index: byte 144
 const W_ITEMS: usize = 32; // byte 256
 const ITEM_WORDS: usize = 8;
 const REL_WORDS: usize = 4;
+/// How long a side looks again before it sleeps, unless set otherwise
+/// ([`ProducerRing::set_spin`], [`ConsumerRing::set_spin`]).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(5);
 
 /// The byte length of a ring memfd of `capacity` descriptors per direction.
 pub fn ring_len(capacity: usize) -> usize {
@@ -188,6 +191,8 @@ struct Shared {
     name: String,
     /// Set on the first protocol error; every later call returns it.
     broken: Option<Error>,
+    /// How long to look again before sleeping.
+    spin: Duration,
 }
 
 impl Shared {
@@ -274,10 +279,18 @@ impl Shared {
         shared: impl Fn(&mut S) -> &mut Shared,
         mut attempt: impl FnMut(&mut S) -> Result<Option<T>>,
     ) -> Result<T> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let spin = shared(this).spin.min(timeout);
         loop {
             if let Some(v) = attempt(this)? {
                 return Ok(v);
+            }
+            // A peer that is busy publishes soon: look again for a few
+            // microseconds before paying for a sleep and a wake-up.
+            if start.elapsed() < spin {
+                std::hint::spin_loop();
+                continue;
             }
             shared(this).h(flag).store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
@@ -369,6 +382,7 @@ impl ProducerRing {
                 theirs,
                 name: name.to_string(),
                 broken: None,
+                spin: DEFAULT_SPIN,
             },
             memfd,
             sizes: sizes.to_vec(),
@@ -398,6 +412,13 @@ impl ProducerRing {
     /// [`Wake::EventFd`]).
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.s.mine.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Sets how long a wait looks again before it sleeps (0: sleep at
+    /// once). Spinning saves the wake-up when the peer is busy, and wastes
+    /// the core when it is not.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.s.spin = spin;
     }
 
     /// Items published and not yet released.
@@ -693,6 +714,7 @@ impl ConsumerRing {
                 theirs,
                 name: name.to_string(),
                 broken: None,
+                spin: DEFAULT_SPIN,
             },
             sizes: sizes.to_vec(),
             tail: 0,
@@ -710,6 +732,12 @@ impl ConsumerRing {
     /// [`Wake::EventFd`]).
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.s.mine.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Sets how long a wait looks again before it sleeps (0: sleep at
+    /// once).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.s.spin = spin;
     }
 
     /// Items taken and not yet released.
