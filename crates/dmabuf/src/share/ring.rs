@@ -51,8 +51,10 @@
 //!   return [`ErrorKind::TimedOut`]; a peer that clears or spins the
 //!   waiting words costs wake-ups or spinning until then, never a hang.
 //!   A ring does not watch for the death of its peer: callers wait in
-//!   slices and check their socket (or, with [`Wake::EventFd`], poll
-//!   [`ConsumerRing::wait_fd`] together with the socket).
+//!   slices and check their socket, or, with [`Wake::EventFd`], raise
+//!   the waiting word with `begin_wait`, poll `wait_fd` together with the
+//!   socket (or register it with tokio), and lower it with `end_wait`
+//!   ([`ConsumerRing::begin_wait`], [`ProducerRing::begin_wait`]).
 //!
 //! ## Layout (little-endian, offsets in bytes)
 //!
@@ -266,6 +268,15 @@ impl Shared {
                     Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
                 }
             }
+        }
+    }
+
+    /// Lowers waiting word `flag` and drains this side's eventfd.
+    fn end_wait(&self, flag: usize) {
+        self.h(flag).store(0, Ordering::Relaxed);
+        if let Some(fd) = &self.mine {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut b);
         }
     }
 
@@ -517,6 +528,25 @@ impl ProducerRing {
 
     /// The next release, if one is there (no waiting, no system call).
     pub fn try_recv_release(&mut self) -> Result<Option<ReleaseDesc>> {
+        if !self.release_pending()? {
+            return Ok(None);
+        }
+        let base = W_ITEMS
+            + self.s.cap * ITEM_WORDS
+            + (self.rel_tail % self.s.cap as u64) as usize * REL_WORDS;
+        // One copy; every check below is on it.
+        let [slot, seq, fref] = [0, 1, 2].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
+        let r = self.check_release(slot, seq, fref);
+        let d = r.map_err(|e| self.s.fail(e))?;
+        self.in_flight[d.slot] = 0;
+        self.rel_tail += 1;
+        self.s.w(W_REL_TAIL).store(self.rel_tail, Ordering::Release);
+        Ok(Some(d))
+    }
+
+    /// Whether a release is waiting (reads and validates the consumer's
+    /// release head when every release seen was taken).
+    fn release_pending(&mut self) -> Result<bool> {
         self.s.check()?;
         if self.rel_tail == self.rel_head_seen {
             let h = self.s.w(W_REL_HEAD).load(Ordering::Acquire);
@@ -532,21 +562,31 @@ impl ProducerRing {
                 return Err(self.s.fail(e));
             }
             self.rel_head_seen = h;
-            if h == self.rel_tail {
-                return Ok(None);
-            }
         }
-        let base = W_ITEMS
-            + self.s.cap * ITEM_WORDS
-            + (self.rel_tail % self.s.cap as u64) as usize * REL_WORDS;
-        // One copy; every check below is on it.
-        let [slot, seq, fref] = [0, 1, 2].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
-        let r = self.check_release(slot, seq, fref);
-        let d = r.map_err(|e| self.s.fail(e))?;
-        self.in_flight[d.slot] = 0;
-        self.rel_tail += 1;
-        self.s.w(W_REL_TAIL).store(self.rel_tail, Ordering::Release);
-        Ok(Some(d))
+        Ok(self.rel_head_seen > self.rel_tail)
+    }
+
+    /// For a caller that sleeps outside the ring (polling [`wait_fd`]
+    /// together with other fds, with [`Wake::EventFd`]): raises the
+    /// producer's waiting word and looks again. `Ok(true)`: a release is
+    /// there, do not sleep (the word is lowered again). `Ok(false)`: sleep,
+    /// then call [`end_wait`](Self::end_wait).
+    ///
+    /// [`wait_fd`]: Self::wait_fd
+    pub fn begin_wait(&mut self) -> Result<bool> {
+        self.s.h(H_PRODUCER_WAITING).store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let r = self.release_pending();
+        if !matches!(r, Ok(false)) {
+            self.s.h(H_PRODUCER_WAITING).store(0, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Ends a sleep begun with [`begin_wait`](Self::begin_wait): lowers
+    /// the waiting word and drains the wake-up fd.
+    pub fn end_wait(&mut self) {
+        self.s.end_wait(H_PRODUCER_WAITING);
     }
 
     fn check_release(&mut self, slot: u64, seq: u64, fref: u64) -> Result<ReleaseDesc> {
@@ -747,24 +787,8 @@ impl ConsumerRing {
 
     /// The next item, if one is there (no waiting, no system call).
     pub fn try_recv_item(&mut self) -> Result<Option<ItemDesc>> {
-        self.s.check()?;
-        if self.tail == self.head_seen {
-            let h = self.s.w(W_ITEM_HEAD).load(Ordering::Acquire);
-            if h < self.head_seen || h - self.tail > self.s.cap as u64 {
-                let e = protocol(
-                    &self.s.name,
-                    format!(
-                        "item head {h} is outside {}..={} (seen before .. taken + capacity)",
-                        self.head_seen,
-                        self.tail + self.s.cap as u64
-                    ),
-                );
-                return Err(self.s.fail(e));
-            }
-            self.head_seen = h;
-            if h == self.tail {
-                return Ok(None);
-            }
+        if !self.item_pending()? {
+            return Ok(None);
         }
         let base = W_ITEMS + (self.tail % self.s.cap as u64) as usize * ITEM_WORDS;
         // One copy; every check below is on it.
@@ -781,6 +805,52 @@ impl ConsumerRing {
         self.tail += 1;
         self.s.w(W_ITEM_TAIL).store(self.tail, Ordering::Release);
         Ok(Some(d))
+    }
+
+    /// Whether an item is waiting (reads and validates the producer's item
+    /// head when every item seen was taken).
+    fn item_pending(&mut self) -> Result<bool> {
+        self.s.check()?;
+        if self.tail == self.head_seen {
+            let h = self.s.w(W_ITEM_HEAD).load(Ordering::Acquire);
+            if h < self.head_seen || h - self.tail > self.s.cap as u64 {
+                let e = protocol(
+                    &self.s.name,
+                    format!(
+                        "item head {h} is outside {}..={} (seen before .. taken + capacity)",
+                        self.head_seen,
+                        self.tail + self.s.cap as u64
+                    ),
+                );
+                return Err(self.s.fail(e));
+            }
+            self.head_seen = h;
+        }
+        Ok(self.head_seen > self.tail)
+    }
+
+    /// For a caller that sleeps outside the ring (polling [`wait_fd`]
+    /// together with its socket, or through tokio, with
+    /// [`Wake::EventFd`]): raises the consumer's waiting word and looks
+    /// again. `Ok(true)`: an item is there, do not sleep (the word is
+    /// lowered again). `Ok(false)`: sleep, then call
+    /// [`end_wait`](Self::end_wait).
+    ///
+    /// [`wait_fd`]: Self::wait_fd
+    pub fn begin_wait(&mut self) -> Result<bool> {
+        self.s.h(H_CONSUMER_WAITING).store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let r = self.item_pending();
+        if !matches!(r, Ok(false)) {
+            self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Ends a sleep begun with [`begin_wait`](Self::begin_wait): lowers
+    /// the waiting word and drains the wake-up fd.
+    pub fn end_wait(&mut self) {
+        self.s.end_wait(H_CONSUMER_WAITING);
     }
 
     fn check_item(

@@ -527,3 +527,56 @@ fn a_consumer_that_stops_releasing_makes_the_producer_time_out() {
         assert!(t.elapsed() < Duration::from_secs(5));
     }
 }
+
+// ---- sleeping outside the ring (with a socket, or tokio) ----------------
+
+fn readable(fd: BorrowedFd<'_>, ms: i64) -> bool {
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    let ts = rustix::time::Timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
+    };
+    rustix::event::poll(&mut p, Some(&ts)).unwrap() == 1
+}
+
+#[test]
+fn begin_wait_arms_the_wake_fd_only_when_nothing_is_there() {
+    let (mut p, mut c, raw) = pair(Wake::EventFd);
+    // Nothing there: armed; an item then makes the fd readable.
+    assert!(!c.begin_wait().unwrap());
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        1
+    );
+    p.send_item(1, 1, 0, false).unwrap();
+    assert!(readable(c.wait_fd().unwrap(), 1000));
+    c.end_wait();
+    assert!(!readable(c.wait_fd().unwrap(), 0), "drained");
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        0
+    );
+    // Something there: not armed, no sleep.
+    assert!(c.begin_wait().unwrap());
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        0
+    );
+    let d = c.try_recv_item().unwrap().unwrap();
+    // The same on the producer's side, for releases.
+    assert!(!p.begin_wait().unwrap());
+    c.send_release(d.slot, d.seq, false).unwrap();
+    assert!(readable(p.wait_fd().unwrap(), 1000));
+    p.end_wait();
+    assert!(p.begin_wait().unwrap());
+    assert_eq!(p.try_recv_release().unwrap().unwrap().slot, 1);
+    // A corrupt head is caught while arming, too.
+    w(&raw, W_ITEM_HEAD).store(99, Ordering::Release);
+    assert_protocol(c.begin_wait(), "item head 99");
+}
