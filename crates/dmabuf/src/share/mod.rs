@@ -55,6 +55,7 @@
 //! | 4    | item        | buffer id u64, sequence u64, length u64, sent at u64 (CLOCK_MONOTONIC ns), fence list (ready fence)    | per fence list      |
 //! | 5    | release     | buffer id u64, sequence u64, fence list (release fence)                                                | per fence list      |
 //! | 6    | bye         | empty: orderly end of the stream                                                                       | 0                   |
+//! | 7    | ring        | capacity u32 (descriptors per direction = pool size)                                                    | 3: ring memfd, consumer's eventfd, producer's eventfd |
 //!
 //! A *fence list* is a count u8 (at most 8) followed by one kind u8 per
 //! fence: 1 a kernel sync file (1 fd), 2 a user fence (2 fds: its state
@@ -140,6 +141,15 @@ pub enum Message {
     },
     /// Orderly end: the sender will send nothing more.
     Bye,
+    /// Pool handshake: the per-item descriptor rings
+    /// ([`ring`]) of this consumer.
+    Ring {
+        /// Descriptors per direction (the pool size).
+        capacity: u32,
+        /// The ring memfd, the consumer's eventfd, the producer's
+        /// eventfd (checked by [`ring::ConsumerRing::open`]).
+        fds: std::sync::Arc<Vec<OwnedFd>>,
+    },
 }
 
 impl Message {
@@ -152,6 +162,7 @@ impl Message {
             Message::Item { .. } => "item",
             Message::Release { .. } => "release",
             Message::Bye => "bye",
+            Message::Ring { .. } => "ring",
         }
     }
 }
@@ -326,10 +337,25 @@ impl Channel {
                 fences: flatten_for_send(fence, &mut fences, op)?,
             },
             Message::Bye => Frame::Bye,
+            Message::Ring { capacity, fds } => {
+                if fds.len() != 3 {
+                    return Err(Error::invalid(
+                        op,
+                        self.peer.clone(),
+                        format!("a ring message carries 3 fds, not {}", fds.len()),
+                    ));
+                }
+                Frame::Ring {
+                    capacity: *capacity,
+                }
+            }
         };
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         if let Message::Buffer { buffer, .. } = msg {
             fds.push(buffer.fd());
+        }
+        if let Message::Ring { fds: ring, .. } = msg {
+            fds.extend(ring.iter().map(|f| f.as_fd()));
         }
         for f in &fences {
             match f {
@@ -531,6 +557,11 @@ impl Channel {
                 )?,
             },
             Frame::Bye => Message::Bye,
+            // The decoder checked that 3 fds came with it.
+            Frame::Ring { capacity } => Message::Ring {
+                capacity,
+                fds: std::sync::Arc::new(fds.drain(..).collect()),
+            },
         })
     }
 

@@ -4,10 +4,18 @@
 //! # DOC: the streaming pool
 //!
 //! * **Shared once.** [`Producer::new`] sends each of its N buffers to every
-//!   consumer (a buffer message with the slot index as id), then a
+//!   consumer (a buffer message with the slot index as id), then a ring
+//!   message (that consumer's descriptor rings, [`super::ring`]), then a
 //!   pool-ready message; [`Consumer::new`] receives and checks them all
-//!   (see the `share` module's rules). After that only small messages
-//!   travel: no fd per item except fences.
+//!   (see the `share` module's rules).
+//! * **Per item, shared memory, not the socket.** Items and releases
+//!   travel as descriptors on the consumer's rings: while both sides keep
+//!   up, an item costs no socket message and no system call (each side
+//!   looks again for a few microseconds before it sleeps, and wakes the
+//!   other only if it sleeps). A signalled fence costs nothing; a real
+//!   fence is sent over the socket as a tagged fence message, named by the
+//!   descriptor. The socket carries the handshake, real fences, bye, and
+//!   tells a peer's death.
 //! * **Per item**, the producer [`acquire`](Producer::acquire)s a free
 //!   buffer (a [`Lease`]), writes it (inside a write window, or by a
 //!   device), and [`submit`](Lease::submit)s it with its length and a
@@ -21,18 +29,24 @@
 //!   release, and is leased again only after those release fences have
 //!   signalled. When every buffer is in flight, `acquire` waits
 //!   (back-pressure), or times out with [`ErrorKind::TimedOut`].
-//! * **Failures.** A consumer that closes its socket or dies is found by
-//!   the producer's next call, which returns one [`ErrorKind::PeerGone`]
-//!   error naming it; its buffers count as released, its release fences
+//! * **Failures.** A consumer that closes its socket or dies is found
+//!   when the producer next reads the sockets: when it must wait for a
+//!   buffer (at the latest once the dead consumer's items fill the pool),
+//!   in [`Producer::try_acquire`] when no buffer is free, in
+//!   [`Producer::finish`], or when a fence is sent to it. That call returns
+//!   one [`ErrorKind::PeerGone`] error naming it; its buffers count as released, its release fences
 //!   are failed, and the pool carries on with the other consumers (with
 //!   none left every call fails with `PeerGone`). A producer that dies is
 //!   found by the consumer while it waits for an item or for its ready
 //!   fence: the fence is failed (`ECONNRESET`) and `next` returns
-//!   `PeerGone`. No wait in this module ignores the peer's socket, so
-//!   nothing blocks forever on a peer that is gone. A message that breaks
-//!   the protocol (an unknown buffer, a release of a buffer not held, an
-//!   item in a buffer still held) is a [`ErrorKind::Protocol`] error; the
-//!   producer then drops that consumer.
+//!   `PeerGone`; releasing an item after that is a `PeerGone` error too.
+//!   No wait in this module ignores the peer's socket, so nothing blocks
+//!   forever on a peer that is gone. A message or descriptor that breaks
+//!   the protocol (an unknown buffer, a length past the buffer, a sequence
+//!   number out of order, a release of a buffer not held, an item in a
+//!   buffer still held, a fence named but not sent, an item or release on
+//!   the socket) is a [`ErrorKind::Protocol`] error; the producer then
+//!   drops that consumer.
 //! * **Orderly end.** [`Producer::finish`] sends a bye message and waits
 //!   for every buffer to come back; [`Consumer::next`] then returns
 //!   `Ok(None)`. A consumer leaving early sends a bye
@@ -44,7 +58,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -53,6 +67,7 @@ use super::{Channel, Message};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, Fence, FenceStatus};
+use transport::{ConsumerTransport, Incoming, ProducerTransport};
 
 /// Most buffers a pool may have.
 pub const MAX_POOL_BUFFERS: usize = 1024;
@@ -112,6 +127,8 @@ fn protocol(op: &'static str, obj: &str, cause: String) -> Error {
 struct Peer {
     channel: Channel,
     alive: bool,
+    /// The per-item path to this consumer (its descriptor rings).
+    items: ProducerTransport,
 }
 
 #[derive(Debug)]
@@ -164,6 +181,8 @@ impl Producer {
             return Err(Error::invalid("pool", "producer", "no consumers"));
         }
         let n = consumers.len();
+        let sizes: Vec<u64> = buffers.iter().map(|b| b.size()).collect();
+        let mut items = Vec::with_capacity(n);
         for (i, c) in consumers.iter().enumerate() {
             for (id, b) in buffers.iter().enumerate() {
                 c.send(&Message::Buffer {
@@ -171,6 +190,9 @@ impl Producer {
                     buffer: b.clone(),
                 })?;
             }
+            let t = ProducerTransport::new(&sizes, c.peer())?;
+            c.send(&t.ring_message(c.peer())?)?;
+            items.push(t);
             c.send(&Message::PoolReady {
                 buffers: buffers.len() as u32,
                 consumer: i as u32,
@@ -179,9 +201,11 @@ impl Producer {
         Ok(Producer {
             peers: consumers
                 .into_iter()
-                .map(|channel| Peer {
+                .zip(items)
+                .map(|(channel, items)| Peer {
                     channel,
                     alive: true,
+                    items,
                 })
                 .collect(),
             free: (0..buffers.len()).collect(),
@@ -247,13 +271,22 @@ impl Producer {
         }
     }
 
-    /// Reads every waiting message from every consumer. The first error
-    /// (a consumer gone or misbehaving, which is then dropped) is returned
-    /// after all were read.
+    /// Reads every waiting message from every consumer, on its socket and
+    /// its ring. The first error (a consumer gone or misbehaving, which is
+    /// then dropped) is returned after all were read.
     fn pump(&mut self) -> Result<()> {
+        self.pump_with(true)
+    }
+
+    /// Takes the releases waiting on the rings only: no system call.
+    fn pump_ring(&mut self) -> Result<()> {
+        self.pump_with(false)
+    }
+
+    fn pump_with(&mut self, socket: bool) -> Result<()> {
         let mut first: Option<Error> = None;
         for i in 0..self.peers.len() {
-            while self.peers[i].alive {
+            while socket && self.peers[i].alive {
                 let msg = match self.peers[i].channel.try_recv() {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
@@ -268,6 +301,25 @@ impl Producer {
                     first.get_or_insert(e);
                 }
             }
+            // Releases from the ring, with no system call.
+            while self.peers[i].alive {
+                let mut other = Vec::new();
+                let p = &mut self.peers[i];
+                let got = p.items.recv_release(&p.channel, &mut other);
+                let mut r = Ok(());
+                for m in other {
+                    r = r.and_then(|_| self.handle(i, m));
+                }
+                let r = match (r, got) {
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                    (Ok(()), Ok(None)) => break,
+                    (Ok(()), Ok(Some((d, fence)))) => self.release(i, d.slot as u64, d.seq, fence),
+                };
+                if let Err(e) = r {
+                    self.drop_peer(i);
+                    first.get_or_insert(e);
+                }
+            }
         }
         match first {
             Some(e) => Err(e),
@@ -277,8 +329,30 @@ impl Producer {
 
     fn handle(&mut self, i: usize, msg: Message) -> Result<()> {
         let peer = self.peers[i].channel.peer().to_string();
+        let msg = match self.peers[i].items.incoming(msg, &peer)? {
+            Incoming::Kept => return Ok(()),
+            Incoming::Other(m) => m,
+        };
         match msg {
-            Message::Release { buffer, seq, fence } => {
+            Message::Bye => {
+                // A clean departure: the consumer's buffers come back.
+                self.drop_peer(i);
+                Ok(())
+            }
+            other => Err(protocol(
+                "pool",
+                &peer,
+                format!("unexpected {} message from a consumer", other.type_name()),
+            )),
+        }
+    }
+
+    /// Consumer `i` gives back `buffer` (item `seq`), to be reused once
+    /// `fence` signals.
+    fn release(&mut self, i: usize, buffer: u64, seq: u64, fence: Fence) -> Result<()> {
+        let peer = self.peers[i].channel.peer().to_string();
+        {
+            {
                 let s = usize::try_from(buffer)
                     .ok()
                     .filter(|s| *s < self.slots.len())
@@ -309,16 +383,6 @@ impl Producer {
                 self.maybe_free(s);
                 Ok(())
             }
-            Message::Bye => {
-                // A clean departure: the consumer's buffers come back.
-                self.drop_peer(i);
-                Ok(())
-            }
-            other => Err(protocol(
-                "pool",
-                &peer,
-                format!("unexpected {} message from a consumer", other.type_name()),
-            )),
         }
     }
 
@@ -347,6 +411,12 @@ impl Producer {
 
     /// Non-blocking: a free buffer if one is ready now.
     pub fn try_acquire(&mut self) -> Result<Option<Lease<'_>>> {
+        self.pump_ring()?;
+        if self.consumers() > 0 && !self.free.is_empty() {
+            if let Some(slot) = self.pick() {
+                return Ok(Some(self.lease(slot)));
+            }
+        }
         self.pump()?;
         if self.consumers() == 0 {
             return Err(self.no_consumers("pool acquire"));
@@ -367,12 +437,11 @@ impl Producer {
     /// every live consumer socket, and the pending release fences of free
     /// slots.
     fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
-        let mut fds: Vec<BorrowedFd<'_>> = self
-            .peers
-            .iter()
-            .filter(|p| p.alive)
-            .map(|p| p.channel.fd())
-            .collect();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        for p in self.peers.iter().filter(|p| p.alive) {
+            fds.push(p.channel.fd());
+            fds.extend(p.items.wait_fd());
+        }
         for &s in &self.free {
             for f in &self.slots[s].releases {
                 fence_fds(f, &mut fds);
@@ -381,11 +450,54 @@ impl Producer {
         fds
     }
 
+    /// Raises every live consumer's ring waiting word before a sleep;
+    /// true if a release arrived meanwhile (then do not sleep, and call
+    /// [`Producer::disarm`] all the same). A consumer whose ring breaks the
+    /// protocol is dropped, and its error returned.
+    fn arm(&mut self) -> Result<bool> {
+        let mut ready = false;
+        for i in 0..self.peers.len() {
+            if self.peers[i].alive {
+                match self.peers[i].items.begin_wait() {
+                    Ok(r) => ready |= r,
+                    Err(e) => {
+                        self.disarm();
+                        self.drop_peer(i);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(ready)
+    }
+
+    fn disarm(&mut self) {
+        for p in &mut self.peers {
+            p.items.end_wait();
+        }
+    }
+
     /// A free buffer, waiting at most `timeout` (`None`: as long as it
     /// takes) while every buffer is in flight (back-pressure).
     pub fn acquire(&mut self, timeout: Option<Duration>) -> Result<Lease<'_>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            // While consumers keep up, releases are on the rings: no
+            // system call. A busy consumer gives one back soon, so look
+            // again for a few microseconds before going to the sockets.
+            let spin_until = Instant::now() + super::ring::DEFAULT_SPIN;
+            let mut free = None;
+            while free.is_none() && self.consumers() > 0 {
+                self.pump_ring()?;
+                free = self.pick();
+                if Instant::now() >= spin_until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if let Some(slot) = free {
+                return Ok(self.lease(slot));
+            }
             self.pump()?;
             if self.consumers() == 0 {
                 return Err(self.no_consumers("pool acquire"));
@@ -393,8 +505,14 @@ impl Producer {
             if let Some(slot) = self.pick() {
                 return Ok(self.lease(slot));
             }
+            if self.arm()? {
+                self.disarm();
+                continue;
+            }
             let obj = self.object();
-            if !poll_any(&self.wait_fds(), deadline, "pool acquire", &obj)? {
+            let woke = poll_any(&self.wait_fds(), deadline, "pool acquire", &obj);
+            self.disarm();
+            if !woke? {
                 return Err(timed_out(
                     "pool acquire",
                     obj,
@@ -423,20 +541,14 @@ impl Producer {
         let seq = self.seq;
         self.slots[slot].seq = seq;
         let sent_ns = monotonic_ns();
-        let msg = Message::Item {
-            buffer: slot as u64,
-            seq,
-            len,
-            sent_ns,
-            ready,
-        };
         let mut first: Option<Error> = None;
         for i in 0..self.peers.len() {
             if !self.peers[i].alive {
                 continue;
             }
-            match self.peers[i].channel.send(&msg) {
-                Ok(()) => self.slots[slot].holders[i] = true,
+            let p = &mut self.peers[i];
+            match p.items.send_item(&p.channel, slot, len, sent_ns, &ready) {
+                Ok(_) => self.slots[slot].holders[i] = true,
                 Err(e) => {
                     self.drop_peer(i);
                     first.get_or_insert(e);
@@ -468,8 +580,17 @@ impl Producer {
             if !pending || self.consumers() == 0 {
                 return Ok(());
             }
+            match self.arm() {
+                Ok(true) | Err(_) => {
+                    self.disarm();
+                    continue;
+                }
+                Ok(false) => {}
+            }
             let obj = self.object();
-            if !poll_any(&self.wait_fds(), deadline, "pool finish", &obj)? {
+            let woke = poll_any(&self.wait_fds(), deadline, "pool finish", &obj);
+            self.disarm();
+            if !woke? {
                 return Err(timed_out(
                     "pool finish",
                     obj,
@@ -518,6 +639,9 @@ impl Drop for Lease<'_> {
 #[derive(Debug)]
 pub struct Consumer {
     channel: Arc<Channel>,
+    /// The per-item path from the producer (shared with the items, which
+    /// release through it).
+    items: Arc<Mutex<ConsumerTransport>>,
     buffers: Vec<Buffer>,
     index: u32,
     queue: VecDeque<Message>,
@@ -525,6 +649,8 @@ pub struct Consumer {
     /// of time (or an async wait was cancelled): the next call resumes it.
     waiting: Option<Item>,
     last_seq: u64,
+    /// The producer said bye: the stream ends once the ring is empty.
+    bye: bool,
     ended: bool,
 }
 
@@ -532,6 +658,7 @@ pub struct Consumer {
 #[derive(Debug, Default)]
 struct Handshake {
     buffers: Vec<Buffer>,
+    ring: Option<(u32, Arc<Vec<std::os::fd::OwnedFd>>)>,
 }
 
 impl Handshake {
@@ -552,6 +679,10 @@ impl Handshake {
                 self.buffers.push(buffer);
                 Ok(None)
             }
+            Message::Ring { capacity, fds } if self.ring.is_none() => {
+                self.ring = Some((capacity, fds));
+                Ok(None)
+            }
             Message::PoolReady { buffers, consumer } => {
                 if buffers as usize != self.buffers.len() || buffers == 0 {
                     return Err(protocol(
@@ -561,6 +692,13 @@ impl Handshake {
                             "pool-ready announces {buffers} buffers but {} arrived",
                             self.buffers.len()
                         ),
+                    ));
+                }
+                if self.ring.is_none() {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        "pool-ready before the ring message".into(),
                     ));
                 }
                 Ok(Some(consumer))
@@ -584,6 +722,7 @@ impl Handshake {
 #[derive(Debug)]
 pub struct Item {
     channel: Arc<Channel>,
+    items: Arc<Mutex<ConsumerTransport>>,
     buffer: Buffer,
     slot: u64,
     seq: u64,
@@ -603,21 +742,35 @@ impl Consumer {
         loop {
             let m = channel.recv(timeout)?;
             if let Some(index) = hs.step(m, &obj)? {
-                return Ok(Consumer::from_handshake(channel, hs.buffers, index));
+                return Consumer::from_handshake(channel, hs, index);
             }
         }
     }
 
-    fn from_handshake(channel: Channel, buffers: Vec<Buffer>, index: u32) -> Consumer {
-        Consumer {
+    fn from_handshake(channel: Channel, hs: Handshake, index: u32) -> Result<Consumer> {
+        let obj = channel.peer().to_string();
+        let (capacity, fds) = hs
+            .ring
+            .ok_or_else(|| protocol("pool handshake", &obj, "no ring message".into()))?;
+        let sizes: Vec<u64> = hs.buffers.iter().map(|b| b.size()).collect();
+        let items = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
+        Ok(Consumer {
             channel: Arc::new(channel),
-            buffers,
+            items: Arc::new(Mutex::new(items)),
+            buffers: hs.buffers,
             index,
             queue: VecDeque::new(),
             waiting: None,
             last_seq: 0,
+            bye: false,
             ended: false,
-        }
+        })
+    }
+
+    fn transport(&self) -> std::sync::MutexGuard<'_, ConsumerTransport> {
+        // Every update under the lock is one ring operation, which leaves
+        // the ring consistent even if a panic interrupted the holder.
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pool's buffers, by slot.
@@ -643,65 +796,19 @@ impl Consumer {
         Ok(())
     }
 
-    fn take_item(&mut self, msg: Message) -> Result<Option<Item>> {
+    /// Takes a socket message: fences are kept for their items, a bye
+    /// ends the stream once the ring is empty; items travel only on the
+    /// ring.
+    fn take_message(&mut self, msg: Message) -> Result<()> {
         let obj = self.channel.peer().to_string();
+        let msg = match self.transport().incoming(msg, &obj)? {
+            Incoming::Kept => return Ok(()),
+            Incoming::Other(m) => m,
+        };
         match msg {
-            Message::Item {
-                buffer,
-                seq,
-                len,
-                sent_ns,
-                ready,
-            } => {
-                let b = usize::try_from(buffer)
-                    .ok()
-                    .and_then(|i| self.buffers.get(i))
-                    .ok_or_else(|| {
-                        protocol(
-                            "pool next",
-                            &obj,
-                            format!(
-                                "item {seq} in buffer {buffer}, but the pool has {} buffers",
-                                self.buffers.len()
-                            ),
-                        )
-                    })?;
-                if len > b.size() {
-                    return Err(protocol(
-                        "pool next",
-                        &obj,
-                        format!(
-                            "item {seq} of {len} bytes in buffer {buffer} of {} bytes",
-                            b.size()
-                        ),
-                    ));
-                }
-                if seq <= self.last_seq {
-                    return Err(protocol(
-                        "pool next",
-                        &obj,
-                        format!(
-                            "item {seq} after item {}: sequence went back",
-                            self.last_seq
-                        ),
-                    ));
-                }
-                self.last_seq = seq;
-                Ok(Some(Item {
-                    channel: self.channel.clone(),
-                    buffer: b.clone(),
-                    slot: buffer,
-                    seq,
-                    len,
-                    sent_ns,
-                    ready_ns: 0,
-                    ready,
-                    released: false,
-                }))
-            }
             Message::Bye => {
-                self.ended = true;
-                Ok(None)
+                self.bye = true;
+                Ok(())
             }
             other => Err(protocol(
                 "pool next",
@@ -711,9 +818,84 @@ impl Consumer {
         }
     }
 
+    /// The next item on the ring, if one is there (no system call unless
+    /// its ready fence travelled over the socket).
+    fn take_item(&mut self) -> Result<Option<Item>> {
+        let mut other = Vec::new();
+        let got = {
+            let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            t.recv_item(&self.channel, &mut other)
+        };
+        self.queue.extend(other);
+        let Some((d, ready)) = got? else {
+            return Ok(None);
+        };
+        // The ring checked slot, length and sequence (one more than the
+        // last); the rest of the item comes from this side's own state.
+        self.last_seq = d.seq;
+        Ok(Some(Item {
+            channel: self.channel.clone(),
+            items: self.items.clone(),
+            buffer: self.buffers[d.slot].clone(),
+            slot: d.slot as u64,
+            seq: d.seq,
+            len: d.len,
+            sent_ns: d.sent_ns,
+            ready_ns: 0,
+            ready,
+            released: false,
+        }))
+    }
+
+    /// One step of `next` that needs no waiting: `Ok(true)` if it made
+    /// progress (call again), `Ok(false)` if the caller must sleep.
+    fn step(&mut self) -> Result<bool> {
+        if let Some(m) = self.queue.pop_front() {
+            self.take_message(m)?;
+            return Ok(true);
+        }
+        if let Some(item) = self.take_item()? {
+            self.waiting = Some(item);
+            return Ok(true);
+        }
+        if self.bye {
+            // The bye was sent after the last item was published.
+            self.ended = true;
+            return Ok(true);
+        }
+        // A busy producer publishes soon: look at the ring again for a few
+        // microseconds before going to the socket.
+        let spin_until = Instant::now() + super::ring::DEFAULT_SPIN;
+        while Instant::now() < spin_until {
+            std::hint::spin_loop();
+            if let Some(item) = self.take_item()? {
+                self.waiting = Some(item);
+                return Ok(true);
+            }
+        }
+        if let Some(m) = self.channel.try_recv()? {
+            self.queue.push_back(m);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// The next item once its ready fence has signalled, waiting at most
     /// `timeout`; `Ok(None)` once the producer has finished the stream.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
+        let r = self.next_inner(timeout);
+        self.note_gone(&r);
+        r
+    }
+
+    /// Remembers a peer-gone error, so that releases fail from now on.
+    fn note_gone<T>(&self, r: &Result<T>) {
+        if matches!(r, Err(e) if e.kind() == ErrorKind::PeerGone) {
+            self.transport().gone = true;
+        }
+    }
+
+    fn next_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let op = "pool next";
         loop {
@@ -730,19 +912,22 @@ impl Consumer {
             if self.ended {
                 return Ok(None);
             }
-            if let Some(m) = self.queue.pop_front() {
-                match self.take_item(m)? {
-                    Some(item) => self.waiting = Some(item),
-                    None => return Ok(None),
-                }
+            if self.step()? {
                 continue;
             }
-            if let Some(m) = self.channel.try_recv()? {
-                self.queue.push_back(m);
+            if self.transport().begin_wait()? {
+                self.transport().end_wait();
                 continue;
             }
             let obj = self.channel.peer().to_string();
-            if !poll_any(&[self.channel.fd()], deadline, op, &obj)? {
+            let woke = {
+                let t = self.transport();
+                let mut fds = vec![self.channel.fd()];
+                fds.extend(t.wait_fd());
+                poll_any(&fds, deadline, op, &obj)
+            };
+            self.transport().end_wait();
+            if !woke? {
                 return Err(timed_out(
                     op,
                     obj,
@@ -872,25 +1057,24 @@ impl Item {
     /// signals (pass [`Fence::Signalled`] when every access is over).
     pub fn release(mut self, fence: Fence) -> Result<()> {
         self.released = true;
-        self.channel.send(&Message::Release {
-            buffer: self.slot,
-            seq: self.seq,
-            fence,
-        })
+        self.send_release(&fence)
+    }
+
+    fn send_release(&self, fence: &Fence) -> Result<()> {
+        let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        t.send_release(&self.channel, self.slot as usize, self.seq, fence)
     }
 }
 
 impl Drop for Item {
     fn drop(&mut self) {
         if !self.released {
-            let _ = self.channel.send(&Message::Release {
-                buffer: self.slot,
-                seq: self.seq,
-                fence: Fence::Signalled,
-            });
+            let _ = self.send_release(&Fence::Signalled);
         }
     }
 }
+
+mod transport;
 
 #[cfg(feature = "tokio")]
 mod asynch;

@@ -432,6 +432,16 @@ impl ProducerRing {
         self.s.spin = spin;
     }
 
+    /// The tag the next item's socket fence will carry.
+    pub fn next_fence_tag(&self) -> u64 {
+        self.fence_out + 1
+    }
+
+    /// Descriptors per direction (the pool size).
+    pub fn capacity(&self) -> usize {
+        self.s.cap
+    }
+
     /// Items published and not yet released.
     pub fn in_flight(&self) -> usize {
         self.in_flight.iter().filter(|&&s| s != 0).count()
@@ -778,6 +788,16 @@ impl ConsumerRing {
     /// once).
     pub fn set_spin(&mut self, spin: Duration) {
         self.s.spin = spin;
+    }
+
+    /// The tag the next release's socket fence will carry.
+    pub fn next_fence_tag(&self) -> u64 {
+        self.rel_fence_out + 1
+    }
+
+    /// Descriptors per direction (the pool size).
+    pub fn capacity(&self) -> usize {
+        self.s.cap
     }
 
     /// Items taken and not yet released.
