@@ -69,6 +69,8 @@ struct State {
     fences: Vec<(Fence, Usage)>,
     cpu_readers: usize,
     cpu_writers: usize,
+    /// Threads in `wait_cpu_windows` (closing a window wakes only if some).
+    waiters: usize,
 }
 
 impl Reservation {
@@ -179,8 +181,13 @@ impl Reservation {
         } else {
             st.cpu_readers = st.cpu_readers.saturating_sub(1);
         }
+        let waiters = st.waiters;
         drop(st);
-        self.changed.notify_all();
+        // A notify is a system call even with no waiter: skip it then (a
+        // waiter counts itself under the lock before it sleeps).
+        if waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Waits until no CPU window conflicts with a device access of kind
@@ -193,19 +200,21 @@ impl Reservation {
             if !busy {
                 return true;
             }
-            st = match deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return false;
+            }
+            st.waiters += 1;
+            st = match left {
                 None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left == Duration::ZERO {
-                        return false;
-                    }
+                Some(left) => {
                     self.changed
                         .wait_timeout(st, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
             };
+            st.waiters -= 1;
         }
     }
 }
