@@ -225,6 +225,27 @@ mod tests {
     use crate::fence::{FenceContext, UserFence};
 
     #[test]
+    fn closing_a_window_wakes_a_waiter_and_only_then_notifies() {
+        let res = std::sync::Arc::new(Reservation::default());
+        res.cpu_begin(Access::Read);
+        let r = res.clone();
+        let t = std::thread::spawn(move || r.wait_cpu_windows(Access::Write, None));
+        while res.lock().waiters == 0 {
+            std::thread::yield_now();
+        }
+        res.cpu_end(Access::Read);
+        assert!(t.join().unwrap());
+        assert_eq!(res.lock().waiters, 0);
+        // A wait that times out leaves no waiter counted.
+        res.cpu_begin(Access::Write);
+        let soon = Instant::now() + Duration::from_millis(10);
+        assert!(!res.wait_cpu_windows(Access::Read, Some(soon)));
+        assert_eq!(res.lock().waiters, 0);
+        res.cpu_end(Access::Write);
+        assert!(res.wait_cpu_windows(Access::Write, Some(soon)));
+    }
+
+    #[test]
     fn a_later_fence_of_a_timeline_replaces_earlier_ones() {
         let res = Reservation::default();
         let ctx = FenceContext::new("test");
