@@ -61,6 +61,11 @@ pub struct Args {
     /// Seconds per case and size (default 1, or 0.1 with --quick).
     #[arg(long)]
     pub seconds: Option<f64>,
+    /// Memory for the stream's buffers:
+    /// auto (the system heap, else udmabuf, else portable), heap,
+    /// heap:NAME, udmabuf or portable.
+    #[arg(long, default_value = "auto", value_parser = crate::backend::parse)]
+    pub backend: crate::backend::Choice,
     /// Run every cell this many times; report the median and the spread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub repeat: u32,
@@ -161,9 +166,14 @@ fn median(v: &mut [f64]) -> Option<f64> {
 }
 
 /// One throughput run: GiB/s and items, or why not.
-fn throughput_once(case: &str, size: u64, secs: f64) -> Result<(f64, u64), String> {
-    let r = cases::run_case(case, size, Limit::Time(Duration::from_secs_f64(secs)), None)
-        .map_err(|e| e.to_string())?;
+fn throughput_once(
+    alloc: &dmabuf::Allocator,
+    case: &str,
+    size: u64,
+    secs: f64,
+) -> Result<(f64, u64), String> {
+    let limit = Limit::Time(Duration::from_secs_f64(secs));
+    let r = cases::run_case(alloc, case, size, limit, None).map_err(|e| e.to_string())?;
     if r.report.items != r.items {
         return Err(format!(
             "the consumer checked {} of {} items",
@@ -235,8 +245,13 @@ fn latency_row(case: &'static str, runs: &[Result<cases::LatSummary, String>]) -
     }
 }
 
-fn latency_once(case: &str, samples: u64) -> Result<cases::LatSummary, String> {
-    let r = cases::run_case(case, LATENCY_SIZE, Limit::Count(samples), Some(LATENCY_GAP))
+fn latency_once(
+    alloc: &dmabuf::Allocator,
+    case: &str,
+    samples: u64,
+) -> Result<cases::LatSummary, String> {
+    let limit = Limit::Count(samples);
+    let r = cases::run_case(alloc, case, LATENCY_SIZE, limit, Some(LATENCY_GAP))
         .map_err(|e| e.to_string())?;
     r.report
         .latency
@@ -263,7 +278,7 @@ pub fn run(args: Args) -> crate::CliResult {
     };
     let samples = if args.quick { 100 } else { 1000 };
     let repeat = args.repeat as usize;
-    let backend = dmabuf::Allocator::auto();
+    let backend = args.backend.allocator()?;
 
     let steps = (repeat * (sizes.len() * CASES.len() + LATENCY_CASES.len() + 2)) as u64;
     let bar = indicatif::ProgressBar::with_draw_target(
@@ -286,7 +301,7 @@ pub fn run(args: Args) -> crate::CliResult {
                     round + 1,
                     crate::pattern::human_size(size)
                 ));
-                tp[si * CASES.len() + ci].push(throughput_once(case, size, secs));
+                tp[si * CASES.len() + ci].push(throughput_once(&backend, case, size, secs));
                 bar.inc(1);
             }
         }
@@ -297,7 +312,7 @@ pub fn run(args: Args) -> crate::CliResult {
         }
         for (k, case) in LATENCY_CASES.iter().enumerate() {
             bar.set_message(format!("run {}/{repeat}: latency {case}", round + 1));
-            lat[k + 2].push(latency_once(case, samples));
+            lat[k + 2].push(latency_once(&backend, case, samples));
             bar.inc(1);
         }
     }

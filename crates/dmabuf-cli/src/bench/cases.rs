@@ -264,8 +264,14 @@ fn scratch(tag: &str, size: u64) -> PathBuf {
 }
 
 /// Runs `case` once with items of `size` until `limit`, pausing `gap`
-/// after each item.
-pub fn run_case(case: &str, size: u64, limit: Limit, gap: Option<Duration>) -> BoxResult<Run> {
+/// after each item; the stream's buffers come from `alloc`.
+pub fn run_case(
+    alloc: &dmabuf::Allocator,
+    case: &str,
+    size: u64,
+    limit: Limit,
+    gap: Option<Duration>,
+) -> BoxResult<Run> {
     match case {
         "dmabuf" => {
             let path = scratch("dmabuf", size);
@@ -273,8 +279,7 @@ pub fn run_case(case: &str, size: u64, limit: Limit, gap: Option<Duration>) -> B
             let listener = Listener::bind(&path)?;
             let mut w = Worker::spawn("dmabuf", &path.to_string_lossy(), size)?;
             w.wait_ready()?;
-            let alloc = dmabuf::Allocator::auto();
-            let p = stream::produce_paced(&listener, 1, &alloc, size, BUFFERS, limit, false, gap)?;
+            let p = stream::produce_paced(&listener, 1, alloc, size, BUFFERS, limit, false, gap)?;
             Ok(Run {
                 start_ns: p.start_ns,
                 items: p.items,

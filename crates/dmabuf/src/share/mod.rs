@@ -20,7 +20,10 @@
 //!   sealed with `F_SEAL_SHRINK` and `F_SEAL_GROW` (else the sender could
 //!   truncate it and the receiver would die of `SIGBUS` on its mapping); the
 //!   announced size must be the fd's size; a sync file must be a sync file
-//!   and a user fence a sealed fence memfd plus an eventfd. Anything else is
+//!   and a user fence a sealed fence memfd plus an eventfd; the 3 fds of a
+//!   ring message are checked by the pool consumer that opens the ring (a
+//!   memfd sealed against shrinking and growing, of the size its capacity
+//!   implies, then two eventfds; see [`ring::ConsumerRing::open`]). Anything else is
 //!   an error of kind [`ErrorKind::Protocol`] naming what was wrong —
 //!   never a panic.
 //! * **No fd leaks.** Received fds are `OwnedFd` the moment they leave the

@@ -351,39 +351,35 @@ impl Producer {
     /// `fence` signals.
     fn release(&mut self, i: usize, buffer: u64, seq: u64, fence: Fence) -> Result<()> {
         let peer = self.peers[i].channel.peer().to_string();
-        {
-            {
-                let s = usize::try_from(buffer)
-                    .ok()
-                    .filter(|s| *s < self.slots.len())
-                    .ok_or_else(|| {
-                        protocol(
-                            "pool release",
-                            &peer,
-                            format!(
-                                "release of buffer {buffer}, but the pool has {} buffers",
-                                self.slots.len()
-                            ),
-                        )
-                    })?;
-                let slot = &mut self.slots[s];
-                if !slot.holders[i] || slot.seq != seq {
-                    return Err(protocol(
-                        "pool release",
-                        &peer,
-                        format!(
-                            "release of buffer {buffer} (item {seq}), which this consumer does not hold"
-                        ),
-                    ));
-                }
-                slot.holders[i] = false;
-                if fence.status() == FenceStatus::Active {
-                    slot.releases.push(fence);
-                }
-                self.maybe_free(s);
-                Ok(())
-            }
+        let s = usize::try_from(buffer)
+            .ok()
+            .filter(|s| *s < self.slots.len())
+            .ok_or_else(|| {
+                protocol(
+                    "pool release",
+                    &peer,
+                    format!(
+                        "release of buffer {buffer}, but the pool has {} buffers",
+                        self.slots.len()
+                    ),
+                )
+            })?;
+        let slot = &mut self.slots[s];
+        if !slot.holders[i] || slot.seq != seq {
+            return Err(protocol(
+                "pool release",
+                &peer,
+                format!(
+                    "release of buffer {buffer} (item {seq}), which this consumer does not hold"
+                ),
+            ));
         }
+        slot.holders[i] = false;
+        if fence.status() == FenceStatus::Active {
+            slot.releases.push(fence);
+        }
+        self.maybe_free(s);
+        Ok(())
     }
 
     /// A free slot whose release fences have all signalled.
