@@ -169,7 +169,12 @@ impl AsyncProducer {
             if !pending || self.inner.consumers() == 0 {
                 return Ok(());
             }
-            self.wait("pool finish").await?;
+            match self.wait("pool finish").await {
+                // A consumer whose ring broke the protocol was dropped:
+                // as in `Producer::finish`, not an error at the end.
+                Err(e) if e.kind() == crate::error::ErrorKind::Protocol => {}
+                r => r?,
+            }
         }
     }
 }
