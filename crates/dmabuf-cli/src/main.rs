@@ -46,8 +46,8 @@ enum Command {
     Capture(capture::Args),
     /// Stream buffers from a producer process to consumer processes.
     Stream(stream::Args),
-    /// Compare the stream with pipes, Unix sockets, iceoryx2 and the
-    /// one-process bound.
+    /// Compare the stream with a bare shared-memory ring (the ideal), pipes,
+    /// Unix sockets and iceoryx2.
     Bench(bench::Args),
 }
 

@@ -31,6 +31,7 @@ pub mod futex;
 pub mod iio;
 pub mod mem;
 pub mod object;
+pub mod ring_mem;
 pub mod sw_sync;
 pub mod sync_file;
 pub mod udmabuf;
