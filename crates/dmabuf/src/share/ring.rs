@@ -81,7 +81,7 @@ use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::sys::ring_mem::{futex_wait, futex_wake, SharedWords};
+use crate::sys::futex::{self, SharedWords};
 
 /// The magic word at offset 0: `"DMBRING1"`.
 pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"DMBRING1");
@@ -233,7 +233,7 @@ impl Shared {
         }
         match &self.theirs {
             None => {
-                futex_wake(f, 1).map_err(|e| Error::os("ring wake", self.name.clone(), e))?;
+                futex::wake(f, 1).map_err(|e| Error::os("ring wake", self.name.clone(), e))?;
             }
             Some(fd) => match rustix::io::write(fd, &1u64.to_ne_bytes()) {
                 // A full counter means the peer has a wake-up pending.
@@ -248,7 +248,7 @@ impl Shared {
     /// the caller, for at most `left`.
     fn sleep(&self, flag: usize, left: Duration) -> Result<()> {
         match &self.mine {
-            None => match futex_wait(self.h(flag), 1, left) {
+            None => match futex::wait(self.h(flag), 1, left) {
                 Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => Ok(()),
                 Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
             },
@@ -374,7 +374,8 @@ impl ProducerRing {
             SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
         )
         .map_err(|e| Error::os("seal", name.to_string(), e))?;
-        let mem = SharedWords::map(&memfd, len).map_err(|e| Error::os("mmap", name, e))?;
+        let mem =
+            SharedWords::map(&memfd, len / 8, true).map_err(|e| Error::os("mmap", name, e))?;
         mem.word(W_MAGIC)
             .expect("inside")
             .store(RING_MAGIC, Ordering::Relaxed);
@@ -754,7 +755,8 @@ impl ConsumerRing {
                 format!("ring memfd of {size} bytes, expected {len} for {cap} slots"),
             ));
         }
-        let mem = SharedWords::map(&memfd, len).map_err(|e| Error::os("mmap", name, e))?;
+        let mem =
+            SharedWords::map(&memfd, len / 8, true).map_err(|e| Error::os("mmap", name, e))?;
         let magic = mem.word(W_MAGIC).expect("inside").load(Ordering::Acquire);
         let c = mem
             .word(W_CAPACITY)

@@ -17,7 +17,7 @@ fn pair(wake: Wake) -> (ProducerRing, ConsumerRing, SharedWords) {
         .into_iter()
         .map(|f| f.try_clone_to_owned().unwrap())
         .collect();
-    let raw = SharedWords::map(&fds[0], ring_len(SIZES.len())).unwrap();
+    let raw = SharedWords::map(&fds[0], ring_len(SIZES.len()) / 8, true).unwrap();
     let c = ConsumerRing::open(fds, &SIZES, "producer").unwrap();
     (p, c, raw)
 }
