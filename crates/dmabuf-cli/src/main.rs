@@ -1,5 +1,11 @@
 //! `dmabuf`: probe what a kernel offers, list who holds which buffers,
 //! allocate, stream and benchmark. A thin layer over the `dmabuf` library.
+//!
+//! No `unsafe` here (`#![deny(unsafe_code)]`), except in `bench::ideal`,
+//! the bench's reference ring, which must not use the library it measures
+//! (see that module).
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::process::ExitCode;
 

@@ -25,6 +25,7 @@
 //! control page, and the byte slices of its buffers, which are only formed
 //! by the side that owns the buffer under the head/tail protocol above (both
 //! sides are this program).
+#![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::ptr::NonNull;

@@ -39,7 +39,7 @@
 //!
 //! The ioctls come from Smithay's `drm` crate (`drm::control::Device`'s
 //! `prime_fd_to_buffer`, `buffer_to_prime_fd`, `close_buffer`), wrapped
-//! in [`crate::sys::drm`]; it serves as it is — safe, on `rustix`, and
+//! in `sys::drm`; it serves as it is — safe, on `rustix`, and
 //! the same handle type the rest of a KMS program uses — so no ioctl here
 //! is hand-written.
 
