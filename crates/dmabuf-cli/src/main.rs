@@ -1,5 +1,11 @@
 //! `dmabuf`: probe what a kernel offers, list who holds which buffers,
 //! allocate, stream and benchmark. A thin layer over the `dmabuf` library.
+//!
+//! No `unsafe` here (`#![deny(unsafe_code)]`), except in `bench::ideal`,
+//! the bench's reference ring, which must not use the library it measures
+//! (see that module).
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::process::ExitCode;
 
@@ -47,8 +53,8 @@ enum Command {
     Capture(capture::Args),
     /// Stream buffers from a producer process to consumer processes.
     Stream(stream::Args),
-    /// Compare the stream with pipes, Unix sockets, iceoryx2 and the
-    /// one-process bound.
+    /// Compare the stream with a bare shared-memory ring (the ideal), pipes,
+    /// Unix sockets and iceoryx2.
     Bench(bench::Args),
     /// Write shell completions (bash, zsh, fish, elvish, powershell) to standard output.
     Completions(generate::CompletionsArgs),

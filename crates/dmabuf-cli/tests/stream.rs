@@ -73,7 +73,7 @@ fn stream_human_report_names_backend_and_latencies() {
     ] {
         assert!(s.contains(want), "missing '{want}' in:\n{s}");
     }
-    // Not a terminal: no progress bar on stderr.
+    // A repeat count of 0 is refused.
     assert!(!String::from_utf8_lossy(&out.stderr).contains('['));
 }
 
@@ -129,13 +129,28 @@ fn stream_refuses_bad_arguments_clearly() {
 fn bench_quick_reports_every_case() {
     let plot = std::env::temp_dir().join(format!("dmabuf-bench-test-{}.svg", std::process::id()));
     let out = dmabuf()
-        .args(["bench", "--quick", "--seconds", "0.05", "--json", "--plot"])
+        .args([
+            "bench",
+            "--quick",
+            "--seconds",
+            "0.05",
+            "--repeat",
+            "2",
+            "--json",
+            "--plot",
+        ])
         .arg(&plot)
         .output()
         .unwrap();
     let v = json(&out);
     let cells = v["throughput"].as_array().unwrap();
-    assert_eq!(cells.len(), 2 * 5);
+    assert_eq!(cells.len(), 2 * 6);
+    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["repeat"], 2);
+    assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(v["machine"]["kernel"].as_str().is_some());
+    // The project's targets only with --targets.
+    assert!(v.get("targets").is_none());
     for c in cells {
         let case = c["case"].as_str().unwrap();
         if case == "iceoryx2" && cfg!(not(feature = "iceoryx2")) {
@@ -148,9 +163,56 @@ fn bench_quick_reports_every_case() {
             c["missing"]
         );
         assert!(c["items"].as_u64().unwrap() > 0);
+        assert_eq!(c["runs"], 2, "{case}");
+        // Every cell is a ratio to the ideal of its size.
+        assert!(c["ratio_to_ideal"].as_f64().unwrap() > 0.0, "{case}");
+        if case == "ideal" {
+            assert_eq!(c["ratio_to_ideal"].as_f64(), Some(1.0));
+        }
     }
-    assert_eq!(v["latency"].as_array().unwrap().len(), 3);
+    let lat = v["latency"].as_array().unwrap();
+    assert_eq!(lat.len(), 4);
+    for l in lat {
+        if l["case"] == "iceoryx2" && cfg!(not(feature = "iceoryx2")) {
+            continue;
+        }
+        assert!(l["p50_us"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["p99_us"].as_f64().unwrap() >= l["p50_us"].as_f64().unwrap());
+        assert!(l["p50_to_wake"].as_f64().is_some(), "{l}");
+    }
+    let wake = v["wake"].as_array().unwrap();
+    assert_eq!(wake.len(), 2);
+    for w in wake {
+        assert!(w["p50_us"].as_f64().unwrap() > 0.0, "{w}");
+    }
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
     let _ = std::fs::remove_file(&plot);
+}
+
+#[test]
+fn bench_table_shows_ratios_and_targets_only_when_asked() {
+    let run = |extra: &[&str]| {
+        let out = dmabuf()
+            .args(["bench", "--quick", "--seconds", "0.02"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plain = run(&[]);
+    assert!(plain.contains("ratio to ideal"), "{plain}");
+    assert!(plain.contains("wake-futex"), "{plain}");
+    assert!(plain.contains("/s"), "{plain}");
+    assert!(!plain.contains("targets"), "{plain}");
+    let with = run(&["--targets"]);
+    assert!(with.contains("handoff_p50_to_wake"), "{with}");
+    // A repeat count of 0 is refused.
+    let out = dmabuf().args(["bench", "--repeat", "0"]).output().unwrap();
+    assert!(!out.status.success());
 }

@@ -144,6 +144,8 @@ struct State {
     cpu_writers: usize,
     /// Of `cpu_writers`, the read-write ones (they read too).
     cpu_read_writers: usize,
+    /// Threads in `wait_cpu_windows` (closing a window wakes only if some).
+    waiters: usize,
 }
 
 impl State {
@@ -381,8 +383,13 @@ impl Reservation {
                 st.cpu_read_writers = st.cpu_read_writers.saturating_sub(1);
             }
         }
+        let waiters = st.waiters;
         drop(st);
-        self.changed.notify_all();
+        // A notify is a system call even with no waiter: skip it then (a
+        // waiter counts itself under the lock before it sleeps).
+        if waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Waits for what a device access must wait for and publishes its
@@ -406,6 +413,7 @@ impl Reservation {
                         _ => return Err(windows_busy(&st, &access)),
                     },
                 };
+                st.waiters += 1;
                 st = match left {
                     None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
                     Some(left) => {
@@ -415,6 +423,7 @@ impl Reservation {
                             .0
                     }
                 };
+                st.waiters -= 1;
             }
             if let Some(f) = st.conflicting_fence(device, access.skip) {
                 drop(st);
@@ -536,6 +545,39 @@ mod tests {
             dma_buf: None,
             skip: &|_| false,
         }
+    }
+
+    #[test]
+    fn closing_a_window_wakes_a_waiter_and_only_then_notifies() {
+        let ctx = FenceContext::new("test");
+        let res = Arc::new(Reservation::default());
+        res.cpu_begin(Access::Read, false, None, "test", &|_| false)
+            .unwrap();
+        let r = res.clone();
+        let f = ctx.next_fence().unwrap();
+        let fence = Fence::User(f.clone());
+        let t = std::thread::spawn(move || r.begin_device(fence, device(Usage::Write, None)));
+        while res.lock().waiters == 0 {
+            std::thread::yield_now();
+        }
+        res.cpu_end(Access::Read);
+        t.join().unwrap().unwrap();
+        assert_eq!(res.lock().waiters, 0);
+        f.signal().unwrap();
+        // A wait that times out leaves no waiter counted.
+        res.cpu_begin(Access::Write, false, None, "test", &|_| false)
+            .unwrap();
+        let soon = Instant::now() + Duration::from_millis(10);
+        let g = ctx.next_fence().unwrap();
+        let err = res
+            .begin_device(Fence::User(g.clone()), device(Usage::Read, Some(soon)))
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Busy);
+        assert_eq!(res.lock().waiters, 0);
+        res.cpu_end(Access::Write);
+        res.begin_device(Fence::User(g.clone()), device(Usage::Write, Some(soon)))
+            .unwrap();
+        g.signal().unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The streaming pool (blocking and async) against hostile producers and
-//! consumers that speak the wire format with raw `sendmsg`: named errors,
-//! no crash, no hang, no spin, bounded queues, other consumers served.
+//! consumers that speak the wire format with raw `sendmsg` and write the
+//! descriptor rings by hand: named errors, no crash, no hang, no spin,
+//! bounded queues, other consumers served.
 //!
 //! Every test holds `LOCK` (fd counts).
 
@@ -27,23 +28,26 @@ fn portables(n: usize) -> Vec<Buffer> {
 }
 
 /// A consumer set up against a raw producer with `n` buffers.
-fn consumer_of_raw(n: usize) -> (Consumer, Raw, Vec<std::os::fd::OwnedFd>) {
+fn consumer_of_raw(n: usize) -> (Consumer, Raw, RawRing, Vec<std::os::fd::OwnedFd>) {
     let (ch, raw) = pair();
     let bufs = memfds(n, 4096);
-    raw.give_handshake(&bufs, 4096);
+    let ring = raw.give_handshake(&bufs, 4096);
     let c = Consumer::new(ch, T).unwrap();
-    (c, raw, bufs)
+    (c, raw, ring, bufs)
 }
 
-fn item(raw: &Raw, buffer: u64, seq: u64, fence: Option<&FakeFence>) {
-    match fence {
-        None => raw
-            .send(&msg(T_ITEM, &item_body(buffer, seq, 16, &[]), 0), &[])
-            .unwrap(),
-        Some(f) => raw
-            .send(&msg(T_ITEM, &item_body(buffer, seq, 16, &[2]), 2), &f.fds())
-            .unwrap(),
+/// Publishes an item on the ring; with a fence, the fence goes over the
+/// socket first as fence message `tag` (as the pool does).
+fn item(raw: &Raw, ring: &RawRing, buffer: u64, seq: u64, fence: Option<(&FakeFence, u64)>) {
+    let tag = match fence {
+        None => 0,
+        Some((f, tag)) => {
+            raw.send(&msg(T_FENCE, &fence_body(tag, &[2]), 2), &f.fds())
+                .unwrap();
+            tag
+        }
     };
+    ring.item(buffer, seq, 16, tag);
 }
 
 // ---- hostile producers ----------------------------------------------------
@@ -127,43 +131,180 @@ fn a_producer_dying_at_every_handshake_stage_is_found_at_once() {
 #[test]
 fn an_item_in_a_buffer_still_held_is_refused() {
     let _g = lock();
-    let (mut c, raw, _bufs) = consumer_of_raw(2);
-    item(&raw, 0, 1, None);
+    let (mut c, raw, ring, _bufs) = consumer_of_raw(2);
+    item(&raw, &ring, 0, 1, None);
     let held = c.next(T).unwrap().unwrap();
     assert_eq!(held.slot(), 0);
-    item(&raw, 0, 2, None);
+    item(&raw, &ring, 0, 2, None);
     let e = c.next(T).unwrap_err();
     assert_err(
         &e,
         ErrorKind::Protocol,
-        "item 2 in buffer 0, which this consumer still holds",
+        "item 2 in slot 0, which this consumer still holds (item 1)",
     );
+    // The ring stays refused.
+    assert_err(&c.next(T).unwrap_err(), ErrorKind::Protocol, "still holds");
     drop(held);
+}
+
+#[test]
+fn items_and_releases_on_the_socket_are_protocol_errors() {
+    let _g = lock();
+    // A producer sending an item message: refused by the consumer.
+    let (mut c, raw, _ring, _bufs) = consumer_of_raw(2);
+    raw.send(&msg(T_ITEM, &item_body(0, 1, 16, &[]), 0), &[])
+        .unwrap();
+    assert_err(
+        &c.next(T).unwrap_err(),
+        ErrorKind::Protocol,
+        "unexpected item message from the producer",
+    );
+    // A consumer sending a release message: dropped by the producer, the
+    // other consumer still served.
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, raw) = pair();
+    let good = healthy(c1);
+    let raw = std::thread::spawn(move || {
+        raw.take_handshake();
+        raw
+    });
+    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
+    let raw = raw.join().unwrap();
+    raw.send(&msg(T_RELEASE, &release_body(0, 1, &[]), 0), &[])
+        .unwrap();
+    let mut errors = Vec::new();
+    for _ in 0..10 {
+        match producer.acquire(T) {
+            Ok(l) => {
+                if let Err(e) = l.submit(8, Fence::Signalled) {
+                    errors.push(e);
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_err(
+        &errors[0],
+        ErrorKind::Protocol,
+        "unexpected release message from a consumer",
+    );
+    assert_eq!(producer.consumers(), 1);
+    producer.finish(T).unwrap();
+    assert!(good.join().unwrap().unwrap() >= 9);
+}
+
+#[test]
+fn corrupt_item_descriptors_are_refused_with_their_field_named() {
+    let _g = lock();
+    type Write = fn(&Raw, &RawRing);
+    let cases: [(Write, &str); 6] = [
+        (
+            |_, r| r.item(7, 1, 16, 0),
+            "item slot 7 is not below the pool size 2",
+        ),
+        (
+            |_, r| r.item(0, 1, 4097, 0),
+            "item length 4097 is past the 4096-byte buffer of slot 0",
+        ),
+        (
+            |_, r| r.item(0, 3, 16, 0),
+            "item sequence 3, expected 1 (skipped)",
+        ),
+        (
+            |_, r| r.item(0, 1, 16, 1),
+            "names fence 1, which was not sent",
+        ),
+        (
+            |_, r| r.item(0, 1, 16, 9),
+            "item fence reference 9, expected 0 or 1",
+        ),
+        (
+            |_, r| {
+                r.set(R_ITEM_HEAD, 1000);
+                let _ = rustix::io::write(&r.wake_consumer, &1u64.to_ne_bytes());
+            },
+            "item head 1000 is outside",
+        ),
+    ];
+    for (write, words) in cases {
+        let base = open_fds();
+        {
+            let (mut c, raw, ring, _bufs) = consumer_of_raw(2);
+            write(&raw, &ring);
+            let t0 = Instant::now();
+            let e = c.next(T).unwrap_err();
+            within(t0, Duration::from_secs(2));
+            assert_err(&e, ErrorKind::Protocol, words);
+            assert_eq!(e.errno(), Some(Errno::PROTO));
+        }
+        assert_eq!(open_fds(), base, "{words}");
+    }
+}
+
+#[test]
+fn a_producer_that_stops_mid_batch_times_out_without_spinning() {
+    let _g = lock();
+    let (c, raw, ring, _bufs) = consumer_of_raw(4);
+    item(&raw, &ring, 0, 1, None);
+    item(&raw, &ring, 1, 2, None);
+    // A descriptor written but its head never moved: not an item.
+    ring.set(32 + 2 * 8, 2);
+    let (_c, got, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let mut c = c;
+        let a = c.next(T).unwrap().unwrap().seq();
+        let b = c.next(T).unwrap().unwrap().seq();
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
+        (c, (a, b), e, thread_cpu() - c0, t0.elapsed())
+    });
+    assert_eq!(got, (1, 2));
+    assert_err(&e, ErrorKind::TimedOut, "no item within");
+    assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
 }
 
 #[test]
 fn replayed_sequences_and_messages_after_bye_are_refused() {
     let _g = lock();
-    let (mut c, raw, _bufs) = consumer_of_raw(2);
-    item(&raw, 0, 5, None);
+    let (mut c, raw, ring, _bufs) = consumer_of_raw(2);
+    item(&raw, &ring, 0, 1, None);
     drop(c.next(T).unwrap().unwrap());
-    item(&raw, 1, 5, None);
+    item(&raw, &ring, 1, 1, None);
     assert_err(
         &c.next(T).unwrap_err(),
         ErrorKind::Protocol,
-        "item 5 after item 5",
+        "item sequence 1, expected 2 (replayed)",
     );
 
-    let (mut c, raw, _bufs) = consumer_of_raw(2);
+    // An item published after the bye (the bye closes the ring at its
+    // head as it was then).
+    let (mut c, raw, ring, _bufs) = consumer_of_raw(2);
     let fake = FakeFence::pending();
-    item(&raw, 0, 1, Some(&fake));
+    item(&raw, &ring, 0, 1, Some((&fake, 1)));
     raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
-    item(&raw, 1, 2, None);
-    std::thread::sleep(Duration::from_millis(20));
+    // The consumer takes item 1, waits for its fence and reads the bye.
+    let e = c.next(Some(Duration::from_millis(100))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    item(&raw, &ring, 1, 2, None);
+    fake.set_state(SIGNALLED);
+    let _first = c.next(T).unwrap().unwrap();
     assert_err(
         &c.next(T).unwrap_err(),
         ErrorKind::Protocol,
-        "item message after the producer's bye",
+        "1 items published after the producer's bye",
+    );
+
+    // A socket message after the bye.
+    let (mut c, raw, ring, _bufs) = consumer_of_raw(2);
+    let fake = FakeFence::pending();
+    item(&raw, &ring, 0, 1, Some((&fake, 1)));
+    raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
+    raw.send(&msg(T_FENCE, &fence_body(2, &[2]), 2), &fake.fds())
+        .unwrap();
+    assert_err(
+        &c.next(T).unwrap_err(),
+        ErrorKind::Protocol,
+        "fence message after the producer's bye",
     );
 }
 
@@ -173,31 +314,59 @@ fn items_flooding_behind_a_pending_ready_fence_are_bounded_by_the_pool() {
     let base = open_fds();
     let rss0 = rss_kb();
     {
-        let (mut c, raw, _bufs) = consumer_of_raw(4);
+        let (mut c, raw, ring, _bufs) = consumer_of_raw(4);
         let fake = FakeFence::pending();
-        for i in 0..4 {
-            item(&raw, i, i + 1, Some(&fake));
+        // Fences announced ahead of their items: at most one per buffer
+        // is kept.
+        for tag in 1..=4 {
+            raw.send(&msg(T_FENCE, &fence_body(tag, &[2]), 2), &fake.fds())
+                .unwrap();
         }
-        // One more, in a buffer the consumer holds (queued): refused, so
-        // no producer can queue more items than the pool has buffers.
-        item(&raw, 0, 5, Some(&fake));
+        raw.send(&msg(T_FENCE, &fence_body(5, &[2]), 2), &fake.fds())
+            .unwrap();
         let t0 = Instant::now();
         let e = c.next(Some(Duration::from_secs(5))).unwrap_err();
         within(t0, Duration::from_secs(2));
+        assert_err(
+            &e,
+            ErrorKind::Protocol,
+            "more fences announced than the 4 buffers in flight",
+        );
+        // A fresh consumer: 4 items behind a pending fence are taken (the
+        // ring holds no more), one more in a buffer it holds is refused.
+        let (mut c, raw, ring2, _bufs2) = consumer_of_raw(4);
+        drop(ring);
+        for i in 0..4 {
+            item(&raw, &ring2, i, i + 1, Some((&fake, i + 1)));
+        }
+        let e = c.next(Some(Duration::from_millis(50))).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        item(&raw, &ring2, 0, 5, Some((&fake, 5)));
+        fake.set_state(SIGNALLED);
+        let mut held = Vec::new();
+        let e = loop {
+            match c.next(Some(Duration::from_secs(5))) {
+                Ok(Some(i)) => held.push(i),
+                Ok(None) => panic!("ended"),
+                Err(e) => break e,
+            }
+        };
+        within(t0, Duration::from_secs(4));
         assert_err(&e, ErrorKind::Protocol, "which this consumer still holds");
-        // The flood goes on; the consumer refuses it and keeps nothing.
-        for s in 6..2000u64 {
+        fake.set_state(PENDING);
+        // The flood goes on over the socket; the consumer refuses it and
+        // keeps nothing.
+        for s in 6..100u64 {
             if raw
-                .send(&msg(T_ITEM, &item_body(s % 4, s, 16, &[2]), 2), &fake.fds())
+                .send(&msg(T_FENCE, &fence_body(s, &[2]), 2), &fake.fds())
                 .is_err()
             {
                 break;
             }
             let _ = c.next(Some(Duration::ZERO));
-            // (The consumer's releases of refused items' predecessors.)
-            while raw.recv(Duration::ZERO).is_some() {}
         }
         assert!(c.channel().pending_fences() <= 4);
+        drop(held);
     }
     assert_eq!(open_fds(), base);
     let grew = rss_kb().saturating_sub(rss0);
@@ -207,10 +376,10 @@ fn items_flooding_behind_a_pending_ready_fence_are_bounded_by_the_pool() {
 #[test]
 fn a_noisy_or_scribbled_ready_fence_neither_spins_nor_crashes_the_consumer() {
     let _g = lock();
-    let (c, raw, _bufs) = consumer_of_raw(2);
+    let (c, raw, ring, _bufs) = consumer_of_raw(2);
     let fake = FakeFence::pending();
     fake.poke();
-    item(&raw, 0, 1, Some(&fake));
+    item(&raw, &ring, 0, 1, Some((&fake, 1)));
     let (c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
         let mut c = c;
         let (c0, t0) = (thread_cpu(), Instant::now());
@@ -234,9 +403,9 @@ fn a_noisy_or_scribbled_ready_fence_neither_spins_nor_crashes_the_consumer() {
 #[test]
 fn a_ready_fence_stuck_signalling_is_resolved() {
     let _g = lock();
-    let (mut c, raw, _bufs) = consumer_of_raw(1);
+    let (mut c, raw, ring, _bufs) = consumer_of_raw(1);
     let fake = FakeFence::new(SIGNALLING | (777 << 32), 1, 1);
-    item(&raw, 0, 1, Some(&fake));
+    item(&raw, &ring, 0, 1, Some((&fake, 1)));
     let t0 = Instant::now();
     let e = c.next(T).unwrap_err();
     within(t0, Duration::from_secs(3));
@@ -249,10 +418,10 @@ fn the_async_consumer_does_not_spin_on_a_noisy_ready_fence() {
     let _g = lock();
     let (ch, raw) = pair();
     let bufs = memfds(1, 4096);
-    raw.give_handshake(&bufs, 4096);
+    let ring = raw.give_handshake(&bufs, 4096);
     let fake = FakeFence::pending();
     fake.poke();
-    item(&raw, 0, 1, Some(&fake));
+    item(&raw, &ring, 0, 1, Some((&fake, 1)));
     let (timed_out, cpu, wall) = bounded(Duration::from_secs(10), move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -329,22 +498,23 @@ fn a_noisy_pending_release_fence_neither_spins_nor_crashes_the_producer() {
     let _g = lock();
     let (p, raw) = pair();
     let raw = std::thread::spawn(move || {
-        raw.take_handshake();
-        raw
+        let (_, ring) = raw.take_handshake_ring();
+        (raw, ring)
     });
     let mut producer = Producer::new(portables(1), vec![p]).unwrap();
-    let raw = raw.join().unwrap();
+    let (raw, ring) = raw.join().unwrap();
     let seq = producer
         .acquire(T)
         .unwrap()
         .submit(8, Fence::Signalled)
         .unwrap();
-    let got = raw.recv(Duration::from_secs(5)).unwrap();
-    assert_eq!(got.ty, T_ITEM);
+    let got = ring.wait_item(Duration::from_secs(5)).unwrap();
+    assert_eq!((got.0, got.2), (0, seq));
     let fake = FakeFence::pending();
     fake.poke();
-    raw.send(&msg(T_RELEASE, &release_body(0, seq, &[2]), 2), &fake.fds())
+    raw.send(&msg(T_FENCE, &fence_body(1, &[2]), 2), &fake.fds())
         .unwrap();
+    ring.release(0, seq, 1);
     let (producer, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
         let mut producer = producer;
         let (c0, t0) = (thread_cpu(), Instant::now());
@@ -370,8 +540,8 @@ fn the_async_producer_does_not_spin_on_a_noisy_release_fence() {
     let _g = lock();
     let (p, raw) = pair();
     let raw = std::thread::spawn(move || {
-        raw.take_handshake();
-        raw
+        let (_, ring) = raw.take_handshake_ring();
+        (raw, ring)
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -381,16 +551,17 @@ fn the_async_producer_does_not_spin_on_a_noisy_release_fence() {
     fake.poke();
     let (timed_out, cpu, wall) = rt.block_on(async {
         let mut producer = AsyncProducer::new(portables(1), vec![p]).unwrap();
-        let raw = raw.join().unwrap();
+        let (raw, ring) = raw.join().unwrap();
         let seq = producer
             .acquire()
             .await
             .unwrap()
             .submit(8, Fence::Signalled)
             .unwrap();
-        assert_eq!(raw.recv(Duration::from_secs(5)).unwrap().ty, T_ITEM);
-        raw.send(&msg(T_RELEASE, &release_body(0, seq, &[2]), 2), &fake.fds())
+        assert_eq!(ring.wait_item(Duration::from_secs(5)).unwrap().2, seq);
+        raw.send(&msg(T_FENCE, &fence_body(1, &[2]), 2), &fake.fds())
             .unwrap();
+        ring.release(0, seq, 1);
         let (c0, t0) = (thread_cpu(), Instant::now());
         let r = tokio::time::timeout(Duration::from_millis(400), producer.acquire()).await;
         (r.is_err(), thread_cpu() - c0, t0.elapsed())
@@ -418,14 +589,18 @@ fn a_consumer_that_stops_reading_is_dropped_without_hurting_the_others() {
     let _raw = raw.join().unwrap();
     let t0 = Instant::now();
     let mut errors = Vec::new();
+    let mut submitted = 0u64;
     for _ in 0..N + 100 {
         match producer.acquire(T) {
             Ok(l) => {
+                submitted += 1;
                 if let Err(e) = l.submit(8, Fence::Signalled) {
                     errors.push(e);
                 }
             }
-            Err(e) => panic!("{e}"),
+            // Once every buffer waits on its ring untaken for the send
+            // timeout, the next acquire drops it.
+            Err(e) => errors.push(e),
         }
     }
     within(t0, Duration::from_secs(20));
@@ -437,7 +612,8 @@ fn a_consumer_that_stops_reading_is_dropped_without_hurting_the_others() {
     );
     assert_eq!(producer.consumers(), 1);
     producer.finish(T).unwrap();
-    assert_eq!(good.join().unwrap().unwrap(), (N + 100) as u64);
+    assert_eq!(submitted, (N + 99) as u64);
+    assert_eq!(good.join().unwrap().unwrap(), submitted);
 }
 
 #[test]
@@ -509,11 +685,11 @@ fn a_consumer_dying_at_every_stage_is_reported_once_and_the_pool_carries_on() {
         let (p2, raw) = pair();
         let good = healthy(c1);
         let raw = std::thread::spawn(move || {
-            raw.take_handshake();
-            raw
+            let (_, ring) = raw.take_handshake_ring();
+            (raw, ring)
         });
         let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
-        let raw = raw.join().unwrap();
+        let (raw, ring) = raw.join().unwrap();
         let seq = producer
             .acquire(T)
             .unwrap()
@@ -522,14 +698,17 @@ fn a_consumer_dying_at_every_stage_is_reported_once_and_the_pool_carries_on() {
         let fake = FakeFence::pending();
         match stage {
             0 => {}
-            1 => assert_eq!(raw.recv(Duration::from_secs(5)).unwrap().ty, T_ITEM),
+            1 => assert_eq!(ring.wait_item(Duration::from_secs(5)).unwrap().2, seq),
             _ => {
-                assert_eq!(raw.recv(Duration::from_secs(5)).unwrap().ty, T_ITEM);
-                raw.send(&msg(T_RELEASE, &release_body(0, seq, &[2]), 2), &fake.fds())
+                let (slot, _, s, _) = ring.wait_item(Duration::from_secs(5)).unwrap();
+                assert_eq!(s, seq);
+                raw.send(&msg(T_FENCE, &fence_body(1, &[2]), 2), &fake.fds())
                     .unwrap();
+                ring.release(slot, seq, 1);
             }
         }
         drop(raw);
+        drop(ring);
         let mut errors = Vec::new();
         let mut submitted = 1;
         for _ in 0..10 {

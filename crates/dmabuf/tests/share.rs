@@ -347,16 +347,24 @@ fn pool_reuses_a_buffer_only_when_every_consumer_released_it() {
 }
 
 #[test]
-fn pool_refuses_a_release_of_a_buffer_not_held() {
+fn pool_refuses_a_release_on_the_socket() {
     let _g = lock();
     let (p, c) = Channel::pair().unwrap();
     let mut producer = Producer::new(vec![portable(4096, "x")], vec![p]).unwrap();
     let consumer = Consumer::new(c, T).unwrap();
+    // The only buffer is in flight, so the next acquire waits and reads the
+    // consumer's socket.
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(1, Fence::Signalled)
+        .unwrap();
+    // Releases travel on the ring; one on the socket breaks the protocol.
     consumer
         .channel()
         .send(&Message::Release {
             buffer: 0,
-            seq: 5,
+            seq: 1,
             fence: Fence::Signalled,
         })
         .unwrap();
@@ -365,7 +373,7 @@ fn pool_refuses_a_release_of_a_buffer_not_held() {
     assert_eq!(e.kind(), ErrorKind::Protocol);
     assert!(
         e.to_string()
-            .contains("release of buffer 0 (item 5), which this consumer does not hold"),
+            .contains("unexpected release message from a consumer"),
         "{e}"
     );
     // The misbehaving consumer was dropped.

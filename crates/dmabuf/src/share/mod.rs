@@ -25,7 +25,12 @@
 //!   would die of `SIGBUS` on its mapping), not opened write-only; the
 //!   announced size must be the fd's size; a user fence must be a sealed
 //!   fence memfd plus an eventfd, and what its page says later is handled
-//!   as [`UserFence`] documents (never a panic, never a spin). Anything
+//!   as [`UserFence`] documents (never a panic, never a spin). The 3 fds
+//!   of a ring message are checked by the pool consumer that opens the
+//!   ring (a memfd sealed against shrinking and growing, of the size its
+//!   capacity implies, then two eventfds; see [`ring::ConsumerRing::open`]),
+//!   and what the ring's memory says is validated on every read (see
+//!   [`ring`]). Anything
 //!   else is an error of kind [`ErrorKind::Protocol`] naming what was
 //!   wrong, and the channel stays usable for the next message.
 //! * **What a peer can make us hold is bounded.** At most
@@ -76,6 +81,7 @@
 //! | 4    | item        | buffer id u64, sequence u64, length u64, sent at u64 (CLOCK_MONOTONIC ns), fence list (ready fence)    | per fence list      |
 //! | 5    | release     | buffer id u64, sequence u64, fence list (release fence)                                                | per fence list      |
 //! | 6    | bye         | empty: orderly end of the stream                                                                       | 0                   |
+//! | 7    | ring        | capacity u32 (descriptors per direction = pool size)                                                    | 3: ring memfd, consumer's eventfd, producer's eventfd |
 //!
 //! A *fence list* is a count u8 (at most 8) followed by one kind u8 per
 //! fence: 1 a kernel sync file (1 fd), 2 a user fence (2 fds: its state
@@ -84,6 +90,7 @@
 
 mod inherit;
 pub mod pool;
+pub mod ring;
 mod stats;
 mod wire;
 
@@ -175,6 +182,15 @@ pub enum Message {
     },
     /// Orderly end: the sender will send nothing more.
     Bye,
+    /// Pool handshake: the per-item descriptor rings
+    /// ([`ring`]) of this consumer.
+    Ring {
+        /// Descriptors per direction (the pool size).
+        capacity: u32,
+        /// The ring memfd, the consumer's eventfd, the producer's
+        /// eventfd (checked by [`ring::ConsumerRing::open`]).
+        fds: std::sync::Arc<Vec<OwnedFd>>,
+    },
 }
 
 impl Message {
@@ -187,6 +203,7 @@ impl Message {
             Message::Item { .. } => "item",
             Message::Release { .. } => "release",
             Message::Bye => "bye",
+            Message::Ring { .. } => "ring",
         }
     }
 }
@@ -356,12 +373,6 @@ impl Channel {
         self.send_with(self.send_timeout(), msg)
     }
 
-    /// Sends `msg`, waiting at most `limit` (and at most the send timeout).
-    pub(crate) fn send_within(&self, limit: Duration, msg: &Message) -> Result<()> {
-        let t = self.send_timeout().map_or(limit, |t| t.min(limit));
-        self.send_with(Some(t), msg)
-    }
-
     fn send_with(&self, timeout: Option<Duration>, msg: &Message) -> Result<()> {
         let op = "send message";
         let mut fences = Vec::new();
@@ -418,10 +429,25 @@ impl Channel {
                 fences: flatten_for_send(fence, &mut fences, op)?,
             },
             Message::Bye => Frame::Bye,
+            Message::Ring { capacity, fds } => {
+                if fds.len() != 3 {
+                    return Err(Error::invalid(
+                        op,
+                        self.peer.clone(),
+                        format!("a ring message carries 3 fds, not {}", fds.len()),
+                    ));
+                }
+                Frame::Ring {
+                    capacity: *capacity,
+                }
+            }
         };
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         if let Message::Buffer { buffer, .. } = msg {
             fds.push(buffer.fd());
+        }
+        if let Message::Ring { fds: ring, .. } = msg {
+            fds.extend(ring.iter().map(|f| f.as_fd()));
         }
         for f in &fences {
             match f {
@@ -678,6 +704,11 @@ impl Channel {
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Message::Bye
             }
+            // The decoder checked that 3 fds came with it.
+            Frame::Ring { capacity } => Message::Ring {
+                capacity,
+                fds: std::sync::Arc::new(fds.drain(..).collect()),
+            },
         })
     }
 

@@ -4,10 +4,18 @@
 //! # DOC: the streaming pool
 //!
 //! * **Shared once.** [`Producer::new`] sends each of its N buffers to every
-//!   consumer (a buffer message with the slot index as id), then a
+//!   consumer (a buffer message with the slot index as id), then a ring
+//!   message (that consumer's descriptor rings, [`super::ring`]), then a
 //!   pool-ready message; [`Consumer::new`] receives and checks them all
-//!   (see the `share` module's rules). After that only small messages
-//!   travel: no fd per item except fences.
+//!   (see the `share` module's rules).
+//! * **Per item, shared memory, not the socket.** Items and releases
+//!   travel as descriptors on the consumer's rings: while both sides keep
+//!   up, an item costs no socket message and no system call (each side
+//!   looks again for a few microseconds before it sleeps, and wakes the
+//!   other only if it sleeps). A signalled fence costs nothing; a real
+//!   fence is sent over the socket as a tagged fence message, named by the
+//!   descriptor. The socket carries the handshake, real fences, bye, and
+//!   tells a peer's death.
 //! * **Per item**, the producer [`acquire`](Producer::acquire)s a free
 //!   buffer (a [`Lease`]), writes it (inside a write window, or by a
 //!   device), and [`submit`](Lease::submit)s it with its length and a
@@ -21,29 +29,38 @@
 //!   release, and is leased again only after those release fences have
 //!   signalled. When every buffer is in flight, `acquire` waits
 //!   (back-pressure), or times out with [`ErrorKind::TimedOut`].
-//! * **Checked on arrival.** The consumer checks every message as it
-//!   arrives: an item must name a buffer of the pool that this consumer
-//!   does not hold (received and not released yet), fit in it and carry
-//!   a larger sequence number than the last; nothing may follow the
-//!   producer's bye. So no producer can queue more items at a consumer
-//!   than the pool has buffers.
-//! * **Failures.** A consumer that closes its socket or dies is found by
-//!   the producer's next call, which returns one [`ErrorKind::PeerGone`]
-//!   error naming it; its buffers count as released, its release fences
-//!   are failed in the producer's process only, and the pool carries on
-//!   with the other consumers (with none left every call fails with
-//!   `PeerGone`). A consumer that stops reading is dropped the same way
-//!   once a send to it has waited the send timeout
+//! * **Checked on arrival.** The consumer checks every descriptor as it
+//!   takes it off the ring (see [`super::ring`]): an item must name a
+//!   buffer of the pool that this consumer does not hold (received and not
+//!   released yet), fit in it and carry the sequence number one past the
+//!   last (a replay or a gap is refused); a fence it names must have come
+//!   over the socket, at most one per buffer in flight; nothing may follow
+//!   the producer's bye (no socket message, and no item past the ring's
+//!   head as it was when the bye arrived). So no producer can queue more
+//!   items at a consumer than the pool has buffers.
+//! * **Failures.** A consumer that closes its socket or dies is found
+//!   when the producer next reads the sockets: when it must wait for a
+//!   buffer (at the latest once the dead consumer's items fill the pool),
+//!   in [`Producer::try_acquire`] when no buffer is free, in
+//!   [`Producer::finish`], or when a fence is sent to it. That call
+//!   returns one [`ErrorKind::PeerGone`] error naming it; its buffers
+//!   count as released, its release fences are failed in the producer's
+//!   process only, and the pool carries on with the other consumers (with
+//!   none left every call fails with `PeerGone`). A consumer that stops
+//!   reading its socket is dropped the same way once a send to it (a real
+//!   fence, a bye) has waited the send timeout
 //!   ([`Producer::set_send_timeout`]), with an [`ErrorKind::TimedOut`]
 //!   error naming it; the others still get the item. A producer that dies
 //!   is found by the consumer while it waits for an item or for its ready
 //!   fence: the fence is failed here (`ECONNRESET`) and `next` returns
-//!   `PeerGone`. No wait in this module ignores the peer's socket, so
-//!   nothing blocks forever on a peer that is gone. A message that breaks
-//!   the protocol (an unknown buffer, a release of a buffer not held, an
-//!   item in a buffer still held, a replayed sequence number) is a
-//!   [`ErrorKind::Protocol`] error; the producer then drops that
-//!   consumer.
+//!   `PeerGone`; releasing an item after that is a `PeerGone` error too.
+//!   No wait in this module ignores the peer's socket, so nothing blocks
+//!   forever on a peer that is gone. A message or descriptor that breaks
+//!   the protocol (an unknown buffer, a length past the buffer, a sequence
+//!   number out of order, a release of a buffer not held, an item in a
+//!   buffer still held, a fence named but not sent, an item or release on
+//!   the socket, a message after the bye) is a [`ErrorKind::Protocol`]
+//!   error; the producer then drops that consumer.
 //! * **Fences are hints, waits are bounded.** A ready or release fence
 //!   that fails, or whose page is corrupt or stuck (see
 //!   [`UserFence`](crate::fence::UserFence)),
@@ -58,11 +75,14 @@
 //!   `Ok(None)`. A consumer leaving early sends a bye
 //!   ([`Consumer::leave`]), which the producer takes as a clean
 //!   departure: it gets no more items, the buffers it still reads come
-//!   back as it releases them (even after it closed its socket) and its
-//!   release fences are left to signal, for at most [`LEAVE_GRACE`];
-//!   after that they are taken back (fences failed here) with an
-//!   [`ErrorKind::TimedOut`] error naming it. Dropping an [`Item`] sends
-//!   its release, waiting at most [`RELEASE_ON_DROP_TIMEOUT`].
+//!   back as it releases them on the ring (even after it closed its
+//!   socket) and its release fences are left to signal, for at most
+//!   [`LEAVE_GRACE`]; after that they are taken back (fences failed here)
+//!   with an [`ErrorKind::TimedOut`] error naming it. Dropping an [`Item`]
+//!   puts its release on the ring with no fence: it never waits, even for
+//!   a producer that reads nothing. [`Item::release`] with a real fence
+//!   sends that fence over the socket first, waiting at most the
+//!   channel's send timeout.
 //!
 //! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
@@ -79,6 +99,7 @@ use super::{Channel, Message};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus, RECHECK};
+use transport::{ConsumerTransport, Incoming, ProducerTransport};
 
 /// Most buffers a pool may have.
 pub const MAX_POOL_BUFFERS: usize = 1024;
@@ -87,10 +108,6 @@ pub const MAX_POOL_BUFFERS: usize = 1024;
 /// release fences that have not signalled, before the producer takes them
 /// back (and fails those fences in its own process).
 pub const LEAVE_GRACE: Duration = Duration::from_secs(5);
-
-/// How long dropping an [`Item`] waits to send its release to a producer
-/// that does not read (at most the channel's send timeout).
-pub const RELEASE_ON_DROP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The poll deadline: `deadline`, or sooner when something must be
 /// re-checked without an fd to tell (`recheck`).
@@ -147,11 +164,14 @@ fn protocol(op: &'static str, obj: &str, cause: String) -> Error {
 #[derive(Debug)]
 struct Peer {
     channel: Channel,
-    /// Its socket is still read (live, or leaving and not closed yet).
+    /// Its socket and ring are still read (live, or leaving and not
+    /// closed yet).
     alive: bool,
     /// When it said bye, while its buffers and release fences are not all
     /// back yet (at most [`LEAVE_GRACE`]).
     leaving: Option<Instant>,
+    /// The per-item path to this consumer (its descriptor rings).
+    items: ProducerTransport,
 }
 
 impl Peer {
@@ -211,6 +231,8 @@ impl Producer {
             return Err(Error::invalid("pool", "producer", "no consumers"));
         }
         let n = consumers.len();
+        let sizes: Vec<u64> = buffers.iter().map(|b| b.size()).collect();
+        let mut items = Vec::with_capacity(n);
         for (i, c) in consumers.iter().enumerate() {
             for (id, b) in buffers.iter().enumerate() {
                 c.send(&Message::Buffer {
@@ -218,6 +240,9 @@ impl Producer {
                     buffer: b.clone(),
                 })?;
             }
+            let t = ProducerTransport::new(&sizes, c.peer())?;
+            c.send(&t.ring_message(c.peer())?)?;
+            items.push(t);
             c.send(&Message::PoolReady {
                 buffers: buffers.len() as u32,
                 consumer: i as u32,
@@ -226,10 +251,12 @@ impl Producer {
         Ok(Producer {
             peers: consumers
                 .into_iter()
-                .map(|channel| Peer {
+                .zip(items)
+                .map(|(channel, items)| Peer {
                     channel,
                     alive: true,
                     leaving: None,
+                    items,
                 })
                 .collect(),
             free: (0..buffers.len()).collect(),
@@ -291,6 +318,8 @@ impl Producer {
         peer.leaving = None;
         peer.channel.fail_received_fences();
         peer.channel.shutdown();
+        // Fences it sent for releases not seen yet are of no use now.
+        peer.items.forget_fences();
         self.take_back(i);
     }
 
@@ -352,21 +381,34 @@ impl Producer {
         }
     }
 
-    /// Reads every waiting message from every consumer. The first error
-    /// (a consumer gone or misbehaving, which is then dropped) is returned
-    /// after all were read.
+    /// Reads every waiting message from every consumer, on its socket and
+    /// its ring. The first error (a consumer gone or misbehaving, which is
+    /// then dropped) is returned after all were read.
     fn pump(&mut self) -> Result<()> {
+        self.pump_with(true)
+    }
+
+    /// Takes the releases waiting on the rings only: no system call.
+    fn pump_ring(&mut self) -> Result<()> {
+        self.pump_with(false)
+    }
+
+    fn pump_with(&mut self, socket: bool) -> Result<()> {
         let mut first: Option<Error> = None;
         for i in 0..self.peers.len() {
-            while self.peers[i].alive {
+            while socket && self.peers[i].alive {
                 let msg = match self.peers[i].channel.try_recv() {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e)
                         if e.kind() == ErrorKind::PeerGone && self.peers[i].leaving.is_some() =>
                     {
-                        // It said bye and closed: what it still held comes
-                        // back now; its release fences get the grace.
+                        // It said bye and closed: the releases it left on
+                        // the ring count, what it still held comes back
+                        // now; its release fences get the grace.
+                        if let Err(e) = self.drain_ring(i) {
+                            first.get_or_insert(e);
+                        }
                         self.peers[i].alive = false;
                         self.take_back(i);
                         break;
@@ -382,6 +424,9 @@ impl Producer {
                     first.get_or_insert(e);
                 }
             }
+            if let Err(e) = self.drain_ring(i) {
+                first.get_or_insert(e);
+            }
             if let Err(e) = self.settle_leaving(i) {
                 first.get_or_insert(e);
             }
@@ -392,40 +437,39 @@ impl Producer {
         }
     }
 
+    /// Takes the releases waiting on consumer `i`'s ring, with no system
+    /// call unless a release names a fence that travelled over the socket.
+    /// A consumer that breaks the protocol is dropped, and its error
+    /// returned.
+    fn drain_ring(&mut self, i: usize) -> Result<()> {
+        while self.peers[i].alive {
+            let mut other = Vec::new();
+            let p = &mut self.peers[i];
+            let got = p.items.recv_release(&p.channel, &mut other);
+            let mut r = Ok(());
+            for m in other {
+                r = r.and_then(|_| self.handle(i, m));
+            }
+            let r = match (r, got) {
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                (Ok(()), Ok(None)) => return Ok(()),
+                (Ok(()), Ok(Some((d, fence)))) => self.release(i, d.slot as u64, d.seq, fence),
+            };
+            if let Err(e) = r {
+                self.drop_peer(i);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, i: usize, msg: Message) -> Result<()> {
         let peer = self.peers[i].channel.peer().to_string();
+        let msg = match self.peers[i].items.incoming(msg, &peer)? {
+            Incoming::Kept => return Ok(()),
+            Incoming::Other(m) => m,
+        };
         match msg {
-            Message::Release { buffer, seq, fence } => {
-                let s = usize::try_from(buffer)
-                    .ok()
-                    .filter(|s| *s < self.slots.len())
-                    .ok_or_else(|| {
-                        protocol(
-                            "pool release",
-                            &peer,
-                            format!(
-                                "release of buffer {buffer}, but the pool has {} buffers",
-                                self.slots.len()
-                            ),
-                        )
-                    })?;
-                let slot = &mut self.slots[s];
-                if !slot.holders[i] || slot.seq != seq {
-                    return Err(protocol(
-                        "pool release",
-                        &peer,
-                        format!(
-                            "release of buffer {buffer} (item {seq}), which this consumer does not hold"
-                        ),
-                    ));
-                }
-                slot.holders[i] = false;
-                if fence.status() == FenceStatus::Active {
-                    slot.releases.push(fence);
-                }
-                self.maybe_free(s);
-                Ok(())
-            }
             Message::Bye => {
                 // A clean departure: the consumer's buffers come back as
                 // it releases them (it may still be reading some), within
@@ -442,6 +486,41 @@ impl Producer {
                 format!("unexpected {} message from a consumer", other.type_name()),
             )),
         }
+    }
+
+    /// Consumer `i` gives back `buffer` (item `seq`), to be reused once
+    /// `fence` signals.
+    fn release(&mut self, i: usize, buffer: u64, seq: u64, fence: Fence) -> Result<()> {
+        let peer = self.peers[i].channel.peer().to_string();
+        let s = usize::try_from(buffer)
+            .ok()
+            .filter(|s| *s < self.slots.len())
+            .ok_or_else(|| {
+                protocol(
+                    "pool release",
+                    &peer,
+                    format!(
+                        "release of buffer {buffer}, but the pool has {} buffers",
+                        self.slots.len()
+                    ),
+                )
+            })?;
+        let slot = &mut self.slots[s];
+        if !slot.holders[i] || slot.seq != seq {
+            return Err(protocol(
+                "pool release",
+                &peer,
+                format!(
+                    "release of buffer {buffer} (item {seq}), which this consumer does not hold"
+                ),
+            ));
+        }
+        slot.holders[i] = false;
+        if fence.status() == FenceStatus::Active {
+            slot.releases.push(fence);
+        }
+        self.maybe_free(s);
+        Ok(())
     }
 
     /// A free slot whose release fences have all signalled.
@@ -469,6 +548,12 @@ impl Producer {
 
     /// Non-blocking: a free buffer if one is ready now.
     pub fn try_acquire(&mut self) -> Result<Option<Lease<'_>>> {
+        self.pump_ring()?;
+        if self.consumers() > 0 && !self.free.is_empty() {
+            if let Some(slot) = self.pick() {
+                return Ok(Some(self.lease(slot)));
+            }
+        }
         self.pump()?;
         if self.consumers() == 0 {
             return Err(self.no_consumers("pool acquire"));
@@ -486,17 +571,17 @@ impl Producer {
     }
 
     /// The fds whose readiness may change what `try_acquire` answers:
-    /// every consumer socket still read, and the pending release fences
-    /// of free slots; and whether to re-check on a timer as well (user
-    /// fences, consumers leaving).
+    /// every consumer socket and ring wake-up still read, and the pending
+    /// release fences of free slots; and whether to re-check on a timer as
+    /// well (user fences, consumers leaving, items not taken off a ring).
     fn wait_fds(&self) -> (Vec<BorrowedFd<'_>>, bool) {
-        let mut fds: Vec<BorrowedFd<'_>> = self
-            .peers
-            .iter()
-            .filter(|p| p.alive)
-            .map(|p| p.channel.fd())
-            .collect();
-        let mut recheck = self.peers.iter().any(|p| p.leaving.is_some());
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        let mut recheck = false;
+        for p in self.peers.iter().filter(|p| p.alive) {
+            fds.push(p.channel.fd());
+            fds.extend(p.items.wait_fd());
+            recheck |= p.leaving.is_some() || p.items.stalled();
+        }
         for &s in &self.free {
             for f in &self.slots[s].releases {
                 recheck |= wake_fds(f, &mut fds);
@@ -505,11 +590,96 @@ impl Producer {
         (fds, recheck)
     }
 
+    /// While no buffer is free: drops every live consumer that has left
+    /// items untaken on its ring, taking none, for longer than its send
+    /// timeout (it does not read; the others must not wait for it). The
+    /// first such consumer's error is returned.
+    fn drop_stalled(&mut self) -> Result<()> {
+        let mut first: Option<Error> = None;
+        for i in 0..self.peers.len() {
+            if !self.peers[i].live() {
+                continue;
+            }
+            let Some(limit) = self.peers[i].channel.send_timeout() else {
+                continue;
+            };
+            match self.peers[i].items.stalled_for() {
+                Ok(Some((for_, waiting))) if for_ >= limit => {
+                    let peer = self.peers[i].channel.peer().to_string();
+                    self.drop_peer(i);
+                    first.get_or_insert(
+                        Error::new(
+                            ErrorKind::TimedOut,
+                            "pool submit",
+                            peer,
+                            format!(
+                                "the consumer has not read its messages for {limit:?}: {waiting} items wait on its ring, untaken; it was dropped"
+                            ),
+                        )
+                        .with_errno(Errno::TIMEDOUT),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.drop_peer(i);
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Raises every live consumer's ring waiting word before a sleep;
+    /// true if a release arrived meanwhile (then do not sleep, and call
+    /// [`Producer::disarm`] all the same). A consumer whose ring breaks the
+    /// protocol is dropped, and its error returned.
+    fn arm(&mut self) -> Result<bool> {
+        let mut ready = false;
+        for i in 0..self.peers.len() {
+            if self.peers[i].alive {
+                match self.peers[i].items.begin_wait() {
+                    Ok(r) => ready |= r,
+                    Err(e) => {
+                        self.disarm();
+                        self.drop_peer(i);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(ready)
+    }
+
+    fn disarm(&mut self) {
+        for p in &mut self.peers {
+            p.items.end_wait();
+        }
+    }
+
     /// A free buffer, waiting at most `timeout` (`None`: as long as it
     /// takes) while every buffer is in flight (back-pressure).
     pub fn acquire(&mut self, timeout: Option<Duration>) -> Result<Lease<'_>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
+            // While consumers keep up, releases are on the rings: no
+            // system call. A busy consumer gives one back soon, so look
+            // again for a few microseconds before going to the sockets.
+            let spin_until = Instant::now() + super::ring::DEFAULT_SPIN;
+            let mut free = None;
+            while free.is_none() && self.consumers() > 0 {
+                self.pump_ring()?;
+                free = self.pick();
+                if Instant::now() >= spin_until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+            if let Some(slot) = free {
+                return Ok(self.lease(slot));
+            }
             self.pump()?;
             if self.consumers() == 0 {
                 return Err(self.no_consumers("pool acquire"));
@@ -517,9 +687,18 @@ impl Producer {
             if let Some(slot) = self.pick() {
                 return Ok(self.lease(slot));
             }
+            self.drop_stalled()?;
+            if self.arm()? {
+                self.disarm();
+                continue;
+            }
             let obj = self.object();
-            let (fds, recheck) = self.wait_fds();
-            if !poll_any(&fds, slice(deadline, recheck), "pool acquire", &obj)? && past(deadline) {
+            let woke = {
+                let (fds, recheck) = self.wait_fds();
+                poll_any(&fds, slice(deadline, recheck), "pool acquire", &obj)
+            };
+            self.disarm();
+            if !woke? && past(deadline) {
                 return Err(timed_out(
                     "pool acquire",
                     obj,
@@ -548,20 +727,14 @@ impl Producer {
         let seq = self.seq;
         self.slots[slot].seq = seq;
         let sent_ns = monotonic_ns();
-        let msg = Message::Item {
-            buffer: slot as u64,
-            seq,
-            len,
-            sent_ns,
-            ready,
-        };
         let mut first: Option<Error> = None;
         for i in 0..self.peers.len() {
             if !self.peers[i].live() {
                 continue;
             }
-            match self.peers[i].channel.send(&msg) {
-                Ok(()) => self.slots[slot].holders[i] = true,
+            let p = &mut self.peers[i];
+            match p.items.send_item(&p.channel, slot, len, sent_ns, &ready) {
+                Ok(_) => self.slots[slot].holders[i] = true,
                 Err(e) => {
                     self.drop_peer(i);
                     first.get_or_insert(e);
@@ -593,9 +766,20 @@ impl Producer {
             if !pending || !self.peers.iter().any(|p| p.alive) {
                 return Ok(());
             }
+            match self.arm() {
+                Ok(true) | Err(_) => {
+                    self.disarm();
+                    continue;
+                }
+                Ok(false) => {}
+            }
             let obj = self.object();
-            let (fds, recheck) = self.wait_fds();
-            if !poll_any(&fds, slice(deadline, recheck), "pool finish", &obj)? && past(deadline) {
+            let woke = {
+                let (fds, recheck) = self.wait_fds();
+                poll_any(&fds, slice(deadline, recheck), "pool finish", &obj)
+            };
+            self.disarm();
+            if !woke? && past(deadline) {
                 return Err(timed_out(
                     "pool finish",
                     obj,
@@ -644,34 +828,25 @@ impl Drop for Lease<'_> {
 #[derive(Debug)]
 pub struct Consumer {
     channel: Arc<Channel>,
+    /// The per-item path from the producer (shared with the items, which
+    /// release through it).
+    items: Arc<Mutex<ConsumerTransport>>,
     buffers: Vec<Buffer>,
     index: u32,
-    queue: VecDeque<Message>,
     /// An item whose ready fence had not signalled when a wait ran out
     /// of time (or an async wait was cancelled): the next call resumes it.
     waiting: Option<Item>,
     last_seq: u64,
-    ended: bool,
-    /// A bye has been received (queued or taken).
+    /// The producer said bye: the stream ends once the ring is empty.
     bye: bool,
-    /// Per slot: an item in it was received and not released yet.
-    held: Held,
-}
-
-/// The slots a consumer holds, shared with its [`Item`]s.
-type Held = Arc<Mutex<Vec<bool>>>;
-
-fn set_held(held: &Held, slot: u64, value: bool) {
-    let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(x) = usize::try_from(slot).ok().and_then(|s| h.get_mut(s)) {
-        *x = value;
-    }
+    ended: bool,
 }
 
 /// The consumer's side of the pool handshake, one message at a time.
 #[derive(Debug, Default)]
 struct Handshake {
     buffers: Vec<Buffer>,
+    ring: Option<(u32, Arc<Vec<std::os::fd::OwnedFd>>)>,
 }
 
 impl Handshake {
@@ -692,6 +867,10 @@ impl Handshake {
                 self.buffers.push(buffer);
                 Ok(None)
             }
+            Message::Ring { capacity, fds } if self.ring.is_none() => {
+                self.ring = Some((capacity, fds));
+                Ok(None)
+            }
             Message::PoolReady { buffers, consumer } => {
                 if buffers as usize != self.buffers.len() || buffers == 0 {
                     return Err(protocol(
@@ -701,6 +880,13 @@ impl Handshake {
                             "pool-ready announces {buffers} buffers but {} arrived",
                             self.buffers.len()
                         ),
+                    ));
+                }
+                if self.ring.is_none() {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        "pool-ready before the ring message".into(),
                     ));
                 }
                 Ok(Some(consumer))
@@ -724,6 +910,7 @@ impl Handshake {
 #[derive(Debug)]
 pub struct Item {
     channel: Arc<Channel>,
+    items: Arc<Mutex<ConsumerTransport>>,
     buffer: Buffer,
     slot: u64,
     seq: u64,
@@ -732,7 +919,6 @@ pub struct Item {
     ready_ns: u64,
     ready: Fence,
     released: bool,
-    held: Held,
 }
 
 impl Consumer {
@@ -744,24 +930,34 @@ impl Consumer {
         loop {
             let m = channel.recv(timeout)?;
             if let Some(index) = hs.step(m, &obj)? {
-                return Ok(Consumer::from_handshake(channel, hs.buffers, index));
+                return Consumer::from_handshake(channel, hs, index);
             }
         }
     }
 
-    fn from_handshake(channel: Channel, buffers: Vec<Buffer>, index: u32) -> Consumer {
-        let n = buffers.len();
-        Consumer {
+    fn from_handshake(channel: Channel, hs: Handshake, index: u32) -> Result<Consumer> {
+        let obj = channel.peer().to_string();
+        let (capacity, fds) = hs
+            .ring
+            .ok_or_else(|| protocol("pool handshake", &obj, "no ring message".into()))?;
+        let sizes: Vec<u64> = hs.buffers.iter().map(|b| b.size()).collect();
+        let items = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
+        Ok(Consumer {
             channel: Arc::new(channel),
-            buffers,
+            items: Arc::new(Mutex::new(items)),
+            buffers: hs.buffers,
             index,
-            queue: VecDeque::new(),
             waiting: None,
             last_seq: 0,
-            ended: false,
             bye: false,
-            held: Arc::new(Mutex::new(vec![false; n])),
-        }
+            ended: false,
+        })
+    }
+
+    fn transport(&self) -> std::sync::MutexGuard<'_, ConsumerTransport> {
+        // Every update under the lock is one ring operation, which leaves
+        // the ring consistent even if a panic interrupted the holder.
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pool's buffers, by slot.
@@ -779,20 +975,19 @@ impl Consumer {
         &self.channel
     }
 
-    /// Reads every waiting message into the queue.
+    /// Reads and checks every waiting message.
     fn pump(&mut self) -> Result<()> {
         while let Some(m) = self.channel.try_recv()? {
-            self.admit(m)?;
+            self.take_message(m)?;
         }
         Ok(())
     }
 
-    /// Checks a message from the producer as it arrives and queues it. An
-    /// item must name a buffer of the pool that this consumer does not
-    /// hold (so the queue never holds more items than the pool has
-    /// buffers), fit in it, and come after the previous item; nothing may
-    /// follow a bye.
-    fn admit(&mut self, msg: Message) -> Result<()> {
+    /// Takes a socket message as it arrives: fences are kept for their
+    /// items (at most one per buffer), a bye ends the stream once the ring
+    /// is empty (and closes the ring at its current head); items travel
+    /// only on the ring; nothing may follow the bye.
+    fn take_message(&mut self, msg: Message) -> Result<()> {
         let obj = self.channel.peer().to_string();
         if self.bye {
             return Err(protocol(
@@ -801,108 +996,99 @@ impl Consumer {
                 format!("{} message after the producer's bye", msg.type_name()),
             ));
         }
-        match &msg {
-            Message::Item {
-                buffer, seq, len, ..
-            } => {
-                let (buffer, seq, len) = (*buffer, *seq, *len);
-                let b = usize::try_from(buffer)
-                    .ok()
-                    .and_then(|i| self.buffers.get(i))
-                    .ok_or_else(|| {
-                        protocol(
-                            "pool next",
-                            &obj,
-                            format!(
-                                "item {seq} in buffer {buffer}, but the pool has {} buffers",
-                                self.buffers.len()
-                            ),
-                        )
-                    })?;
-                if len > b.size() {
-                    return Err(protocol(
-                        "pool next",
-                        &obj,
-                        format!(
-                            "item {seq} of {len} bytes in buffer {buffer} of {} bytes",
-                            b.size()
-                        ),
-                    ));
-                }
-                if seq <= self.last_seq {
-                    return Err(protocol(
-                        "pool next",
-                        &obj,
-                        format!(
-                            "item {seq} after item {}: sequence went back",
-                            self.last_seq
-                        ),
-                    ));
-                }
-                {
-                    let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                    let h = &mut held[buffer as usize];
-                    if *h {
-                        return Err(protocol(
-                            "pool next",
-                            &obj,
-                            format!(
-                                "item {seq} in buffer {buffer}, which this consumer still holds (not released yet)"
-                            ),
-                        ));
-                    }
-                    *h = true;
-                }
-                self.last_seq = seq;
+        let msg = match self.transport().incoming(msg, &obj)? {
+            Incoming::Kept => return Ok(()),
+            Incoming::Other(m) => m,
+        };
+        match msg {
+            Message::Bye => {
+                self.bye = true;
+                self.transport().close()
             }
-            Message::Bye => self.bye = true,
-            other => {
-                return Err(protocol(
-                    "pool next",
-                    &obj,
-                    format!("unexpected {} message from the producer", other.type_name()),
-                ))
-            }
+            other => Err(protocol(
+                "pool next",
+                &obj,
+                format!("unexpected {} message from the producer", other.type_name()),
+            )),
         }
-        debug_assert!(self.queue.len() <= self.buffers.len());
-        self.queue.push_back(msg);
-        Ok(())
     }
 
-    /// Turns a queued (already admitted) message into an item.
-    fn take_item(&mut self, msg: Message) -> Result<Option<Item>> {
-        match msg {
-            Message::Item {
-                buffer,
-                seq,
-                len,
-                sent_ns,
-                ready,
-            } => {
-                let b = &self.buffers[buffer as usize];
-                Ok(Some(Item {
-                    channel: self.channel.clone(),
-                    buffer: b.clone(),
-                    slot: buffer,
-                    seq,
-                    len,
-                    sent_ns,
-                    ready_ns: 0,
-                    ready,
-                    released: false,
-                    held: self.held.clone(),
-                }))
-            }
-            _ => {
-                self.ended = true;
-                Ok(None)
+    /// The next item on the ring, if one is there (no system call unless
+    /// its ready fence travelled over the socket).
+    fn take_item(&mut self) -> Result<Option<Item>> {
+        let mut other = Vec::new();
+        let got = {
+            let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            t.recv_item(&self.channel, &mut other)
+        };
+        for m in other {
+            self.take_message(m)?;
+        }
+        let Some((d, ready)) = got? else {
+            return Ok(None);
+        };
+        // The ring checked slot, length and sequence (one more than the
+        // last); the rest of the item comes from this side's own state.
+        self.last_seq = d.seq;
+        Ok(Some(Item {
+            channel: self.channel.clone(),
+            items: self.items.clone(),
+            buffer: self.buffers[d.slot].clone(),
+            slot: d.slot as u64,
+            seq: d.seq,
+            len: d.len,
+            sent_ns: d.sent_ns,
+            ready_ns: 0,
+            ready,
+            released: false,
+        }))
+    }
+
+    /// One step of `next` that needs no waiting: `Ok(true)` if it made
+    /// progress (call again), `Ok(false)` if the caller must sleep.
+    fn step(&mut self) -> Result<bool> {
+        if let Some(item) = self.take_item()? {
+            self.waiting = Some(item);
+            return Ok(true);
+        }
+        if self.bye {
+            // The bye was sent after the last item was published.
+            self.ended = true;
+            return Ok(true);
+        }
+        // A busy producer publishes soon: look at the ring again for a few
+        // microseconds before going to the socket.
+        let spin_until = Instant::now() + super::ring::DEFAULT_SPIN;
+        while Instant::now() < spin_until {
+            std::hint::spin_loop();
+            if let Some(item) = self.take_item()? {
+                self.waiting = Some(item);
+                return Ok(true);
             }
         }
+        if let Some(m) = self.channel.try_recv()? {
+            self.take_message(m)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// The next item once its ready fence has signalled, waiting at most
     /// `timeout`; `Ok(None)` once the producer has finished the stream.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
+        let r = self.next_inner(timeout);
+        self.note_gone(&r);
+        r
+    }
+
+    /// Remembers a peer-gone error, so that releases fail from now on.
+    fn note_gone<T>(&self, r: &Result<T>) {
+        if matches!(r, Err(e) if e.kind() == ErrorKind::PeerGone) {
+            self.transport().gone = true;
+        }
+    }
+
+    fn next_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let op = "pool next";
         loop {
@@ -919,19 +1105,22 @@ impl Consumer {
             if self.ended {
                 return Ok(None);
             }
-            if let Some(m) = self.queue.pop_front() {
-                match self.take_item(m)? {
-                    Some(item) => self.waiting = Some(item),
-                    None => return Ok(None),
-                }
+            if self.step()? {
                 continue;
             }
-            if let Some(m) = self.channel.try_recv()? {
-                self.admit(m)?;
+            if self.transport().begin_wait()? {
+                self.transport().end_wait();
                 continue;
             }
             let obj = self.channel.peer().to_string();
-            if !poll_any(&[self.channel.fd()], deadline, op, &obj)? {
+            let woke = {
+                let t = self.transport();
+                let mut fds = vec![self.channel.fd()];
+                fds.extend(t.wait_fd());
+                poll_any(&fds, deadline, op, &obj)
+            };
+            self.transport().end_wait();
+            if !woke? {
                 return Err(timed_out(
                     op,
                     obj,
@@ -1067,32 +1256,24 @@ impl Item {
     /// signals (pass [`Fence::Signalled`] when every access is over).
     pub fn release(mut self, fence: Fence) -> Result<()> {
         self.released = true;
-        set_held(&self.held, self.slot, false);
-        self.channel.send(&Message::Release {
-            buffer: self.slot,
-            seq: self.seq,
-            fence,
-        })
+        self.send_release(&fence)
+    }
+
+    fn send_release(&self, fence: &Fence) -> Result<()> {
+        let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        t.send_release(&self.channel, self.slot as usize, self.seq, fence)
     }
 }
 
 impl Drop for Item {
     fn drop(&mut self) {
         if !self.released {
-            set_held(&self.held, self.slot, false);
-            // A destructor waits at most a second for a producer that does
-            // not read.
-            let _ = self.channel.send_within(
-                RELEASE_ON_DROP_TIMEOUT,
-                &Message::Release {
-                    buffer: self.slot,
-                    seq: self.seq,
-                    fence: Fence::Signalled,
-                },
-            );
+            let _ = self.send_release(&Fence::Signalled);
         }
     }
 }
+
+mod transport;
 
 #[cfg(feature = "tokio")]
 mod asynch;

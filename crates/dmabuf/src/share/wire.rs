@@ -28,6 +28,7 @@ pub(crate) const T_POOL_READY: u16 = 3;
 pub(crate) const T_ITEM: u16 = 4;
 pub(crate) const T_RELEASE: u16 = 5;
 pub(crate) const T_BYE: u16 = 6;
+pub(crate) const T_RING: u16 = 7;
 
 /// The memory kind announced for a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +109,9 @@ pub(crate) enum Frame {
         fences: Vec<WireFence>,
     },
     Bye,
+    Ring {
+        capacity: u32,
+    },
 }
 
 impl Frame {
@@ -119,6 +123,7 @@ impl Frame {
             | Frame::Item { fences, .. }
             | Frame::Release { fences, .. } => fences.iter().map(|f| f.fds()).sum(),
             Frame::PoolReady { .. } | Frame::Bye => 0,
+            Frame::Ring { .. } => 3,
         }
     }
 
@@ -130,6 +135,7 @@ impl Frame {
             Frame::Item { .. } => T_ITEM,
             Frame::Release { .. } => T_RELEASE,
             Frame::Bye => T_BYE,
+            Frame::Ring { .. } => T_RING,
         }
     }
 }
@@ -198,6 +204,7 @@ pub(crate) fn encode(frame: &Frame) -> Vec<u8> {
             put_fences(&mut body, fences);
         }
         Frame::Bye => {}
+        Frame::Ring { capacity } => body.extend_from_slice(&capacity.to_le_bytes()),
     }
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
@@ -349,6 +356,7 @@ pub(crate) fn decode(bytes: &[u8], fds: usize) -> Result<Frame> {
         T_ITEM => "item message",
         T_RELEASE => "release message",
         T_BYE => "bye message",
+        T_RING => "ring message",
         t => return Err(protocol(format!("unknown message type {t}"))),
     };
     let mut r = Reader {
@@ -417,6 +425,7 @@ pub(crate) fn decode(bytes: &[u8], fds: usize) -> Result<Frame> {
             seq: r.u64()?,
             fences: r.fences()?,
         },
+        T_RING => Frame::Ring { capacity: r.u32()? },
         _ => Frame::Bye,
     };
     r.finish()?;

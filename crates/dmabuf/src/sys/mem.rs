@@ -6,11 +6,12 @@
 //! grants read and write them (see `sys::volatile`). The mapping is
 //! unmapped when the last holder drops the `Region`.
 //!
-//! [`AtomicWords`] is a small mapping used only as atomic 64-bit words.
+//! Atomic words shared with other processes (fence pages, rings) are
+//! `sys::futex::SharedWords`, mapped after the same check
+//! ([`check_fixed_size`]).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
 
 use rustix::mm::{MapFlags, ProtFlags};
 
@@ -25,7 +26,7 @@ pub fn page_size() -> usize {
 
 /// Checks that `fd` cannot shrink below `offset + len` bytes: a dma-buf
 /// (fixed size) or a memfd with `F_SEAL_SHRINK`, long enough.
-fn check_fixed_size(fd: BorrowedFd<'_>, offset: u64, len: usize) -> IoResult<()> {
+pub(crate) fn check_fixed_size(fd: BorrowedFd<'_>, offset: u64, len: usize) -> IoResult<()> {
     let end = offset
         .checked_add(len as u64)
         .filter(|_| len > 0)
@@ -169,82 +170,6 @@ impl Drop for Region {
     }
 }
 
-/// A small shared mapping used as an array of atomic 64-bit words (the
-/// state page of a user-space fence, shared between processes).
-#[derive(Debug)]
-pub struct AtomicWords {
-    ptr: NonNull<AtomicU64>,
-    words: usize,
-}
-
-// SAFETY: the words are only ever accessed atomically, from any thread.
-unsafe impl Send for AtomicWords {}
-// SAFETY: as above.
-unsafe impl Sync for AtomicWords {}
-
-impl AtomicWords {
-    /// Maps `words` 64-bit words of `fd` at offset 0 after checking that
-    /// `fd` is a memfd sealed against shrinking and at least `words * 8`
-    /// bytes long (EINVAL otherwise), so no access can fault.
-    pub fn map_sealed(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
-        let fd = fd.as_fd();
-        let len = words.checked_mul(8).ok_or(Errno::INVAL)?;
-        check_fixed_size(fd, 0, len)?;
-        // SAFETY: the file cannot shrink (checked above), and every access
-        // to the words is atomic, so other mappings of it, here or in
-        // other processes, are no data race.
-        unsafe { AtomicWords::map(fd, words) }
-    }
-
-    /// Maps `words` 64-bit words of `fd` at offset 0, shared, read-write.
-    ///
-    /// # Safety
-    ///
-    /// The caller guarantees that the file is not truncated below
-    /// `words * 8` bytes while the mapping lives (an access past its end
-    /// raises `SIGBUS`), and that whoever else maps these bytes accesses
-    /// them only atomically.
-    pub unsafe fn map(fd: impl AsFd, words: usize) -> IoResult<AtomicWords> {
-        let len = words.checked_mul(8).ok_or(Errno::INVAL)?;
-        if len == 0 {
-            return Err(Errno::INVAL);
-        }
-        // SAFETY: a new mapping at an address chosen by the kernel touches
-        // no existing Rust memory; the result is owned by `AtomicWords`.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }?;
-        let ptr = NonNull::new(ptr.cast::<AtomicU64>()).ok_or(Errno::NOMEM)?;
-        Ok(AtomicWords { ptr, words })
-    }
-
-    /// Word `i`, or `None` past the end.
-    pub fn get(&self, i: usize) -> Option<&AtomicU64> {
-        if i >= self.words {
-            return None;
-        }
-        // SAFETY: the mapping is page-aligned (so 8-byte aligned), `i` is in
-        // bounds, it lives as long as `self`, and every access to it is
-        // atomic (other processes use the same protocol).
-        Some(unsafe { &*self.ptr.as_ptr().add(i) })
-    }
-}
-
-impl Drop for AtomicWords {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`; references handed out
-        // borrow `self` and so are gone.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.words * 8) };
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +195,6 @@ mod tests {
             Region::map_fixed_size(&open, 0, 4096, true, 0).unwrap_err(),
             Errno::INVAL
         );
-        assert_eq!(AtomicWords::map_sealed(&open, 4).unwrap_err(), Errno::INVAL);
         // A file that is neither a dma-buf nor a memfd.
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert_eq!(
@@ -294,7 +218,6 @@ mod tests {
             "past the end"
         );
         assert!(Region::map_fixed_size(&sealed, 0, 4096, true, 0).is_ok());
-        assert!(AtomicWords::map_sealed(&sealed, 4).is_ok());
     }
 
     #[test]
@@ -304,20 +227,5 @@ mod tests {
             Region::map_fixed_size(&fd, 0, 0, false, 0).unwrap_err(),
             Errno::INVAL
         );
-    }
-
-    #[test]
-    fn atomic_words_are_shared_between_mappings() {
-        let fd = memfd(4096);
-        let a = AtomicWords::map_sealed(&fd, 4).unwrap();
-        let b = AtomicWords::map_sealed(&fd, 4).unwrap();
-        a.get(3)
-            .unwrap()
-            .store(42, std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(
-            b.get(3).unwrap().load(std::sync::atomic::Ordering::SeqCst),
-            42
-        );
-        assert!(a.get(4).is_none());
     }
 }

@@ -11,7 +11,7 @@
 //!   (`clippy::undocumented_unsafe_blocks`); every `unsafe fn` a
 //!   `# Safety` section. The crate calls its own only from safe functions
 //!   that establish the precondition (`Region::map` behind
-//!   `map_fixed_size`, `AtomicWords::map` behind `map_sealed`); the two
+//!   `map_fixed_size`); `SharedWords::map` checks the file itself; the two
 //!   public ones, `VolatileBytes::as_slice` and
 //!   `VolatileBytesMut::as_mut_slice`, hand the assertion to the caller.
 //! * Functions take `impl AsFd` (or `BorrowedFd`) arguments, return

@@ -25,6 +25,7 @@ pub const T_POOL_READY: u16 = 3;
 pub const T_ITEM: u16 = 4;
 pub const T_RELEASE: u16 = 5;
 pub const T_BYE: u16 = 6;
+pub const T_RING: u16 = 7;
 
 /// The fence page's magic (version 2) and state codes.
 pub const FENCE_MAGIC: u64 = 0x444d_4246_4e43_0002;
@@ -261,6 +262,11 @@ impl Raw {
     /// Receives one datagram, waiting at most `timeout`; `None` on timeout
     /// or end of file. Attached fds are closed.
     pub fn recv(&self, timeout: Duration) -> Option<Got> {
+        self.recv_fds(timeout).map(|(g, _)| g)
+    }
+
+    /// As [`Raw::recv`], keeping the attached fds.
+    pub fn recv_fds(&self, timeout: Duration) -> Option<(Got, Vec<OwnedFd>)> {
         use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
         let ts = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as _,
@@ -278,38 +284,50 @@ impl Raw {
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
         let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
         let r = recvmsg(&self.fd, &mut iov, &mut cmsg, RecvFlags::CMSG_CLOEXEC).ok()?;
-        let mut fds = 0;
+        let mut fds = Vec::new();
         for m in cmsg.drain() {
             if let RecvAncillaryMessage::ScmRights(it) = m {
-                fds += it.count();
+                fds.extend(it);
             }
         }
         if r.bytes < 16 {
             return None;
         }
-        Some(Got {
-            ty: u16::from_le_bytes([bytes[6], bytes[7]]),
-            body: bytes[16..r.bytes].to_vec(),
+        Some((
+            Got {
+                ty: u16::from_le_bytes([bytes[6], bytes[7]]),
+                body: bytes[16..r.bytes].to_vec(),
+                fds: fds.len(),
+            },
             fds,
-        })
+        ))
     }
 
     /// Plays a consumer's handshake: reads buffer messages up to the
     /// pool-ready one; the number of buffers.
     pub fn take_handshake(&self) -> usize {
+        self.take_handshake_ring().0
+    }
+
+    /// Plays a consumer's handshake, keeping the ring the producer sent:
+    /// the number of buffers and the ring.
+    pub fn take_handshake_ring(&self) -> (usize, RawRing) {
         let mut n = 0;
+        let mut ring = None;
         loop {
-            let g = self.recv(Duration::from_secs(10)).expect("handshake");
+            let (g, fds) = self.recv_fds(Duration::from_secs(10)).expect("handshake");
             match g.ty {
                 T_BUFFER => n += 1,
-                T_POOL_READY => return n,
+                T_RING => ring = Some(RawRing::from_fds(fds, n)),
+                T_POOL_READY => return (n, ring.expect("a ring message before pool-ready")),
                 t => panic!("unexpected type {t} in the handshake"),
             }
         }
     }
 
-    /// Plays a producer's handshake: `buffers` sealed memfds of `size`.
-    pub fn give_handshake(&self, buffers: &[OwnedFd], size: u64) {
+    /// Plays a producer's handshake: `buffers` sealed memfds of `size`,
+    /// and a ring it writes by hand.
+    pub fn give_handshake(&self, buffers: &[OwnedFd], size: u64) -> RawRing {
         for (i, b) in buffers.iter().enumerate() {
             self.send(
                 &msg(T_BUFFER, &buffer_body(i as u64, size, 1, "h"), 1),
@@ -317,11 +335,146 @@ impl Raw {
             )
             .unwrap();
         }
+        let ring = RawRing::new(buffers.len());
+        self.send(
+            &msg(T_RING, &(buffers.len() as u32).to_le_bytes(), 3),
+            &ring.fds(),
+        )
+        .unwrap();
         self.send(
             &msg(T_POOL_READY, &pool_ready_body(buffers.len() as u32, 0), 0),
             &[],
         )
         .unwrap();
+        ring
+    }
+}
+
+/// A descriptor ring (see `dmabuf::share::ring`'s layout) written and
+/// read by hand with `pwrite`/`pread`: the hostile side of the pool's
+/// per-item path.
+pub struct RawRing {
+    pub memfd: OwnedFd,
+    /// The consumer's wake-up eventfd (written to wake the consumer).
+    pub wake_consumer: OwnedFd,
+    /// The producer's wake-up eventfd.
+    pub wake_producer: OwnedFd,
+    pub cap: u64,
+}
+
+/// Word indices of the ring layout.
+pub const R_ITEM_HEAD: u64 = 8;
+pub const R_REL_TAIL: u64 = 9;
+pub const R_ITEM_TAIL: u64 = 16;
+pub const R_REL_HEAD: u64 = 17;
+const R_ITEMS: u64 = 32;
+
+impl RawRing {
+    /// A ring of `cap` slots, as a producer makes it.
+    pub fn new(cap: usize) -> RawRing {
+        let raw = 256 + cap as u64 * 12 * 8;
+        let len = raw.div_ceil(4096) * 4096;
+        let r = RawRing {
+            memfd: memfd(len, SealFlags::SHRINK | SealFlags::GROW),
+            wake_consumer: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
+            wake_producer: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
+            cap: cap as u64,
+        };
+        r.set(0, u64::from_le_bytes(*b"DMBRING1"));
+        r.set(1, cap as u64);
+        r
+    }
+
+    /// The ring a producer sent (memfd, consumer's eventfd, producer's).
+    pub fn from_fds(fds: Vec<OwnedFd>, cap: usize) -> RawRing {
+        let mut it = fds.into_iter();
+        RawRing {
+            memfd: it.next().unwrap(),
+            wake_consumer: it.next().unwrap(),
+            wake_producer: it.next().unwrap(),
+            cap: cap as u64,
+        }
+    }
+
+    /// The fds of a ring message.
+    pub fn fds(&self) -> [BorrowedFd<'_>; 3] {
+        [
+            self.memfd.as_fd(),
+            self.wake_consumer.as_fd(),
+            self.wake_producer.as_fd(),
+        ]
+    }
+
+    pub fn get(&self, i: u64) -> u64 {
+        let mut w = [0u8; 8];
+        assert_eq!(rustix::io::pread(&self.memfd, &mut w, i * 8).unwrap(), 8);
+        u64::from_le_bytes(w)
+    }
+
+    pub fn set(&self, i: u64, v: u64) {
+        assert_eq!(
+            rustix::io::pwrite(&self.memfd, &v.to_le_bytes(), i * 8).unwrap(),
+            8
+        );
+    }
+
+    /// Publishes an item descriptor (slot, length, sequence, fence
+    /// reference) at the item head, moves the head and wakes the consumer.
+    pub fn item(&self, slot: u64, seq: u64, len: u64, fence_ref: u64) {
+        let head = self.get(R_ITEM_HEAD);
+        let base = R_ITEMS + (head % self.cap) * 8;
+        for (k, v) in [slot, len, seq, dmabuf::fence::monotonic_ns(), fence_ref]
+            .into_iter()
+            .enumerate()
+        {
+            self.set(base + k as u64, v);
+        }
+        self.set(R_ITEM_HEAD, head + 1);
+        let _ = rustix::io::write(&self.wake_consumer, &1u64.to_ne_bytes());
+    }
+
+    /// Takes the next item descriptor off the ring, as a consumer:
+    /// (slot, length, sequence, fence reference).
+    pub fn take_item(&self) -> Option<(u64, u64, u64, u64)> {
+        let tail = self.get(R_ITEM_TAIL);
+        if tail >= self.get(R_ITEM_HEAD) {
+            return None;
+        }
+        let base = R_ITEMS + (tail % self.cap) * 8;
+        let d = (
+            self.get(base),
+            self.get(base + 1),
+            self.get(base + 2),
+            self.get(base + 4),
+        );
+        self.set(R_ITEM_TAIL, tail + 1);
+        Some(d)
+    }
+
+    /// Waits up to `timeout` for an item and takes it.
+    pub fn wait_item(&self, timeout: Duration) -> Option<(u64, u64, u64, u64)> {
+        let t0 = Instant::now();
+        loop {
+            if let Some(d) = self.take_item() {
+                return Some(d);
+            }
+            if t0.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Publishes a release descriptor (slot, sequence, fence reference)
+    /// and wakes the producer.
+    pub fn release(&self, slot: u64, seq: u64, fence_ref: u64) {
+        let head = self.get(R_REL_HEAD);
+        let base = R_ITEMS + self.cap * 8 + (head % self.cap) * 4;
+        for (k, v) in [slot, seq, fence_ref].into_iter().enumerate() {
+            self.set(base + k as u64, v);
+        }
+        self.set(R_REL_HEAD, head + 1);
+        let _ = rustix::io::write(&self.wake_producer, &1u64.to_ne_bytes());
     }
 }
 

@@ -73,6 +73,8 @@ async fn any_readable(
 pub struct AsyncProducer {
     inner: Producer,
     sockets: Vec<AsyncFd<OwnedFd>>,
+    /// Per consumer, the fd its ring wakes this side on.
+    rings: Vec<AsyncFd<OwnedFd>>,
 }
 
 impl AsyncProducer {
@@ -86,7 +88,23 @@ impl AsyncProducer {
             .iter()
             .map(|p| register(p.channel.fd(), "pool", &obj))
             .collect::<Result<Vec<_>>>()?;
-        Ok(AsyncProducer { inner, sockets })
+        let rings = inner
+            .peers
+            .iter()
+            .map(|p| match p.items.wait_fd() {
+                Some(fd) => register(fd, "pool", &obj),
+                None => Err(Error::invalid(
+                    "pool",
+                    obj.clone(),
+                    "ring without a wake-up fd",
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AsyncProducer {
+            inner,
+            sockets,
+            rings,
+        })
     }
 
     /// The blocking producer underneath (for its non-waiting calls).
@@ -104,22 +122,37 @@ impl AsyncProducer {
             if let Some(slot) = self.inner.pick() {
                 return Ok(self.inner.lease(slot));
             }
+            self.inner.drop_stalled()?;
             self.wait("pool acquire").await?;
         }
     }
 
-    async fn wait(&self, op: &'static str) -> Result<()> {
+    async fn wait(&mut self, op: &'static str) -> Result<()> {
+        if self.inner.arm()? {
+            self.inner.disarm();
+            return Ok(());
+        }
+        let r = self.wait_armed(op).await;
+        self.inner.disarm();
+        r
+    }
+
+    async fn wait_armed(&self, op: &'static str) -> Result<()> {
         let obj = self.inner.object();
         let fixed: Vec<&AsyncFd<OwnedFd>> = self
             .inner
             .peers
             .iter()
-            .zip(&self.sockets)
+            .zip(self.sockets.iter().zip(&self.rings))
             .filter(|(p, _)| p.alive)
-            .map(|(_, s)| s)
+            .flat_map(|(_, (s, r))| [s, r])
             .collect();
         let mut extra = Vec::new();
-        let mut recheck = self.inner.peers.iter().any(|p| p.leaving.is_some());
+        let mut recheck = self
+            .inner
+            .peers
+            .iter()
+            .any(|p| p.alive && (p.leaving.is_some() || p.items.stalled()));
         for &s in &self.inner.free {
             for f in &self.inner.slots[s].releases {
                 recheck |= wake_fds(f, &mut extra);
@@ -151,7 +184,12 @@ impl AsyncProducer {
             if !pending || !self.inner.peers.iter().any(|p| p.alive) {
                 return Ok(());
             }
-            self.wait("pool finish").await?;
+            match self.wait("pool finish").await {
+                // A consumer whose ring broke the protocol was dropped:
+                // as in `Producer::finish`, not an error at the end.
+                Err(e) if e.kind() == crate::error::ErrorKind::Protocol => {}
+                r => r?,
+            }
         }
     }
 }
@@ -161,6 +199,8 @@ impl AsyncProducer {
 pub struct AsyncConsumer {
     inner: Consumer,
     socket: AsyncFd<OwnedFd>,
+    /// The fd the producer's ring wakes this side on.
+    ring: AsyncFd<OwnedFd>,
 }
 
 impl AsyncConsumer {
@@ -169,7 +209,21 @@ impl AsyncConsumer {
         let obj = channel.peer().to_string();
         let socket = register(channel.fd(), "pool handshake", &obj)?;
         let inner = Consumer::new_async_ready(channel, &socket, &obj).await?;
-        Ok(AsyncConsumer { inner, socket })
+        let ring = match inner.transport().wait_fd() {
+            Some(fd) => register(fd, "pool handshake", &obj)?,
+            None => {
+                return Err(Error::invalid(
+                    "pool handshake",
+                    obj,
+                    "ring without a wake-up fd",
+                ))
+            }
+        };
+        Ok(AsyncConsumer {
+            inner,
+            socket,
+            ring,
+        })
     }
 
     /// The blocking consumer underneath.
@@ -180,6 +234,12 @@ impl AsyncConsumer {
     /// The next item once its ready fence has signalled; `Ok(None)` at the
     /// end of the stream.
     pub async fn next(&mut self) -> Result<Option<Item>> {
+        let r = self.next_inner().await;
+        self.inner.note_gone(&r);
+        r
+    }
+
+    async fn next_inner(&mut self) -> Result<Option<Item>> {
         let op = "pool next";
         loop {
             // The item waits in `self.inner` across awaits, so a cancelled
@@ -202,19 +262,19 @@ impl AsyncConsumer {
             if self.inner.ended {
                 return Ok(None);
             }
-            if let Some(m) = self.inner.queue.pop_front() {
-                match self.inner.take_item(m)? {
-                    Some(item) => self.inner.waiting = Some(item),
-                    None => return Ok(None),
-                }
+            if self.inner.step()? {
                 continue;
             }
-            if let Some(m) = self.inner.channel.try_recv()? {
-                self.inner.admit(m)?;
+            if self.inner.transport().begin_wait()? {
+                self.inner.transport().end_wait();
                 continue;
             }
             let obj = self.inner.channel.peer().to_string();
-            any_readable(&[&self.socket], &[], false, op, &obj).await?;
+            let r = any_readable(&[&self.socket, &self.ring], &[], false, op, &obj).await;
+            // (A cancelled wait leaves the word raised: it costs the
+            // producer one wake-up, and the next call lowers it.)
+            self.inner.transport().end_wait();
+            r?;
         }
     }
 
@@ -236,7 +296,7 @@ impl Consumer {
             match channel.try_recv()? {
                 Some(m) => {
                     if let Some(done) = hs.step(m, obj)? {
-                        return Ok(Consumer::from_handshake(channel, hs.buffers, done));
+                        return Consumer::from_handshake(channel, hs, done);
                     }
                 }
                 None => any_readable(&[socket], &[], false, "pool handshake", obj).await?,

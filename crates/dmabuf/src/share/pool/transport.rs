@@ -1,0 +1,399 @@
+//! The pool's per-item transport: one pair of descriptor rings per
+//! consumer ([`crate::share::ring`]), with the socket carrying only the
+//! fences that must travel as fds.
+//!
+//! A fence that has signalled costs nothing (fence reference 0). A real
+//! fence is sent over the socket as a fence message tagged with the ring's
+//! next fence tag *before* its descriptor is published, so the receiver,
+//! seeing the tag on the ring, finds the fence on the socket (reading it
+//! again once if it arrived meanwhile). Fence messages that arrive are kept
+//! by tag, at most one per buffer in flight; more is a protocol error.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::{Fence, FenceStatus};
+use crate::share::ring::{ConsumerRing, FenceRef, ItemDesc, ProducerRing, ReleaseDesc, Wake};
+use crate::share::{Channel, Message};
+
+fn protocol(op: &'static str, obj: &str, cause: String) -> Error {
+    super::protocol(op, obj, cause)
+}
+
+/// Fences received over the socket, by tag, waiting for their descriptor.
+#[derive(Debug, Default)]
+struct FenceStash {
+    fences: Vec<(u64, Fence)>,
+}
+
+impl FenceStash {
+    fn put(&mut self, tag: u64, fence: Fence, cap: usize, obj: &str) -> Result<()> {
+        if self.fences.len() >= cap {
+            return Err(protocol(
+                "pool",
+                obj,
+                format!("fence {tag}: more fences announced than the {cap} buffers in flight"),
+            ));
+        }
+        if self.fences.iter().any(|(t, _)| *t == tag) {
+            return Err(protocol("pool", obj, format!("fence tag {tag} sent twice")));
+        }
+        self.fences.push((tag, fence));
+        Ok(())
+    }
+
+    fn take(&mut self, tag: u64) -> Option<Fence> {
+        let i = self.fences.iter().position(|(t, _)| *t == tag)?;
+        Some(self.fences.swap_remove(i).1)
+    }
+}
+
+/// What a socket message means to the per-item path.
+pub(super) enum Incoming {
+    /// A fence, kept for its descriptor.
+    Kept,
+    /// Any other message, for the caller.
+    Other(Message),
+}
+
+/// Resolves a descriptor's fence reference, reading the socket once more
+/// if the fence is not there yet.
+fn resolve(
+    r: FenceRef,
+    stash: &mut FenceStash,
+    channel: &Channel,
+    cap: usize,
+    what: &str,
+    other: &mut Vec<Message>,
+) -> Result<Fence> {
+    let tag = match r {
+        FenceRef::Signalled => return Ok(Fence::Signalled),
+        FenceRef::Socket(t) => t,
+    };
+    if let Some(f) = stash.take(tag) {
+        return Ok(f);
+    }
+    // Sent before the descriptor was published, so it is readable now.
+    while let Some(m) = channel.try_recv()? {
+        match m {
+            Message::Fence { tag: t, fence } => stash.put(t, fence, cap, channel.peer())?,
+            m => other.push(m),
+        }
+        if let Some(f) = stash.take(tag) {
+            return Ok(f);
+        }
+    }
+    Err(protocol(
+        "pool",
+        channel.peer(),
+        format!("{what} names fence {tag}, which was not sent"),
+    ))
+}
+
+/// The producer's per-item transport to one consumer.
+#[derive(Debug)]
+pub(super) struct ProducerTransport {
+    ring: ProducerRing,
+    stash: FenceStash,
+    /// While items wait untaken on the ring: the consumer's item tail and
+    /// since when it has not moved.
+    stall: Option<(u64, Instant)>,
+}
+
+impl ProducerTransport {
+    /// A new ring for a pool of buffers of `sizes`.
+    pub(super) fn new(sizes: &[u64], name: &str) -> Result<ProducerTransport> {
+        Ok(ProducerTransport {
+            ring: ProducerRing::create(sizes, Wake::EventFd, name)?,
+            stash: FenceStash::default(),
+            stall: None,
+        })
+    }
+
+    /// The handshake message that hands the ring to the consumer.
+    pub(super) fn ring_message(&self, obj: &str) -> Result<Message> {
+        let fds = self
+            .ring
+            .shared_fds()
+            .into_iter()
+            .map(|f| {
+                f.try_clone_to_owned().map_err(|e| {
+                    Error::os(
+                        "dup",
+                        obj.to_string(),
+                        Errno::from_io_error(&e).unwrap_or(Errno::IO),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Message::Ring {
+            capacity: self.ring.capacity() as u32,
+            fds: Arc::new(fds),
+        })
+    }
+
+    /// Publishes an item; a real ready fence goes over `channel` first.
+    pub(super) fn send_item(
+        &mut self,
+        channel: &Channel,
+        slot: usize,
+        len: u64,
+        sent_ns: u64,
+        ready: &Fence,
+    ) -> Result<ItemDesc> {
+        let real = ready.status() == FenceStatus::Active;
+        if real {
+            channel.send(&Message::Fence {
+                tag: self.ring.next_fence_tag(),
+                fence: ready.clone(),
+            })?;
+        }
+        self.ring.send_item(slot, len, sent_ns, real)
+    }
+
+    /// Sorts a socket message: fences are kept for their descriptors.
+    pub(super) fn incoming(&mut self, msg: Message, obj: &str) -> Result<Incoming> {
+        match msg {
+            Message::Fence { tag, fence } => {
+                self.stash.put(tag, fence, self.ring.capacity(), obj)?;
+                Ok(Incoming::Kept)
+            }
+            m => Ok(Incoming::Other(m)),
+        }
+    }
+
+    /// The next release and its fence, if one is there; socket messages
+    /// read meanwhile that are not fences go to `other`.
+    pub(super) fn recv_release(
+        &mut self,
+        channel: &Channel,
+        other: &mut Vec<Message>,
+    ) -> Result<Option<(ReleaseDesc, Fence)>> {
+        let Some(d) = self.ring.try_recv_release()? else {
+            return Ok(None);
+        };
+        let what = format!("release of buffer {} (item {})", d.slot, d.seq);
+        let cap = self.ring.capacity();
+        let f = resolve(d.fence, &mut self.stash, channel, cap, &what, other)?;
+        Ok(Some((d, f)))
+    }
+
+    /// Drops the fences kept for releases not seen yet (the consumer is
+    /// gone: they close their fds now).
+    pub(super) fn forget_fences(&mut self) {
+        self.stash.fences.clear();
+    }
+
+    /// How long the consumer has taken no item off the ring while some
+    /// wait there, and how many wait (`None` when none wait). Reads the
+    /// consumer's tail (validated: a breach is a protocol error).
+    pub(super) fn stalled_for(&mut self) -> Result<Option<(Duration, u64)>> {
+        let (tail, waiting) = self.ring.untaken()?;
+        if waiting == 0 {
+            self.stall = None;
+            return Ok(None);
+        }
+        match self.stall {
+            Some((t, since)) if t == tail => Ok(Some((since.elapsed(), waiting))),
+            _ => {
+                self.stall = Some((tail, Instant::now()));
+                Ok(Some((Duration::ZERO, waiting)))
+            }
+        }
+    }
+
+    /// Whether items were last seen waiting untaken (see
+    /// [`stalled_for`](Self::stalled_for)): a waiter re-checks on a timer.
+    pub(super) fn stalled(&self) -> bool {
+        self.stall.is_some()
+    }
+
+    /// See [`ProducerRing::begin_wait`].
+    pub(super) fn begin_wait(&mut self) -> Result<bool> {
+        self.ring.begin_wait()
+    }
+
+    /// See [`ProducerRing::end_wait`].
+    pub(super) fn end_wait(&mut self) {
+        self.ring.end_wait()
+    }
+
+    /// The fd that becomes readable when the consumer wakes this side.
+    pub(super) fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.ring.wait_fd()
+    }
+}
+
+/// The consumer's per-item transport from the producer.
+#[derive(Debug)]
+pub(super) struct ConsumerTransport {
+    ring: ConsumerRing,
+    stash: FenceStash,
+    /// Set once the producer was found gone: releases then fail (found
+    /// without a system call).
+    pub(super) gone: bool,
+}
+
+impl ConsumerTransport {
+    /// Opens the ring of a ring message, for buffers of `sizes`.
+    pub(super) fn open(
+        capacity: u32,
+        fds: &[std::os::fd::OwnedFd],
+        sizes: &[u64],
+        obj: &str,
+    ) -> Result<ConsumerTransport> {
+        if capacity as usize != sizes.len() {
+            return Err(protocol(
+                "pool handshake",
+                obj,
+                format!(
+                    "ring of capacity {capacity} for a pool of {} buffers",
+                    sizes.len()
+                ),
+            ));
+        }
+        let fds = fds
+            .iter()
+            .map(|f| {
+                f.as_fd().try_clone_to_owned().map_err(|e| {
+                    Error::os(
+                        "dup",
+                        obj.to_string(),
+                        Errno::from_io_error(&e).unwrap_or(Errno::IO),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ConsumerTransport {
+            ring: ConsumerRing::open(fds, sizes, obj)?,
+            stash: FenceStash::default(),
+            gone: false,
+        })
+    }
+
+    /// Sorts a socket message: fences are kept for their descriptors.
+    pub(super) fn incoming(&mut self, msg: Message, obj: &str) -> Result<Incoming> {
+        match msg {
+            Message::Fence { tag, fence } => {
+                self.stash.put(tag, fence, self.ring.capacity(), obj)?;
+                Ok(Incoming::Kept)
+            }
+            m => Ok(Incoming::Other(m)),
+        }
+    }
+
+    /// The next item and its ready fence, if one is there.
+    pub(super) fn recv_item(
+        &mut self,
+        channel: &Channel,
+        other: &mut Vec<Message>,
+    ) -> Result<Option<(ItemDesc, Fence)>> {
+        let Some(d) = self.ring.try_recv_item()? else {
+            return Ok(None);
+        };
+        let what = format!("item {} in buffer {}", d.seq, d.slot);
+        let cap = self.ring.capacity();
+        let f = resolve(d.fence, &mut self.stash, channel, cap, &what, other)?;
+        Ok(Some((d, f)))
+    }
+
+    /// See [`ConsumerRing::close`].
+    pub(super) fn close(&mut self) -> Result<()> {
+        self.ring.close()
+    }
+
+    /// Gives item `seq` in `slot` back; a real release fence goes over
+    /// `channel` first.
+    pub(super) fn send_release(
+        &mut self,
+        channel: &Channel,
+        slot: usize,
+        seq: u64,
+        fence: &Fence,
+    ) -> Result<()> {
+        if self.gone {
+            return Err(Error::new(
+                ErrorKind::PeerGone,
+                "pool release",
+                channel.peer().to_string(),
+                format!("the producer went away; item {seq} in buffer {slot} cannot be given back"),
+            )
+            .with_errno(crate::share::PEER_GONE_ERRNO));
+        }
+        let real = fence.status() == FenceStatus::Active;
+        if real {
+            channel.send(&Message::Fence {
+                tag: self.ring.next_fence_tag(),
+                fence: fence.clone(),
+            })?;
+        }
+        self.ring.send_release(slot, seq, real).map(|_| ())
+    }
+
+    /// See [`ConsumerRing::begin_wait`].
+    pub(super) fn begin_wait(&mut self) -> Result<bool> {
+        self.ring.begin_wait()
+    }
+
+    /// See [`ConsumerRing::end_wait`].
+    pub(super) fn end_wait(&mut self) {
+        self.ring.end_wait()
+    }
+
+    /// The fd that becomes readable when the producer wakes this side.
+    pub(super) fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.ring.wait_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_named_but_not_sent_is_a_protocol_error() {
+        let (a, b) = Channel::pair().unwrap();
+        let mut stash = FenceStash::default();
+        let mut other = Vec::new();
+        let e = resolve(FenceRef::Socket(1), &mut stash, &b, 4, "item 1", &mut other).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(
+            e.to_string()
+                .contains("item 1 names fence 1, which was not sent"),
+            "{e}"
+        );
+        // Sent, but read only now: found; other messages are passed on.
+        a.send(&Message::Bye).unwrap();
+        a.send(&Message::Fence {
+            tag: 2,
+            fence: Fence::Signalled,
+        })
+        .unwrap();
+        let f = resolve(FenceRef::Socket(2), &mut stash, &b, 4, "item 2", &mut other).unwrap();
+        assert!(matches!(f, Fence::Signalled));
+        assert!(matches!(other.as_slice(), [Message::Bye]));
+        assert!(matches!(
+            resolve(FenceRef::Signalled, &mut stash, &b, 4, "x", &mut other),
+            Ok(Fence::Signalled)
+        ));
+    }
+
+    #[test]
+    fn fences_kept_are_bounded_and_unique() {
+        let mut stash = FenceStash::default();
+        stash.put(1, Fence::Signalled, 2, "p").unwrap();
+        let e = stash.put(1, Fence::Signalled, 2, "p").unwrap_err();
+        assert!(e.to_string().contains("fence tag 1 sent twice"), "{e}");
+        stash.put(2, Fence::Signalled, 2, "p").unwrap();
+        let e = stash.put(3, Fence::Signalled, 2, "p").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(
+            e.to_string()
+                .contains("more fences announced than the 2 buffers"),
+            "{e}"
+        );
+        assert!(stash.take(2).is_some() && stash.take(2).is_none());
+    }
+}

@@ -1,0 +1,1063 @@
+//! Single-producer/single-consumer descriptor rings in shared memory: the
+//! per-item path of a streaming pool, with no socket message and no system
+//! call per item while both sides are busy.
+//!
+//! # DOC: descriptor rings
+//!
+//! One ring joins a producer to one consumer. It lives in a memfd the
+//! producer creates, sizes and seals (`F_SEAL_SHRINK | F_SEAL_GROW |
+//! F_SEAL_SEAL`) before the consumer sees it ([`ProducerRing::shared_fds`]
+//! travel over the pool's socket). It holds two rings of `capacity`
+//! descriptors each, `capacity` being the number of buffers of the pool:
+//!
+//! * **items**, producer → consumer: slot, length, sequence number, the
+//!   producer's CLOCK_MONOTONIC time of sending, and a fence reference;
+//! * **releases**, consumer → producer: slot, sequence number of the item
+//!   given back, and a fence reference.
+//!
+//! A fence reference is 0 for a signalled fence (it costs nothing), or
+//! the tag of a fence that travels over the socket, numbered 1, 2, 3… in
+//! each direction: a fence fd travels only when a real fence must.
+//!
+//! ## Rules
+//!
+//! * **Each side writes only its own words.** The producer writes the item
+//!   descriptors, the item head and the release tail; the consumer the
+//!   release descriptors, the release head and the item tail. Head and tail
+//!   are counts of descriptors ever published and taken, so the ring is
+//!   empty at `head == tail` and full at `head - tail == capacity`.
+//!   Descriptors are written and read with atomic accesses only, and a
+//!   head is published with release ordering after its descriptors.
+//! * **Everything read from the peer is validated before use, and used
+//!   from a private copy.** A peer's head or tail must move forward and
+//!   stay within `capacity` of what this side published or took; a
+//!   descriptor is copied out once and then checked: slot below the pool
+//!   size, length at most the slot's buffer size, sequence exactly one
+//!   past the previous one (no replay, no gap), an item never in a slot
+//!   this consumer still holds, a release only of an item this consumer
+//!   took off the ring and still has in flight, fence tags exactly one
+//!   past the previous one. Every breach is an [`ErrorKind::Protocol`]
+//!   error (errno `EPROTO`) naming the field and its value, after which
+//!   the ring refuses every further call with the same error. The peer's
+//!   later writes never change a decision taken on a copy.
+//! * **Wake-ups only when the other side sleeps.** A side that finds its
+//!   ring empty raises its *waiting* word, looks again, and only then
+//!   sleeps; a side that publishes wakes the other one only if that word
+//!   was raised (one `FUTEX_WAKE`, or one eventfd write). Items that queue
+//!   while the consumer is busy are taken in one batch with no system
+//!   call at all.
+//! * **Every wait has a deadline.** [`ConsumerRing::recv_item`] and
+//!   [`ProducerRing::recv_release`] wait at most their timeout and then
+//!   return [`ErrorKind::TimedOut`]; a peer that clears or spins the
+//!   waiting words costs wake-ups or spinning until then, never a hang.
+//!   A ring does not watch for the death of its peer: callers wait in
+//!   slices and check their socket, or, with [`Wake::EventFd`], raise
+//!   the waiting word with `begin_wait`, poll `wait_fd` together with the
+//!   socket (or register it with tokio), and lower it with `end_wait`
+//!   ([`ConsumerRing::begin_wait`], [`ProducerRing::begin_wait`]).
+//!
+//! ## Layout (little-endian, offsets in bytes)
+//!
+//! | offset | size | written by | field                                   |
+//! |-------:|-----:|------------|-----------------------------------------|
+//! | 0      | 8    | producer   | magic `"DMBRING1"`                      |
+//! | 8      | 8    | producer   | capacity                                |
+//! | 64     | 8    | producer   | item head                               |
+//! | 72     | 8    | producer   | release tail                            |
+//! | 80     | 4    | producer   | producer waiting (futex word)           |
+//! | 128    | 8    | consumer   | item tail                               |
+//! | 136    | 8    | consumer   | release head                            |
+//! | 144    | 4    | consumer   | consumer waiting (futex word)           |
+//! | 256    | 64 × capacity | producer | items: slot, length, sequence, sent at, fence |
+//! | 256 + 64 × capacity | 32 × capacity | consumer | releases: slot, sequence, fence |
+//!
+//! The length of the memfd is that, rounded up to a page.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::sys::futex::{self, SharedWords};
+
+/// The magic word at offset 0: `"DMBRING1"`.
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"DMBRING1");
+/// Most descriptors a ring holds in each direction (the pool's limit).
+pub const MAX_RING_CAPACITY: usize = super::pool::MAX_POOL_BUFFERS;
+
+const W_MAGIC: usize = 0;
+const W_CAPACITY: usize = 1;
+const W_ITEM_HEAD: usize = 8;
+const W_REL_TAIL: usize = 9;
+const H_PRODUCER_WAITING: usize = 20; // 32-bit index: byte 80
+const W_ITEM_TAIL: usize = 16;
+const W_REL_HEAD: usize = 17;
+const H_CONSUMER_WAITING: usize = 36; // 32-bit index: byte 144
+const W_ITEMS: usize = 32; // byte 256
+const ITEM_WORDS: usize = 8;
+const REL_WORDS: usize = 4;
+/// How long a side looks again before it sleeps, unless set otherwise
+/// ([`ProducerRing::set_spin`], [`ConsumerRing::set_spin`]).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(5);
+
+/// The byte length of a ring memfd of `capacity` descriptors per direction.
+pub fn ring_len(capacity: usize) -> usize {
+    let raw = 256 + capacity * (ITEM_WORDS + REL_WORDS) * 8;
+    let page = crate::sys::mem::page_size();
+    raw.div_ceil(page) * page
+}
+
+/// How a sleeping side is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// `FUTEX_WAIT`/`FUTEX_WAKE` on the waiting word itself (no extra fd).
+    Futex,
+    /// One eventfd per direction, which the sleeper polls (so it can poll
+    /// a socket or register with tokio at the same time).
+    EventFd,
+}
+
+/// A fence reference in a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FenceRef {
+    /// The fence has signalled: nothing travels.
+    Signalled,
+    /// The fence travels over the socket as a fence message with this tag
+    /// (1, 2, 3… in each direction).
+    Socket(u64),
+}
+
+impl FenceRef {
+    fn word(self) -> u64 {
+        match self {
+            FenceRef::Signalled => 0,
+            FenceRef::Socket(t) => t,
+        }
+    }
+}
+
+/// An item descriptor, as validated by the consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemDesc {
+    /// Buffer index in the pool.
+    pub slot: usize,
+    /// Bytes of the item (at most the buffer's size).
+    pub len: u64,
+    /// Sequence number: 1 for the first item of the ring, then one more
+    /// for each.
+    pub seq: u64,
+    /// The producer's CLOCK_MONOTONIC ns when it published the item
+    /// (informational: not validated, used only for latency reports).
+    pub sent_ns: u64,
+    /// The ready fence.
+    pub fence: FenceRef,
+}
+
+/// A release descriptor, as validated by the producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseDesc {
+    /// Buffer index in the pool.
+    pub slot: usize,
+    /// Sequence number of the item given back.
+    pub seq: u64,
+    /// The release fence.
+    pub fence: FenceRef,
+}
+
+fn protocol(obj: &str, cause: String) -> Error {
+    Error::new(ErrorKind::Protocol, "ring", obj.to_string(), cause).with_errno(Errno::PROTO)
+}
+
+fn timed_out(obj: &str, what: &str, timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::TimedOut,
+        "ring",
+        obj.to_string(),
+        format!("no {what} within {timeout:?}"),
+    )
+    .with_errno(Errno::TIMEDOUT)
+}
+
+/// The shared words and wake-up means of one side.
+#[derive(Debug)]
+struct Shared {
+    mem: SharedWords,
+    cap: usize,
+    /// Eventfds (EventFd mode): the one this side sleeps on, and the one
+    /// it writes to wake the peer.
+    mine: Option<OwnedFd>,
+    theirs: Option<OwnedFd>,
+    name: String,
+    /// Set on the first protocol error; every later call returns it.
+    broken: Option<Error>,
+    /// How long to look again before sleeping.
+    spin: Duration,
+}
+
+impl Shared {
+    fn w(&self, i: usize) -> &AtomicU64 {
+        // Indices are constants or below the validated capacity, and the
+        // mapping was sized for that capacity.
+        self.mem.word(i).expect("ring word inside the mapping")
+    }
+
+    fn h(&self, i: usize) -> &AtomicU32 {
+        self.mem.word32(i).expect("ring word inside the mapping")
+    }
+
+    fn check(&self) -> Result<()> {
+        match &self.broken {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> Error {
+        if e.kind() == ErrorKind::Protocol {
+            self.broken = Some(e.clone());
+        }
+        e
+    }
+
+    /// Wakes the peer if its waiting word (32-bit index `flag`) is raised.
+    fn wake_peer(&self, flag: usize) -> Result<()> {
+        // Pairs with the fence in `wait`: either the peer sees what we
+        // published before sleeping, or we see its raised flag here.
+        fence(Ordering::SeqCst);
+        let f = self.h(flag);
+        if f.load(Ordering::Relaxed) == 0 || f.swap(0, Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        match &self.theirs {
+            None => {
+                futex::wake(f, 1).map_err(|e| Error::os("ring wake", self.name.clone(), e))?;
+            }
+            Some(fd) => match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+                // A full counter means the peer has a wake-up pending.
+                Ok(_) | Err(Errno::AGAIN) => {}
+                Err(e) => return Err(Error::os("ring wake", self.name.clone(), e)),
+            },
+        }
+        Ok(())
+    }
+
+    /// Sleeps on this side's waiting word (32-bit index `flag`), raised by
+    /// the caller, for at most `left`.
+    fn sleep(&self, flag: usize, left: Duration) -> Result<()> {
+        match &self.mine {
+            None => match futex::wait(self.h(flag), 1, left) {
+                Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => Ok(()),
+                Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
+            },
+            Some(fd) => {
+                let ts = rustix::time::Timespec {
+                    tv_sec: left.as_secs() as _,
+                    tv_nsec: left.subsec_nanos() as _,
+                };
+                let mut p = [PollFd::new(fd, PollFlags::IN)];
+                match rustix::event::poll(&mut p, Some(&ts)) {
+                    Ok(_) | Err(Errno::INTR) => {}
+                    Err(e) => return Err(Error::os("ring wait", self.name.clone(), e)),
+                }
+                let mut b = [0u8; 8];
+                match rustix::io::read(fd, &mut b) {
+                    Ok(_) | Err(Errno::AGAIN) | Err(Errno::INTR) => Ok(()),
+                    Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
+                }
+            }
+        }
+    }
+
+    /// Lowers waiting word `flag` and drains this side's eventfd.
+    fn end_wait(&self, flag: usize) {
+        self.h(flag).store(0, Ordering::Relaxed);
+        if let Some(fd) = &self.mine {
+            let mut b = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut b);
+        }
+    }
+
+    /// Runs `attempt` until it yields, sleeping on waiting word `flag` in
+    /// between, for at most `timeout`.
+    fn wait<T, S>(
+        this: &mut S,
+        flag: usize,
+        timeout: Duration,
+        what: &str,
+        shared: impl Fn(&mut S) -> &mut Shared,
+        mut attempt: impl FnMut(&mut S) -> Result<Option<T>>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let spin = shared(this).spin.min(timeout);
+        loop {
+            if let Some(v) = attempt(this)? {
+                return Ok(v);
+            }
+            // A peer that is busy publishes soon: look again for a few
+            // microseconds before paying for a sleep and a wake-up.
+            if start.elapsed() < spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            shared(this).h(flag).store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            match attempt(this) {
+                Ok(None) => {}
+                Ok(Some(v)) => {
+                    shared(this).h(flag).store(0, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) => {
+                    shared(this).h(flag).store(0, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let s = shared(this);
+                s.h(flag).store(0, Ordering::Relaxed);
+                return Err(timed_out(&s.name, what, timeout));
+            }
+            shared(this).sleep(flag, deadline - now)?;
+        }
+    }
+}
+
+fn eventfd(name: &str) -> Result<OwnedFd> {
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(|e| Error::os("eventfd", name.to_string(), e))
+}
+
+/// The producer's end of a ring. See the module documentation.
+#[derive(Debug)]
+pub struct ProducerRing {
+    s: Shared,
+    memfd: OwnedFd,
+    sizes: Vec<u64>,
+    head: u64,
+    tail_seen: u64,
+    rel_tail: u64,
+    rel_head_seen: u64,
+    seq: u64,
+    fence_out: u64,
+    rel_fence_in: u64,
+    /// Per slot: the sequence number in flight to this consumer, 0 if none.
+    in_flight: Vec<u64>,
+}
+
+impl ProducerRing {
+    /// Creates a ring for a pool whose buffer `i` holds `sizes[i]` bytes,
+    /// named `name` in errors (such as `"consumer 0"`).
+    pub fn create(sizes: &[u64], wake: Wake, name: &str) -> Result<ProducerRing> {
+        let cap = sizes.len();
+        if cap == 0 || cap > MAX_RING_CAPACITY {
+            return Err(Error::invalid(
+                "ring",
+                name,
+                format!("{cap} slots; a ring has 1 to {MAX_RING_CAPACITY}"),
+            ));
+        }
+        let len = ring_len(cap);
+        let memfd = rustix::fs::memfd_create(
+            "dmabuf-ring",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| Error::os("memfd_create", name.to_string(), e))?;
+        rustix::fs::ftruncate(&memfd, len as u64)
+            .map_err(|e| Error::os("ftruncate", name.to_string(), e))?;
+        rustix::fs::fcntl_add_seals(
+            &memfd,
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )
+        .map_err(|e| Error::os("seal", name.to_string(), e))?;
+        let mem =
+            SharedWords::map(&memfd, len / 8, true).map_err(|e| Error::os("mmap", name, e))?;
+        mem.word(W_MAGIC)
+            .expect("inside")
+            .store(RING_MAGIC, Ordering::Relaxed);
+        mem.word(W_CAPACITY)
+            .expect("inside")
+            .store(cap as u64, Ordering::Release);
+        let (mine, theirs) = match wake {
+            Wake::Futex => (None, None),
+            Wake::EventFd => (Some(eventfd(name)?), Some(eventfd(name)?)),
+        };
+        Ok(ProducerRing {
+            s: Shared {
+                mem,
+                cap,
+                mine,
+                theirs,
+                name: name.to_string(),
+                broken: None,
+                spin: DEFAULT_SPIN,
+            },
+            memfd,
+            sizes: sizes.to_vec(),
+            head: 0,
+            tail_seen: 0,
+            rel_tail: 0,
+            rel_head_seen: 0,
+            seq: 0,
+            fence_out: 0,
+            rel_fence_in: 0,
+            in_flight: vec![0; cap],
+        })
+    }
+
+    /// The fds the consumer needs, in order: the ring memfd, then (with
+    /// [`Wake::EventFd`]) the consumer's eventfd and the producer's.
+    pub fn shared_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let mut v = vec![self.memfd.as_fd()];
+        if let (Some(m), Some(t)) = (&self.s.mine, &self.s.theirs) {
+            v.push(t.as_fd());
+            v.push(m.as_fd());
+        }
+        v
+    }
+
+    /// The fd to poll for a wake-up while waiting for releases (with
+    /// [`Wake::EventFd`]).
+    pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.s.mine.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Sets how long a wait looks again before it sleeps (0: sleep at
+    /// once). Spinning saves the wake-up when the peer is busy, and wastes
+    /// the core when it is not.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.s.spin = spin;
+    }
+
+    /// The tag the next item's socket fence will carry.
+    pub fn next_fence_tag(&self) -> u64 {
+        self.fence_out + 1
+    }
+
+    /// Descriptors per direction (the pool size).
+    pub fn capacity(&self) -> usize {
+        self.s.cap
+    }
+
+    /// Items published and not yet released.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.iter().filter(|&&s| s != 0).count()
+    }
+
+    /// The consumer's item tail (items it took off the ring, validated)
+    /// and how many published items it has not taken yet.
+    pub fn untaken(&mut self) -> Result<(u64, u64)> {
+        self.s.check()?;
+        let t = self.refresh_tail()?;
+        Ok((t, self.head - t))
+    }
+
+    /// Refreshes the consumer's item tail, validated.
+    fn refresh_tail(&mut self) -> Result<u64> {
+        let t = self.s.w(W_ITEM_TAIL).load(Ordering::Acquire);
+        if t < self.tail_seen || t > self.head {
+            let e = protocol(
+                &self.s.name,
+                format!(
+                    "item tail {t} is outside {}..={} (taken before .. published)",
+                    self.tail_seen, self.head
+                ),
+            );
+            return Err(self.s.fail(e));
+        }
+        self.tail_seen = t;
+        Ok(t)
+    }
+
+    /// Publishes an item in `slot` of `len` bytes; `socket_fence` says
+    /// whether its ready fence travels over the socket (then the returned
+    /// descriptor carries its tag, which the fence message must use).
+    /// Wakes the consumer only if it sleeps.
+    pub fn send_item(
+        &mut self,
+        slot: usize,
+        len: u64,
+        sent_ns: u64,
+        socket_fence: bool,
+    ) -> Result<ItemDesc> {
+        self.s.check()?;
+        let name = &self.s.name;
+        let size = *self.sizes.get(slot).ok_or_else(|| {
+            Error::invalid("ring send item", name.clone(), format!("slot {slot}"))
+        })?;
+        if len > size {
+            return Err(Error::invalid(
+                "ring send item",
+                name.clone(),
+                format!("length {len} past the {size}-byte buffer of slot {slot}"),
+            ));
+        }
+        if self.in_flight[slot] != 0 {
+            return Err(Error::invalid(
+                "ring send item",
+                name.clone(),
+                format!(
+                    "slot {slot} still in flight (sequence {})",
+                    self.in_flight[slot]
+                ),
+            ));
+        }
+        let tail = self.refresh_tail()?;
+        if self.head - tail >= self.s.cap as u64 {
+            let e = protocol(
+                &self.s.name,
+                format!(
+                    "item ring full ({} items not taken) although slot {slot} is free",
+                    self.head - tail
+                ),
+            );
+            return Err(self.s.fail(e));
+        }
+        self.seq += 1;
+        let fence = if socket_fence {
+            self.fence_out += 1;
+            FenceRef::Socket(self.fence_out)
+        } else {
+            FenceRef::Signalled
+        };
+        let d = ItemDesc {
+            slot,
+            len,
+            seq: self.seq,
+            sent_ns,
+            fence,
+        };
+        let base = W_ITEMS + (self.head % self.s.cap as u64) as usize * ITEM_WORDS;
+        for (i, v) in [slot as u64, len, d.seq, sent_ns, fence.word()]
+            .into_iter()
+            .enumerate()
+        {
+            self.s.w(base + i).store(v, Ordering::Relaxed);
+        }
+        self.head += 1;
+        self.s.w(W_ITEM_HEAD).store(self.head, Ordering::Release);
+        self.in_flight[slot] = d.seq;
+        self.s.wake_peer(H_CONSUMER_WAITING)?;
+        Ok(d)
+    }
+
+    /// The next release, if one is there (no waiting, no system call).
+    pub fn try_recv_release(&mut self) -> Result<Option<ReleaseDesc>> {
+        if !self.release_pending()? {
+            return Ok(None);
+        }
+        let base = W_ITEMS
+            + self.s.cap * ITEM_WORDS
+            + (self.rel_tail % self.s.cap as u64) as usize * REL_WORDS;
+        // One copy; every check below is on it.
+        let [slot, seq, fref] = [0, 1, 2].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
+        let r = self.check_release(slot, seq, fref);
+        let d = r.map_err(|e| self.s.fail(e))?;
+        self.in_flight[d.slot] = 0;
+        self.rel_tail += 1;
+        self.s.w(W_REL_TAIL).store(self.rel_tail, Ordering::Release);
+        Ok(Some(d))
+    }
+
+    /// Whether a release is waiting (reads and validates the consumer's
+    /// release head when every release seen was taken).
+    fn release_pending(&mut self) -> Result<bool> {
+        self.s.check()?;
+        if self.rel_tail == self.rel_head_seen {
+            let h = self.s.w(W_REL_HEAD).load(Ordering::Acquire);
+            if h < self.rel_head_seen || h - self.rel_tail > self.s.cap as u64 {
+                let e = protocol(
+                    &self.s.name,
+                    format!(
+                        "release head {h} is outside {}..={} (seen before .. taken + capacity)",
+                        self.rel_head_seen,
+                        self.rel_tail + self.s.cap as u64
+                    ),
+                );
+                return Err(self.s.fail(e));
+            }
+            self.rel_head_seen = h;
+        }
+        Ok(self.rel_head_seen > self.rel_tail)
+    }
+
+    /// For a caller that sleeps outside the ring (polling [`wait_fd`]
+    /// together with other fds, with [`Wake::EventFd`]): raises the
+    /// producer's waiting word and looks again. `Ok(true)`: a release is
+    /// there, do not sleep (the word is lowered again). `Ok(false)`: sleep,
+    /// then call [`end_wait`](Self::end_wait).
+    ///
+    /// [`wait_fd`]: Self::wait_fd
+    pub fn begin_wait(&mut self) -> Result<bool> {
+        self.s.h(H_PRODUCER_WAITING).store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let r = self.release_pending();
+        if !matches!(r, Ok(false)) {
+            self.s.h(H_PRODUCER_WAITING).store(0, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Ends a sleep begun with [`begin_wait`](Self::begin_wait): lowers
+    /// the waiting word and drains the wake-up fd.
+    pub fn end_wait(&mut self) {
+        self.s.end_wait(H_PRODUCER_WAITING);
+    }
+
+    fn check_release(&mut self, slot: u64, seq: u64, fref: u64) -> Result<ReleaseDesc> {
+        let name = self.s.name.clone();
+        if slot >= self.s.cap as u64 {
+            return Err(protocol(
+                &name,
+                format!(
+                    "release slot {slot} is not below the pool size {}",
+                    self.s.cap
+                ),
+            ));
+        }
+        let held = self.in_flight[slot as usize];
+        if seq == 0 || seq != held {
+            return Err(protocol(
+                &name,
+                format!(
+                    "release sequence {seq} of slot {slot}: {}",
+                    if held == 0 {
+                        "that slot has no item in flight".to_string()
+                    } else {
+                        format!("its item in flight is sequence {held}")
+                    }
+                ),
+            ));
+        }
+        let taken = self.refresh_tail()?;
+        if seq > taken {
+            return Err(protocol(
+                &name,
+                format!(
+                    "release sequence {seq} of an item not yet taken off the ring ({taken} taken)"
+                ),
+            ));
+        }
+        let fence = match fref {
+            0 => FenceRef::Signalled,
+            t if t == self.rel_fence_in + 1 => {
+                self.rel_fence_in = t;
+                FenceRef::Socket(t)
+            }
+            t => {
+                return Err(protocol(
+                    &name,
+                    format!(
+                        "release fence reference {t}, expected 0 or {}",
+                        self.rel_fence_in + 1
+                    ),
+                ))
+            }
+        };
+        Ok(ReleaseDesc {
+            slot: slot as usize,
+            seq,
+            fence,
+        })
+    }
+
+    /// The next release, waiting at most `timeout` (then
+    /// [`ErrorKind::TimedOut`]).
+    pub fn recv_release(&mut self, timeout: Duration) -> Result<ReleaseDesc> {
+        Shared::wait(
+            self,
+            H_PRODUCER_WAITING,
+            timeout,
+            "release",
+            |p| &mut p.s,
+            |p| p.try_recv_release(),
+        )
+    }
+}
+
+/// The consumer's end of a ring. See the module documentation.
+#[derive(Debug)]
+pub struct ConsumerRing {
+    s: Shared,
+    sizes: Vec<u64>,
+    tail: u64,
+    head_seen: u64,
+    rel_head: u64,
+    rel_tail_seen: u64,
+    seq: u64,
+    fence_in: u64,
+    rel_fence_out: u64,
+    /// Per slot: the sequence number held, 0 if none.
+    held: Vec<u64>,
+    /// The producer's item head when it said it was done ([`close`]):
+    /// no item may be published past it.
+    ///
+    /// [`close`]: ConsumerRing::close
+    limit: Option<u64>,
+}
+
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.as_os_str() == "anon_inode:[eventfd]")
+        .unwrap_or(false)
+}
+
+impl ConsumerRing {
+    /// Opens the ring from the fds the producer sent
+    /// ([`ProducerRing::shared_fds`]), for a pool whose buffer `i` holds
+    /// `sizes[i]` bytes (as this side received them). Checks the memfd's
+    /// seals, size, magic and capacity, and that wake fds are eventfds.
+    pub fn open(fds: Vec<OwnedFd>, sizes: &[u64], name: &str) -> Result<ConsumerRing> {
+        let cap = sizes.len();
+        if cap == 0 || cap > MAX_RING_CAPACITY {
+            return Err(Error::invalid(
+                "ring",
+                name,
+                format!("{cap} slots; a ring has 1 to {MAX_RING_CAPACITY}"),
+            ));
+        }
+        let mut fds = fds.into_iter();
+        let (memfd, mine, theirs) = match (fds.next(), fds.next(), fds.next(), fds.next()) {
+            (Some(m), None, None, None) => (m, None, None),
+            (Some(m), Some(a), Some(b), None) => {
+                for f in [&a, &b] {
+                    if !is_eventfd(f) {
+                        return Err(protocol(name, "a wake fd is not an eventfd".into()));
+                    }
+                    rustix::fs::fcntl_setfl(f, rustix::fs::OFlags::NONBLOCK)
+                        .map_err(|e| Error::os("fcntl", name.to_string(), e))?;
+                }
+                (m, Some(a), Some(b))
+            }
+            _ => return Err(protocol(name, "ring fds: expected 1 or 3".into())),
+        };
+        let len = ring_len(cap);
+        let seals = rustix::fs::fcntl_get_seals(&memfd).map_err(|e| {
+            protocol(name, format!("ring memfd: cannot read its seals ({e})")).with_errno(e)
+        })?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(protocol(
+                name,
+                "ring memfd is not sealed against shrinking and growing".into(),
+            ));
+        }
+        let size = rustix::fs::fstat(&memfd)
+            .map_err(|e| Error::os("fstat", name.to_string(), e))?
+            .st_size;
+        if size != len as i64 {
+            return Err(protocol(
+                name,
+                format!("ring memfd of {size} bytes, expected {len} for {cap} slots"),
+            ));
+        }
+        let mem =
+            SharedWords::map(&memfd, len / 8, true).map_err(|e| Error::os("mmap", name, e))?;
+        let magic = mem.word(W_MAGIC).expect("inside").load(Ordering::Acquire);
+        let c = mem
+            .word(W_CAPACITY)
+            .expect("inside")
+            .load(Ordering::Acquire);
+        if magic != RING_MAGIC {
+            return Err(protocol(name, format!("ring magic {magic:#018x}")));
+        }
+        if c != cap as u64 {
+            return Err(protocol(
+                name,
+                format!("ring capacity {c}, expected {cap} (the pool size)"),
+            ));
+        }
+        Ok(ConsumerRing {
+            s: Shared {
+                mem,
+                cap,
+                mine,
+                theirs,
+                name: name.to_string(),
+                broken: None,
+                spin: DEFAULT_SPIN,
+            },
+            sizes: sizes.to_vec(),
+            tail: 0,
+            head_seen: 0,
+            rel_head: 0,
+            rel_tail_seen: 0,
+            seq: 0,
+            fence_in: 0,
+            rel_fence_out: 0,
+            held: vec![0; cap],
+            limit: None,
+        })
+    }
+
+    /// The fd to poll for a wake-up while waiting for items (with
+    /// [`Wake::EventFd`]).
+    pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.s.mine.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Sets how long a wait looks again before it sleeps (0: sleep at
+    /// once).
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.s.spin = spin;
+    }
+
+    /// The tag the next release's socket fence will carry.
+    pub fn next_fence_tag(&self) -> u64 {
+        self.rel_fence_out + 1
+    }
+
+    /// Descriptors per direction (the pool size).
+    pub fn capacity(&self) -> usize {
+        self.s.cap
+    }
+
+    /// Items taken and not yet released.
+    pub fn held(&self) -> usize {
+        self.held.iter().filter(|&&s| s != 0).count()
+    }
+
+    /// The next item, if one is there (no waiting, no system call).
+    pub fn try_recv_item(&mut self) -> Result<Option<ItemDesc>> {
+        if !self.item_pending()? {
+            return Ok(None);
+        }
+        let base = W_ITEMS + (self.tail % self.s.cap as u64) as usize * ITEM_WORDS;
+        // One copy; every check below is on it.
+        let [slot, len, seq, sent_ns, fref] =
+            [0, 1, 2, 3, 4].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
+        let d = self
+            .check_item(slot, len, seq, sent_ns, fref)
+            .map_err(|e| self.s.fail(e))?;
+        self.seq = d.seq;
+        if let FenceRef::Socket(t) = d.fence {
+            self.fence_in = t;
+        }
+        self.held[d.slot] = d.seq;
+        self.tail += 1;
+        self.s.w(W_ITEM_TAIL).store(self.tail, Ordering::Release);
+        Ok(Some(d))
+    }
+
+    /// Whether an item is waiting (reads and validates the producer's item
+    /// head when every item seen was taken).
+    fn item_pending(&mut self) -> Result<bool> {
+        self.s.check()?;
+        if self.tail == self.head_seen {
+            let h = self.s.w(W_ITEM_HEAD).load(Ordering::Acquire);
+            if h < self.head_seen || h - self.tail > self.s.cap as u64 {
+                let e = protocol(
+                    &self.s.name,
+                    format!(
+                        "item head {h} is outside {}..={} (seen before .. taken + capacity)",
+                        self.head_seen,
+                        self.tail + self.s.cap as u64
+                    ),
+                );
+                return Err(self.s.fail(e));
+            }
+            if let Some(limit) = self.limit.filter(|&l| h > l) {
+                let e = protocol(
+                    &self.s.name,
+                    format!(
+                        "item head {h}: {} items published after the producer's bye (at {limit})",
+                        h - limit
+                    ),
+                );
+                return Err(self.s.fail(e));
+            }
+            self.head_seen = h;
+        }
+        Ok(self.head_seen > self.tail)
+    }
+
+    /// The producer said it is done (its bye, sent after its last item was
+    /// published): items up to the item head as it is now are still
+    /// taken, and any item published after it is a protocol error.
+    pub fn close(&mut self) -> Result<()> {
+        self.s.check()?;
+        let h = self.s.w(W_ITEM_HEAD).load(Ordering::Acquire);
+        if h < self.head_seen || h - self.tail > self.s.cap as u64 {
+            let e = protocol(
+                &self.s.name,
+                format!(
+                    "item head {h} is outside {}..={} (seen before .. taken + capacity)",
+                    self.head_seen,
+                    self.tail + self.s.cap as u64
+                ),
+            );
+            return Err(self.s.fail(e));
+        }
+        self.head_seen = h;
+        self.limit = Some(h);
+        Ok(())
+    }
+
+    /// For a caller that sleeps outside the ring (polling [`wait_fd`]
+    /// together with its socket, or through tokio, with
+    /// [`Wake::EventFd`]): raises the consumer's waiting word and looks
+    /// again. `Ok(true)`: an item is there, do not sleep (the word is
+    /// lowered again). `Ok(false)`: sleep, then call
+    /// [`end_wait`](Self::end_wait).
+    ///
+    /// [`wait_fd`]: Self::wait_fd
+    pub fn begin_wait(&mut self) -> Result<bool> {
+        self.s.h(H_CONSUMER_WAITING).store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let r = self.item_pending();
+        if !matches!(r, Ok(false)) {
+            self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Ends a sleep begun with [`begin_wait`](Self::begin_wait): lowers
+    /// the waiting word and drains the wake-up fd.
+    pub fn end_wait(&mut self) {
+        self.s.end_wait(H_CONSUMER_WAITING);
+    }
+
+    fn check_item(
+        &self,
+        slot: u64,
+        len: u64,
+        seq: u64,
+        sent_ns: u64,
+        fref: u64,
+    ) -> Result<ItemDesc> {
+        let name = &self.s.name;
+        if slot >= self.s.cap as u64 {
+            return Err(protocol(
+                name,
+                format!("item slot {slot} is not below the pool size {}", self.s.cap),
+            ));
+        }
+        let size = self.sizes[slot as usize];
+        if len > size {
+            return Err(protocol(
+                name,
+                format!("item length {len} is past the {size}-byte buffer of slot {slot}"),
+            ));
+        }
+        if seq != self.seq + 1 {
+            return Err(protocol(
+                name,
+                format!(
+                    "item sequence {seq}, expected {} ({})",
+                    self.seq + 1,
+                    if seq <= self.seq {
+                        "replayed"
+                    } else {
+                        "skipped"
+                    }
+                ),
+            ));
+        }
+        let held = self.held[slot as usize];
+        if held != 0 {
+            return Err(protocol(
+                name,
+                format!("item {seq} in slot {slot}, which this consumer still holds (item {held})"),
+            ));
+        }
+        let fence = match fref {
+            0 => FenceRef::Signalled,
+            t if t == self.fence_in + 1 => FenceRef::Socket(t),
+            t => {
+                return Err(protocol(
+                    name,
+                    format!(
+                        "item fence reference {t}, expected 0 or {}",
+                        self.fence_in + 1
+                    ),
+                ))
+            }
+        };
+        Ok(ItemDesc {
+            slot: slot as usize,
+            len,
+            seq,
+            sent_ns,
+            fence,
+        })
+    }
+
+    /// The next item, waiting at most `timeout` (then
+    /// [`ErrorKind::TimedOut`]).
+    pub fn recv_item(&mut self, timeout: Duration) -> Result<ItemDesc> {
+        Shared::wait(
+            self,
+            H_CONSUMER_WAITING,
+            timeout,
+            "item",
+            |c| &mut c.s,
+            |c| c.try_recv_item(),
+        )
+    }
+
+    /// Gives back the item `seq` held in `slot`; `socket_fence` says
+    /// whether its release fence travels over the socket (then the
+    /// returned descriptor carries its tag). Wakes the producer only if it
+    /// sleeps.
+    pub fn send_release(
+        &mut self,
+        slot: usize,
+        seq: u64,
+        socket_fence: bool,
+    ) -> Result<ReleaseDesc> {
+        self.s.check()?;
+        if self.held.get(slot).copied().unwrap_or(0) != seq || seq == 0 {
+            return Err(Error::invalid(
+                "ring send release",
+                self.s.name.clone(),
+                format!("item {seq} in slot {slot} is not held"),
+            ));
+        }
+        let t = self.s.w(W_REL_TAIL).load(Ordering::Acquire);
+        if t < self.rel_tail_seen || t > self.rel_head {
+            let e = protocol(
+                &self.s.name,
+                format!(
+                    "release tail {t} is outside {}..={} (taken before .. published)",
+                    self.rel_tail_seen, self.rel_head
+                ),
+            );
+            return Err(self.s.fail(e));
+        }
+        self.rel_tail_seen = t;
+        if self.rel_head - t >= self.s.cap as u64 {
+            let e = protocol(
+                &self.s.name,
+                format!(
+                    "release ring full: the producer took none of {} releases",
+                    self.rel_head - t
+                ),
+            );
+            return Err(self.s.fail(e));
+        }
+        let fence = if socket_fence {
+            self.rel_fence_out += 1;
+            FenceRef::Socket(self.rel_fence_out)
+        } else {
+            FenceRef::Signalled
+        };
+        let base = W_ITEMS
+            + self.s.cap * ITEM_WORDS
+            + (self.rel_head % self.s.cap as u64) as usize * REL_WORDS;
+        for (i, v) in [slot as u64, seq, fence.word()].into_iter().enumerate() {
+            self.s.w(base + i).store(v, Ordering::Relaxed);
+        }
+        self.rel_head += 1;
+        self.s.w(W_REL_HEAD).store(self.rel_head, Ordering::Release);
+        self.held[slot] = 0;
+        self.s.wake_peer(H_PRODUCER_WAITING)?;
+        Ok(ReleaseDesc { slot, seq, fence })
+    }
+}
+
+#[cfg(test)]
+mod tests;

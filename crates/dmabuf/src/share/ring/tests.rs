@@ -1,0 +1,582 @@
+//! Ring tests: the honest protocol, then a hostile peer that writes the
+//! shared words directly.
+
+use super::*;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+const SIZES: [u64; 4] = [4096, 4096, 8192, 100];
+const SHORT: Duration = Duration::from_millis(50);
+
+/// A producer end, a consumer end, and a raw view of the shared memory
+/// for playing the hostile peer.
+fn pair(wake: Wake) -> (ProducerRing, ConsumerRing, SharedWords) {
+    let p = ProducerRing::create(&SIZES, wake, "consumer 0").unwrap();
+    let fds: Vec<OwnedFd> = p
+        .shared_fds()
+        .into_iter()
+        .map(|f| f.try_clone_to_owned().unwrap())
+        .collect();
+    let raw = SharedWords::map(&fds[0], ring_len(SIZES.len()) / 8, true).unwrap();
+    let c = ConsumerRing::open(fds, &SIZES, "producer").unwrap();
+    (p, c, raw)
+}
+
+fn w(raw: &SharedWords, i: usize) -> &AtomicU64 {
+    raw.word(i).unwrap()
+}
+
+fn item_word(raw: &SharedWords, index: usize, field: usize) -> &AtomicU64 {
+    w(raw, W_ITEMS + index * ITEM_WORDS + field)
+}
+
+fn rel_word(raw: &SharedWords, index: usize, field: usize) -> &AtomicU64 {
+    w(
+        raw,
+        W_ITEMS + SIZES.len() * ITEM_WORDS + index * REL_WORDS + field,
+    )
+}
+
+/// Writes item descriptor `index` and publishes head `head`, as a
+/// (possibly hostile) producer would.
+fn forge_item(raw: &SharedWords, index: usize, d: [u64; 5], head: u64) {
+    for (i, v) in d.into_iter().enumerate() {
+        item_word(raw, index, i).store(v, Ordering::Relaxed);
+    }
+    w(raw, W_ITEM_HEAD).store(head, Ordering::Release);
+}
+
+fn forge_release(raw: &SharedWords, index: usize, d: [u64; 3], head: u64) {
+    for (i, v) in d.into_iter().enumerate() {
+        rel_word(raw, index, i).store(v, Ordering::Relaxed);
+    }
+    w(raw, W_REL_HEAD).store(head, Ordering::Release);
+}
+
+#[track_caller]
+fn assert_protocol<T: std::fmt::Debug>(r: Result<T>, needle: &str) -> Error {
+    let e = r.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert_eq!(e.errno(), Some(Errno::PROTO));
+    assert!(e.to_string().contains(needle), "'{e}' lacks '{needle}'");
+    e
+}
+
+// ---- the honest protocol --------------------------------------------------
+
+#[test]
+fn items_and_releases_round_trip_with_fence_tags() {
+    for wake in [Wake::Futex, Wake::EventFd] {
+        let (mut p, mut c, _raw) = pair(wake);
+        assert_eq!(c.try_recv_item().unwrap(), None);
+        let a = p.send_item(2, 8000, 11, false).unwrap();
+        let b = p.send_item(0, 1, 12, true).unwrap();
+        assert_eq!((a.seq, a.fence), (1, FenceRef::Signalled));
+        assert_eq!((b.seq, b.fence), (2, FenceRef::Socket(1)));
+        assert_eq!(c.recv_item(SHORT).unwrap(), a);
+        assert_eq!(c.recv_item(SHORT).unwrap(), b);
+        assert_eq!(c.held(), 2);
+        assert_eq!(p.in_flight(), 2);
+        // Releases in any order.
+        let rb = c.send_release(0, 2, true).unwrap();
+        let ra = c.send_release(2, 1, false).unwrap();
+        assert_eq!(rb.fence, FenceRef::Socket(1));
+        assert_eq!(p.recv_release(SHORT).unwrap(), rb);
+        assert_eq!(p.try_recv_release().unwrap(), Some(ra));
+        assert_eq!(p.try_recv_release().unwrap(), None);
+        assert_eq!(p.in_flight(), 0);
+        // The slots can be used again, and the ring wraps around.
+        for round in 0..10u64 {
+            for slot in 0..4 {
+                p.send_item(slot, 100, round, false).unwrap();
+            }
+            for slot in 0..4 {
+                let d = c.recv_item(SHORT).unwrap();
+                assert_eq!(d.slot, slot);
+                c.send_release(d.slot, d.seq, false).unwrap();
+            }
+            for _ in 0..4 {
+                p.recv_release(SHORT).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn local_misuse_is_invalid_input_not_protocol() {
+    let (mut p, mut c, _raw) = pair(Wake::Futex);
+    let kind = |r: Result<ItemDesc>| r.unwrap_err().kind();
+    assert_eq!(kind(p.send_item(4, 1, 0, false)), ErrorKind::InvalidInput);
+    assert_eq!(kind(p.send_item(3, 101, 0, false)), ErrorKind::InvalidInput);
+    p.send_item(3, 100, 0, false).unwrap();
+    assert_eq!(kind(p.send_item(3, 1, 0, false)), ErrorKind::InvalidInput);
+    let e = c.send_release(3, 1, false).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    let d = c.recv_item(SHORT).unwrap();
+    assert_eq!(
+        c.send_release(d.slot, d.seq + 1, false).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    c.send_release(d.slot, d.seq, false).unwrap();
+}
+
+#[test]
+fn a_stream_between_threads_keeps_order_in_both_wake_modes() {
+    for wake in [Wake::Futex, Wake::EventFd] {
+        let (mut p, mut c, _raw) = pair(wake);
+        const N: u64 = 20_000;
+        let t = std::thread::spawn(move || {
+            for n in 1..=N {
+                let d = c.recv_item(Duration::from_secs(10)).unwrap();
+                assert_eq!(d.seq, n);
+                assert_eq!(d.len, n % 100);
+                c.send_release(d.slot, d.seq, n % 7 == 0).unwrap();
+            }
+        });
+        let mut free: Vec<usize> = (0..4).collect();
+        let mut rel_tags = 0;
+        for n in 1..=N {
+            let slot = match free.pop() {
+                Some(s) => s,
+                None => {
+                    let r = p.recv_release(Duration::from_secs(10)).unwrap();
+                    if let FenceRef::Socket(t) = r.fence {
+                        rel_tags += 1;
+                        assert_eq!(t, rel_tags);
+                    }
+                    r.slot
+                }
+            };
+            p.send_item(slot, n % 100, n, false).unwrap();
+        }
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn no_wake_up_reaches_a_consumer_that_is_not_sleeping() {
+    let (mut p, mut c, raw) = pair(Wake::EventFd);
+    for slot in 0..3 {
+        p.send_item(slot, 1, 0, false).unwrap();
+    }
+    // The consumer never slept: its eventfd was never written.
+    let mut b = [0u8; 8];
+    assert_eq!(
+        rustix::io::read(c.wait_fd().unwrap(), &mut b).unwrap_err(),
+        Errno::AGAIN
+    );
+    // The batch is taken with no wait.
+    for _ in 0..3 {
+        assert!(c.try_recv_item().unwrap().is_some());
+    }
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        0
+    );
+    // A sleeping consumer is woken by the next item.
+    let t = std::thread::spawn(move || c.recv_item(Duration::from_secs(10)).map(|d| d.slot));
+    while raw
+        .word32(H_CONSUMER_WAITING)
+        .unwrap()
+        .load(Ordering::SeqCst)
+        == 0
+    {
+        std::thread::yield_now();
+    }
+    p.send_item(3, 1, 0, false).unwrap();
+    assert_eq!(t.join().unwrap().unwrap(), 3);
+}
+
+#[test]
+fn waits_time_out() {
+    for wake in [Wake::Futex, Wake::EventFd] {
+        let (mut p, mut c, _raw) = pair(wake);
+        let t = Instant::now();
+        let e = c.recv_item(SHORT).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        let e = p.recv_release(SHORT).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() >= 2 * SHORT - Duration::from_millis(10));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
+
+// ---- opening a ring the peer made ---------------------------------------
+
+fn sealed_memfd(len: u64, seals: SealFlags) -> OwnedFd {
+    let fd =
+        rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&fd, len).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    fd
+}
+
+#[test]
+fn a_forged_ring_memfd_is_refused_with_a_named_cause() {
+    let len = ring_len(4) as u64;
+    let all = SealFlags::SHRINK | SealFlags::GROW;
+    assert_protocol(
+        ConsumerRing::open(vec![sealed_memfd(len, SealFlags::GROW)], &SIZES, "p"),
+        "not sealed",
+    );
+    assert_protocol(
+        ConsumerRing::open(vec![sealed_memfd(len * 2, all)], &SIZES, "p"),
+        "bytes, expected",
+    );
+    assert_protocol(
+        ConsumerRing::open(vec![sealed_memfd(len, all)], &SIZES, "p"),
+        "ring magic",
+    );
+    // Right magic, wrong capacity.
+    let p = ProducerRing::create(&SIZES[..2], Wake::Futex, "c").unwrap();
+    let fd = p.shared_fds()[0].try_clone_to_owned().unwrap();
+    let mut sizes8 = SIZES.to_vec();
+    sizes8.extend_from_slice(&SIZES);
+    let fd2 = fd.try_clone().unwrap();
+    // (Rings of 1, 2 and 8 slots all fit one page.)
+    assert_protocol(
+        ConsumerRing::open(vec![fd], &sizes8, "p"),
+        "ring capacity 2, expected 8 (the pool size)",
+    );
+    assert_protocol(
+        ConsumerRing::open(vec![fd2], &SIZES[..1], "p"),
+        "ring capacity 2, expected 1",
+    );
+    // Wake fds that are not eventfds; a wrong number of fds.
+    let p = ProducerRing::create(&SIZES, Wake::Futex, "c").unwrap();
+    let m = || p.shared_fds()[0].try_clone_to_owned().unwrap();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    assert_protocol(
+        ConsumerRing::open(vec![m(), r, w], &SIZES, "p"),
+        "not an eventfd",
+    );
+    assert_protocol(
+        ConsumerRing::open(vec![m(), m()], &SIZES, "p"),
+        "expected 1 or 3",
+    );
+    assert_protocol(ConsumerRing::open(vec![], &SIZES, "p"), "expected 1 or 3");
+}
+
+// ---- a hostile producer -------------------------------------------------
+
+#[test]
+fn a_corrupt_item_head_is_a_protocol_error() {
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    w(&raw, W_ITEM_HEAD).store(5, Ordering::Release);
+    let e = assert_protocol(c.try_recv_item(), "item head 5 is outside 0..=4");
+    // The ring stays broken, even once the word is put right.
+    w(&raw, W_ITEM_HEAD).store(0, Ordering::Release);
+    assert_eq!(c.try_recv_item().unwrap_err().to_string(), e.to_string());
+    assert_eq!(c.recv_item(SHORT).unwrap_err().kind(), ErrorKind::Protocol);
+}
+
+#[test]
+fn an_item_head_that_moves_back_or_wraps_is_refused() {
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    p.send_item(1, 1, 0, false).unwrap();
+    c.try_recv_item().unwrap().unwrap();
+    w(&raw, W_ITEM_HEAD).store(u64::MAX, Ordering::Release);
+    // Still one seen and not taken: taken without reading the head again.
+    c.try_recv_item().unwrap().unwrap();
+    assert_protocol(c.try_recv_item(), "item head 18446744073709551615");
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    c.try_recv_item().unwrap().unwrap();
+    w(&raw, W_ITEM_HEAD).store(0, Ordering::Release);
+    assert_protocol(c.try_recv_item(), "item head 0 is outside 1..=5");
+}
+
+#[test]
+fn forged_item_fields_are_named() {
+    let cases: [([u64; 5], &str); 7] = [
+        ([4, 1, 1, 0, 0], "item slot 4 is not below the pool size 4"),
+        ([u64::MAX, 1, 1, 0, 0], "item slot 18446744073709551615"),
+        (
+            [3, 101, 1, 0, 0],
+            "item length 101 is past the 100-byte buffer of slot 3",
+        ),
+        ([0, u64::MAX, 1, 0, 0], "item length 18446744073709551615"),
+        ([0, 1, 0, 0, 0], "item sequence 0, expected 1 (replayed)"),
+        ([0, 1, 2, 0, 0], "item sequence 2, expected 1 (skipped)"),
+        ([0, 1, 1, 0, 2], "item fence reference 2, expected 0 or 1"),
+    ];
+    for (d, needle) in cases {
+        let (_p, mut c, raw) = pair(Wake::Futex);
+        forge_item(&raw, 0, d, 1);
+        assert_protocol(c.try_recv_item(), needle);
+        assert_eq!(c.held(), 0, "{needle}: nothing taken");
+    }
+}
+
+#[test]
+fn replayed_items_and_items_in_held_buffers_are_refused() {
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    forge_item(&raw, 0, [0, 1, 1, 0, 1], 1);
+    assert_eq!(
+        c.try_recv_item().unwrap().unwrap().fence,
+        FenceRef::Socket(1)
+    );
+    // The same descriptor again (a replay): sequence and fence tag.
+    forge_item(&raw, 1, [1, 1, 1, 0, 0], 2);
+    assert_protocol(c.try_recv_item(), "item sequence 1, expected 2 (replayed)");
+
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    forge_item(&raw, 0, [0, 1, 1, 0, 1], 1);
+    c.try_recv_item().unwrap().unwrap();
+    forge_item(&raw, 1, [1, 1, 2, 0, 1], 2);
+    assert_protocol(c.try_recv_item(), "item fence reference 1, expected 0 or 2");
+
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    forge_item(&raw, 0, [2, 1, 1, 0, 0], 1);
+    c.try_recv_item().unwrap().unwrap();
+    forge_item(&raw, 1, [2, 1, 2, 0, 0], 2);
+    assert_protocol(
+        c.try_recv_item(),
+        "item 2 in slot 2, which this consumer still holds (item 1)",
+    );
+}
+
+#[test]
+fn a_producer_that_stops_mid_batch_is_caught_or_times_out() {
+    // It published two items but wrote only the first descriptor: the
+    // second reads as zeros.
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    forge_item(&raw, 0, [0, 1, 1, 0, 0], 2);
+    c.recv_item(SHORT).unwrap();
+    assert_protocol(c.recv_item(SHORT), "item sequence 0, expected 2 (replayed)");
+    // It published one item of a batch of three and stopped.
+    for wake in [Wake::Futex, Wake::EventFd] {
+        let (mut p, mut c, _raw) = pair(wake);
+        p.send_item(0, 1, 0, false).unwrap();
+        c.recv_item(SHORT).unwrap();
+        let t = Instant::now();
+        assert_eq!(c.recv_item(SHORT).unwrap_err().kind(), ErrorKind::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_peer_that_keeps_clearing_the_waiting_word_costs_spinning_not_a_hang() {
+    for wake in [Wake::Futex, Wake::EventFd] {
+        let (_p, mut c, raw) = pair(wake);
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let raw = Arc::new(raw);
+        let r = raw.clone();
+        let spinner = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                r.word32(H_CONSUMER_WAITING)
+                    .unwrap()
+                    .store(0, Ordering::SeqCst);
+                r.word32(H_PRODUCER_WAITING)
+                    .unwrap()
+                    .store(1, Ordering::SeqCst);
+            }
+        });
+        let t = Instant::now();
+        let e = c.recv_item(Duration::from_millis(100)).unwrap_err();
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_raised_waiting_word_only_costs_wake_ups() {
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    for n in 0..100u64 {
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .store(1, Ordering::SeqCst);
+        let slot = (n % 4) as usize;
+        p.send_item(slot, 1, 0, false).unwrap();
+        let d = c.recv_item(SHORT).unwrap();
+        c.send_release(d.slot, d.seq, false).unwrap();
+        p.recv_release(SHORT).unwrap();
+    }
+}
+
+#[test]
+fn a_corrupt_release_tail_or_a_ring_never_drained_is_refused() {
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    let d = c.recv_item(SHORT).unwrap();
+    w(&raw, W_REL_TAIL).store(3, Ordering::Release);
+    assert_protocol(
+        c.send_release(d.slot, d.seq, false),
+        "release tail 3 is outside 0..=0",
+    );
+
+    // A producer that reuses released slots without ever taking the
+    // releases: the release ring fills.
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    for seq in 1..=4u64 {
+        forge_item(&raw, (seq - 1) as usize, [0, 1, seq, 0, 0], seq);
+        let d = c.recv_item(SHORT).unwrap();
+        c.send_release(d.slot, d.seq, false).unwrap();
+    }
+    forge_item(&raw, 0, [0, 1, 5, 0, 0], 5);
+    let d = c.recv_item(SHORT).unwrap();
+    assert_protocol(
+        c.send_release(d.slot, d.seq, false),
+        "release ring full: the producer took none of 4 releases",
+    );
+}
+
+// ---- a hostile consumer -------------------------------------------------
+
+#[test]
+fn forged_releases_are_named() {
+    type Case = (fn(&SharedWords), &'static str);
+    let cases: [Case; 7] = [
+        (
+            |r| w(r, W_REL_HEAD).store(5, Ordering::Release),
+            "release head 5 is outside 0..=4",
+        ),
+        (
+            |r| forge_release(r, 0, [4, 1, 0], 1),
+            "release slot 4 is not below the pool size 4",
+        ),
+        (
+            |r| forge_release(r, 0, [1, 1, 0], 1),
+            "release sequence 1 of slot 1: that slot has no item in flight",
+        ),
+        (
+            |r| forge_release(r, 0, [0, 2, 0], 1),
+            "release sequence 2 of slot 0: its item in flight is sequence 1",
+        ),
+        (
+            |r| forge_release(r, 0, [0, 0, 0], 1),
+            "release sequence 0 of slot 0",
+        ),
+        (
+            |r| forge_release(r, 0, [0, 1, 2], 1),
+            "release fence reference 2, expected 0 or 1",
+        ),
+        // Released before it was taken off the ring.
+        (
+            |r| {
+                w(r, W_ITEM_TAIL).store(0, Ordering::Release);
+                forge_release(r, 0, [0, 1, 0], 1)
+            },
+            "release sequence 1 of an item not yet taken off the ring (0 taken)",
+        ),
+    ];
+    for (forge, needle) in cases {
+        let (mut p, mut c, raw) = pair(Wake::Futex);
+        p.send_item(0, 1, 0, false).unwrap();
+        c.recv_item(SHORT).unwrap();
+        forge(&raw);
+        assert_protocol(p.try_recv_release(), needle);
+        assert_eq!(p.in_flight(), 1, "{needle}: nothing released");
+        assert_protocol(p.send_item(1, 1, 0, false), needle);
+    }
+}
+
+#[test]
+fn a_replayed_release_is_refused() {
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    let d = c.recv_item(SHORT).unwrap();
+    c.send_release(d.slot, d.seq, false).unwrap();
+    p.recv_release(SHORT).unwrap();
+    forge_release(&raw, 1, [0, 1, 0], 2);
+    assert_protocol(
+        p.try_recv_release(),
+        "release sequence 1 of slot 0: that slot has no item in flight",
+    );
+}
+
+#[test]
+fn a_corrupt_item_tail_is_refused() {
+    for bad in [2u64, u64::MAX] {
+        let (mut p, _c, raw) = pair(Wake::Futex);
+        p.send_item(0, 1, 0, false).unwrap();
+        w(&raw, W_ITEM_TAIL).store(bad, Ordering::Release);
+        assert_protocol(
+            p.send_item(1, 1, 0, false),
+            &format!("item tail {bad} is outside 0..=1"),
+        );
+    }
+    // Moving back.
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    c.recv_item(SHORT).unwrap();
+    p.send_item(1, 1, 0, false).unwrap();
+    w(&raw, W_ITEM_TAIL).store(0, Ordering::Release);
+    assert_protocol(p.send_item(2, 1, 0, false), "item tail 0 is outside 1..=2");
+}
+
+#[test]
+fn a_consumer_that_stops_releasing_makes_the_producer_time_out() {
+    for wake in [Wake::Futex, Wake::EventFd] {
+        let (mut p, mut c, _raw) = pair(wake);
+        for slot in 0..4 {
+            p.send_item(slot, 1, 0, false).unwrap();
+        }
+        c.recv_item(SHORT).unwrap();
+        let t = Instant::now();
+        assert_eq!(
+            p.recv_release(SHORT).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
+
+// ---- sleeping outside the ring (with a socket, or tokio) ----------------
+
+fn readable(fd: BorrowedFd<'_>, ms: i64) -> bool {
+    let mut p = [PollFd::new(&fd, PollFlags::IN)];
+    let ts = rustix::time::Timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: (ms % 1000) * 1_000_000,
+    };
+    rustix::event::poll(&mut p, Some(&ts)).unwrap() == 1
+}
+
+#[test]
+fn begin_wait_arms_the_wake_fd_only_when_nothing_is_there() {
+    let (mut p, mut c, raw) = pair(Wake::EventFd);
+    // Nothing there: armed; an item then makes the fd readable.
+    assert!(!c.begin_wait().unwrap());
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        1
+    );
+    p.send_item(1, 1, 0, false).unwrap();
+    assert!(readable(c.wait_fd().unwrap(), 1000));
+    c.end_wait();
+    assert!(!readable(c.wait_fd().unwrap(), 0), "drained");
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        0
+    );
+    // Something there: not armed, no sleep.
+    assert!(c.begin_wait().unwrap());
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        0
+    );
+    let d = c.try_recv_item().unwrap().unwrap();
+    // The same on the producer's side, for releases.
+    assert!(!p.begin_wait().unwrap());
+    c.send_release(d.slot, d.seq, false).unwrap();
+    assert!(readable(p.wait_fd().unwrap(), 1000));
+    p.end_wait();
+    assert!(p.begin_wait().unwrap());
+    assert_eq!(p.try_recv_release().unwrap().unwrap().slot, 1);
+    // A corrupt head is caught while arming, too.
+    w(&raw, W_ITEM_HEAD).store(99, Ordering::Release);
+    assert_protocol(c.begin_wait(), "item head 99");
+}

@@ -1,0 +1,146 @@
+//! The pool's per-item path on its descriptor rings: a steady stream puts
+//! nothing on the sockets, a real fence does, and a forged handshake is
+//! refused.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dmabuf::share::pool::{Consumer, Producer};
+use dmabuf::share::{Channel, Message};
+use dmabuf::{Allocate, Buffer, ErrorKind, Fence, Portable, UserFence};
+
+const T: Option<Duration> = Some(Duration::from_secs(10));
+
+fn portable(size: u64, name: &str) -> Buffer {
+    Portable.allocate(size, name).unwrap()
+}
+
+fn readable(fd: BorrowedFd<'_>) -> bool {
+    let mut p = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut p, Some(&zero)).unwrap() == 1
+}
+
+/// A producer and a consumer of 4 buffers, with a second handle on each
+/// socket to watch it.
+fn pool() -> (Producer, Consumer, OwnedFd, OwnedFd) {
+    let (p, c) = Channel::pair().unwrap();
+    let (pw, cw) = (
+        p.fd().try_clone_to_owned().unwrap(),
+        c.fd().try_clone_to_owned().unwrap(),
+    );
+    let bufs = (0..4).map(|i| portable(4096, &format!("r{i}"))).collect();
+    let producer = Producer::new(bufs, vec![p]).unwrap();
+    let consumer = Consumer::new(c, T).unwrap();
+    (producer, consumer, pw, cw)
+}
+
+#[test]
+fn a_steady_stream_sends_no_socket_message() {
+    let (mut producer, mut consumer, to_producer, to_consumer) = pool();
+    for round in 0..50u64 {
+        for _ in 0..3 {
+            let lease = producer.acquire(T).unwrap();
+            lease.submit(4096, Fence::Signalled).unwrap();
+        }
+        // Items, with signalled fences: nothing on the consumer's socket.
+        assert!(!readable(to_consumer.as_fd()), "round {round}");
+        for k in 1..=3 {
+            let item = consumer.next(T).unwrap().unwrap();
+            assert_eq!(item.seq(), round * 3 + k);
+            item.release(Fence::Signalled).unwrap();
+        }
+        // Releases with signalled fences: nothing on the producer's socket.
+        assert!(!readable(to_producer.as_fd()), "round {round}");
+    }
+    producer.finish(T).unwrap();
+    assert!(consumer.next(T).unwrap().is_none());
+}
+
+#[test]
+fn a_real_fence_travels_over_the_socket() {
+    let (mut producer, mut consumer, to_producer, to_consumer) = pool();
+    let ready = UserFence::new().unwrap();
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(10, ready.clone().into())
+        .unwrap();
+    assert!(readable(to_consumer.as_fd()), "the fence message");
+    let e = consumer.next(Some(Duration::from_millis(30))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut);
+    ready.signal().unwrap();
+    let item = consumer.next(T).unwrap().unwrap();
+    assert_eq!((item.seq(), item.len()), (1, 10));
+    let release = UserFence::new().unwrap();
+    item.release(release.clone().into()).unwrap();
+    assert!(readable(to_producer.as_fd()), "the release fence message");
+    // Three other buffers are free; the fourth comes back once the
+    // release fence signals.
+    let mut sent = 0;
+    while let Some(lease) = producer.try_acquire().unwrap() {
+        assert_ne!(lease.slot(), 0, "reused before its release fence signalled");
+        lease.submit(1, Fence::Signalled).unwrap();
+        sent += 1;
+        assert!(sent <= 3);
+    }
+    assert_eq!(sent, 3);
+    release.signal().unwrap();
+    assert_eq!(producer.acquire(T).unwrap().slot(), 0);
+}
+
+#[test]
+fn a_pool_ready_without_a_ring_is_refused() {
+    let (p, c) = Channel::pair().unwrap();
+    p.send(&Message::Buffer {
+        id: 0,
+        buffer: portable(4096, "x"),
+    })
+    .unwrap();
+    p.send(&Message::PoolReady {
+        buffers: 1,
+        consumer: 0,
+    })
+    .unwrap();
+    let e = Consumer::new(c, T).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol);
+    assert!(
+        e.to_string().contains("pool-ready before the ring message"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_forged_ring_is_refused_with_its_cause() {
+    // A ring message whose memfd is not sealed, and whose wake fds are
+    // pipes.
+    let (p, c) = Channel::pair().unwrap();
+    p.send(&Message::Buffer {
+        id: 0,
+        buffer: portable(4096, "x"),
+    })
+    .unwrap();
+    let memfd = rustix::fs::memfd_create("forged", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, 4096).unwrap();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    p.send(&Message::Ring {
+        capacity: 1,
+        fds: Arc::new(vec![memfd, r, w]),
+    })
+    .unwrap();
+    p.send(&Message::PoolReady {
+        buffers: 1,
+        consumer: 0,
+    })
+    .unwrap();
+    let e = Consumer::new(c, T).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol);
+    assert!(e.to_string().contains("not an eventfd"), "{e}");
+}
