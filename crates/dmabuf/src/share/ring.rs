@@ -222,6 +222,25 @@ impl Shared {
         e
     }
 
+    /// Reads the peer's head word `word` (named `what` in errors) and
+    /// checks it against what this side knows: never behind the head seen
+    /// before, never more than the capacity ahead of what was taken. A head
+    /// outside that breaks the ring with a Protocol error.
+    fn peer_head(&mut self, word: usize, what: &str, seen: u64, taken: u64) -> Result<u64> {
+        let h = self.w(word).load(Ordering::Acquire);
+        if h < seen || h - taken > self.cap as u64 {
+            let e = protocol(
+                &self.name,
+                format!(
+                    "{what} head {h} is outside {seen}..={} (seen before .. taken + capacity)",
+                    taken + self.cap as u64
+                ),
+            );
+            return Err(self.fail(e));
+        }
+        Ok(h)
+    }
+
     /// Wakes the peer if its waiting word (32-bit index `flag`) is raised.
     fn wake_peer(&self, flag: usize) -> Result<()> {
         // Pairs with the fence in `wait`: either the peer sees what we
@@ -568,18 +587,9 @@ impl ProducerRing {
     fn release_pending(&mut self) -> Result<bool> {
         self.s.check()?;
         if self.rel_tail == self.rel_head_seen {
-            let h = self.s.w(W_REL_HEAD).load(Ordering::Acquire);
-            if h < self.rel_head_seen || h - self.rel_tail > self.s.cap as u64 {
-                let e = protocol(
-                    &self.s.name,
-                    format!(
-                        "release head {h} is outside {}..={} (seen before .. taken + capacity)",
-                        self.rel_head_seen,
-                        self.rel_tail + self.s.cap as u64
-                    ),
-                );
-                return Err(self.s.fail(e));
-            }
+            let h = self
+                .s
+                .peer_head(W_REL_HEAD, "release", self.rel_head_seen, self.rel_tail)?;
             self.rel_head_seen = h;
         }
         Ok(self.rel_head_seen > self.rel_tail)
@@ -848,18 +858,9 @@ impl ConsumerRing {
     fn item_pending(&mut self) -> Result<bool> {
         self.s.check()?;
         if self.tail == self.head_seen {
-            let h = self.s.w(W_ITEM_HEAD).load(Ordering::Acquire);
-            if h < self.head_seen || h - self.tail > self.s.cap as u64 {
-                let e = protocol(
-                    &self.s.name,
-                    format!(
-                        "item head {h} is outside {}..={} (seen before .. taken + capacity)",
-                        self.head_seen,
-                        self.tail + self.s.cap as u64
-                    ),
-                );
-                return Err(self.s.fail(e));
-            }
+            let h = self
+                .s
+                .peer_head(W_ITEM_HEAD, "item", self.head_seen, self.tail)?;
             if let Some(limit) = self.limit.filter(|&l| h > l) {
                 let e = protocol(
                     &self.s.name,
@@ -880,18 +881,9 @@ impl ConsumerRing {
     /// taken, and any item published after it is a protocol error.
     pub fn close(&mut self) -> Result<()> {
         self.s.check()?;
-        let h = self.s.w(W_ITEM_HEAD).load(Ordering::Acquire);
-        if h < self.head_seen || h - self.tail > self.s.cap as u64 {
-            let e = protocol(
-                &self.s.name,
-                format!(
-                    "item head {h} is outside {}..={} (seen before .. taken + capacity)",
-                    self.head_seen,
-                    self.tail + self.s.cap as u64
-                ),
-            );
-            return Err(self.s.fail(e));
-        }
+        let h = self
+            .s
+            .peer_head(W_ITEM_HEAD, "item", self.head_seen, self.tail)?;
         self.head_seen = h;
         self.limit = Some(h);
         Ok(())
