@@ -29,6 +29,18 @@ struct FenceStash {
 }
 
 impl FenceStash {
+    /// Keeps a fence message for the descriptor that will name it; any
+    /// other message is handed back.
+    fn sort(&mut self, msg: Message, cap: usize, obj: &str) -> Result<Incoming> {
+        match msg {
+            Message::Fence { tag, fence } => {
+                self.put(tag, fence, cap, obj)?;
+                Ok(Incoming::Kept)
+            }
+            m => Ok(Incoming::Other(m)),
+        }
+    }
+
     fn put(&mut self, tag: u64, fence: Fence, cap: usize, obj: &str) -> Result<()> {
         if self.fences.len() >= cap {
             return Err(protocol(
@@ -155,13 +167,7 @@ impl ProducerTransport {
 
     /// Sorts a socket message: fences are kept for their descriptors.
     pub(super) fn incoming(&mut self, msg: Message, obj: &str) -> Result<Incoming> {
-        match msg {
-            Message::Fence { tag, fence } => {
-                self.stash.put(tag, fence, self.ring.capacity(), obj)?;
-                Ok(Incoming::Kept)
-            }
-            m => Ok(Incoming::Other(m)),
-        }
+        self.stash.sort(msg, self.ring.capacity(), obj)
     }
 
     /// The next release and its fence, if one is there; socket messages
@@ -275,13 +281,7 @@ impl ConsumerTransport {
 
     /// Sorts a socket message: fences are kept for their descriptors.
     pub(super) fn incoming(&mut self, msg: Message, obj: &str) -> Result<Incoming> {
-        match msg {
-            Message::Fence { tag, fence } => {
-                self.stash.put(tag, fence, self.ring.capacity(), obj)?;
-                Ok(Incoming::Kept)
-            }
-            m => Ok(Incoming::Other(m)),
-        }
+        self.stash.sort(msg, self.ring.capacity(), obj)
     }
 
     /// The next item and its ready fence, if one is there.
