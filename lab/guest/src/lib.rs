@@ -20,6 +20,7 @@ pub mod fences;
 pub mod iio;
 pub mod sys;
 pub mod usb;
+pub mod vgem;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

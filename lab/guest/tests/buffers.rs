@@ -9,10 +9,11 @@ use dmabuf::{
     Access, Allocate, Allocator, Backend, Buffer, BufferKind, DmaBuf, Errno, ErrorKind, Fence,
     FenceStatus, Heap, Memfd, SyncFile, Udmabuf, Usage,
 };
+use dmabuf_lab_guest::require_lab;
 use dmabuf_lab_guest::sys::dma_buf::{
     DMA_BUF_SYNC_END, DMA_BUF_SYNC_READ, DMA_BUF_SYNC_RW, DMA_BUF_SYNC_WRITE,
 };
-use dmabuf_lab_guest::{load_module, require_lab, wait_for_path};
+use dmabuf_lab_guest::vgem::Vgem;
 
 const PAGE: u64 = 4096;
 
@@ -265,38 +266,9 @@ fn sync_files_export_import_merge_info_wait() {
     f.wait(Some(Duration::ZERO)).unwrap();
 }
 
-/// A vgem buffer: a dma-buf from a DRM driver whose fences user space
-/// attaches and signals.
-struct Vgem {
-    card: OwnedFd,
-    handle: u32,
-    buffer: Buffer,
-}
-
-fn vgem() -> Vgem {
-    require_lab();
-    load_module("vgem", "").expect("vgem loads");
-    wait_for_path("/dev/dri/card0", Duration::from_secs(5)).unwrap();
-    let card: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/dri/card0")
-        .unwrap()
-        .into();
-    let (handle, size) = dmabuf_lab_guest::sys::vgem::create_dumb(&card, 1024, 1).unwrap();
-    assert_eq!(size, PAGE);
-    let d = DmaBuf::from_fd(dmabuf_lab_guest::sys::vgem::export(&card, handle).unwrap()).unwrap();
-    let buffer = Buffer::from_dma_buf(d);
-    Vgem {
-        card,
-        handle,
-        buffer,
-    }
-}
-
 #[test]
 fn idle_waits_follow_poll_semantics_with_real_kernel_fences() {
-    let v = vgem();
+    let v = Vgem::new();
     let b = &v.buffer;
     // DRM's PRIME export names the exporter after the drm module, not the
     // driver (found in the lab: exp_name is "drm").
@@ -309,7 +281,7 @@ fn idle_waits_follow_poll_semantics_with_real_kernel_fences() {
     assert!(b.is_idle(Access::Write).unwrap());
 
     // A read fence: readers go on, writers wait.
-    let rf = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, false).unwrap();
+    let rf = v.fence(false);
     assert!(
         b.is_idle(Access::Read).unwrap(),
         "POLLIN ignores read fences"
@@ -327,13 +299,13 @@ fn idle_waits_follow_poll_semantics_with_real_kernel_fences() {
     assert_eq!(for_write.status(), FenceStatus::Active);
     let for_read = b.export_fence(Access::Read).unwrap();
     assert_eq!(for_read.status(), FenceStatus::Signalled);
-    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, rf).unwrap();
+    v.signal(rf);
     for_write.wait(Some(Duration::from_secs(1))).unwrap();
     assert!(b.is_idle(Access::Write).unwrap());
 
     // A write fence: everyone waits; a read window opened meanwhile blocks
     // in START until the fence signals.
-    let wf = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, true).unwrap();
+    let wf = v.fence(true);
     assert!(!b.is_idle(Access::Read).unwrap());
     let card = v.card.as_fd().try_clone_to_owned().unwrap();
     let t = std::thread::spawn(move || {
@@ -355,11 +327,11 @@ fn idle_waits_follow_poll_semantics_with_real_kernel_fences() {
 
 #[test]
 fn kernel_and_user_fences_combine_in_one_reservation() {
-    let v = vgem();
+    let v = Vgem::new();
     let b = &v.buffer;
     let user = dmabuf::UserFence::new().unwrap();
     b.add_fence(user.clone().into(), Usage::Write).unwrap();
-    let kf = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, false).unwrap();
+    let kf = v.fence(false);
     let f = b.export_fence(Access::Write).unwrap();
     assert!(matches!(&f, Fence::All(v) if v.len() == 2), "{f:?}");
     user.signal().unwrap();
@@ -368,16 +340,16 @@ fn kernel_and_user_fences_combine_in_one_reservation() {
         FenceStatus::Active,
         "the kernel fence is pending"
     );
-    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, kf).unwrap();
+    v.signal(kf);
     f.wait(Some(Duration::from_secs(1))).unwrap();
     // A kernel sync file added to a kernel buffer lands in the kernel's
     // reservation, where poll sees it.
-    let kf2 = dmabuf_lab_guest::sys::vgem::fence_attach(&v.card, v.handle, true).unwrap();
+    let kf2 = v.fence(true);
     let pending = b.export_fence(Access::Read).unwrap();
     let other = udmabuf(1);
     other.add_fence(pending, Usage::Write).unwrap();
     assert!(!other.is_idle(Access::Read).unwrap());
-    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, kf2).unwrap();
+    v.signal(kf2);
     other
         .wait_idle(Access::Read, Some(Duration::from_secs(1)))
         .unwrap();

@@ -4,58 +4,15 @@
 //! its timeout, a copy transfer waits for kernel fences, and windows that
 //! read and write are kept apart on dma-bufs (`SYNC` has no range).
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use dmabuf::endpoint::{Direction, Endpoint, FdEndpoint, TransferOptions};
 use dmabuf::mapping::{Read, ReadWrite, Write};
-use dmabuf::{Allocate, Buffer, DmaBuf, Errno, ErrorKind, FenceStatus, Heap, Memfd, Udmabuf};
-use dmabuf_lab_guest::{load_module, require_lab, wait_for_path};
+use dmabuf::{Allocate, Buffer, Errno, ErrorKind, FenceStatus, Heap, Memfd, Udmabuf};
+use dmabuf_lab_guest::require_lab;
+use dmabuf_lab_guest::vgem::Vgem;
 
 const PAGE: u64 = 4096;
-
-/// A vgem buffer: a dma-buf from a DRM driver whose fences user space
-/// attaches and signals.
-struct Vgem {
-    card: OwnedFd,
-    handle: u32,
-    buffer: Buffer,
-}
-
-fn vgem() -> Vgem {
-    require_lab();
-    load_module("vgem", "").expect("vgem loads");
-    wait_for_path("/dev/dri/card0", Duration::from_secs(5)).unwrap();
-    let card: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/dri/card0")
-        .unwrap()
-        .into();
-    let (handle, _) = dmabuf_lab_guest::sys::vgem::create_dumb(&card, 1024, 1).unwrap();
-    let d = DmaBuf::from_fd(dmabuf_lab_guest::sys::vgem::export(&card, handle).unwrap()).unwrap();
-    Vgem {
-        card,
-        handle,
-        buffer: Buffer::from_dma_buf(d),
-    }
-}
-
-impl Vgem {
-    /// Attaches an unsignalled kernel fence (a writer or a reader).
-    fn fence(&self, write: bool) -> u32 {
-        dmabuf_lab_guest::sys::vgem::fence_attach(&self.card, self.handle, write).unwrap()
-    }
-
-    /// Signals fence `id` after `delay`, from another thread.
-    fn signal_later(&self, id: u32, delay: Duration) -> std::thread::JoinHandle<()> {
-        let card = self.card.as_fd().try_clone_to_owned().unwrap();
-        std::thread::spawn(move || {
-            std::thread::sleep(delay);
-            dmabuf_lab_guest::sys::vgem::fence_signal(&card, id).unwrap();
-        })
-    }
-}
 
 fn udmabuf(pages: u64) -> Buffer {
     require_lab();
@@ -81,7 +38,7 @@ fn heap(pages: u64) -> Buffer {
 /// gives up at its deadline, naming the kernel fence.
 #[test]
 fn a_window_timeout_bounds_start_on_a_pending_kernel_fence() {
-    let v = vgem();
+    let v = Vgem::new();
     let wf = v.fence(true);
     let m = v.buffer.map().unwrap();
     let t0 = Instant::now();
@@ -97,7 +54,7 @@ fn a_window_timeout_bounds_start_on_a_pending_kernel_fence() {
     assert!(e.cause().contains("START|read"), "{e}");
     assert_eq!(v.buffer.reservation().cpu_windows(), (0, 0), "undone");
     // A read fence holds up writers only.
-    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, wf).unwrap();
+    v.signal(wf);
     let rf = v.fence(false);
     m.window::<Read>(0..PAGE as usize, Some(Duration::ZERO))
         .unwrap();
@@ -105,7 +62,7 @@ fn a_window_timeout_bounds_start_on_a_pending_kernel_fence() {
         .window::<Write>(0..PAGE as usize, Some(Duration::from_millis(50)))
         .unwrap_err();
     assert!(e.cause().contains("START|write"), "{e}");
-    dmabuf_lab_guest::sys::vgem::fence_signal(&v.card, rf).unwrap();
+    v.signal(rf);
     m.window::<Write>(0..PAGE as usize, Some(Duration::from_secs(1)))
         .unwrap();
 }
@@ -115,7 +72,7 @@ fn a_window_timeout_bounds_start_on_a_pending_kernel_fence() {
 /// published.
 #[test]
 fn a_transfer_waits_for_kernel_fences_before_publishing() {
-    let v = vgem();
+    let v = Vgem::new();
     let (r, w) = rustix::pipe::pipe().unwrap();
     let mut rx = FdEndpoint::new(r, Direction::FromDevice).unwrap();
     let a = rx.attach(&v.buffer).unwrap();
@@ -158,7 +115,7 @@ fn a_transfer_waits_for_kernel_fences_before_publishing() {
 /// nothing was sent; after it closes the device gets the window's bytes.
 #[test]
 fn a_window_opened_during_a_transfers_kernel_fence_wait_holds_the_transfer() {
-    let v = vgem();
+    let v = Vgem::new();
     let (r, w) = rustix::pipe::pipe().unwrap();
     let mut tx = FdEndpoint::new(w, Direction::ToDevice).unwrap();
     let a = tx.attach(&v.buffer).unwrap();

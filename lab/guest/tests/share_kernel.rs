@@ -3,31 +3,20 @@
 //! (`/proc/self/fd` names it `anon_inode:sync_file`), travels, and signals
 //! on the far side; a dma-buf announced as a sync file is refused by kind.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use dmabuf::share::{Channel, Message};
-use dmabuf::{Access, Buffer, DmaBuf, ErrorKind, Fence, FenceStatus, SyncFile};
-use dmabuf_lab_guest::{load_module, require_lab, wait_for_path};
+use dmabuf::{Access, ErrorKind, Fence, FenceStatus, SyncFile};
+use dmabuf_lab_guest::vgem::Vgem;
 
 const T: Option<Duration> = Some(Duration::from_secs(5));
 
 #[test]
 fn pending_kernel_fences_pass_the_kind_check_and_travel() {
-    require_lab();
-    load_module("vgem", "").expect("vgem loads");
-    wait_for_path("/dev/dri/card0", Duration::from_secs(5)).unwrap();
-    let card: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/dri/card0")
-        .unwrap()
-        .into();
-    let (handle, _) = dmabuf_lab_guest::sys::vgem::create_dumb(&card, 1024, 1).unwrap();
-    let buffer = Buffer::from_dma_buf(
-        DmaBuf::from_fd(dmabuf_lab_guest::sys::vgem::export(&card, handle).unwrap()).unwrap(),
-    );
-    let rf = dmabuf_lab_guest::sys::vgem::fence_attach(&card, handle, false).unwrap();
+    let v = Vgem::new();
+    let buffer = v.buffer.clone();
+    let rf = v.fence(false);
     let pending = buffer.export_fence(Access::Write).unwrap();
     let Fence::Kernel(s) = &pending else {
         panic!("not a kernel fence: {pending:?}")
@@ -48,7 +37,7 @@ fn pending_kernel_fences_pass_the_kind_check_and_travel() {
     };
     assert!(matches!(got, Fence::Kernel(_)), "{got:?}");
     assert_eq!(got.status(), FenceStatus::Active);
-    dmabuf_lab_guest::sys::vgem::fence_signal(&card, rf).unwrap();
+    v.signal(rf);
     got.wait(Some(Duration::from_secs(1))).unwrap();
 
     // The dma-buf itself announced as a sync file: refused by what it is.
