@@ -291,7 +291,7 @@ impl Consumer {
         socket: &AsyncFd<OwnedFd>,
         obj: &str,
     ) -> Result<Consumer> {
-        let mut hs = super::Handshake::default();
+        let mut hs = super::consumer::Handshake::default();
         loop {
             match channel.try_recv()? {
                 Some(m) => {

@@ -1,0 +1,461 @@
+//! The consuming end: [`Consumer`] checks the handshake, takes items off
+//! its ring ([`Item`]) once their ready fences signal, and releases them.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::transport::{ConsumerTransport, Incoming};
+use super::{past, poll_any, protocol, slice, timed_out, MAX_POOL_BUFFERS};
+use crate::buffer::Buffer;
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
+use crate::share::{Channel, Message};
+
+/// The consuming end of a pool. See the module documentation.
+#[derive(Debug)]
+pub struct Consumer {
+    pub(super) channel: Arc<Channel>,
+    /// The per-item path from the producer (shared with the items, which
+    /// release through it).
+    pub(super) items: Arc<Mutex<ConsumerTransport>>,
+    pub(super) buffers: Vec<Buffer>,
+    pub(super) index: u32,
+    /// An item whose ready fence had not signalled when a wait ran out
+    /// of time (or an async wait was cancelled): the next call resumes it.
+    pub(super) waiting: Option<Item>,
+    pub(super) last_seq: u64,
+    /// The producer said bye: the stream ends once the ring is empty.
+    pub(super) bye: bool,
+    pub(super) ended: bool,
+}
+
+/// The consumer's side of the pool handshake, one message at a time.
+#[derive(Debug, Default)]
+pub(super) struct Handshake {
+    pub(super) buffers: Vec<Buffer>,
+    pub(super) ring: Option<(u32, Arc<Vec<std::os::fd::OwnedFd>>)>,
+}
+
+impl Handshake {
+    /// Takes one message; the consumer index once the pool is complete.
+    pub(super) fn step(&mut self, msg: Message, obj: &str) -> Result<Option<u32>> {
+        match msg {
+            Message::Buffer { id, buffer } => {
+                if id != self.buffers.len() as u64 || self.buffers.len() >= MAX_POOL_BUFFERS {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        format!(
+                            "buffer id {id} out of order (expected {}, at most {MAX_POOL_BUFFERS})",
+                            self.buffers.len()
+                        ),
+                    ));
+                }
+                self.buffers.push(buffer);
+                Ok(None)
+            }
+            Message::Ring { capacity, fds } if self.ring.is_none() => {
+                self.ring = Some((capacity, fds));
+                Ok(None)
+            }
+            Message::PoolReady { buffers, consumer } => {
+                if buffers as usize != self.buffers.len() || buffers == 0 {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        format!(
+                            "pool-ready announces {buffers} buffers but {} arrived",
+                            self.buffers.len()
+                        ),
+                    ));
+                }
+                if self.ring.is_none() {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        "pool-ready before the ring message".into(),
+                    ));
+                }
+                Ok(Some(consumer))
+            }
+            other => Err(protocol(
+                "pool handshake",
+                obj,
+                format!(
+                    "unexpected {} message before the pool was shared",
+                    other.type_name()
+                ),
+            )),
+        }
+    }
+}
+
+/// An item received from a pool: a buffer with bytes ready to read.
+///
+/// Hand it back with [`Item::release`]; dropping it releases it at once
+/// (with no fence).
+#[derive(Debug)]
+pub struct Item {
+    pub(super) channel: Arc<Channel>,
+    pub(super) items: Arc<Mutex<ConsumerTransport>>,
+    pub(super) buffer: Buffer,
+    pub(super) slot: u64,
+    pub(super) seq: u64,
+    pub(super) len: u64,
+    pub(super) sent_ns: u64,
+    pub(super) ready_ns: u64,
+    pub(super) ready: Fence,
+    pub(super) released: bool,
+}
+
+impl Consumer {
+    /// Receives the pool's buffers on `channel` (waiting at most `timeout`
+    /// for each message), checking each.
+    pub fn new(channel: Channel, timeout: Option<Duration>) -> Result<Consumer> {
+        let obj = channel.peer().to_string();
+        let mut hs = Handshake::default();
+        loop {
+            let m = channel.recv(timeout)?;
+            if let Some(index) = hs.step(m, &obj)? {
+                return Consumer::from_handshake(channel, hs, index);
+            }
+        }
+    }
+
+    pub(super) fn from_handshake(channel: Channel, hs: Handshake, index: u32) -> Result<Consumer> {
+        let obj = channel.peer().to_string();
+        let (capacity, fds) = hs
+            .ring
+            .ok_or_else(|| protocol("pool handshake", &obj, "no ring message".into()))?;
+        let sizes: Vec<u64> = hs.buffers.iter().map(|b| b.size()).collect();
+        let items = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
+        Ok(Consumer {
+            channel: Arc::new(channel),
+            items: Arc::new(Mutex::new(items)),
+            buffers: hs.buffers,
+            index,
+            waiting: None,
+            last_seq: 0,
+            bye: false,
+            ended: false,
+        })
+    }
+
+    pub(super) fn transport(&self) -> std::sync::MutexGuard<'_, ConsumerTransport> {
+        // Every update under the lock is one ring operation, which leaves
+        // the ring consistent even if a panic interrupted the holder.
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool's buffers, by slot.
+    pub fn buffers(&self) -> &[Buffer] {
+        &self.buffers
+    }
+
+    /// This consumer's index among the pool's consumers.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The channel to the producer.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Reads and checks every waiting message.
+    pub(super) fn pump(&mut self) -> Result<()> {
+        while let Some(m) = self.channel.try_recv()? {
+            self.take_message(m)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a socket message as it arrives: fences are kept for their
+    /// items (at most one per buffer), a bye ends the stream once the ring
+    /// is empty (and closes the ring at its current head); items travel
+    /// only on the ring; nothing may follow the bye.
+    pub(super) fn take_message(&mut self, msg: Message) -> Result<()> {
+        let obj = self.channel.peer().to_string();
+        if self.bye {
+            return Err(protocol(
+                "pool next",
+                &obj,
+                format!("{} message after the producer's bye", msg.type_name()),
+            ));
+        }
+        let msg = match self.transport().incoming(msg, &obj)? {
+            Incoming::Kept => return Ok(()),
+            Incoming::Other(m) => m,
+        };
+        match msg {
+            Message::Bye => {
+                self.bye = true;
+                self.transport().close()
+            }
+            other => Err(protocol(
+                "pool next",
+                &obj,
+                format!("unexpected {} message from the producer", other.type_name()),
+            )),
+        }
+    }
+
+    /// The next item on the ring, if one is there (no system call unless
+    /// its ready fence travelled over the socket).
+    pub(super) fn take_item(&mut self) -> Result<Option<Item>> {
+        let mut other = Vec::new();
+        let got = {
+            let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
+            t.recv_item(&self.channel, &mut other)
+        };
+        for m in other {
+            self.take_message(m)?;
+        }
+        let Some((d, ready)) = got? else {
+            return Ok(None);
+        };
+        // The ring checked slot, length and sequence (one more than the
+        // last); the rest of the item comes from this side's own state.
+        self.last_seq = d.seq;
+        Ok(Some(Item {
+            channel: self.channel.clone(),
+            items: self.items.clone(),
+            buffer: self.buffers[d.slot].clone(),
+            slot: d.slot as u64,
+            seq: d.seq,
+            len: d.len,
+            sent_ns: d.sent_ns,
+            ready_ns: 0,
+            ready,
+            released: false,
+        }))
+    }
+
+    /// One step of `next` that needs no waiting: `Ok(true)` if it made
+    /// progress (call again), `Ok(false)` if the caller must sleep.
+    pub(super) fn step(&mut self) -> Result<bool> {
+        if let Some(item) = self.take_item()? {
+            self.waiting = Some(item);
+            return Ok(true);
+        }
+        if self.bye {
+            // The bye was sent after the last item was published.
+            self.ended = true;
+            return Ok(true);
+        }
+        // A busy producer publishes soon: look at the ring again for a few
+        // microseconds before going to the socket.
+        let spin_until = Instant::now() + crate::share::ring::DEFAULT_SPIN;
+        while Instant::now() < spin_until {
+            std::hint::spin_loop();
+            if let Some(item) = self.take_item()? {
+                self.waiting = Some(item);
+                return Ok(true);
+            }
+        }
+        if let Some(m) = self.channel.try_recv()? {
+            self.take_message(m)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The next item once its ready fence has signalled, waiting at most
+    /// `timeout`; `Ok(None)` once the producer has finished the stream.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
+        let r = self.next_inner(timeout);
+        self.note_gone(&r);
+        r
+    }
+
+    /// Remembers a peer-gone error, so that releases fail from now on.
+    pub(super) fn note_gone<T>(&self, r: &Result<T>) {
+        if matches!(r, Err(e) if e.kind() == ErrorKind::PeerGone) {
+            self.transport().gone = true;
+        }
+    }
+
+    pub(super) fn next_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let op = "pool next";
+        loop {
+            if let Some(mut item) = self.waiting.take() {
+                if let Err(e) = self.wait_ready(&item, deadline, timeout) {
+                    if e.kind() == ErrorKind::TimedOut {
+                        self.waiting = Some(item);
+                    }
+                    return Err(e);
+                }
+                item.ready_ns = monotonic_ns();
+                return Ok(Some(item));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            if self.step()? {
+                continue;
+            }
+            if self.transport().begin_wait()? {
+                self.transport().end_wait();
+                continue;
+            }
+            let obj = self.channel.peer().to_string();
+            let woke = {
+                let t = self.transport();
+                let mut fds = vec![self.channel.fd()];
+                fds.extend(t.wait_fd());
+                poll_any(&fds, deadline, op, &obj)
+            };
+            self.transport().end_wait();
+            if !woke? {
+                return Err(timed_out(
+                    op,
+                    obj,
+                    format!("no item within {:?}", timeout.unwrap_or_default()),
+                ));
+            }
+        }
+    }
+
+    /// Waits for `item`'s ready fence, watching the socket so that a
+    /// producer that dies is noticed.
+    pub(super) fn wait_ready(
+        &mut self,
+        item: &Item,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<()> {
+        let op = "pool next";
+        loop {
+            if item.ready.status() != FenceStatus::Active {
+                return self.check_ready(item);
+            }
+            self.pump()?;
+            let mut fds = vec![self.channel.fd()];
+            let recheck = wake_fds(&item.ready, &mut fds);
+            let obj = self.channel.peer().to_string();
+            if !poll_any(&fds, slice(deadline, recheck), op, &obj)? && past(deadline) {
+                return Err(timed_out(
+                    op,
+                    obj,
+                    format!(
+                        "ready fence of item {} did not signal within {:?}",
+                        item.seq,
+                        timeout.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// `Ok` if `item`'s ready fence signalled without error; a peer-gone
+    /// error if it was failed because the producer went away.
+    pub(super) fn check_ready(&self, item: &Item) -> Result<()> {
+        let op = "pool next";
+        match item.ready.status() {
+            FenceStatus::Error(e) if e == crate::share::PEER_GONE_ERRNO => Err(Error::new(
+                ErrorKind::PeerGone,
+                op,
+                self.channel.peer().to_string(),
+                format!("the producer went away before item {} was ready", item.seq),
+            )
+            .with_errno(e)),
+            FenceStatus::Error(e) => {
+                // The fence's own words (a corrupt page, a signaller that
+                // died half-way…) when it has them.
+                let why = match item.ready.wait(Some(Duration::ZERO)) {
+                    Err(f) => f.cause().to_string(),
+                    Ok(()) => format!("signalled with error {}", crate::error::errno_name(e)),
+                };
+                Err(Error::new(
+                    if e == Errno::CANCELED {
+                        ErrorKind::Cancelled
+                    } else {
+                        ErrorKind::FenceFailed
+                    },
+                    op,
+                    self.channel.peer().to_string(),
+                    format!(
+                        "ready fence of item {} in buffer {}: {why}",
+                        item.seq, item.slot
+                    ),
+                )
+                .with_errno(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Tells the producer this consumer leaves (a clean departure).
+    pub fn leave(self) -> Result<()> {
+        self.channel.send(&Message::Bye)
+    }
+}
+
+impl Item {
+    /// The buffer holding the item.
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    /// The buffer's slot in the pool.
+    pub fn slot(&self) -> u64 {
+        self.slot
+    }
+
+    /// The item's sequence number (1, 2, …).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Length of the item in bytes, from the start of the buffer.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the item is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// When the producer sent it (CLOCK_MONOTONIC ns).
+    pub fn sent_ns(&self) -> u64 {
+        self.sent_ns
+    }
+
+    /// When it became ready here (CLOCK_MONOTONIC ns).
+    pub fn ready_ns(&self) -> u64 {
+        self.ready_ns
+    }
+
+    /// Time from the producer's submit to the item being ready here (the
+    /// handoff latency).
+    pub fn handoff(&self) -> Duration {
+        Duration::from_nanos(self.ready_ns.saturating_sub(self.sent_ns))
+    }
+
+    /// The item's ready fence (signalled by the time `next` returned it).
+    pub fn ready(&self) -> &Fence {
+        &self.ready
+    }
+
+    /// Hands the buffer back: the producer may reuse it once `fence`
+    /// signals (pass [`Fence::Signalled`] when every access is over).
+    pub fn release(mut self, fence: Fence) -> Result<()> {
+        self.released = true;
+        self.send_release(&fence)
+    }
+
+    pub(super) fn send_release(&self, fence: &Fence) -> Result<()> {
+        let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
+        t.send_release(&self.channel, self.slot as usize, self.seq, fence)
+    }
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        if !self.released {
+            let _ = self.send_release(&Fence::Signalled);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! A streaming buffer pool between processes: one producer, one or more
+//! consumers, a fixed set of shared buffers reused with back-pressure.
+//!
+//! # DOC: the streaming pool
+//!
+//! * **Shared once.** [`Producer::new`] sends each of its N buffers to every
+//!   consumer (a buffer message with the slot index as id), then a ring
+//!   message (that consumer's descriptor rings, [`super::ring`]), then a
+//!   pool-ready message; [`Consumer::new`] receives and checks them all
+//!   (see the `share` module's rules).
+//! * **Per item, shared memory, not the socket.** Items and releases
+//!   travel as descriptors on the consumer's rings: while both sides keep
+//!   up, an item costs no socket message and no system call (each side
+//!   looks again for a few microseconds before it sleeps, and wakes the
+//!   other only if it sleeps). A signalled fence costs nothing; a real
+//!   fence is sent over the socket as a tagged fence message, named by the
+//!   descriptor. The socket carries the handshake, real fences, bye, and
+//!   tells a peer's death.
+//! * **Per item**, the producer [`acquire`](Producer::acquire)s a free
+//!   buffer (a [`Lease`]), writes it (inside a write window, or by a
+//!   device), and [`submit`](Lease::submit)s it with its length and a
+//!   *ready* fence; [`Fence::Signalled`](crate::fence::Fence::Signalled) travels as "no fence". Every live
+//!   consumer gets the item; [`Consumer::next`] returns it once the ready
+//!   fence has signalled, and the consumer hands the buffer back with a
+//!   *release* fence ([`Item::release`], or by dropping the [`Item`], which
+//!   releases it at once).
+//! * **Reuse only when every consumer released it**: a buffer goes back to
+//!   the free list when each consumer that got the item has sent its
+//!   release, and is leased again only after those release fences have
+//!   signalled. When every buffer is in flight, `acquire` waits
+//!   (back-pressure), or times out with [`ErrorKind::TimedOut`].
+//! * **Checked on arrival.** The consumer checks every descriptor as it
+//!   takes it off the ring (see [`super::ring`]): an item must name a
+//!   buffer of the pool that this consumer does not hold (received and not
+//!   released yet), fit in it and carry the sequence number one past the
+//!   last (a replay or a gap is refused); a fence it names must have come
+//!   over the socket, at most one per buffer in flight; nothing may follow
+//!   the producer's bye (no socket message, and no item past the ring's
+//!   head as it was when the bye arrived). So no producer can queue more
+//!   items at a consumer than the pool has buffers.
+//! * **Failures.** A consumer that closes its socket or dies is found
+//!   when the producer next reads the sockets: when it must wait for a
+//!   buffer (at the latest once the dead consumer's items fill the pool),
+//!   in [`Producer::try_acquire`] when no buffer is free, in
+//!   [`Producer::finish`], or when a fence is sent to it. That call
+//!   returns one [`ErrorKind::PeerGone`] error naming it; its buffers
+//!   count as released, its release fences are failed in the producer's
+//!   process only, and the pool carries on with the other consumers (with
+//!   none left every call fails with `PeerGone`). A consumer that stops
+//!   reading its socket is dropped the same way once a send to it (a real
+//!   fence, a bye) has waited the send timeout
+//!   ([`Producer::set_send_timeout`]), with an [`ErrorKind::TimedOut`]
+//!   error naming it; the others still get the item. A producer that dies
+//!   is found by the consumer while it waits for an item or for its ready
+//!   fence: the fence is failed here (`ECONNRESET`) and `next` returns
+//!   `PeerGone`; releasing an item after that is a `PeerGone` error too.
+//!   No wait in this module ignores the peer's socket, so nothing blocks
+//!   forever on a peer that is gone. A message or descriptor that breaks
+//!   the protocol (an unknown buffer, a length past the buffer, a sequence
+//!   number out of order, a release of a buffer not held, an item in a
+//!   buffer still held, a fence named but not sent, an item or release on
+//!   the socket, a message after the bye) is a [`ErrorKind::Protocol`]
+//!   error; the producer then drops that consumer.
+//! * **Fences are hints, waits are bounded.** A ready or release fence
+//!   that fails, or whose page is corrupt or stuck (see
+//!   [`UserFence`](crate::fence::UserFence)),
+//!   counts as done with that error: a failed release frees the buffer, a
+//!   failed ready fence is an error of `next` naming the cause. The waits
+//!   watch the fences' fds but re-check at least every
+//!   [`RECHECK`] and never poll a readable eventfd
+//!   of a fence still active, so a peer writing eventfds makes nothing
+//!   spin.
+//! * **Orderly end.** [`Producer::finish`] sends a bye and waits for
+//!   every buffer to come back; [`Consumer::next`] then returns
+//!   `Ok(None)`. A consumer leaving early sends a bye
+//!   ([`Consumer::leave`]), which the producer takes as a clean
+//!   departure: it gets no more items, the buffers it still reads come
+//!   back as it releases them on the ring (even after it closed its
+//!   socket) and its release fences are left to signal, for at most
+//!   [`LEAVE_GRACE`]; after that they are taken back (fences failed here)
+//!   with an [`ErrorKind::TimedOut`] error naming it. Dropping an [`Item`]
+//!   puts its release on the ring with no fence: it never waits, even for
+//!   a producer that reads nothing. [`Item::release`] with a real fence
+//!   sends that fence over the socket first, waiting at most the
+//!   channel's send timeout.
+//!
+//! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
+//! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
+//! instead of `poll`.
+
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::RECHECK;
+
+/// Most buffers a pool may have.
+pub const MAX_POOL_BUFFERS: usize = 1024;
+
+/// How long a consumer that said bye may keep buffers it still reads, and
+/// release fences that have not signalled, before the producer takes them
+/// back (and fails those fences in its own process).
+pub const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
+/// The poll deadline: `deadline`, or sooner when something must be
+/// re-checked without an fd to tell (`recheck`).
+fn slice(deadline: Option<Instant>, recheck: bool) -> Option<Instant> {
+    if !recheck {
+        return deadline;
+    }
+    let soon = Instant::now() + RECHECK;
+    Some(deadline.map_or(soon, |d| d.min(soon)))
+}
+
+/// Whether `deadline` has passed.
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Polls `fds` for input until `deadline`; false on timeout. Restarts on
+/// EINTR.
+fn poll_any(
+    fds: &[BorrowedFd<'_>],
+    deadline: Option<Instant>,
+    op: &'static str,
+    obj: &str,
+) -> Result<bool> {
+    let mut pfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+        .collect();
+    loop {
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            rustix::time::Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match rustix::event::poll(&mut pfds, timeout.as_ref()) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(Error::os(op, obj.to_string(), e)),
+        }
+    }
+}
+
+fn timed_out(op: &'static str, obj: String, cause: String) -> Error {
+    Error::new(ErrorKind::TimedOut, op, obj, cause).with_errno(Errno::TIMEDOUT)
+}
+
+fn protocol(op: &'static str, obj: &str, cause: String) -> Error {
+    Error::new(ErrorKind::Protocol, op, obj.to_string(), cause).with_errno(Errno::PROTO)
+}
+
+mod consumer;
+mod producer;
+mod transport;
+
+pub use consumer::{Consumer, Item};
+pub use producer::{Lease, Producer};
+
+#[cfg(feature = "tokio")]
+mod asynch;
+#[cfg(feature = "tokio")]
+pub use asynch::{AsyncConsumer, AsyncProducer};
