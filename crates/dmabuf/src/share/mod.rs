@@ -33,6 +33,23 @@
 //!   [`ring`]). Anything
 //!   else is an error of kind [`ErrorKind::Protocol`] naming what was
 //!   wrong, and the channel stays usable for the next message.
+//! * **A frame is checked like its buffers, then as a frame.** A frame
+//!   message ([`Message::Frame`], [`Channel::send_frame`],
+//!   [`Channel::recv_frame`]) carries the frame's layout in the
+//!   [`frame::wire`](crate::frame::wire) encoding (decoded as hostile
+//!   input: magic, version, reserved bytes, 1 to 4 planes, 1 to 4 buffers,
+//!   every plane naming a buffer the message carries, every buffer holding
+//!   a plane) and each distinct buffer once — one fd per buffer, planes
+//!   that share a buffer name it by index, so a frame message carries at
+//!   most 4 fds and exactly as many as its layout has buffers. Each fd is
+//!   checked as a buffer message's fd is (kind, exporter, seals, announced
+//!   size), then the frame as [`Frame::from_layout`] checks any frame
+//!   (every plane fits its buffer, strides cover the width, offsets and
+//!   strides aligned, planes in one buffer do not overlap, two fds of one
+//!   file refused as one buffer named twice). A refusal is an
+//!   [`ErrorKind::Protocol`] error naming the frame, the buffer or the
+//!   plane and the cause (the errno of the check that failed is kept), and
+//!   every fd of the message is closed.
 //! * **What a peer can make us hold is bounded.** At most
 //!   [`MAX_PENDING_FENCES`] unsignalled user fences received on one
 //!   channel may be held here at once (one more is a protocol error naming
@@ -82,6 +99,7 @@
 //! | 5    | release     | buffer id u64, sequence u64, fence list (release fence)                                                | per fence list      |
 //! | 6    | bye         | empty: orderly end of the stream                                                                       | 0                   |
 //! | 7    | ring        | capacity u32 (descriptors per direction = pool size)                                                    | 3: ring memfd, consumer's eventfd, producer's eventfd |
+//! | 8    | frame       | id u64, layout length u8, 3 zero bytes, layout (the [`frame::wire`](crate::frame::wire) encoding, at most 124 bytes), then per buffer of the layout: size u64, kind u8, detail length u8, name length u8, 0 u8, detail, name (as in a buffer message) | 1 per buffer (1 to 4), in buffer order |
 //!
 //! A *fence list* is a count u8 (at most 8) followed by one kind u8 per
 //! fence: 1 a kernel sync file (1 fd), 2 a user fence (2 fds: its state
@@ -112,10 +130,11 @@ use rustix::net::{
 
 use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::frame::Frame;
 use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence, WeakUserFence};
 
 pub use inherit::CHANNEL_FD_ENV;
-use wire::{Frame, WireFence, WireKind};
+use wire::{Packet, WireBuffer, WireFence, WireKind};
 pub use wire::{HEADER_LEN, MAGIC, MAX_BODY, MAX_FDS, MAX_FENCES, VERSION};
 
 /// The errno with which fences received from a peer that went away are
@@ -191,6 +210,14 @@ pub enum Message {
         /// eventfd (checked by [`ring::ConsumerRing::open`]).
         fds: std::sync::Arc<Vec<OwnedFd>>,
     },
+    /// A frame: its layout and each of its buffers once (checked on
+    /// receipt: see the module documentation).
+    Frame {
+        /// The sender's id of the frame (a pool slot, for pools).
+        id: u64,
+        /// The frame (received: new handles on the same memory).
+        frame: Frame,
+    },
 }
 
 impl Message {
@@ -204,6 +231,7 @@ impl Message {
             Message::Release { .. } => "release",
             Message::Bye => "bye",
             Message::Ring { .. } => "ring",
+            Message::Frame { .. } => "frame",
         }
     }
 }
@@ -376,37 +404,30 @@ impl Channel {
     fn send_with(&self, timeout: Option<Duration>, msg: &Message) -> Result<()> {
         let op = "send message";
         let mut fences = Vec::new();
-        let frame = match msg {
+        let packet = match msg {
             Message::Buffer { id, buffer } => {
-                let kind = match buffer.kind() {
-                    BufferKind::Portable => WireKind::Portable,
-                    BufferKind::Udmabuf => WireKind::Udmabuf,
-                    BufferKind::Heap(h) => WireKind::Heap(h.clone()),
-                    BufferKind::Imported(e) => WireKind::Imported(e.clone()),
-                };
-                let detail_len = match &kind {
-                    WireKind::Heap(s) | WireKind::Imported(s) => s.len(),
-                    _ => 0,
-                };
-                if detail_len > 255 {
-                    return Err(Error::invalid(
-                        op,
-                        buffer.describe(),
-                        "its heap or exporter name is longer than 255 bytes",
-                    ));
-                }
-                Frame::Buffer {
+                let WireBuffer { size, kind, name } = wire_buffer(buffer, op)?;
+                Packet::Buffer {
                     id: *id,
-                    size: buffer.size(),
+                    size,
                     kind,
-                    name: buffer.name(),
+                    name,
                 }
             }
-            Message::Fence { tag, fence } => Frame::Fence {
+            Message::Frame { id, frame } => Packet::Frame {
+                id: *id,
+                layout: frame.layout().clone(),
+                buffers: frame
+                    .buffers()
+                    .iter()
+                    .map(|b| wire_buffer(b, op))
+                    .collect::<Result<Vec<_>>>()?,
+            },
+            Message::Fence { tag, fence } => Packet::Fence {
                 tag: *tag,
                 fences: flatten_for_send(fence, &mut fences, op)?,
             },
-            Message::PoolReady { buffers, consumer } => Frame::PoolReady {
+            Message::PoolReady { buffers, consumer } => Packet::PoolReady {
                 buffers: *buffers,
                 consumer: *consumer,
             },
@@ -416,19 +437,19 @@ impl Channel {
                 len,
                 sent_ns,
                 ready,
-            } => Frame::Item {
+            } => Packet::Item {
                 buffer: *buffer,
                 seq: *seq,
                 len: *len,
                 sent_ns: *sent_ns,
                 fences: flatten_for_send(ready, &mut fences, op)?,
             },
-            Message::Release { buffer, seq, fence } => Frame::Release {
+            Message::Release { buffer, seq, fence } => Packet::Release {
                 buffer: *buffer,
                 seq: *seq,
                 fences: flatten_for_send(fence, &mut fences, op)?,
             },
-            Message::Bye => Frame::Bye,
+            Message::Bye => Packet::Bye,
             Message::Ring { capacity, fds } => {
                 if fds.len() != 3 {
                     return Err(Error::invalid(
@@ -437,7 +458,7 @@ impl Channel {
                         format!("a ring message carries 3 fds, not {}", fds.len()),
                     ));
                 }
-                Frame::Ring {
+                Packet::Ring {
                     capacity: *capacity,
                 }
             }
@@ -449,6 +470,9 @@ impl Channel {
         if let Message::Ring { fds: ring, .. } = msg {
             fds.extend(ring.iter().map(|f| f.as_fd()));
         }
+        if let Message::Frame { frame, .. } = msg {
+            fds.extend(frame.buffers().iter().map(Buffer::fd));
+        }
         for f in &fences {
             match f {
                 Fence::Kernel(s) => fds.push(s.as_fd()),
@@ -459,8 +483,44 @@ impl Channel {
                 _ => {}
             }
         }
-        debug_assert_eq!(fds.len(), frame.fd_count());
-        self.send_bytes(timeout, &wire::encode(&frame), &fds)
+        debug_assert_eq!(fds.len(), packet.fd_count());
+        let bytes = wire::encode(&packet);
+        if bytes.len() > HEADER_LEN + MAX_BODY {
+            return Err(Error::invalid(
+                op,
+                self.peer.clone(),
+                format!(
+                    "the {} message would be {} bytes, more than the {} any message may have (shorter buffer names or exporter names?)",
+                    msg.type_name(),
+                    bytes.len(),
+                    HEADER_LEN + MAX_BODY
+                ),
+            ));
+        }
+        self.send_bytes(timeout, &bytes, &fds)
+    }
+
+    /// Sends `frame` with the sender's `id` for it: its layout and each of
+    /// its buffers' fds once ([`Message::Frame`]).
+    pub fn send_frame(&self, id: u64, frame: &Frame) -> Result<()> {
+        self.send(&Message::Frame {
+            id,
+            frame: frame.clone(),
+        })
+    }
+
+    /// Receives the next message, waiting at most `timeout`, which must be
+    /// a frame ([`Message::Frame`]): its id and the frame, checked (see the
+    /// module documentation). Any other message is a
+    /// [`ErrorKind::Protocol`] error naming it (and is dropped).
+    pub fn recv_frame(&self, timeout: Option<Duration>) -> Result<(u64, Frame)> {
+        match self.recv(timeout)? {
+            Message::Frame { id, frame } => Ok((id, frame)),
+            m => Err(self.hostile(format!(
+                "a {} message came where a frame message was expected",
+                m.type_name()
+            ))),
+        }
     }
 
     /// Sends raw bytes and fds as one message (tests use it to play a
@@ -617,7 +677,7 @@ impl Channel {
                 HEADER_LEN + MAX_BODY
             )));
         }
-        let frame = wire::decode(&bytes[..res.bytes], fds.len()).map_err(|e| {
+        let packet = wire::decode(&bytes[..res.bytes], fds.len()).map_err(|e| {
             Error::new(
                 ErrorKind::Protocol,
                 op,
@@ -626,7 +686,7 @@ impl Channel {
             )
             .with_errno(Errno::PROTO)
         })?;
-        self.attach(frame, fds).map(Some)
+        self.attach(packet, fds).map(Some)
     }
 
     fn hostile(&self, cause: impl Into<String>) -> Error {
@@ -648,10 +708,10 @@ impl Channel {
         out
     }
 
-    fn attach(&self, frame: Frame, fds: Vec<OwnedFd>) -> Result<Message> {
+    fn attach(&self, packet: Packet, fds: Vec<OwnedFd>) -> Result<Message> {
         let mut fds: VecDeque<OwnedFd> = fds.into();
-        Ok(match frame {
-            Frame::Buffer {
+        Ok(match packet {
+            Packet::Buffer {
                 id,
                 size,
                 kind,
@@ -664,12 +724,12 @@ impl Channel {
                 let buffer = self.check_buffer(fd, size, &kind, &name, &what)?;
                 Message::Buffer { id, buffer }
             }
-            Frame::Fence { tag, fences } => Message::Fence {
+            Packet::Fence { tag, fences } => Message::Fence {
                 tag,
                 fence: self.take_fences(&fences, &mut fds, &format!("fence {tag}"))?,
             },
-            Frame::PoolReady { buffers, consumer } => Message::PoolReady { buffers, consumer },
-            Frame::Item {
+            Packet::PoolReady { buffers, consumer } => Message::PoolReady { buffers, consumer },
+            Packet::Item {
                 buffer,
                 seq,
                 len,
@@ -686,7 +746,7 @@ impl Channel {
                     &format!("ready fence of item {seq}"),
                 )?,
             },
-            Frame::Release {
+            Packet::Release {
                 buffer,
                 seq,
                 fences,
@@ -699,16 +759,35 @@ impl Channel {
                     &format!("release fence of buffer {buffer}"),
                 )?,
             },
-            Frame::Bye => {
+            Packet::Bye => {
                 self.said_bye
                     .store(true, std::sync::atomic::Ordering::Relaxed);
                 Message::Bye
             }
             // The decoder checked that 3 fds came with it.
-            Frame::Ring { capacity } => Message::Ring {
+            Packet::Ring { capacity } => Message::Ring {
                 capacity,
                 fds: std::sync::Arc::new(fds.drain(..).collect()),
             },
+            Packet::Frame {
+                id,
+                layout,
+                buffers,
+            } => {
+                let what = format!("frame {id} ({layout})");
+                // The decoder checked that one fd came per buffer; each is
+                // checked as a buffer message's is, then the whole frame.
+                let mut got = Vec::with_capacity(buffers.len());
+                for (i, b) in buffers.iter().enumerate() {
+                    let fd = fds
+                        .pop_front()
+                        .ok_or_else(|| self.hostile(format!("{what}: fewer fds than buffers")))?;
+                    let part = format!("{what}: buffer {i} ('{}', {} bytes)", b.name, b.size);
+                    got.push(self.check_buffer(fd, b.size, &b.kind, &b.name, &part)?);
+                }
+                let frame = Frame::from_layout(layout, got).map_err(|e| self.refuse(what, e))?;
+                Message::Frame { id, frame }
+            }
         })
     }
 
@@ -814,6 +893,32 @@ impl Channel {
     pub fn shutdown(&self) {
         let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Write);
     }
+}
+
+/// How `buffer` is announced on the wire.
+fn wire_buffer(buffer: &Buffer, op: &'static str) -> Result<WireBuffer> {
+    let kind = match buffer.kind() {
+        BufferKind::Portable => WireKind::Portable,
+        BufferKind::Udmabuf => WireKind::Udmabuf,
+        BufferKind::Heap(h) => WireKind::Heap(h.clone()),
+        BufferKind::Imported(e) => WireKind::Imported(e.clone()),
+    };
+    let detail_len = match &kind {
+        WireKind::Heap(s) | WireKind::Imported(s) => s.len(),
+        _ => 0,
+    };
+    if detail_len > 255 {
+        return Err(Error::invalid(
+            op,
+            buffer.describe(),
+            "its heap or exporter name is longer than 255 bytes",
+        ));
+    }
+    Ok(WireBuffer {
+        size: buffer.size(),
+        kind,
+        name: buffer.name(),
+    })
 }
 
 /// Forgets received fences that were dropped or have signalled.

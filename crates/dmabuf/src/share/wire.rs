@@ -8,6 +8,7 @@
 //! by the tests below).
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::frame::FrameLayout;
 
 /// The four magic bytes that open every message.
 pub const MAGIC: [u8; 4] = *b"DMBS";
@@ -29,6 +30,7 @@ pub(crate) const T_ITEM: u16 = 4;
 pub(crate) const T_RELEASE: u16 = 5;
 pub(crate) const T_BYE: u16 = 6;
 pub(crate) const T_RING: u16 = 7;
+pub(crate) const T_FRAME: u16 = 8;
 
 /// The memory kind announced for a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,18 @@ impl WireKind {
     }
 }
 
+/// One buffer of a frame message: what the receiver checks its fd
+/// against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WireBuffer {
+    /// Its size in bytes (the fd's size must be this).
+    pub(crate) size: u64,
+    /// Its kind (the fd must be one).
+    pub(crate) kind: WireKind,
+    /// Its name (at most 31 bytes).
+    pub(crate) name: String,
+}
+
 /// One fence slot of a message: which kind, hence how many fds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WireFence {
@@ -81,7 +95,7 @@ impl WireFence {
 
 /// A decoded message, fds not yet attached.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub(crate) enum Packet {
     Buffer {
         id: u64,
         size: u64,
@@ -112,30 +126,38 @@ pub(crate) enum Frame {
     Ring {
         capacity: u32,
     },
+    Frame {
+        id: u64,
+        layout: FrameLayout,
+        /// One per buffer of the layout, in buffer order.
+        buffers: Vec<WireBuffer>,
+    },
 }
 
-impl Frame {
-    /// How many fds travel with this frame.
+impl Packet {
+    /// How many fds travel with this packet.
     pub(crate) fn fd_count(&self) -> usize {
         match self {
-            Frame::Buffer { .. } => 1,
-            Frame::Fence { fences, .. }
-            | Frame::Item { fences, .. }
-            | Frame::Release { fences, .. } => fences.iter().map(|f| f.fds()).sum(),
-            Frame::PoolReady { .. } | Frame::Bye => 0,
-            Frame::Ring { .. } => 3,
+            Packet::Buffer { .. } => 1,
+            Packet::Fence { fences, .. }
+            | Packet::Item { fences, .. }
+            | Packet::Release { fences, .. } => fences.iter().map(|f| f.fds()).sum(),
+            Packet::PoolReady { .. } | Packet::Bye => 0,
+            Packet::Ring { .. } => 3,
+            Packet::Frame { buffers, .. } => buffers.len(),
         }
     }
 
     fn type_code(&self) -> u16 {
         match self {
-            Frame::Buffer { .. } => T_BUFFER,
-            Frame::Fence { .. } => T_FENCE,
-            Frame::PoolReady { .. } => T_POOL_READY,
-            Frame::Item { .. } => T_ITEM,
-            Frame::Release { .. } => T_RELEASE,
-            Frame::Bye => T_BYE,
-            Frame::Ring { .. } => T_RING,
+            Packet::Buffer { .. } => T_BUFFER,
+            Packet::Fence { .. } => T_FENCE,
+            Packet::PoolReady { .. } => T_POOL_READY,
+            Packet::Item { .. } => T_ITEM,
+            Packet::Release { .. } => T_RELEASE,
+            Packet::Bye => T_BYE,
+            Packet::Ring { .. } => T_RING,
+            Packet::Frame { .. } => T_FRAME,
         }
     }
 }
@@ -154,35 +176,41 @@ fn put_fences(out: &mut Vec<u8>, fences: &[WireFence]) {
     }
 }
 
-/// Encodes `frame`. Lengths are the caller's promise (names ≤ 255 bytes,
+/// A buffer's description: size u64, kind u8, detail length u8, name
+/// length u8, 0 u8, detail, name.
+fn put_buffer(out: &mut Vec<u8>, size: u64, kind: &WireKind, name: &str) {
+    out.extend_from_slice(&size.to_le_bytes());
+    out.push(kind.code());
+    out.push(kind.detail().len() as u8);
+    out.push(name.len() as u8);
+    out.push(0);
+    out.extend_from_slice(kind.detail().as_bytes());
+    out.extend_from_slice(name.as_bytes());
+}
+
+/// Encodes `packet`. Lengths are the caller's promise (names ≤ 255 bytes,
 /// ≤ [`MAX_FENCES`] fences); the senders in this module check them.
-pub(crate) fn encode(frame: &Frame) -> Vec<u8> {
+pub(crate) fn encode(packet: &Packet) -> Vec<u8> {
     let mut body = Vec::with_capacity(64);
-    match frame {
-        Frame::Buffer {
+    match packet {
+        Packet::Buffer {
             id,
             size,
             kind,
             name,
         } => {
             body.extend_from_slice(&id.to_le_bytes());
-            body.extend_from_slice(&size.to_le_bytes());
-            body.push(kind.code());
-            body.push(kind.detail().len() as u8);
-            body.push(name.len() as u8);
-            body.push(0);
-            body.extend_from_slice(kind.detail().as_bytes());
-            body.extend_from_slice(name.as_bytes());
+            put_buffer(&mut body, *size, kind, name);
         }
-        Frame::Fence { tag, fences } => {
+        Packet::Fence { tag, fences } => {
             body.extend_from_slice(&tag.to_le_bytes());
             put_fences(&mut body, fences);
         }
-        Frame::PoolReady { buffers, consumer } => {
+        Packet::PoolReady { buffers, consumer } => {
             body.extend_from_slice(&buffers.to_le_bytes());
             body.extend_from_slice(&consumer.to_le_bytes());
         }
-        Frame::Item {
+        Packet::Item {
             buffer,
             seq,
             len,
@@ -194,7 +222,7 @@ pub(crate) fn encode(frame: &Frame) -> Vec<u8> {
             }
             put_fences(&mut body, fences);
         }
-        Frame::Release {
+        Packet::Release {
             buffer,
             seq,
             fences,
@@ -203,15 +231,30 @@ pub(crate) fn encode(frame: &Frame) -> Vec<u8> {
             body.extend_from_slice(&seq.to_le_bytes());
             put_fences(&mut body, fences);
         }
-        Frame::Bye => {}
-        Frame::Ring { capacity } => body.extend_from_slice(&capacity.to_le_bytes()),
+        Packet::Bye => {}
+        Packet::Ring { capacity } => body.extend_from_slice(&capacity.to_le_bytes()),
+        Packet::Frame {
+            id,
+            layout,
+            buffers,
+        } => {
+            // The sender checked the layout encodes (a checked frame has 1
+            // to 4 planes and buffers).
+            let encoded = crate::frame::wire::encode(layout).unwrap_or_default();
+            body.extend_from_slice(&id.to_le_bytes());
+            body.extend_from_slice(&[encoded.len() as u8, 0, 0, 0]);
+            body.extend_from_slice(&encoded);
+            for b in buffers {
+                put_buffer(&mut body, b.size, &b.kind, &b.name);
+            }
+        }
     }
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&frame.type_code().to_le_bytes());
+    out.extend_from_slice(&packet.type_code().to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(frame.fd_count() as u16).to_le_bytes());
+    out.extend_from_slice(&(packet.fd_count() as u16).to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
     out.extend_from_slice(&body);
     out
@@ -267,6 +310,46 @@ impl<'a> Reader<'a> {
         Ok(s.to_string())
     }
 
+    /// A buffer's description (see `put_buffer`), checked.
+    fn buffer(&mut self) -> Result<WireBuffer> {
+        let size = self.u64()?;
+        let code = self.u8()?;
+        let detail_len = self.u8()? as usize;
+        let name_len = self.u8()? as usize;
+        if self.u8()? != 0 {
+            return Err(protocol(format!(
+                "{} has a non-zero reserved byte",
+                self.what
+            )));
+        }
+        let detail = self.string(detail_len, "kind detail")?;
+        let name = self.string(name_len, "name")?;
+        if name.len() > crate::MAX_NAME_LEN {
+            return Err(protocol(format!(
+                "buffer name is {} bytes; at most {} are allowed",
+                name.len(),
+                crate::MAX_NAME_LEN
+            )));
+        }
+        if size == 0 {
+            return Err(protocol(format!("{} announces size 0", self.what)));
+        }
+        let kind = match (code, detail.is_empty()) {
+            (1, true) => WireKind::Portable,
+            (2, true) => WireKind::Udmabuf,
+            (3, false) => WireKind::Heap(detail),
+            (4, _) => WireKind::Imported(detail),
+            (1 | 2, false) => {
+                return Err(protocol(format!(
+                    "buffer kind {code} takes no detail, got '{detail}'"
+                )))
+            }
+            (3, true) => return Err(protocol("heap buffer without a heap name")),
+            (k, _) => return Err(protocol(format!("unknown buffer kind {k}"))),
+        };
+        Ok(WireBuffer { size, kind, name })
+    }
+
     fn fences(&mut self) -> Result<Vec<WireFence>> {
         let n = self.u8()? as usize;
         if n > MAX_FENCES {
@@ -306,7 +389,7 @@ impl<'a> Reader<'a> {
 /// Decodes one message of `bytes` that arrived with `fds` file
 /// descriptors. Every inconsistency is an error of kind
 /// [`ErrorKind::Protocol`] (errno `EPROTO`).
-pub(crate) fn decode(bytes: &[u8], fds: usize) -> Result<Frame> {
+pub(crate) fn decode(bytes: &[u8], fds: usize) -> Result<Packet> {
     if bytes.len() < HEADER_LEN {
         return Err(protocol(format!(
             "message of {} bytes is shorter than the {HEADER_LEN}-byte header",
@@ -357,85 +440,72 @@ pub(crate) fn decode(bytes: &[u8], fds: usize) -> Result<Frame> {
         T_RELEASE => "release message",
         T_BYE => "bye message",
         T_RING => "ring message",
+        T_FRAME => "frame message",
         t => return Err(protocol(format!("unknown message type {t}"))),
     };
     let mut r = Reader {
         bytes: &bytes[HEADER_LEN..],
         what,
     };
-    let frame = match ty {
+    let packet = match ty {
         T_BUFFER => {
             let id = r.u64()?;
-            let size = r.u64()?;
-            let code = r.u8()?;
-            let detail_len = r.u8()? as usize;
-            let name_len = r.u8()? as usize;
-            if r.u8()? != 0 {
-                return Err(protocol("buffer message has a non-zero reserved byte"));
-            }
-            let detail = r.string(detail_len, "kind detail")?;
-            let name = r.string(name_len, "name")?;
-            if name.len() > crate::MAX_NAME_LEN {
-                return Err(protocol(format!(
-                    "buffer name is {} bytes; at most {} are allowed",
-                    name.len(),
-                    crate::MAX_NAME_LEN
-                )));
-            }
-            if size == 0 {
-                return Err(protocol("buffer message announces size 0"));
-            }
-            let kind = match (code, detail.is_empty()) {
-                (1, true) => WireKind::Portable,
-                (2, true) => WireKind::Udmabuf,
-                (3, false) => WireKind::Heap(detail),
-                (4, _) => WireKind::Imported(detail),
-                (1 | 2, false) => {
-                    return Err(protocol(format!(
-                        "buffer kind {code} takes no detail, got '{detail}'"
-                    )))
-                }
-                (3, true) => return Err(protocol("heap buffer without a heap name")),
-                (k, _) => return Err(protocol(format!("unknown buffer kind {k}"))),
-            };
-            Frame::Buffer {
+            let WireBuffer { size, kind, name } = r.buffer()?;
+            Packet::Buffer {
                 id,
                 size,
                 kind,
                 name,
             }
         }
-        T_FENCE => Frame::Fence {
+        T_FRAME => {
+            let id = r.u64()?;
+            let len = r.u8()? as usize;
+            if r.take(3)? != [0, 0, 0] {
+                return Err(protocol("frame message has non-zero reserved bytes"));
+            }
+            let layout = crate::frame::wire::decode(r.take(len)?)
+                .map_err(|e| protocol(format!("frame message: {}", e.cause())))?;
+            let buffers = (0..layout.buffer_count())
+                .map(|_| r.buffer())
+                .collect::<Result<Vec<_>>>()?;
+            Packet::Frame {
+                id,
+                layout,
+                buffers,
+            }
+        }
+        T_FENCE => Packet::Fence {
             tag: r.u64()?,
             fences: r.fences()?,
         },
-        T_POOL_READY => Frame::PoolReady {
+        T_POOL_READY => Packet::PoolReady {
             buffers: r.u32()?,
             consumer: r.u32()?,
         },
-        T_ITEM => Frame::Item {
+        T_ITEM => Packet::Item {
             buffer: r.u64()?,
             seq: r.u64()?,
             len: r.u64()?,
             sent_ns: r.u64()?,
             fences: r.fences()?,
         },
-        T_RELEASE => Frame::Release {
+        T_RELEASE => Packet::Release {
             buffer: r.u64()?,
             seq: r.u64()?,
             fences: r.fences()?,
         },
-        T_RING => Frame::Ring { capacity: r.u32()? },
-        _ => Frame::Bye,
+        T_RING => Packet::Ring { capacity: r.u32()? },
+        _ => Packet::Bye,
     };
     r.finish()?;
-    if frame.fd_count() != fds {
+    if packet.fd_count() != fds {
         return Err(protocol(format!(
             "{what} needs {} fds but {fds} arrived",
-            frame.fd_count()
+            packet.fd_count()
         )));
     }
-    Ok(frame)
+    Ok(packet)
 }
 
 #[cfg(test)]
@@ -443,48 +513,123 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn samples() -> Vec<Frame> {
+    fn samples() -> Vec<Packet> {
         vec![
-            Frame::Buffer {
+            Packet::Buffer {
                 id: 7,
                 size: 4096,
                 kind: WireKind::Portable,
                 name: "frames-0".into(),
             },
-            Frame::Buffer {
+            Packet::Buffer {
                 id: 1,
                 size: 1 << 20,
                 kind: WireKind::Heap("system".into()),
                 name: String::new(),
             },
-            Frame::Buffer {
+            Packet::Buffer {
                 id: 2,
                 size: 8192,
                 kind: WireKind::Imported("vivid".into()),
                 name: "x".into(),
             },
-            Frame::Fence {
+            Packet::Fence {
                 tag: 3,
                 fences: vec![WireFence::SyncFile, WireFence::User],
             },
-            Frame::PoolReady {
+            Packet::PoolReady {
                 buffers: 4,
                 consumer: 1,
             },
-            Frame::Item {
+            Packet::Item {
                 buffer: 2,
                 seq: 99,
                 len: 100,
                 sent_ns: 123456789,
                 fences: vec![],
             },
-            Frame::Release {
+            Packet::Release {
                 buffer: 2,
                 seq: 99,
                 fences: vec![WireFence::User],
             },
-            Frame::Bye,
+            Packet::Bye,
+            frame_sample(),
         ]
+    }
+
+    /// NV12 64x32 in two buffers (luma, chroma).
+    fn frame_sample() -> Packet {
+        use crate::frame::{Fourcc, Modifier, PlaneLayout};
+        Packet::Frame {
+            id: 5,
+            layout: FrameLayout {
+                format: Fourcc::NV12,
+                modifier: Modifier::LINEAR,
+                width: 64,
+                height: 32,
+                planes: vec![
+                    PlaneLayout {
+                        buffer: 0,
+                        offset: 0,
+                        stride: 64,
+                    },
+                    PlaneLayout {
+                        buffer: 1,
+                        offset: 0,
+                        stride: 64,
+                    },
+                ],
+            },
+            buffers: vec![
+                WireBuffer {
+                    size: 4096,
+                    kind: WireKind::Portable,
+                    name: "luma".into(),
+                },
+                WireBuffer {
+                    size: 4096,
+                    kind: WireKind::Imported("vivid".into()),
+                    name: "chroma".into(),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn frame_failures_are_named() {
+        let good = encode(&frame_sample());
+        assert_eq!(decode(&good, 2).unwrap(), frame_sample());
+        // One fd per buffer of the layout.
+        let mut b = good.clone();
+        b[12] = 3;
+        assert!(err(&b, 3).contains("frame message needs 2 fds but 3 arrived"));
+        // Reserved bytes after the layout length.
+        let mut b = good.clone();
+        b[HEADER_LEN + 9] = 1;
+        assert!(err(&b, 2).contains("frame message has non-zero reserved bytes"));
+        // The layout encoding is decoded as hostile input.
+        let mut b = good.clone();
+        b[HEADER_LEN + 12] = b'X';
+        assert!(err(&b, 2).contains("frame message: bad magic"));
+        let mut b = good.clone();
+        b[HEADER_LEN + 12 + 5] = 9;
+        assert!(err(&b, 2).contains("plane count 9"));
+        // A layout length that cuts the layout.
+        let mut b = good.clone();
+        b[HEADER_LEN + 8] = 20;
+        assert!(err(&b, 2).contains("frame message: 20 bytes is shorter"));
+        // A buffer description that runs past the body.
+        let mut b = good[..good.len() - 3].to_vec();
+        let body = (b.len() - HEADER_LEN) as u32;
+        b[8..12].copy_from_slice(&body.to_le_bytes());
+        assert!(err(&b, 2).contains("frame message body ends early"));
+        // Trailing bytes.
+        let mut b = good.clone();
+        b.push(0);
+        let body = (b.len() - HEADER_LEN) as u32;
+        b[8..12].copy_from_slice(&body.to_le_bytes());
+        assert!(err(&b, 2).contains("frame message body has 1 trailing bytes"));
     }
 
     #[test]
@@ -504,7 +649,7 @@ mod tests {
 
     #[test]
     fn header_failures_are_named() {
-        let good = encode(&Frame::Bye);
+        let good = encode(&Packet::Bye);
         assert!(err(&good[..10], 0).contains("shorter than the 16-byte header"));
         let mut b = good.clone();
         b[0] = b'X';
@@ -530,14 +675,14 @@ mod tests {
     #[test]
     fn body_failures_are_named() {
         // A fence message whose header claims 1 fd but whose body needs 2.
-        let mut b = encode(&Frame::Fence {
+        let mut b = encode(&Packet::Fence {
             tag: 1,
             fences: vec![WireFence::User],
         });
         b[12] = 1;
         assert!(err(&b, 1).contains("fence message needs 2 fds but 1 arrived"));
         // Unknown fence kind.
-        let mut b = encode(&Frame::Fence {
+        let mut b = encode(&Packet::Fence {
             tag: 1,
             fences: vec![WireFence::SyncFile],
         });
@@ -545,7 +690,7 @@ mod tests {
         b[last] = 9;
         assert!(err(&b, 1).contains("fence of unknown kind 9"));
         // Too many fences.
-        let mut b = encode(&Frame::Fence {
+        let mut b = encode(&Packet::Fence {
             tag: 1,
             fences: vec![],
         });
@@ -553,7 +698,7 @@ mod tests {
         b[last] = 200;
         assert!(err(&b, 0).contains("carries 200 fences"));
         // Truncated body (length fields agree, content too short).
-        let full = encode(&Frame::PoolReady {
+        let full = encode(&Packet::PoolReady {
             buffers: 1,
             consumer: 0,
         });
@@ -561,7 +706,7 @@ mod tests {
         b[8] = 6;
         assert!(err(&b, 0).contains("pool-ready message body ends early"));
         // Trailing bytes.
-        let mut b = encode(&Frame::Bye);
+        let mut b = encode(&Packet::Bye);
         b.push(0);
         b[8] = 1;
         assert!(err(&b, 0).contains("bye message body has 1 trailing bytes"));
@@ -595,7 +740,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 
-        /// Arbitrary bytes: an error or a frame, never a panic; a frame
+        /// Arbitrary bytes: an error or a packet, never a panic; a packet
         /// always agrees with the fd count.
         #[test]
         fn decoder_never_panics_on_noise(bytes in proptest::collection::vec(any::<u8>(), 0..200), fds in 0usize..20) {
@@ -606,7 +751,7 @@ mod tests {
 
         /// Valid messages with bytes flipped, cut or extended.
         #[test]
-        fn decoder_never_panics_on_mutations(which in 0usize..8, pos in any::<usize>(), val in any::<u8>(), cut in any::<usize>(), fds in 0usize..4) {
+        fn decoder_never_panics_on_mutations(which in 0usize..9, pos in any::<usize>(), val in any::<u8>(), cut in any::<usize>(), fds in 0usize..4) {
             let f = samples().swap_remove(which);
             let mut b = encode(&f);
             let p = pos % b.len();
