@@ -130,8 +130,8 @@ use rustix::net::{
 
 use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::frame::Frame;
 use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence, WeakUserFence};
+use crate::frame::Frame;
 
 pub use inherit::CHANNEL_FD_ENV;
 use wire::{Packet, WireBuffer, WireFence, WireKind};
