@@ -81,7 +81,19 @@ impl AsyncProducer {
     /// Shares `buffers` with every consumer (as [`Producer::new`]); must
     /// be called inside a tokio runtime.
     pub fn new(buffers: Vec<Buffer>, consumers: Vec<Channel>) -> Result<AsyncProducer> {
-        let inner = Producer::new(buffers, consumers)?;
+        AsyncProducer::wrap(Producer::new(buffers, consumers)?)
+    }
+
+    /// Shares `frames` with every consumer (as [`Producer::new_frames`]);
+    /// must be called inside a tokio runtime.
+    pub fn new_frames(
+        frames: Vec<crate::frame::Frame>,
+        consumers: Vec<Channel>,
+    ) -> Result<AsyncProducer> {
+        AsyncProducer::wrap(Producer::new_frames(frames, consumers)?)
+    }
+
+    fn wrap(inner: Producer) -> Result<AsyncProducer> {
         let obj = inner.object();
         let sockets = inner
             .peers

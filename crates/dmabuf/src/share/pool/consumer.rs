@@ -9,6 +9,7 @@ use super::{past, poll_any, protocol, slice, timed_out, MAX_POOL_BUFFERS};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
+use crate::frame::Frame;
 use crate::share::{Channel, Message};
 
 /// The consuming end of a pool. See the module documentation.
@@ -19,6 +20,9 @@ pub struct Consumer {
     /// release through it).
     pub(super) items: Arc<Mutex<ConsumerTransport>>,
     pub(super) buffers: Vec<Buffer>,
+    /// In a pool of frames, the frames by slot (`buffers` holds each
+    /// one's first buffer); empty otherwise.
+    pub(super) frames: Vec<Frame>,
     pub(super) index: u32,
     /// An item whose ready fence had not signalled when a wait ran out
     /// of time (or an async wait was cancelled): the next call resumes it.
@@ -33,6 +37,11 @@ pub struct Consumer {
 #[derive(Debug, Default)]
 pub(super) struct Handshake {
     pub(super) buffers: Vec<Buffer>,
+    /// A pool of frames: the frames so far (`buffers` holds each one's
+    /// first buffer).
+    pub(super) frames: Vec<Frame>,
+    /// Buffers held in all frames so far.
+    pub(super) held: usize,
     pub(super) ring: Option<(u32, Arc<Vec<std::os::fd::OwnedFd>>)>,
 }
 
@@ -40,6 +49,37 @@ impl Handshake {
     /// Takes one message; the consumer index once the pool is complete.
     pub(super) fn step(&mut self, msg: Message, obj: &str) -> Result<Option<u32>> {
         match msg {
+            Message::Buffer { .. } | Message::Frame { .. }
+                if !self.buffers.is_empty()
+                    && self.frames.is_empty() != matches!(msg, Message::Buffer { .. }) =>
+            {
+                Err(protocol(
+                    "pool handshake",
+                    obj,
+                    format!(
+                        "a {} message in a pool of {}s: a pool's slots are all buffers or all frames",
+                        msg.type_name(),
+                        if self.frames.is_empty() { "buffer" } else { "frame" }
+                    ),
+                ))
+            }
+            Message::Frame { id, frame } => {
+                let held = self.held + frame.buffers().len();
+                if id != self.frames.len() as u64 || held > MAX_POOL_BUFFERS {
+                    return Err(protocol(
+                        "pool handshake",
+                        obj,
+                        format!(
+                            "frame id {id} out of order or over the bound (expected {}; at most {MAX_POOL_BUFFERS} buffers in all frames, this one would make {held})",
+                            self.frames.len()
+                        ),
+                    ));
+                }
+                self.held = held;
+                self.buffers.push(frame.buffers()[0].clone());
+                self.frames.push(frame);
+                Ok(None)
+            }
             Message::Buffer { id, buffer } => {
                 if id != self.buffers.len() as u64 || self.buffers.len() >= MAX_POOL_BUFFERS {
                     return Err(protocol(
@@ -99,6 +139,7 @@ pub struct Item {
     pub(super) channel: Arc<Channel>,
     pub(super) items: Arc<Mutex<ConsumerTransport>>,
     pub(super) buffer: Buffer,
+    pub(super) frame: Option<Frame>,
     pub(super) slot: u64,
     pub(super) seq: u64,
     pub(super) len: u64,
@@ -127,12 +168,17 @@ impl Consumer {
         let (capacity, fds) = hs
             .ring
             .ok_or_else(|| protocol("pool handshake", &obj, "no ring message".into()))?;
-        let sizes: Vec<u64> = hs.buffers.iter().map(|b| b.size()).collect();
+        let sizes: Vec<u64> = if hs.frames.is_empty() {
+            hs.buffers.iter().map(|b| b.size()).collect()
+        } else {
+            hs.frames.iter().map(super::frame_bytes).collect()
+        };
         let items = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
         Ok(Consumer {
             channel: Arc::new(channel),
             items: Arc::new(Mutex::new(items)),
             buffers: hs.buffers,
+            frames: hs.frames,
             index,
             waiting: None,
             last_seq: 0,
@@ -147,9 +193,15 @@ impl Consumer {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The pool's buffers, by slot.
+    /// The pool's buffers, by slot (in a pool of frames, each frame's
+    /// first buffer).
     pub fn buffers(&self) -> &[Buffer] {
         &self.buffers
+    }
+
+    /// In a pool of frames, the frames by slot; empty otherwise.
+    pub fn frames(&self) -> &[Frame] {
+        &self.frames
     }
 
     /// This consumer's index among the pool's consumers.
@@ -221,6 +273,7 @@ impl Consumer {
             channel: self.channel.clone(),
             items: self.items.clone(),
             buffer: self.buffers[d.slot].clone(),
+            frame: self.frames.get(d.slot).cloned(),
             slot: d.slot as u64,
             seq: d.seq,
             len: d.len,
@@ -393,9 +446,15 @@ impl Consumer {
 }
 
 impl Item {
-    /// The buffer holding the item.
+    /// The buffer holding the item (in a pool of frames, the frame's
+    /// first buffer).
     pub fn buffer(&self) -> &Buffer {
         &self.buffer
+    }
+
+    /// In a pool of frames, the item's frame (its planes hold the item).
+    pub fn frame(&self) -> Option<&Frame> {
+        self.frame.as_ref()
     }
 
     /// The buffer's slot in the pool.

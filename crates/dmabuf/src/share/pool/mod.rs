@@ -8,6 +8,17 @@
 //!   message (that consumer's descriptor rings, [`super::ring`]), then a
 //!   pool-ready message; [`Consumer::new`] receives and checks them all
 //!   (see the `share` module's rules).
+//! * **Frames.** A pool's slots may be frames instead of buffers
+//!   ([`Producer::new_frames`]): each frame travels once, at setup, as a
+//!   frame message (its layout and each of its buffers once, checked on
+//!   receipt as the `share` module's rules say: fd kinds and sizes,
+//!   every plane inside its buffer, the frame module's layout checks);
+//!   per item nothing changes, the descriptor names the slot. A
+//!   consumer's handshake is all buffers or all frames (a mix is a
+//!   [`ErrorKind::Protocol`] error), holds at most [`MAX_POOL_BUFFERS`]
+//!   buffers in all, and [`Item::frame`] gives the item's frame. An
+//!   item's length counts the frame's bytes, at most [`frame_bytes`]
+//!   (the sum of its buffers' sizes; [`Lease::submit_all`] sends that).
 //! * **Per item, shared memory, not the socket.** Items and releases
 //!   travel as descriptors on the consumer's rings: while both sides keep
 //!   up, an item costs no socket message and no system call (each side
@@ -103,6 +114,15 @@ pub const MAX_POOL_BUFFERS: usize = 1024;
 /// release fences that have not signalled, before the producer takes them
 /// back (and fails those fences in its own process).
 pub const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
+/// The bytes of a frame as a pool counts them: the sum of its buffers'
+/// sizes (each buffer once), the most an item of a frame slot may have.
+pub fn frame_bytes(frame: &crate::frame::Frame) -> u64 {
+    frame
+        .buffers()
+        .iter()
+        .fold(0u64, |n, b| n.saturating_add(b.size()))
+}
 
 /// The poll deadline: `deadline`, or sooner when something must be
 /// re-checked without an fd to tell (`recheck`).

@@ -10,6 +10,7 @@ use super::{past, poll_any, protocol, slice, timed_out, LEAVE_GRACE, MAX_POOL_BU
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
+use crate::frame::Frame;
 use crate::share::{Channel, Message};
 
 #[derive(Debug)]
@@ -43,6 +44,20 @@ pub(super) struct Slot {
     pub(super) seq: u64,
     /// Whether the slot is leased or in flight (not in the free list).
     pub(super) busy: bool,
+    /// In a pool of frames: the slot's frame (`buffer` is its first
+    /// buffer).
+    pub(super) frame: Option<Frame>,
+}
+
+impl Slot {
+    /// The most bytes an item of this slot may have: the buffer's size,
+    /// or for a frame the sum of its buffers' sizes.
+    pub(super) fn size(&self) -> u64 {
+        match &self.frame {
+            Some(f) => super::frame_bytes(f),
+            None => self.buffer.size(),
+        }
+    }
 }
 
 /// The producing end of a pool. See the module documentation.
@@ -68,6 +83,36 @@ impl Producer {
     /// each) and returns the producer. Fails if any consumer cannot be
     /// reached.
     pub fn new(buffers: Vec<Buffer>, consumers: Vec<Channel>) -> Result<Producer> {
+        Producer::share(buffers.into_iter().map(|b| (b, None)).collect(), consumers)
+    }
+
+    /// Shares `frames` with every consumer on `consumers`: a pool whose
+    /// slots are frames (see the module documentation). Each frame travels
+    /// once, at setup, as a frame message (its layout and each of its
+    /// buffers once); items name the slot as in any pool. At most
+    /// [`MAX_POOL_BUFFERS`] buffers in all frames together.
+    pub fn new_frames(frames: Vec<Frame>, consumers: Vec<Channel>) -> Result<Producer> {
+        let held: usize = frames.iter().map(|f| f.buffers().len()).sum();
+        if held > MAX_POOL_BUFFERS {
+            return Err(Error::invalid(
+                "pool",
+                "producer",
+                format!(
+                    "{} frames in {held} buffers; a pool holds at most {MAX_POOL_BUFFERS} buffers",
+                    frames.len()
+                ),
+            ));
+        }
+        Producer::share(
+            frames
+                .into_iter()
+                .map(|f| (f.buffers()[0].clone(), Some(f)))
+                .collect(),
+            consumers,
+        )
+    }
+
+    fn share(buffers: Vec<(Buffer, Option<Frame>)>, consumers: Vec<Channel>) -> Result<Producer> {
         if buffers.is_empty() || buffers.len() > MAX_POOL_BUFFERS {
             return Err(Error::invalid(
                 "pool",
@@ -82,13 +127,23 @@ impl Producer {
             return Err(Error::invalid("pool", "producer", "no consumers"));
         }
         let n = consumers.len();
-        let sizes: Vec<u64> = buffers.iter().map(|b| b.size()).collect();
+        let sizes: Vec<u64> = buffers
+            .iter()
+            .map(|(b, f)| f.as_ref().map_or(b.size(), super::frame_bytes))
+            .collect();
         let mut items = Vec::with_capacity(n);
         for (i, c) in consumers.iter().enumerate() {
-            for (id, b) in buffers.iter().enumerate() {
-                c.send(&Message::Buffer {
-                    id: id as u64,
-                    buffer: b.clone(),
+            for (id, (b, f)) in buffers.iter().enumerate() {
+                let id = id as u64;
+                c.send(&match f {
+                    Some(frame) => Message::Frame {
+                        id,
+                        frame: frame.clone(),
+                    },
+                    None => Message::Buffer {
+                        id,
+                        buffer: b.clone(),
+                    },
                 })?;
             }
             let t = ProducerTransport::new(&sizes, c.peer())?;
@@ -113,21 +168,29 @@ impl Producer {
             free: (0..buffers.len()).collect(),
             slots: buffers
                 .into_iter()
-                .map(|buffer| Slot {
+                .map(|(buffer, frame)| Slot {
                     buffer,
                     holders: vec![false; n],
                     releases: Vec::new(),
                     seq: 0,
                     busy: false,
+                    frame,
                 })
                 .collect(),
             seq: 0,
         })
     }
 
-    /// The pool's buffers, by slot.
+    /// The pool's buffers, by slot (in a pool of frames, each frame's
+    /// first buffer).
     pub fn buffers(&self) -> impl Iterator<Item = &Buffer> {
         self.slots.iter().map(|s| &s.buffer)
+    }
+
+    /// In a pool of frames ([`Producer::new_frames`]), the frames by slot;
+    /// empty otherwise.
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+        self.slots.iter().filter_map(|s| s.frame.as_ref())
     }
 
     /// How many consumers are still connected and getting items (not
@@ -564,14 +627,18 @@ impl Producer {
     }
 
     pub(super) fn submit_slot(&mut self, slot: usize, len: u64, ready: Fence) -> Result<u64> {
-        let size = self.slots[slot].buffer.size();
+        let size = self.slots[slot].size();
         if len > size {
             self.slots[slot].busy = false;
             self.free.push_front(slot);
+            let (obj, what) = match &self.slots[slot].frame {
+                Some(f) => (format!("frame {f}"), "the frame's bytes"),
+                None => (self.slots[slot].buffer.describe(), "the buffer size"),
+            };
             return Err(Error::invalid(
                 "pool submit",
-                self.slots[slot].buffer.describe(),
-                format!("item length {len} exceeds the buffer size {size}"),
+                obj,
+                format!("item length {len} exceeds {what} {size}"),
             ));
         }
         self.seq += 1;
@@ -645,9 +712,15 @@ impl Producer {
 }
 
 impl Lease<'_> {
-    /// The buffer to write.
+    /// The buffer to write (in a pool of frames, the frame's first
+    /// buffer).
     pub fn buffer(&self) -> &Buffer {
         &self.producer.slots[self.slot].buffer
+    }
+
+    /// In a pool of frames, the frame to write.
+    pub fn frame(&self) -> Option<&Frame> {
+        self.producer.slots[self.slot].frame.as_ref()
     }
 
     /// The buffer's slot in the pool (its id on the wire).
@@ -663,6 +736,14 @@ impl Lease<'_> {
         self.done = true;
         let slot = self.slot;
         self.producer.submit_slot(slot, len, ready)
+    }
+
+    /// Sends the whole slot as the item: in a pool of frames, the frame
+    /// (its length is [`frame_bytes`](super::frame_bytes)); otherwise the
+    /// whole buffer. As [`Lease::submit`] otherwise.
+    pub fn submit_all(self, ready: Fence) -> Result<u64> {
+        let len = self.producer.slots[self.slot].size();
+        self.submit(len, ready)
     }
 }
 
