@@ -318,3 +318,48 @@ fn a_consumer_holds_at_most_the_bound_of_buffers_in_frames() {
     }
     assert_eq!(open_fds(), before, "fds leaked");
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn async_pools_of_frames_stream() {
+    let _g = lock();
+    let before = open_fds();
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use dmabuf::share::pool::{AsyncConsumer, AsyncProducer};
+            let (p, c) = Channel::pair().unwrap();
+            let frames = vec![
+                frame(Fourcc::YUV420, 64, 48, Placement::PerPlane),
+                frame(Fourcc::YUV420, 64, 48, Placement::Contiguous),
+            ];
+            let mut producer = AsyncProducer::new_frames(frames, vec![p]).unwrap();
+            let consumer = tokio::spawn(async move {
+                let mut c = AsyncConsumer::new(c).await.unwrap();
+                let mut n = 0u64;
+                while let Some(item) = c.next().await.unwrap() {
+                    n += 1;
+                    let f = item.frame().expect("a pool of frames");
+                    assert_eq!(f.plane_count(), 3);
+                    check(f, item.seq());
+                    item.release(Fence::Signalled).unwrap();
+                }
+                n
+            });
+            for seq in 1..=10u64 {
+                let lease = producer.acquire().await.unwrap();
+                paint(lease.frame().unwrap(), seq);
+                let ready = dmabuf::fence::UserFence::new().unwrap();
+                lease.submit_all(ready.clone().into()).unwrap();
+                ready.signal().unwrap();
+            }
+            producer.finish().await.unwrap();
+            assert_eq!(consumer.await.unwrap(), 10);
+        });
+    }
+    assert_eq!(open_fds(), before, "fds leaked");
+}
