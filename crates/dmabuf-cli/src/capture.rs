@@ -22,6 +22,25 @@
 //!   discarded.
 //! * A portable buffer cannot be captured into (a device imports only
 //!   dma-bufs): `--backend portable` fails with the library's message.
+//! * `--share SOCKET` streams the captured frames to another process over
+//!   the library's streaming pool, zero-copy: this process listens at
+//!   SOCKET (only peers of its own user, as `dmabuf stream --role
+//!   producer` does; the file is removed at the end, also on SIGTERM,
+//!   SIGINT and SIGHUP), waits at most `--timeout` for one consumer, and
+//!   shares its capture frames once as a pool of frames. Each frame is
+//!   then queued to the device when the pool leases it (after the
+//!   consumer released it) and handed over at once with the capture fence
+//!   as its ready fence: the consumer reads it only once the device wrote
+//!   it. The format must have a DRM frame layout.
+//! * `--share SOCKET --role consumer` is the other side: it connects to
+//!   SOCKET, checks the producer runs as this user, receives the frames
+//!   (checked as the library checks any frame from a peer), and for each
+//!   item reads every plane in a read window, prints
+//!   `item N: NV12 1280x720 (LINEAR), 2 planes` and writes the planes
+//!   (one after the other) to `--out`, until the producer ends the
+//!   stream. A frame whose fence failed (the driver flagged it) is
+//!   counted in `errors:`. `--device`, `--format`, `--width`, `--height`,
+//!   `--buffers`, `--backend` and `--frames` are the producer's.
 //! * The summary is `key: value` lines on stdout.
 
 use std::fs::File;
@@ -34,6 +53,8 @@ use dmabuf::endpoint::v4l2::{
     FormatRequest, FourCc, FrameAttachment, FrameRecord, V4l2Capture, MAX_SLOTS,
 };
 use dmabuf::endpoint::{Attachment, Endpoint, TransferOptions};
+use dmabuf::share::pool::{Consumer, Producer};
+use dmabuf::share::Listener;
 use dmabuf::{Fence, Frame, UserFence};
 
 use crate::backend;
@@ -65,9 +86,24 @@ pub struct Args {
     /// Pixel format as a V4L2 fourcc (YUYV, NV12, NM12, RGB3, GREY…).
     #[arg(long, value_parser = parse_fourcc)]
     pub format: Option<FourCc>,
-    /// Seconds to wait for each frame before giving up.
+    /// Seconds to wait for each frame (and, with --share, for the peer) before giving up.
     #[arg(long, default_value = "10", value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub timeout: Duration,
+    /// Stream the frames to another process over the streaming pool: listen at SOCKET (or, with --role consumer, connect to it).
+    #[arg(long, value_name = "SOCKET")]
+    pub share: Option<PathBuf>,
+    /// With --share: producer (capture and share; the default) or consumer (receive the frames).
+    #[arg(long, value_enum, requires = "share")]
+    pub role: Option<ShareRole>,
+}
+
+/// Which side of `--share` this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShareRole {
+    /// Captures, listens at the socket and shares the frames.
+    Producer,
+    /// Connects to the socket and receives the frames.
+    Consumer,
 }
 
 fn parse_fourcc(s: &str) -> Result<FourCc, String> {
@@ -155,6 +191,9 @@ impl Sink {
 
 /// Runs `dmabuf capture`.
 pub fn run(args: Args) -> crate::CliResult {
+    if let (Some(socket), Some(ShareRole::Consumer)) = (&args.share, args.role) {
+        return receive(socket, args.out.as_deref(), args.timeout);
+    }
     let timeout = args.timeout;
     let request = FormatRequest {
         width: args.width,
@@ -194,6 +233,31 @@ pub fn run(args: Args) -> crate::CliResult {
         });
     }
     let opts = TransferOptions::default();
+    if let Some(socket) = &args.share {
+        let frames = match layout.as_ref() {
+            Some(_) => atts
+                .iter()
+                .map(|a| match a {
+                    Slot::Frame(f) => Ok(f.frame.clone()),
+                    Slot::Buffer(..) => Err("capture: --share: a slot without a frame"),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => {
+                return Err(format!(
+                    "capture: --share: {format} has no DRM frame layout; only frames can be shared"
+                )
+                .into())
+            }
+        };
+        return share(
+            &args,
+            socket,
+            cap,
+            atts,
+            frames,
+            alloc.backend().to_string(),
+        );
+    }
     let start = Instant::now();
     // In-flight transfers, oldest first: (slot, fence).
     let mut inflight = std::collections::VecDeque::new();
@@ -288,6 +352,147 @@ pub fn run(args: Args) -> crate::CliResult {
         done as f64 / secs.max(1e-9),
         dmabuf::units::human_rate(bytes, secs)
     )?;
+    outln!("out: {out}")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--share`: captures into the frames of a pool shared with one
+/// consumer; each frame goes to the device when the pool leases it and to
+/// the consumer at once, its capture fence as the ready fence.
+fn share(
+    args: &Args,
+    socket: &Path,
+    mut cap: V4l2Capture,
+    atts: Vec<Slot>,
+    frames: Vec<Frame>,
+    backend: String,
+) -> crate::CliResult {
+    let timeout = args.timeout;
+    if socket == Path::new("-") {
+        return Err("capture: --share needs a socket path to listen at".into());
+    }
+    let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    crate::stream::remove_on_signal(socket.to_path_buf(), armed.clone())?;
+    let listener = Listener::bind(socket)?;
+    armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let channels = crate::stream::accept_consumers(&listener, 1, timeout)?;
+    let mut producer = Producer::new_frames(frames, channels)?;
+    let opts = TransferOptions::default();
+    let start = Instant::now();
+    // Frames in the device, oldest first: (slot, fence). As many as the
+    // pool has free are kept queued (drivers want several).
+    let mut inflight: std::collections::VecDeque<(usize, UserFence)> =
+        std::collections::VecDeque::new();
+    let (mut submitted, mut done, mut errors, mut bytes) = (0u64, 0u64, 0u64, 0u64);
+    while done < args.frames {
+        while submitted < args.frames {
+            let lease = if inflight.is_empty() {
+                // Every frame is with the consumer: wait for one back.
+                Some(producer.acquire(Some(timeout))?)
+            } else {
+                producer.try_acquire()?
+            };
+            let Some(lease) = lease else { break };
+            let slot = lease.slot();
+            let fence = atts[slot].queue(&mut cap, opts)?;
+            lease.submit_all(Fence::User(fence.clone()))?;
+            inflight.push_back((slot, fence));
+            submitted += 1;
+        }
+        let (slot, fence) = inflight.pop_front().expect("a frame is in the device");
+        if let Err(e) = fence.wait(Some(timeout)) {
+            if e.errno() != Some(dmabuf::Errno::IO) {
+                return Err(format!("capture: {}: {e}", cap.describe()).into());
+            }
+            errors += 1;
+        }
+        if let Some(r) = atts[slot].record(&cap) {
+            if !r.is_error() {
+                bytes += u64::from(r.bytesused);
+            }
+        }
+        done += 1;
+    }
+    producer.finish(Some(timeout))?;
+    let elapsed = start.elapsed();
+    for att in &atts {
+        att.detach(&mut cap)?;
+    }
+    drop(listener);
+    let secs = elapsed.as_secs_f64();
+    outln!(
+        "device: {}",
+        crate::out::escape(&args.device.display().to_string())
+    )?;
+    outln!("backend: {backend}")?;
+    outln!("data path: {}", cap.data_path())?;
+    outln!("format: {}", cap.format())?;
+    if let Some(Slot::Frame(f)) = atts.first() {
+        outln!("frame: {}", f.frame)?;
+    }
+    outln!(
+        "shared: {} (1 consumer, {} frames in the pool)",
+        crate::out::escape(&socket.display().to_string()),
+        atts.len()
+    )?;
+    outln!("frames: {done}")?;
+    outln!("errors: {errors}")?;
+    outln!("bytes: {bytes}")?;
+    outln!(
+        "time: {secs:.3} s ({:.2} fps)",
+        done as f64 / secs.max(1e-9)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--share SOCKET --role consumer`: receives the producer's frames and
+/// reads every plane of every item.
+fn receive(socket: &Path, out: Option<&Path>, timeout: Duration) -> crate::CliResult {
+    let mut sink = Sink::open(out)?;
+    let channel = crate::stream::connect(socket, timeout)?;
+    let mut consumer = Consumer::new(channel, Some(timeout))?;
+    if consumer.frames().is_empty() {
+        return Err(format!(
+            "capture: {}: the producer shared buffers, not frames",
+            crate::out::escape(&socket.display().to_string())
+        )
+        .into());
+    }
+    let (mut items, mut errors, mut bytes) = (0u64, 0u64, 0u64);
+    let mut last = String::new();
+    loop {
+        let item = match consumer.next(Some(timeout)) {
+            Ok(Some(item)) => item,
+            Ok(None) => break,
+            // The driver flagged the frame (its capture fence failed).
+            Err(e) if e.kind() == dmabuf::ErrorKind::FenceFailed => {
+                errors += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let frame = item
+            .frame()
+            .ok_or("capture: an item of a pool of frames without a frame")?;
+        let mut data = Vec::new();
+        for p in 0..frame.plane_count() {
+            let map = frame.map_plane(p, false)?;
+            let w = map.read()?;
+            data.extend_from_slice(&w.to_vec());
+            w.end()?;
+        }
+        sink.write(items, &data)?;
+        bytes += data.len() as u64;
+        items += 1;
+        last = frame.to_string();
+        outln!("item {}: {frame}", item.seq())?;
+        item.release(Fence::Signalled)?;
+    }
+    let out = sink.finish()?;
+    outln!("frame: {last}")?;
+    outln!("frames: {items}")?;
+    outln!("errors: {errors}")?;
+    outln!("bytes: {bytes}")?;
     outln!("out: {out}")?;
     Ok(ExitCode::SUCCESS)
 }

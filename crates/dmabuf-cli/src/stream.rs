@@ -614,7 +614,7 @@ fn collect(i: usize, s: Spawned, bound: Duration, sent: u64) -> ConsumerOutcome 
 /// Removes the socket file at `path` and exits on SIGTERM, SIGINT or
 /// SIGHUP, once `armed` (set after the bind, so that a file this process
 /// did not create is never removed).
-fn remove_on_signal(path: PathBuf, armed: Arc<AtomicBool>) -> std::io::Result<()> {
+pub(crate) fn remove_on_signal(path: PathBuf, armed: Arc<AtomicBool>) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
     std::thread::spawn(move || {

@@ -1,0 +1,162 @@
+//! `dmabuf capture --share SOCKET --role consumer` on the host: the
+//! receiving side of a capture shared over a pool of frames, fed here by
+//! the library's producer with portable frames (the capturing side needs
+//! a V4L2 device: it is tested in the lab).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use dmabuf::frame::{FrameOptions, Placement};
+use dmabuf::share::pool::Producer;
+use dmabuf::share::Listener;
+use dmabuf::{Fence, Fourcc, Frame, Portable};
+
+const T: Option<Duration> = Some(Duration::from_secs(20));
+
+fn dmabuf() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dmabuf"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dmabuf-capshare-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn frame(placement: Placement) -> Frame {
+    let opts = FrameOptions {
+        placement,
+        ..FrameOptions::default()
+    };
+    Frame::allocate(&Portable, Fourcc::NV12, 64, 48, &opts).unwrap()
+}
+
+/// Fills plane `p` with `seq * 16 + p + 1` and returns its bytes.
+fn paint(f: &Frame, seq: u64) -> Vec<u8> {
+    let mut all = Vec::new();
+    for p in 0..f.plane_count() {
+        let pm = f.map_plane(p, true).unwrap();
+        let bytes = vec![(seq as u8) * 16 + p as u8 + 1; pm.len()];
+        pm.write().unwrap().bytes_mut().write_at(0, &bytes).unwrap();
+        all.extend_from_slice(&bytes);
+    }
+    all
+}
+
+fn consumer(socket: &std::path::Path, out: &std::path::Path) -> std::process::Child {
+    dmabuf()
+        .arg("capture")
+        .arg("--share")
+        .arg(socket)
+        .args(["--role", "consumer", "--timeout", "20"])
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: std::process::Child) -> Output {
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_consumer_side_receives_every_plane_of_every_frame() {
+    let dir = scratch("ok");
+    let socket = dir.join("sock");
+    let out = dir.join("frames.raw");
+    let listener = Listener::bind(&socket).unwrap();
+    let child = consumer(&socket, &out);
+    let ch = listener.accept(T).unwrap();
+    let frames = vec![frame(Placement::Contiguous), frame(Placement::PerPlane)];
+    let mut producer = Producer::new_frames(frames, vec![ch]).unwrap();
+    let mut want = Vec::new();
+    for seq in 1..=3u64 {
+        let lease = producer.acquire(T).unwrap();
+        want.extend(paint(lease.frame().unwrap(), seq));
+        assert_eq!(lease.submit_all(Fence::Signalled).unwrap(), seq);
+    }
+    producer.finish(T).unwrap();
+    let o = finish(child);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    for seq in 1..=3 {
+        assert!(
+            stdout.contains(&format!("item {seq}: NV12 64x48 (LINEAR), 2 planes\n")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("frame: NV12 64x48 (LINEAR), 2 planes\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("frames: 3\n"), "{stdout}");
+    assert!(stdout.contains("errors: 0\n"), "{stdout}");
+    assert_eq!(std::fs::read(&out).unwrap(), want, "every plane, in order");
+    drop(listener);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_consumer_side_refuses_a_pool_of_plain_buffers() {
+    let dir = scratch("buffers");
+    let socket = dir.join("sock");
+    let listener = Listener::bind(&socket).unwrap();
+    let child = consumer(&socket, &dir.join("x.raw"));
+    let ch = listener.accept(T).unwrap();
+    let b = dmabuf::Allocate::allocate(&Portable, 4096, "plain").unwrap();
+    let producer = Producer::new(vec![b], vec![ch]).unwrap();
+    let o = finish(child);
+    drop(producer);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("the producer shared buffers, not frames"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn share_arguments_are_checked() {
+    let o = dmabuf()
+        .args(["capture", "--role", "consumer"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--share"), "{}", text(&o.stderr));
+    let o = dmabuf()
+        .args(["capture", "--share", "/x", "--role", "viewer"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("invalid value 'viewer'"),
+        "{}",
+        text(&o.stderr)
+    );
+    // A consumer with nobody to connect to gives up after --timeout.
+    let dir = scratch("nobody");
+    let o = dmabuf()
+        .arg("capture")
+        .arg("--share")
+        .arg(dir.join("none"))
+        .args(["--role", "consumer", "--timeout", "0.2"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.starts_with("dmabuf: connect: socket "), "{err}");
+    assert!(
+        err.contains("none: No such file or directory (ENOENT)"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
