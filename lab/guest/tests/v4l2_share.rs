@@ -232,3 +232,75 @@ fn share_captured_nv12_frames() {
 fn share_captured_nm12_frames() {
     share_captured_frames("NM12");
 }
+
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("no '{key}:' line in:\n{out}"))
+}
+
+/// `dmabuf capture --share SOCKET` and `dmabuf capture --share SOCKET
+/// --role consumer` as two processes: the consumer prints every frame as
+/// the frame type says and writes every plane of every frame; the luma of
+/// the colour bars falls from left to right in what it received.
+#[test]
+fn cli_capture_shares_frames_with_a_consumer_process() {
+    let n = nodes();
+    for (code, buffers) in [("NV12", 1), ("NM12", 2)] {
+        let socket = format!("/tmp/capture-share-{code}.sock");
+        let out = format!("/tmp/capture-share-{code}.raw");
+        let producer = Command::new(dmabuf_lab_guest::cli())
+            .args(["capture", "--device", &n.capture_mplane, "--frames", "4"])
+            .args(["--width", "1280", "--height", "720", "--format", code])
+            .args(["--backend", "udmabuf", "--share", &socket, "--timeout", "30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let consumer = Command::new(dmabuf_lab_guest::cli())
+            .args(["capture", "--share", &socket, "--role", "consumer"])
+            .args(["--out", &out, "--timeout", "30"])
+            .output()
+            .unwrap();
+        let producer = producer.wait_with_output().unwrap();
+        let (pout, cout) = (
+            String::from_utf8_lossy(&producer.stdout),
+            String::from_utf8_lossy(&consumer.stdout),
+        );
+        let errs = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&producer.stderr),
+            String::from_utf8_lossy(&consumer.stderr)
+        );
+        assert!(producer.status.success(), "{code} producer: {pout}\n{errs}");
+        assert!(consumer.status.success(), "{code} consumer: {cout}\n{errs}");
+        eprintln!("{code} producer:\n{pout}\n{code} consumer:\n{cout}");
+        assert_eq!(field(&pout, "frame"), "NV12 1280x720 (LINEAR), 2 planes");
+        assert_eq!(field(&pout, "data path"), "zero-copy");
+        assert!(
+            field(&pout, "format").contains(&format!("multi-planar, {buffers} buffer(s)")),
+            "{pout}"
+        );
+        assert_eq!(field(&pout, "frames"), "4");
+        for seq in 1..=4 {
+            assert_eq!(
+                field(&cout, &format!("item {seq}")),
+                "NV12 1280x720 (LINEAR), 2 planes"
+            );
+        }
+        assert_eq!(field(&cout, "frames"), "4");
+        assert_eq!(field(&cout, "errors"), "0");
+        let data = std::fs::read(&out).unwrap();
+        assert_eq!(data.len(), 4 * 1_382_400);
+        for f in data.chunks(1_382_400) {
+            let row = 360 * 1280;
+            let luma: Vec<u8> = (0..8).map(|b| f[row + (2 * b + 1) * 80]).collect();
+            assert!(luma.windows(2).all(|p| p[0] > p[1]), "{code}: {luma:?}");
+            assert!(f[921_600..].iter().any(|&b| b != 0x80 && b != 0));
+        }
+        assert!(
+            !std::path::Path::new(&socket).exists(),
+            "the producer removed its socket"
+        );
+    }
+}
