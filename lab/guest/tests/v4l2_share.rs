@@ -252,7 +252,14 @@ fn cli_capture_shares_frames_with_a_consumer_process() {
         let producer = Command::new(dmabuf_lab_guest::cli())
             .args(["capture", "--device", &n.capture_mplane, "--frames", "4"])
             .args(["--width", "1280", "--height", "720", "--format", code])
-            .args(["--backend", "udmabuf", "--share", &socket, "--timeout", "30"])
+            .args([
+                "--backend",
+                "udmabuf",
+                "--share",
+                &socket,
+                "--timeout",
+                "30",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
