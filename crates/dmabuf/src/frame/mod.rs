@@ -27,7 +27,15 @@
 //! * the bytes of a plane are reached like any buffer's: through a
 //!   mapping and a CPU-access window ([`Frame::map_plane`] gives a
 //!   [`PlaneMap`] whose windows cover exactly the plane's rows);
-//! * `Display` gives `NV12 1280x720 (LINEAR), 2 planes`.
+//! * `Display` gives `NV12 1280x720 (LINEAR), 2 planes`;
+//! * frames travel to other processes whole — layout and each buffer's
+//!   fd once — over a [`Channel`](crate::share::Channel)
+//!   ([`send_frame`](crate::share::Channel::send_frame),
+//!   [`recv_frame`](crate::share::Channel::recv_frame)) or as the slots of
+//!   a streaming pool
+//!   ([`Producer::new_frames`](crate::share::pool::Producer::new_frames)),
+//!   and are checked on receipt as any frame is (see the `share` module's
+//!   rules).
 //!
 //! The [`v4l2`] module maps V4L2 pixel formats and `bytesperline` values
 //! to frame layouts; the [`wire`] module encodes a frame's layout as bytes (for sharing a
