@@ -40,7 +40,8 @@
 //!   (one after the other) to `--out`, until the producer ends the
 //!   stream. A frame whose fence failed (the driver flagged it) is
 //!   counted in `errors:`. `--device`, `--format`, `--width`, `--height`,
-//!   `--buffers`, `--backend` and `--frames` are the producer's.
+//!   `--buffers`, `--backend` and `--frames` are the producer's; `--out`
+//!   is the consumer's (refused on the producer's side).
 //! * The summary is `key: value` lines on stdout.
 
 use std::fs::File;
@@ -193,6 +194,12 @@ impl Sink {
 pub fn run(args: Args) -> crate::CliResult {
     if let (Some(socket), Some(ShareRole::Consumer)) = (&args.share, args.role) {
         return receive(socket, args.out.as_deref(), args.timeout);
+    }
+    if args.share.is_some() && args.out.is_some() {
+        return Err(
+            "capture: with --share the frames go to the consumer; --out is for its side (--role consumer)"
+                .into(),
+        );
     }
     let timeout = args.timeout;
     let request = FormatRequest {

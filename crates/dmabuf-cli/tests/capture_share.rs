@@ -142,6 +142,16 @@ fn share_arguments_are_checked() {
         "{}",
         text(&o.stderr)
     );
+    let o = dmabuf()
+        .args(["capture", "--share", "/x", "--out", "/tmp/y"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--out is for its side (--role consumer)"),
+        "{}",
+        text(&o.stderr)
+    );
     // A consumer with nobody to connect to gives up after --timeout.
     let dir = scratch("nobody");
     let o = dmabuf()
