@@ -39,7 +39,7 @@
 //! What this identity covers, and what it cannot: it is per process, and
 //! per file. Two different files showing the same pages — two udmabufs
 //! over one memfd range, a udmabuf and its memfd — are tied together only
-//! for udmabufs this process made (see the `udmabuf` module: it records
+//! for udmabufs this process made (see the `alloc::udmabuf` module: it records
 //! their memfd pages, and a list repeating pages is refused). Memory mapped
 //! outside the library, and windows of other processes or devices, are not
 //! seen by the registry: against those the library relies on fences and
@@ -63,11 +63,12 @@ use std::time::{Duration, Instant};
 use rustix::event::PollFlags;
 use rustix::fs::{fcntl_get_seals, SealFlags, SeekFrom};
 
+use crate::access::{Access, Usage};
 use crate::error::{io_errno, Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, SyncFile};
 use crate::inspect::{parse_fdinfo, FdInfo};
 use crate::mapping::Mapping;
-use crate::reservation::{Reservation, Usage};
+use crate::reservation::Reservation;
 use crate::sys;
 use crate::sys::mem::Region;
 use crate::sys::object::MemoryObject;
@@ -79,43 +80,6 @@ pub const PORTABLE_MEMFD_PREFIX: &str = "dmabuf-portable:";
 /// Longest buffer name, in bytes (the kernel's `DMA_BUF_NAME_LEN` less the
 /// NUL).
 pub const MAX_NAME_LEN: usize = sys::dma_buf::DMA_BUF_NAME_LEN - 1;
-
-/// The direction of a CPU access or of a fence export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    /// Reading: waits for writers.
-    Read,
-    /// Writing: waits for everyone.
-    Write,
-    /// Both.
-    ReadWrite,
-}
-
-impl Access {
-    /// Whether the access writes.
-    pub fn writes(self) -> bool {
-        matches!(self, Access::Write | Access::ReadWrite)
-    }
-
-    /// The `DMA_BUF_SYNC_*` direction flags.
-    pub fn sync_flags(self) -> u64 {
-        match self {
-            Access::Read => sys::dma_buf::DMA_BUF_SYNC_READ,
-            Access::Write => sys::dma_buf::DMA_BUF_SYNC_WRITE,
-            Access::ReadWrite => sys::dma_buf::DMA_BUF_SYNC_RW,
-        }
-    }
-
-    /// Lower-case name for messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Access::Read => "read",
-            Access::Write => "write",
-            Access::ReadWrite => "read-write",
-        }
-    }
-}
 
 fn fd_object(fd: BorrowedFd<'_>) -> String {
     format!("fd {}", fd.as_raw_fd())
@@ -238,10 +202,7 @@ impl DmaBuf {
     /// Adds the fence of `sync_file` to the buffer's kernel reservation
     /// (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`), as a writer or a reader.
     pub fn import_sync_file(&self, sync_file: &SyncFile, usage: Usage) -> Result<()> {
-        let flags = match usage {
-            Usage::Read => sys::dma_buf::DMA_BUF_SYNC_READ,
-            Usage::Write => sys::dma_buf::DMA_BUF_SYNC_WRITE,
-        } as u32;
+        let flags = usage.sync_flags() as u32;
         sys::dma_buf::import_sync_file(&self.fd, flags, sync_file).map_err(|e| match e {
             Errno::INVAL => Error::kernel(
                 "dma-buf import sync file",

@@ -14,8 +14,12 @@
 //!   kind of memory, one API).
 //! * [`mapping`] — [`Mapping`] and [`Window`]: the bytes are only reachable
 //!   inside a CPU-access window bracketed by `DMA_BUF_IOCTL_SYNC`.
-//! * [`udmabuf`], [`heap`], [`portable`] — the three kinds of memory;
-//!   [`alloc`] chooses between them.
+//! * [`alloc`] — allocators: the three kinds of memory, its children
+//!   [`alloc::heap`], [`alloc::udmabuf`], [`alloc::portable`], and the
+//!   automatic choice between them.
+//! * [`access`] — [`Access`] (what a user of the bytes does, and so what
+//!   it waits for) and [`Usage`] (how a fence in a reservation uses the
+//!   buffer, and so who waits for it).
 //! * [`fence`] — kernel sync files and user fences, one [`Fence`] type;
 //!   [`reservation`] — the implicit-sync rules that make CPU, devices and
 //!   processes take turns.
@@ -46,16 +50,15 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod access;
 pub mod alloc;
 pub mod buffer;
 pub mod endpoint;
 pub mod error;
 pub mod fence;
 pub mod frame;
-pub mod heap;
 pub mod inspect;
 pub mod mapping;
-pub mod portable;
 pub mod probe;
 pub mod reservation;
 pub mod share;
@@ -63,19 +66,19 @@ pub mod share;
 // flag and struct of the headers it covers), so not all of it is used.
 #[allow(unsafe_code, dead_code)]
 pub(crate) mod sys;
-pub mod udmabuf;
 pub mod units;
 
+pub use access::{Access, Usage};
+pub use alloc::heap::Heap;
+pub use alloc::portable::Portable;
+pub use alloc::udmabuf::{Memfd, Udmabuf};
 pub use alloc::{Allocate, Allocator, Backend};
-pub use buffer::{Access, Buffer, BufferKind, DmaBuf, MAX_NAME_LEN, PORTABLE_MEMFD_PREFIX};
+pub use buffer::{Buffer, BufferKind, DmaBuf, MAX_NAME_LEN, PORTABLE_MEMFD_PREFIX};
 pub use error::{Errno, Error, ErrorKind, Result};
 pub use fence::{Fence, FenceContext, FenceStatus, SyncFile, UserFence};
 pub use frame::{Fourcc, Frame, Modifier};
-pub use heap::Heap;
 pub use mapping::{Mapping, VolatileBytes, VolatileBytesMut, Window};
-pub use portable::Portable;
-pub use reservation::{Reservation, Usage};
-pub use udmabuf::{Memfd, Udmabuf};
+pub use reservation::Reservation;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -52,7 +52,7 @@
 //! Inside this process the library guarantees that no two windows overlap
 //! unless all of them read, across every handle on the same memory (and,
 //! for udmabufs this process made, across the memfd pages they are made
-//! of; see `buffer` and `udmabuf`). It cannot guarantee the same of other
+//! of; see `buffer` and `alloc::udmabuf`). It cannot guarantee the same of other
 //! processes or devices: a peer that does not follow the protocol, or that
 //! is hostile, can write the bytes while a window is open. In Rust's model
 //! a `&[u8]` or `&mut [u8]` over bytes that change meanwhile is a data
@@ -82,7 +82,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::buffer::{Access, Buffer, DmaBuf};
+use crate::access::Access;
+use crate::buffer::{Buffer, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 use crate::sys::mem::Region;

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsFd;
 
-use dmabuf::udmabuf::{Limits, Range};
+use dmabuf::alloc::udmabuf::{Limits, Range};
 use dmabuf::{Buffer, BufferKind, Errno, ErrorKind, Memfd, Udmabuf};
 use dmabuf_lab_guest::require_lab;
 use dmabuf_lab_guest::sys::udmabuf::{UdmabufCreate, UdmabufCreateItem};

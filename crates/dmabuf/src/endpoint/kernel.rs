@@ -55,10 +55,10 @@ use super::copy::{CopyEngine, CopyOptions};
 use super::fd::check_attachable;
 use super::watch::{settle, Watcher};
 use super::{Attachment, DataPath, Direction, TransferOptions};
-use crate::buffer::{Access, Buffer, DmaBuf};
+use crate::access::{Access, Usage};
+use crate::buffer::{Buffer, DmaBuf};
 use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, SyncFile, UserFence};
-use crate::reservation::Usage;
 
 /// A kernel DMABUF endpoint interface: its ioctls and its errnos.
 pub(crate) trait DmabufUapi {

@@ -64,7 +64,7 @@ use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, Mode, OFlags, SealFlags,
 };
 
-use crate::alloc::{allocation_size, Allocate, Backend};
+use super::{allocation_size, Allocate, Backend};
 use crate::buffer::{Buffer, BufferKind, DmaBuf};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
