@@ -100,7 +100,11 @@ pub struct Mapping {
     writable: bool,
 }
 
-/// The kind of a [`Window`]: [`Read`], [`Write`] or [`ReadWrite`].
+/// The kind of a [`Window`]: [`ReadOnly`], [`WriteOnly`] or [`ReadWrite`]
+/// — the direction declared to the exporter with `DMA_BUF_IOCTL_SYNC`
+/// (`DMA_BUF_SYNC_READ`, `_WRITE`, `_RW`), like an fd's `O_RDONLY`,
+/// `O_WRONLY` and `O_RDWR`. (Named so that they do not clash with
+/// `std::io::{Read, Write}`.)
 pub trait WindowMode: sealed::Sealed {
     /// The access it stands for.
     const ACCESS: Access;
@@ -113,29 +117,34 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A window for reading.
+/// A window for reading (`DMA_BUF_SYNC_READ`): waits for writers.
 #[derive(Debug)]
-pub enum Read {}
-/// A window for writing.
+pub enum ReadOnly {}
+/// A window for writing (`DMA_BUF_SYNC_WRITE`): waits for everyone. Its
+/// bytes can be read too (volatile reads, never undefined behaviour), but
+/// the exporter was told the CPU only writes, so it need not make what a
+/// device wrote visible to the CPU first — open a [`ReadWrite`] window
+/// for that.
 #[derive(Debug)]
-pub enum Write {}
-/// A window for reading and writing.
+pub enum WriteOnly {}
+/// A window for reading and writing (`DMA_BUF_SYNC_RW`): waits for
+/// everyone.
 #[derive(Debug)]
 pub enum ReadWrite {}
 
-impl sealed::Sealed for Read {}
-impl sealed::Sealed for Write {}
+impl sealed::Sealed for ReadOnly {}
+impl sealed::Sealed for WriteOnly {}
 impl sealed::Sealed for ReadWrite {}
-impl WindowMode for Read {
+impl WindowMode for ReadOnly {
     const ACCESS: Access = Access::Read;
 }
-impl WindowMode for Write {
+impl WindowMode for WriteOnly {
     const ACCESS: Access = Access::Write;
 }
 impl WindowMode for ReadWrite {
     const ACCESS: Access = Access::ReadWrite;
 }
-impl Writable for Write {}
+impl Writable for WriteOnly {}
 impl Writable for ReadWrite {}
 
 impl Mapping {
@@ -184,12 +193,12 @@ impl Mapping {
     }
 
     /// Opens a read window on the whole mapping (waits for writers).
-    pub fn read(&self) -> Result<Window<'_, Read>> {
+    pub fn read(&self) -> Result<Window<'_, ReadOnly>> {
         self.window(0..self.len(), None)
     }
 
     /// Opens a write window on the whole mapping (waits for everyone).
-    pub fn write(&self) -> Result<Window<'_, Write>> {
+    pub fn write(&self) -> Result<Window<'_, WriteOnly>> {
         self.window(0..self.len(), None)
     }
 
