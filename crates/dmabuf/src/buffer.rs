@@ -292,6 +292,7 @@ fn check_name(name: &str, object: &str) -> Result<()> {
 /// What memory a [`Buffer`] is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "detail")]
+#[non_exhaustive]
 pub enum BufferKind {
     /// A dma-buf from the DMA heap of this name.
     Heap(String),

@@ -80,6 +80,61 @@ pub use frame::{Fourcc, Frame, Modifier};
 pub use mapping::{Mapping, VolatileBytes, VolatileBytesMut, Window};
 pub use reservation::Reservation;
 
+/// The public enums that may grow are `#[non_exhaustive]`: outside the
+/// crate, a `match` naming every variant does not compile without a
+/// wildcard arm (each `compile_fail` case below has a twin that compiles
+/// with one).
+///
+/// ```compile_fail
+/// fn f(k: dmabuf::ErrorKind) -> u8 { use dmabuf::ErrorKind as K; match k { K::InvalidInput | K::NotSupported | K::NotFound | K::PermissionDenied | K::Busy | K::TimedOut | K::WouldBlock | K::FenceFailed | K::Cancelled | K::PeerGone | K::Protocol | K::Os => 1 } }
+/// ```
+///
+/// ```
+/// fn f(k: dmabuf::ErrorKind) -> u8 { use dmabuf::ErrorKind as K; match k { K::InvalidInput | K::NotSupported | K::NotFound | K::PermissionDenied | K::Busy | K::TimedOut | K::WouldBlock | K::FenceFailed | K::Cancelled | K::PeerGone | K::Protocol | K::Os => 1, _ => 0 } }
+/// ```
+///
+/// ```compile_fail
+/// fn f(k: dmabuf::Backend) -> u8 { use dmabuf::Backend as K; match k { K::Heap(_) | K::Udmabuf | K::Portable => 1 } }
+/// ```
+///
+/// ```
+/// fn f(k: dmabuf::Backend) -> u8 { use dmabuf::Backend as K; match k { K::Heap(_) | K::Udmabuf | K::Portable => 1, _ => 0 } }
+/// ```
+///
+/// ```compile_fail
+/// fn f(k: dmabuf::BufferKind) -> u8 { use dmabuf::BufferKind as K; match k { K::Heap(_) | K::Udmabuf | K::Portable | K::Imported(_) => 1 } }
+/// ```
+///
+/// ```
+/// fn f(k: dmabuf::BufferKind) -> u8 { use dmabuf::BufferKind as K; match k { K::Heap(_) | K::Udmabuf | K::Portable | K::Imported(_) => 1, _ => 0 } }
+/// ```
+///
+/// ```compile_fail
+/// fn f(k: dmabuf::Fence) -> u8 { use dmabuf::Fence as K; match k { K::Signalled | K::Kernel(_) | K::User(_) | K::All(_) => 1 } }
+/// ```
+///
+/// ```
+/// fn f(k: dmabuf::Fence) -> u8 { use dmabuf::Fence as K; match k { K::Signalled | K::Kernel(_) | K::User(_) | K::All(_) => 1, _ => 0 } }
+/// ```
+///
+/// ```compile_fail
+/// fn f(k: dmabuf::endpoint::DataPath) -> u8 { use dmabuf::endpoint::DataPath as K; match k { K::ZeroCopy | K::Copy(_) => 1 } }
+/// ```
+///
+/// ```
+/// fn f(k: dmabuf::endpoint::DataPath) -> u8 { use dmabuf::endpoint::DataPath as K; match k { K::ZeroCopy | K::Copy(_) => 1, _ => 0 } }
+/// ```
+///
+/// ```compile_fail
+/// fn f(k: dmabuf::Usage) -> u8 { use dmabuf::Usage as K; match k { K::Read | K::Write => 1 } }
+/// ```
+///
+/// ```
+/// fn f(k: dmabuf::Usage) -> u8 { use dmabuf::Usage as K; match k { K::Read | K::Write => 1, _ => 0 } }
+/// ```
+#[cfg(doctest)]
+pub struct NonExhaustiveDoctests;
+
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -70,6 +70,7 @@ pub trait Allocate: fmt::Debug + Send + Sync {
 
 /// A kind of memory to allocate from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
 pub enum Backend {
     /// The DMA heap of this name.
     Heap(String),

@@ -134,6 +134,7 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message, with its buffers and fences already checked and rebuilt.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Message {
     /// A buffer, with the sender's id for it.
     Buffer {
