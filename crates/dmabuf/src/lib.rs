@@ -25,6 +25,22 @@
 //!   processes take turns.
 //! * [`inspect`] — who holds which dma-buf in this system.
 //!
+//! # Tracing
+//!
+//! With the `tracing` feature (off by default) the library emits `tracing`
+//! events, their target the module that emits them (`dmabuf::mapping`…):
+//!
+//! * `DEBUG`: why [`Allocator::auto`] chose its backend; which data path an
+//!   endpoint chose for a buffer it attached; every wait a CPU window, an
+//!   idle-wait or a device transfer makes in a [`Reservation`] — for a
+//!   fence (naming it, and when the wait ends how long it took and how it
+//!   ended), for open CPU windows (how many), for a dma-buf's kernel
+//!   fences (for device transfers, and for windows with a timeout);
+//! * `TRACE`: every CPU window opened (buffer, access, range, time spent
+//!   waiting) and closed.
+//!
+//! Without the feature none of this is compiled in.
+//!
 //! # Example
 //!
 //! ```
@@ -49,6 +65,17 @@
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+/// An event for the optional `tracing` feature: `tracing::event!` at
+/// `$level` (`TRACE`, `DEBUG`…) with it; without it, nothing — the
+/// arguments are not even evaluated.
+macro_rules! trace_event {
+    ($level:ident, $($arg:tt)+) => {
+        #[cfg(feature = "tracing")]
+        ::tracing::event!(::tracing::Level::$level, $($arg)+);
+    };
+}
 
 pub mod access;
 pub mod alloc;

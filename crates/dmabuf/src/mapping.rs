@@ -234,6 +234,8 @@ impl Mapping {
         let access = M::ACCESS;
         let op = "open CPU window";
         let obj = || self.buffer.describe();
+        #[cfg(feature = "tracing")]
+        let started = Instant::now();
         if range.start > range.end || range.end > self.len() {
             return Err(Error::invalid(
                 op,
@@ -282,6 +284,14 @@ impl Mapping {
             sync_start(d, access, deadline, &obj())?;
         }
         window.started = true;
+        trace_event!(
+            TRACE,
+            buffer = %obj(),
+            access = %access,
+            range = ?abs,
+            waited_us = started.elapsed().as_micros() as u64,
+            "CPU window opened"
+        );
         Ok(window)
     }
 }
@@ -319,6 +329,20 @@ fn begin_window(
 /// the kernel does.
 fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &str) -> Result<()> {
     let op = "open CPU window";
+    // Only when the event is wanted: the extra zero-timeout poll says
+    // whether the window has to wait for the kernel at all.
+    #[cfg(feature = "tracing")]
+    if deadline.is_some()
+        && tracing::enabled!(tracing::Level::DEBUG)
+        && !d.poll_idle(access, Some(Instant::now()))?
+    {
+        trace_event!(
+            DEBUG,
+            object,
+            access = %access,
+            "CPU window waits for the dma-buf's kernel fences"
+        );
+    }
     if deadline.is_some() && !d.poll_idle(access, deadline)? {
         let name = d
             .export_sync_file(access)
@@ -433,6 +457,13 @@ impl<M: WindowMode> Window<'_, M> {
         }
         drop(bytes);
         self.mapping.buffer.reservation().cpu_end(M::ACCESS);
+        trace_event!(
+            TRACE,
+            buffer = %self.mapping.buffer.describe(),
+            access = %M::ACCESS,
+            ok = result.is_ok(),
+            "CPU window closed"
+        );
         result
     }
 }

@@ -387,6 +387,17 @@ impl Reservation {
         let device = access.access;
         loop {
             let mut st = self.lock();
+            #[cfg(feature = "tracing")]
+            if st.windows_block(device) {
+                trace_event!(
+                    DEBUG,
+                    op = access.op,
+                    object = access.object,
+                    cpu_readers = st.cpu_readers,
+                    cpu_writers = st.cpu_writers,
+                    "device access waits for open CPU windows"
+                );
+            }
             while st.windows_block(device) {
                 let left = match access.deadline {
                     None => None,
@@ -423,6 +434,12 @@ impl Reservation {
                 // Zero timeout: never blocks under the lock.
                 if !d.poll_idle(device, Some(Instant::now()))? {
                     drop(st);
+                    trace_event!(
+                        DEBUG,
+                        op = access.op,
+                        object = access.object,
+                        "device access waits for the dma-buf's kernel fences"
+                    );
                     if !d.poll_idle(device, access.deadline)? {
                         let name = d
                             .export_sync_file(device)
@@ -472,7 +489,27 @@ fn wait_fence(
     object: &str,
     who: &str,
 ) -> Result<()> {
-    match f.wait_until(deadline) {
+    trace_event!(
+        DEBUG,
+        op,
+        object,
+        fence = %f.describe(),
+        who,
+        "waiting for a fence in the reservation"
+    );
+    #[cfg(feature = "tracing")]
+    let started = Instant::now();
+    let result = f.wait_until(deadline);
+    trace_event!(
+        DEBUG,
+        op,
+        object,
+        fence = %f.describe(),
+        waited_us = started.elapsed().as_micros() as u64,
+        outcome = ?result.as_ref().map_err(|e| e.kind()),
+        "fence wait ended"
+    );
+    match result {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.kind(), ErrorKind::FenceFailed | ErrorKind::Cancelled) => Ok(()),
         Err(e) if e.kind() == ErrorKind::TimedOut => Err(Error::new(

@@ -141,10 +141,11 @@ fn code_only(src: &str) -> String {
         } else if c == b'\'' {
             // A char literal ('x', '\n', '\''), not a lifetime ('a).
             let end = if b.get(i + 1) == Some(&b'\\') {
-                b[i + 2..]
-                    .iter()
-                    .position(|&x| x == b'\'')
-                    .map(|p| i + 2 + p)
+                // Escaped: the closing quote comes after the escape's
+                // first character (`'\''`, `'\n'`, `'\u{…}'`).
+                b.get(i + 3..)
+                    .and_then(|t| t.iter().position(|&x| x == b'\''))
+                    .map(|p| i + 3 + p)
             } else if b.get(i + 2) == Some(&b'\'') {
                 Some(i + 2)
             } else {
@@ -152,9 +153,7 @@ fn code_only(src: &str) -> String {
             };
             match end {
                 Some(e) => {
-                    for _ in i..=e {
-                        out.push(b' ');
-                    }
+                    out.resize(out.len() + (e + 1 - i), b' ');
                     i = e + 1;
                 }
                 None => {
@@ -410,7 +409,8 @@ fn the_checker_sees_uses_and_ignores_comments_and_strings() {
     let code = code_only(
         "use crate::{buffer::Buffer, fence};\n\
          // use crate::probe;\n\
-         let s = \"crate::share\"; /* crate::frame */ let c = 'c';\n\
+         let s = \"crate::share\"; /* crate::frame */ let c = 'c'; let q = '\\'';\n\
+         let r = r#\"crate::probe\"#; let q = '\\n'; let e = \"\\\"crate::endpoint\";\n\
          fn f<'a>(x: &'a crate::Allocator) { super::super::units::x(); }\n",
     );
     let names: Vec<String> = root_names(&code, &["alloc".into(), "heap".into()])

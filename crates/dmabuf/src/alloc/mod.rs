@@ -248,6 +248,18 @@ impl Allocator {
     /// The best backend this machine offers: the `system` heap (or the
     /// first heap), else udmabuf, else portable. Never fails.
     pub fn auto() -> Allocator {
+        let chosen = Allocator::first_usable();
+        trace_event!(
+            DEBUG,
+            backend = %chosen.backend(),
+            why = %chosen.why,
+            "Allocator::auto chose a backend"
+        );
+        chosen
+    }
+
+    /// [`Allocator::auto`]'s choice.
+    fn first_usable() -> Allocator {
         let mut tried = Vec::new();
         let names = heap_names();
         let pick = if names.iter().any(|n| n == "system") {

@@ -228,6 +228,13 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
                 },
             },
         };
+        trace_event!(
+            DEBUG,
+            endpoint = %self.object,
+            buffer = %buffer.describe(),
+            path = %path.data_path(),
+            "endpoint chose a data path"
+        );
         self.latest = Some(path.clone());
         let timeline = FenceContext::new(&format!("{} transfer", self.name));
         Ok(self.attachments.insert(buffer, Att { path, timeline }))

@@ -399,6 +399,7 @@ impl V4l2Queue {
                 frame: None,
             },
         )?;
+        trace_event!(DEBUG, endpoint = %obj, path = "zero-copy", "endpoint chose a data path");
         Ok(Attachment {
             id,
             buffer: buffer.clone(),
