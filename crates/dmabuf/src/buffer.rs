@@ -64,7 +64,7 @@ use rustix::event::PollFlags;
 use rustix::fs::{fcntl_get_seals, SealFlags, SeekFrom};
 
 use crate::access::{Access, Usage};
-use crate::error::{io_errno, Errno, Error, ErrorKind, Result};
+use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, SyncFile};
 use crate::inspect::{parse_fdinfo, FdInfo};
 use crate::mapping::Mapping;
@@ -153,8 +153,8 @@ impl DmaBuf {
     /// The fdinfo of this fd (exporter, name, count…).
     pub fn fdinfo(&self) -> Result<FdInfo> {
         let path = format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd());
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::os("dma-buf fdinfo", path, io_errno(&e)))?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| Error::io("dma-buf fdinfo", path, e))?;
         Ok(parse_fdinfo(&text))
     }
 
@@ -180,7 +180,7 @@ impl DmaBuf {
         let fd = self
             .fd
             .try_clone()
-            .map_err(|e| Error::os("dup", self.object(), io_errno(&e)))?;
+            .map_err(|e| Error::io("dup", self.object(), e))?;
         Ok(DmaBuf {
             fd,
             size: self.size,
@@ -576,7 +576,7 @@ impl Buffer {
     pub fn try_clone_fd(&self) -> Result<OwnedFd> {
         self.fd()
             .try_clone_to_owned()
-            .map_err(|e| Error::os("dup", self.describe(), io_errno(&e)))
+            .map_err(|e| Error::io("dup", self.describe(), e))
     }
 
     /// The kernel dma-buf, for kinds that are one.

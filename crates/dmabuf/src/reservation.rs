@@ -518,7 +518,8 @@ fn wait_fence(
             object,
             format!("{} has not signalled in time{who}", f.describe()),
         )
-        .with_errno(Errno::BUSY)),
+        .with_errno(Errno::BUSY)
+        .with_source(e)),
         Err(e) => Err(e),
     }
 }

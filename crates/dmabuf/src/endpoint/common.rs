@@ -115,13 +115,8 @@ pub(crate) fn explain_busy(e: Error, opts: TransferOptions) -> Error {
     } else {
         format!("waited {:?}", opts.timeout)
     };
-    Error::new(
-        ErrorKind::Busy,
-        e.operation(),
-        e.object(),
-        format!("{} ({how})", e.cause()),
-    )
-    .with_errno(Errno::BUSY)
+    let cause = format!("{} ({how})", e.cause());
+    e.with_cause(cause).with_errno(Errno::BUSY)
 }
 
 /// Attachment ids are unique in the process, not just per endpoint, so

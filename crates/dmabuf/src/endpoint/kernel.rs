@@ -156,7 +156,7 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
     ) -> Result<Self> {
         let dup = file
             .try_clone()
-            .map_err(|e| Error::os("dup", object.clone(), crate::error::io_errno(&e)))?;
+            .map_err(|e| Error::io("dup", object.clone(), e))?;
         let engine = CopyEngine::with_options(dup, direction, name, copy)?;
         Ok(KernelDmabufCore {
             direction,

@@ -393,8 +393,7 @@ impl Fence {
 #[cfg(feature = "tokio")]
 async fn wait_sync_file_async(s: &SyncFile) -> Result<()> {
     use std::os::fd::AsFd;
-    let io =
-        |e: std::io::Error| Error::os("sync-file wait", "sync file", crate::error::io_errno(&e));
+    let io = |e: std::io::Error| Error::io("sync-file wait", "sync file", e);
     let fd = s.as_fd().try_clone_to_owned().map_err(io)?;
     crate::sys::readiness::until_readable_and(fd, || {
         s.status()
