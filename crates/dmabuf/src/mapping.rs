@@ -148,12 +148,7 @@ impl Writable for WriteOnly {}
 impl Writable for ReadWrite {}
 
 impl Mapping {
-    pub(crate) fn new(
-        buffer: Buffer,
-        region: Arc<Region>,
-        range: Range<usize>,
-        writable: bool,
-    ) -> Mapping {
+    fn new(buffer: Buffer, region: Arc<Region>, range: Range<usize>, writable: bool) -> Mapping {
         Mapping {
             buffer,
             region,
@@ -293,6 +288,126 @@ impl Mapping {
             "CPU window opened"
         );
         Ok(window)
+    }
+}
+
+// ---------------------------------------------------------------------
+// Mapping a buffer. These methods of `Buffer` live here, next to what
+// they make, so that `buffer` does not depend on `mapping` (no import
+// cycle): a mapping needs its buffer, a buffer does not need this module.
+// ---------------------------------------------------------------------
+
+impl Buffer {
+    /// Maps the whole buffer, read-write if the buffer is writable.
+    pub fn map(&self) -> Result<Mapping> {
+        self.map_range(0..self.size(), self.is_writable())
+    }
+
+    /// Maps the whole buffer for reading only.
+    pub fn map_read_only(&self) -> Result<Mapping> {
+        self.map_range(0..self.size(), false)
+    }
+
+    /// Maps `range` of the buffer (its start page-aligned, not empty, not
+    /// past the end), writable if `writable`.
+    pub fn map_range(&self, range: Range<u64>, writable: bool) -> Result<Mapping> {
+        let page = sys::mem::page_size() as u64;
+        if range.start >= range.end {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!("range {}..{} is empty", range.start, range.end),
+            ));
+        }
+        if range.start % page != 0 {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!(
+                    "offset {} is not a multiple of the page size {page}",
+                    range.start
+                ),
+            ));
+        }
+        if range.end > self.size() {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!(
+                    "range {}..{} goes past the end of the buffer ({} bytes)",
+                    range.start,
+                    range.end,
+                    self.size()
+                ),
+            ));
+        }
+        if writable && !self.is_writable() {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "map",
+                self.describe(),
+                "the buffer is read-only; map it with map_read_only()",
+            )
+            .with_errno(Errno::ACCESS));
+        }
+        let region = self.shared_region()?;
+        Ok(Mapping::new(
+            self.clone(),
+            region,
+            range.start as usize..range.end as usize,
+            writable,
+        ))
+    }
+
+    /// The memory's one mapping, made on first use and shared by every
+    /// handle on the memory until the last user drops it (made anew,
+    /// writable, if the one there is read-only and this handle may write).
+    fn shared_region(&self) -> Result<Arc<Region>> {
+        let len = usize::try_from(self.size()).map_err(|_| {
+            Error::invalid("map", self.describe(), "too large for this address space")
+        })?;
+        self.memory_object()
+            .region(self.fd(), len, self.is_writable())
+            .map_err(|e| match e {
+                Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
+                    "mmap",
+                    self.describe(),
+                    e,
+                    "the exporter refused the mapping (it may not support mmap)",
+                ),
+                e => Error::os("mmap", self.describe(), e),
+            })
+    }
+
+    /// Maps the buffer, opens a write window on all of it, runs `f` on its
+    /// bytes and closes the window, returning `END`'s error if it fails:
+    /// the one-shot way to write a buffer.
+    ///
+    /// ```
+    /// # fn main() -> dmabuf::Result<()> {
+    /// let buf = dmabuf::Allocator::auto().allocate(4096, "once")?;
+    /// buf.write_with(|mut bytes| bytes.fill(7))?;
+    /// assert_eq!(buf.read_with(|bytes| bytes.get(100))?, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write_with<R>(&self, f: impl FnOnce(VolatileBytesMut<'_>) -> R) -> Result<R> {
+        let map = self.map()?;
+        let mut w = map.write()?;
+        let r = f(w.bytes_mut());
+        w.end()?;
+        Ok(r)
+    }
+
+    /// Maps the buffer, opens a read window on all of it (waiting for
+    /// writers), runs `f` on its bytes and closes the window: the one-shot
+    /// way to read a buffer.
+    pub fn read_with<R>(&self, f: impl FnOnce(VolatileBytes<'_>) -> R) -> Result<R> {
+        let map = self.map_read_only()?;
+        let r = map.read()?;
+        let out = f(r.bytes());
+        r.end()?;
+        Ok(out)
     }
 }
 

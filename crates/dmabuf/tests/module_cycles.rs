@@ -27,11 +27,6 @@ const KNOWN: &[(&str, &str, &str)] = &[
         "buffer",
         "a device access polls the DmaBuf's kernel reservation (DmaBuf to move out of buffer)",
     ),
-    (
-        "buffer",
-        "mapping",
-        "Buffer::map returns a Mapping (the map methods to move next to Mapping)",
-    ),
 ];
 
 /// Modules that must stay leaves, and the only modules each may use.
