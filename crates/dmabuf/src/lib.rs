@@ -10,8 +10,8 @@
 //!   module with `unsafe` (`#![deny(unsafe_code)]` everywhere else), and
 //!   out of reach of code outside the crate: raw ioctls on arbitrary fds
 //!   and mappings without bookkeeping are not part of the API.
-//! * [`buffer`] — [`DmaBuf`] (a checked dma-buf fd) and [`Buffer`] (any
-//!   kind of memory, one API).
+//! * [`dma_buf`] — [`DmaBuf`], a checked dma-buf fd and its kernel
+//!   reservation; [`buffer`] — [`Buffer`] (any kind of memory, one API).
 //! * [`mapping`] — [`Mapping`] and [`Window`]: the bytes are only reachable
 //!   inside a CPU-access window bracketed by `DMA_BUF_IOCTL_SYNC`.
 //! * [`alloc`] — allocators: the three kinds of memory, its children
@@ -80,6 +80,7 @@ macro_rules! trace_event {
 pub mod access;
 pub mod alloc;
 pub mod buffer;
+pub mod dma_buf;
 pub mod endpoint;
 pub mod error;
 pub mod fence;
@@ -100,7 +101,8 @@ pub use alloc::heap::Heap;
 pub use alloc::portable::Portable;
 pub use alloc::udmabuf::{Memfd, Udmabuf};
 pub use alloc::{Allocate, Allocator, Backend};
-pub use buffer::{Buffer, BufferKind, DmaBuf, MAX_NAME_LEN, PORTABLE_MEMFD_PREFIX};
+pub use buffer::{Buffer, BufferKind, PORTABLE_MEMFD_PREFIX};
+pub use dma_buf::{DmaBuf, MAX_NAME_LEN};
 pub use error::{Errno, Error, ErrorKind, Result};
 pub use fence::{Fence, FenceContext, FenceStatus, SyncFile, UserFence};
 pub use frame::{Fourcc, Frame, Modifier};

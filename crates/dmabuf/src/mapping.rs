@@ -83,7 +83,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::access::Access;
-use crate::buffer::{Buffer, DmaBuf};
+use crate::buffer::Buffer;
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 use crate::sys::mem::Region;

@@ -105,7 +105,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::access::{Access, Usage};
-use crate::buffer::DmaBuf;
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
 

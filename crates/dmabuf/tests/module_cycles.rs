@@ -16,18 +16,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Edges that still close a cycle, with the reason and the fix under way.
-const KNOWN: &[(&str, &str, &str)] = &[
-    (
-        "buffer",
-        "inspect",
-        "DmaBuf::fdinfo uses inspect's fdinfo parser (to move to a leaf procfs module)",
-    ),
-    (
-        "reservation",
-        "buffer",
-        "a device access polls the DmaBuf's kernel reservation (DmaBuf to move out of buffer)",
-    ),
-];
+const KNOWN: &[(&str, &str, &str)] = &[(
+    "dma_buf",
+    "inspect",
+    "DmaBuf::fdinfo uses inspect's fdinfo parser (to move to a leaf procfs module)",
+)];
 
 /// Modules that must stay leaves, and the only modules each may use.
 const LEAVES: &[(&str, &[&str])] = &[("access", &["sys"])];

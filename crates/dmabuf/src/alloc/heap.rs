@@ -19,7 +19,8 @@ use rustix::fs::{Mode, OFlags};
 
 use super::{allocation_size, Allocate, Backend};
 use crate::access::Access;
-use crate::buffer::{Buffer, BufferKind, DmaBuf};
+use crate::buffer::{Buffer, BufferKind};
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 

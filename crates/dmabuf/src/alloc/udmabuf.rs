@@ -65,7 +65,8 @@ use rustix::fs::{
 };
 
 use super::{allocation_size, Allocate, Backend};
-use crate::buffer::{Buffer, BufferKind, DmaBuf};
+use crate::buffer::{Buffer, BufferKind};
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 use crate::sys::object::{MemoryObject, Segment};

@@ -56,7 +56,8 @@ use super::fd::check_attachable;
 use super::watch::{settle, Watcher};
 use super::{Attachment, DataPath, Direction, TransferOptions};
 use crate::access::{Access, Usage};
-use crate::buffer::{Buffer, DmaBuf};
+use crate::buffer::Buffer;
+use crate::dma_buf::DmaBuf;
 use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, SyncFile, UserFence};
 

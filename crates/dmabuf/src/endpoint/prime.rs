@@ -49,7 +49,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::buffer::{Buffer, DmaBuf};
+use crate::buffer::Buffer;
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, Result};
 use crate::frame::Frame;
 use crate::sys;

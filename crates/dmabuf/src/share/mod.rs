@@ -110,7 +110,8 @@ use rustix::net::{
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-use crate::buffer::{Buffer, BufferKind, DmaBuf};
+use crate::buffer::{Buffer, BufferKind};
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence, WeakUserFence};
 
