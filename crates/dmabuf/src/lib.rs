@@ -25,6 +25,13 @@
 //!   processes take turns.
 //! * [`inspect`] — who holds which dma-buf in this system.
 //!
+//! The modules are layered: `sys`, [`error`], [`units`] and [`access`] at
+//! the bottom, then [`fence`], [`dma_buf`], [`reservation`], [`buffer`],
+//! [`mapping`], [`alloc`] and what builds on them. A test of the crate
+//! fails when two modules import each other, directly or through others
+//! (one such cycle is left, being removed: `dma_buf` reads fdinfo with
+//! the parser of [`inspect`]), or when a bottom module uses another.
+//!
 //! # Tracing
 //!
 //! With the `tracing` feature (off by default) the library emits `tracing`

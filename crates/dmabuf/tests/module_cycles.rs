@@ -23,7 +23,12 @@ const KNOWN: &[(&str, &str, &str)] = &[(
 )];
 
 /// Modules that must stay leaves, and the only modules each may use.
-const LEAVES: &[(&str, &[&str])] = &[("access", &["sys"])];
+const LEAVES: &[(&str, &[&str])] = &[
+    ("sys", &[]),
+    ("error", &[]),
+    ("units", &[]),
+    ("access", &["sys"]),
+];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -246,6 +251,8 @@ fn module_of(rel: &Path) -> Vec<String> {
 }
 
 struct Graph {
+    /// The crate's top-level modules.
+    modules: BTreeSet<String>,
     /// Top-level module → (module it uses → first place it does).
     edges: BTreeMap<String, BTreeMap<String, String>>,
 }
@@ -256,12 +263,21 @@ fn graph() -> Graph {
     // Top-level modules, and what the root re-exports from which module.
     let mut modules = BTreeSet::new();
     let mut reexports: BTreeMap<String, String> = BTreeMap::new();
-    for stmt in lib.split(';') {
-        let stmt = stmt.split_whitespace().collect::<Vec<_>>().join(" ");
-        // Attributes before the item (`#[allow(…)] pub(crate) mod sys`).
-        let l = stmt.rsplit(']').next().unwrap().trim();
-        let l = l.strip_prefix("pub(crate) ").unwrap_or(l);
-        let l = l.strip_prefix("pub ").unwrap_or(l);
+    // Every `mod NAME;` and `use PATH;` item of lib.rs, wherever it starts
+    // (after an attribute, a macro definition, another item).
+    let items = lib.char_indices().filter_map(|(i, _)| {
+        let before = lib[..i].chars().last();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        let rest = &lib[i..];
+        if !(rest.starts_with("mod ") || rest.starts_with("use ")) {
+            return None;
+        }
+        let end = rest.find(';')?;
+        Some(rest[..end].split_whitespace().collect::<Vec<_>>().join(" "))
+    });
+    for l in items {
         if let Some(m) = l.strip_prefix("mod ") {
             modules.insert(ident_at(m).to_string());
         } else if let Some(u) = l.strip_prefix("use ") {
@@ -307,7 +323,7 @@ fn graph() -> Graph {
             }
         }
     }
-    Graph { edges }
+    Graph { modules, edges }
 }
 
 /// A cycle in `edges`, as the list of modules on it, if there is one.
@@ -381,6 +397,7 @@ fn top_level_modules_import_each_other_without_cycles() {
 fn leaf_modules_stay_leaves() {
     let g = graph();
     for (leaf, allowed) in LEAVES {
+        assert!(g.modules.contains(*leaf), "no module `{leaf}` in lib.rs");
         for (to, at) in g.edges.get(*leaf).into_iter().flatten() {
             assert!(
                 allowed.contains(&to.as_str()),
@@ -413,8 +430,29 @@ fn the_checker_sees_uses_and_ignores_comments_and_strings() {
         1
     );
     assert!(root_names("use super::Backend;", &["alloc".into(), "heap".into()]).is_empty());
-    // The real graph has the edges it must have.
+    // The real graph has the modules and edges it must have.
     let g = graph();
+    for m in [
+        "access",
+        "alloc",
+        "buffer",
+        "dma_buf",
+        "endpoint",
+        "error",
+        "fence",
+        "frame",
+        "inspect",
+        "mapping",
+        "probe",
+        "reservation",
+        "share",
+        "sys",
+        "units",
+    ] {
+        assert!(g.modules.contains(m), "module `{m}` not seen in lib.rs");
+    }
+    assert!(g.edges["reservation"].contains_key("access"));
+    assert!(g.edges["buffer"].contains_key("dma_buf"));
     assert!(g.edges["mapping"].contains_key("buffer"));
     assert!(g.edges["alloc"].contains_key("buffer"));
     assert!(!g.edges["alloc"].contains_key("alloc"));
