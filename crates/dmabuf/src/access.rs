@@ -155,6 +155,9 @@ mod tests {
 
     #[test]
     fn usage_of_an_access_and_what_it_waits_for_follow_the_kernel() {
+        assert!(Access::Read.reads() && !Access::Read.writes());
+        assert!(!Access::Write.reads() && Access::Write.writes());
+        assert!(Access::ReadWrite.reads() && Access::ReadWrite.writes());
         assert_eq!(Access::Read.usage(), Usage::Read);
         assert_eq!(Access::Write.usage(), Usage::Write);
         assert_eq!(Access::ReadWrite.usage(), Usage::Write);
