@@ -2,15 +2,12 @@
 //!
 //! # DOC: buffers
 //!
-//! A [`DmaBuf`] is the thin handle on a kernel dma-buf fd: it refuses fds
-//! that are not dma-bufs (filesystem magic `0x444d4142`), and reports the
-//! buffer's size, inode, exporter and name (from `/proc/self/fdinfo`).
-//!
-//! A [`Buffer`] is what programs use: memory of one of three kinds (a DMA
+//! A [`DmaBuf`] (see the `dma_buf` module) is the thin handle on a kernel
+//! dma-buf fd. A [`Buffer`] is what programs use: memory of one of three kinds (a DMA
 //! heap's dma-buf, a udmabuf made of memfd pages, or a *portable* sealed
 //! memfd on kernels that offer neither), with the same rules for all:
 //!
-//! * the bytes are reached only through a [`Mapping`] and a
+//! * the bytes are reached only through a [`Mapping`](crate::Mapping) and a
 //!   CPU-access [`Window`](crate::Window) (see the `mapping` module);
 //! * one piece of memory has one identity in the process, named by the
 //!   kernel's `(st_dev, st_ino)` of its file: every handle on it — a
@@ -39,7 +36,7 @@
 //! What this identity covers, and what it cannot: it is per process, and
 //! per file. Two different files showing the same pages — two udmabufs
 //! over one memfd range, a udmabuf and its memfd — are tied together only
-//! for udmabufs this process made (see the `udmabuf` module: it records
+//! for udmabufs this process made (see the `alloc::udmabuf` module: it records
 //! their memfd pages, and a list repeating pages is refused). Memory mapped
 //! outside the library, and windows of other processes or devices, are not
 //! seen by the registry: against those the library relies on fences and
@@ -54,283 +51,29 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use rustix::event::PollFlags;
-use rustix::fs::{fcntl_get_seals, SealFlags, SeekFrom};
+use rustix::fs::{fcntl_get_seals, SealFlags};
 
-use crate::error::{io_errno, Errno, Error, ErrorKind, Result};
-use crate::fence::{poll_events, Fence, SyncFile};
-use crate::inspect::{parse_fdinfo, FdInfo};
-use crate::mapping::Mapping;
-use crate::reservation::{Reservation, Usage};
+use crate::access::{Access, Usage};
+use crate::dma_buf::{check_name, fd_object, DmaBuf};
+use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::fence::Fence;
+use crate::reservation::Reservation;
 use crate::sys;
-use crate::sys::mem::Region;
 use crate::sys::object::MemoryObject;
 
 /// Prefix of the memfd name of portable buffers (visible in
 /// `/proc/PID/fd` and `/proc/PID/maps`, which is how inspection finds them).
 pub const PORTABLE_MEMFD_PREFIX: &str = "dmabuf-portable:";
 
-/// Longest buffer name, in bytes (the kernel's `DMA_BUF_NAME_LEN` less the
-/// NUL).
-pub const MAX_NAME_LEN: usize = sys::dma_buf::DMA_BUF_NAME_LEN - 1;
-
-/// The direction of a CPU access or of a fence export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Access {
-    /// Reading: waits for writers.
-    Read,
-    /// Writing: waits for everyone.
-    Write,
-    /// Both.
-    ReadWrite,
-}
-
-impl Access {
-    /// Whether the access writes.
-    pub fn writes(self) -> bool {
-        matches!(self, Access::Write | Access::ReadWrite)
-    }
-
-    /// The `DMA_BUF_SYNC_*` direction flags.
-    pub fn sync_flags(self) -> u64 {
-        match self {
-            Access::Read => sys::dma_buf::DMA_BUF_SYNC_READ,
-            Access::Write => sys::dma_buf::DMA_BUF_SYNC_WRITE,
-            Access::ReadWrite => sys::dma_buf::DMA_BUF_SYNC_RW,
-        }
-    }
-
-    /// Lower-case name for messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Access::Read => "read",
-            Access::Write => "write",
-            Access::ReadWrite => "read-write",
-        }
-    }
-}
-
-fn fd_object(fd: BorrowedFd<'_>) -> String {
-    format!("fd {}", fd.as_raw_fd())
-}
-
-/// A kernel dma-buf fd: the thin, checked handle.
-#[derive(Debug)]
-pub struct DmaBuf {
-    fd: OwnedFd,
-    size: u64,
-    inode: u64,
-    writable: bool,
-    object: Arc<MemoryObject>,
-}
-
-impl DmaBuf {
-    /// Takes ownership of `fd` after checking it is a dma-buf (filesystem
-    /// magic), and reads its size and inode.
-    pub fn from_fd(fd: OwnedFd) -> Result<DmaBuf> {
-        let obj = fd_object(fd.as_fd());
-        let st = rustix::fs::fstatfs(&fd).map_err(|e| Error::os("dma-buf", obj.clone(), e))?;
-        if st.f_type as i64 != sys::dma_buf::DMA_BUF_MAGIC {
-            return Err(Error::invalid(
-                "dma-buf",
-                obj,
-                format!(
-                    "not a dma-buf (filesystem magic {:#x}, dma-bufs have {:#x})",
-                    st.f_type,
-                    sys::dma_buf::DMA_BUF_MAGIC
-                ),
-            ));
-        }
-        let size = rustix::fs::seek(&fd, SeekFrom::End(0))
-            .map_err(|e| Error::kernel("dma-buf", obj.clone(), e, "cannot read the size"))?;
-        let _ = rustix::fs::seek(&fd, SeekFrom::Start(0));
-        let stat = rustix::fs::fstat(&fd).map_err(|e| Error::os("dma-buf", obj.clone(), e))?;
-        let mode =
-            rustix::fs::fcntl_getfl(&fd).map_err(|e| Error::os("dma-buf", obj.clone(), e))?;
-        let acc = mode & rustix::fs::OFlags::ACCMODE;
-        let writable = acc == rustix::fs::OFlags::RDWR || acc == rustix::fs::OFlags::WRONLY;
-        let object = MemoryObject::intern(&fd).map_err(|e| Error::os("dma-buf", obj, e))?;
-        Ok(DmaBuf {
-            fd,
-            size,
-            inode: stat.st_ino,
-            writable,
-            object,
-        })
-    }
-
-    fn object(&self) -> String {
-        format!("dma-buf fd {} (inode {})", self.fd.as_raw_fd(), self.inode)
-    }
-
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The buffer's unique inode number (the key of fdinfo, maps, sysfs).
-    pub fn inode(&self) -> u64 {
-        self.inode
-    }
-
-    /// Whether the fd was opened for writing (heap buffers can be
-    /// allocated read-only).
-    pub fn is_writable(&self) -> bool {
-        self.writable
-    }
-
-    /// The fdinfo of this fd (exporter, name, count…).
-    pub fn fdinfo(&self) -> Result<FdInfo> {
-        let path = format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd());
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| Error::os("dma-buf fdinfo", path, io_errno(&e)))?;
-        Ok(parse_fdinfo(&text))
-    }
-
-    /// The exporter's name (`"udmabuf"`, `"system"`…).
-    pub fn exporter(&self) -> Result<String> {
-        Ok(self.fdinfo()?.exp_name.unwrap_or_default())
-    }
-
-    /// The buffer's name, if one was set.
-    pub fn name(&self) -> Result<Option<String>> {
-        Ok(self.fdinfo()?.name)
-    }
-
-    /// Sets the name (`DMA_BUF_SET_NAME`): at most 31 bytes, no NUL.
-    pub fn set_name(&self, name: &str) -> Result<()> {
-        check_name(name, &self.object())?;
-        sys::dma_buf::set_name(&self.fd, name)
-            .map_err(|e| Error::os("dma-buf set name", self.object(), e))
-    }
-
-    /// A second handle on the same buffer (dup'd fd, close-on-exec).
-    pub fn try_clone(&self) -> Result<DmaBuf> {
-        let fd = self
-            .fd
-            .try_clone()
-            .map_err(|e| Error::os("dup", self.object(), io_errno(&e)))?;
-        Ok(DmaBuf {
-            fd,
-            size: self.size,
-            inode: self.inode,
-            writable: self.writable,
-            object: self.object.clone(),
-        })
-    }
-
-    /// A sync file of the buffer's kernel fences that `access` must wait
-    /// for (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`): the writers for a read, all
-    /// for a write. With no fences the kernel returns a signalled fence.
-    pub fn export_sync_file(&self, access: Access) -> Result<SyncFile> {
-        let fd = sys::dma_buf::export_sync_file(&self.fd, access.sync_flags() as u32)
-            .map_err(|e| Error::os("dma-buf export sync file", self.object(), e))?;
-        Ok(SyncFile::from_fd_unchecked(fd))
-    }
-
-    /// Adds the fence of `sync_file` to the buffer's kernel reservation
-    /// (`DMA_BUF_IOCTL_IMPORT_SYNC_FILE`), as a writer or a reader.
-    pub fn import_sync_file(&self, sync_file: &SyncFile, usage: Usage) -> Result<()> {
-        let flags = match usage {
-            Usage::Read => sys::dma_buf::DMA_BUF_SYNC_READ,
-            Usage::Write => sys::dma_buf::DMA_BUF_SYNC_WRITE,
-        } as u32;
-        sys::dma_buf::import_sync_file(&self.fd, flags, sync_file).map_err(|e| match e {
-            Errno::INVAL => Error::kernel(
-                "dma-buf import sync file",
-                self.object(),
-                e,
-                "the fd is not a sync file (or bad flags)",
-            ),
-            e => Error::os("dma-buf import sync file", self.object(), e),
-        })
-    }
-
-    /// Waits until the kernel's fences that `access` must wait for have
-    /// signalled, by polling the fd (`POLLIN` for a read: writers done;
-    /// `POLLOUT` for a write: everyone done). False on timeout.
-    pub fn poll_idle(&self, access: Access, deadline: Option<Instant>) -> Result<bool> {
-        let events = if access.writes() {
-            PollFlags::OUT
-        } else {
-            PollFlags::IN
-        };
-        let got = poll_events(self.fd.as_fd(), events, deadline)
-            .map_err(|e| Error::os("dma-buf idle wait", self.object(), e))?;
-        if got.contains(PollFlags::ERR) {
-            return Err(Error::kernel(
-                "dma-buf idle wait",
-                self.object(),
-                Errno::IO,
-                "the buffer has no reservation (POLLERR)",
-            ));
-        }
-        Ok(got.intersects(events))
-    }
-
-    /// Gives up the fd.
-    pub fn into_fd(self) -> OwnedFd {
-        self.fd
-    }
-
-    /// The process-wide identity of the memory.
-    pub(crate) fn memory_object(&self) -> &Arc<MemoryObject> {
-        &self.object
-    }
-}
-
-impl AsFd for DmaBuf {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
-impl TryFrom<OwnedFd> for DmaBuf {
-    type Error = Error;
-
-    /// [`DmaBuf::from_fd`]: refuses an fd that is not a dma-buf.
-    fn try_from(fd: OwnedFd) -> Result<DmaBuf> {
-        DmaBuf::from_fd(fd)
-    }
-}
-
-impl From<DmaBuf> for OwnedFd {
-    fn from(d: DmaBuf) -> OwnedFd {
-        d.into_fd()
-    }
-}
-
-fn check_name(name: &str, object: &str) -> Result<()> {
-    if name.len() > MAX_NAME_LEN {
-        return Err(Error::invalid(
-            "set name",
-            object,
-            format!(
-                "name '{name}' is {} bytes; at most {MAX_NAME_LEN} fit",
-                name.len()
-            ),
-        ));
-    }
-    if name.contains('\0') {
-        return Err(Error::invalid(
-            "set name",
-            object,
-            "name contains a NUL byte",
-        ));
-    }
-    Ok(())
-}
-
 /// What memory a [`Buffer`] is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "detail")]
+#[non_exhaustive]
 pub enum BufferKind {
     /// A dma-buf from the DMA heap of this name.
     Heap(String),
@@ -614,7 +357,7 @@ impl Buffer {
     pub fn try_clone_fd(&self) -> Result<OwnedFd> {
         self.fd()
             .try_clone_to_owned()
-            .map_err(|e| Error::os("dup", self.describe(), io_errno(&e)))
+            .map_err(|e| Error::io("dup", self.describe(), e))
     }
 
     /// The kernel dma-buf, for kinds that are one.
@@ -641,87 +384,6 @@ impl Buffer {
     /// The process-wide identity of the memory.
     pub(crate) fn memory_object(&self) -> &Arc<MemoryObject> {
         &self.inner.object.memory
-    }
-
-    /// Maps the whole buffer, read-write if the buffer is writable.
-    pub fn map(&self) -> Result<Mapping> {
-        self.map_range(0..self.size(), self.is_writable())
-    }
-
-    /// Maps the whole buffer for reading only.
-    pub fn map_read_only(&self) -> Result<Mapping> {
-        self.map_range(0..self.size(), false)
-    }
-
-    /// Maps `range` of the buffer (its start page-aligned, not empty, not
-    /// past the end), writable if `writable`.
-    pub fn map_range(&self, range: Range<u64>, writable: bool) -> Result<Mapping> {
-        let page = sys::mem::page_size() as u64;
-        if range.start >= range.end {
-            return Err(Error::invalid(
-                "map",
-                self.describe(),
-                format!("range {}..{} is empty", range.start, range.end),
-            ));
-        }
-        if range.start % page != 0 {
-            return Err(Error::invalid(
-                "map",
-                self.describe(),
-                format!(
-                    "offset {} is not a multiple of the page size {page}",
-                    range.start
-                ),
-            ));
-        }
-        if range.end > self.size() {
-            return Err(Error::invalid(
-                "map",
-                self.describe(),
-                format!(
-                    "range {}..{} goes past the end of the buffer ({} bytes)",
-                    range.start,
-                    range.end,
-                    self.size()
-                ),
-            ));
-        }
-        if writable && !self.is_writable() {
-            return Err(Error::new(
-                ErrorKind::PermissionDenied,
-                "map",
-                self.describe(),
-                "the buffer is read-only; map it with map_read_only()",
-            )
-            .with_errno(Errno::ACCESS));
-        }
-        let region = self.shared_region()?;
-        Ok(Mapping::new(
-            self.clone(),
-            region,
-            range.start as usize..range.end as usize,
-            writable,
-        ))
-    }
-
-    /// The memory's one mapping, made on first use and shared by every
-    /// handle on the memory until the last user drops it (made anew,
-    /// writable, if the one there is read-only and this handle may write).
-    fn shared_region(&self) -> Result<Arc<Region>> {
-        let len = usize::try_from(self.size()).map_err(|_| {
-            Error::invalid("map", self.describe(), "too large for this address space")
-        })?;
-        self.memory_object()
-            .region(self.fd(), len, self.is_writable())
-            .map_err(|e| match e {
-                Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
-                    "mmap",
-                    self.describe(),
-                    e,
-                    "the exporter refused the mapping (it may not support mmap)",
-                ),
-                e => Error::os("mmap", self.describe(), e),
-            })
     }
 
     /// Whether the memory is mapped into this process now, and where.
@@ -823,44 +485,5 @@ impl fmt::Display for Buffer {
     /// `buffer 'name' (kind, N bytes)`, as in error messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
-    }
-}
-
-impl Buffer {
-    /// Maps the buffer, opens a write window on all of it, runs `f` on its
-    /// bytes and closes the window, returning `END`'s error if it fails:
-    /// the one-shot way to write a buffer.
-    ///
-    /// ```
-    /// # fn main() -> dmabuf::Result<()> {
-    /// let buf = dmabuf::Allocator::auto().allocate(4096, "once")?;
-    /// buf.write_with(|mut bytes| bytes.fill(7))?;
-    /// assert_eq!(buf.read_with(|bytes| bytes.get(100))?, Some(7));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn write_with<R>(
-        &self,
-        f: impl FnOnce(crate::mapping::VolatileBytesMut<'_>) -> R,
-    ) -> Result<R> {
-        let map = self.map()?;
-        let mut w = map.write()?;
-        let r = f(w.bytes_mut());
-        w.end()?;
-        Ok(r)
-    }
-
-    /// Maps the buffer, opens a read window on all of it (waiting for
-    /// writers), runs `f` on its bytes and closes the window: the one-shot
-    /// way to read a buffer.
-    pub fn read_with<R>(
-        &self,
-        f: impl FnOnce(crate::mapping::VolatileBytes<'_>) -> R,
-    ) -> Result<R> {
-        let map = self.map_read_only()?;
-        let r = map.read()?;
-        let out = f(r.bytes());
-        r.end()?;
-        Ok(out)
     }
 }

@@ -17,6 +17,15 @@
 //! errno converts to that errno alone; convert at the last moment, or keep
 //! the `Error` for its words).
 //!
+//! An error made from another failure keeps it as its
+//! [`source`](std::error::Error::source): a window refused because a fence
+//! did not signal in time has the fence's own time-out error as its
+//! source, an error from an `std::io::Error` that error. The message
+//! itself stays whole (operation, object, cause), so a report that prints
+//! every error of the chain may say a cause twice. Converting to an
+//! `io::Error` keeps this chain when the error has no errno (the error is
+//! the `io::Error`'s inner error).
+//!
 //! Where the library validates input before the kernel sees it (to give a
 //! precise message), the error carries the errno the kernel *would* have
 //! answered, so the two paths are indistinguishable to a program that only
@@ -24,6 +33,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 
 pub use rustix::io::Errno;
 
@@ -96,6 +106,7 @@ pub struct Error {
     cause: String,
     kind: ErrorKind,
     errno: Option<Errno>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl Error {
@@ -112,6 +123,7 @@ impl Error {
             cause: cause.into(),
             kind,
             errno: None,
+            source: None,
         }
     }
 
@@ -143,6 +155,26 @@ impl Error {
             None => cause,
         };
         Error::kernel(op, object, errno, cause)
+    }
+
+    /// A failure of an `std::io` call (its errno kept, EIO if it has
+    /// none), with the `io::Error` as its source.
+    pub fn io(op: &'static str, object: impl Into<String>, error: io::Error) -> Self {
+        Error::os(op, object, io_errno(&error)).with_source(error)
+    }
+
+    /// Sets the failure this error was made from (its
+    /// [`source`](std::error::Error::source)).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The same error with `cause` in other words (the kind, errno and
+    /// source stay).
+    pub(crate) fn with_cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = cause.into();
+        self
     }
 
     /// Sets the errno this error carries.
@@ -243,7 +275,13 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {

@@ -52,7 +52,7 @@
 //! Inside this process the library guarantees that no two windows overlap
 //! unless all of them read, across every handle on the same memory (and,
 //! for udmabufs this process made, across the memfd pages they are made
-//! of; see `buffer` and `udmabuf`). It cannot guarantee the same of other
+//! of; see `buffer` and `alloc::udmabuf`). It cannot guarantee the same of other
 //! processes or devices: a peer that does not follow the protocol, or that
 //! is hostile, can write the bytes while a window is open. In Rust's model
 //! a `&[u8]` or `&mut [u8]` over bytes that change meanwhile is a data
@@ -82,7 +82,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::buffer::{Access, Buffer, DmaBuf};
+use crate::access::Access;
+use crate::buffer::Buffer;
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 use crate::sys::mem::Region;
@@ -99,7 +101,11 @@ pub struct Mapping {
     writable: bool,
 }
 
-/// The kind of a [`Window`]: [`Read`], [`Write`] or [`ReadWrite`].
+/// The kind of a [`Window`]: [`ReadOnly`], [`WriteOnly`] or [`ReadWrite`]
+/// — the direction declared to the exporter with `DMA_BUF_IOCTL_SYNC`
+/// (`DMA_BUF_SYNC_READ`, `_WRITE`, `_RW`), like an fd's `O_RDONLY`,
+/// `O_WRONLY` and `O_RDWR`. (Named so that they do not clash with
+/// `std::io::{Read, Write}`.)
 pub trait WindowMode: sealed::Sealed {
     /// The access it stands for.
     const ACCESS: Access;
@@ -112,38 +118,38 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// A window for reading.
+/// A window for reading (`DMA_BUF_SYNC_READ`): waits for writers.
 #[derive(Debug)]
-pub enum Read {}
-/// A window for writing.
+pub enum ReadOnly {}
+/// A window for writing (`DMA_BUF_SYNC_WRITE`): waits for everyone. Its
+/// bytes can be read too (volatile reads, never undefined behaviour), but
+/// the exporter was told the CPU only writes, so it need not make what a
+/// device wrote visible to the CPU first — open a [`ReadWrite`] window
+/// for that.
 #[derive(Debug)]
-pub enum Write {}
-/// A window for reading and writing.
+pub enum WriteOnly {}
+/// A window for reading and writing (`DMA_BUF_SYNC_RW`): waits for
+/// everyone.
 #[derive(Debug)]
 pub enum ReadWrite {}
 
-impl sealed::Sealed for Read {}
-impl sealed::Sealed for Write {}
+impl sealed::Sealed for ReadOnly {}
+impl sealed::Sealed for WriteOnly {}
 impl sealed::Sealed for ReadWrite {}
-impl WindowMode for Read {
+impl WindowMode for ReadOnly {
     const ACCESS: Access = Access::Read;
 }
-impl WindowMode for Write {
+impl WindowMode for WriteOnly {
     const ACCESS: Access = Access::Write;
 }
 impl WindowMode for ReadWrite {
     const ACCESS: Access = Access::ReadWrite;
 }
-impl Writable for Write {}
+impl Writable for WriteOnly {}
 impl Writable for ReadWrite {}
 
 impl Mapping {
-    pub(crate) fn new(
-        buffer: Buffer,
-        region: Arc<Region>,
-        range: Range<usize>,
-        writable: bool,
-    ) -> Mapping {
+    fn new(buffer: Buffer, region: Arc<Region>, range: Range<usize>, writable: bool) -> Mapping {
         Mapping {
             buffer,
             region,
@@ -183,12 +189,12 @@ impl Mapping {
     }
 
     /// Opens a read window on the whole mapping (waits for writers).
-    pub fn read(&self) -> Result<Window<'_, Read>> {
+    pub fn read(&self) -> Result<Window<'_, ReadOnly>> {
         self.window(0..self.len(), None)
     }
 
     /// Opens a write window on the whole mapping (waits for everyone).
-    pub fn write(&self) -> Result<Window<'_, Write>> {
+    pub fn write(&self) -> Result<Window<'_, WriteOnly>> {
         self.window(0..self.len(), None)
     }
 
@@ -224,6 +230,8 @@ impl Mapping {
         let access = M::ACCESS;
         let op = "open CPU window";
         let obj = || self.buffer.describe();
+        #[cfg(feature = "tracing")]
+        let started = Instant::now();
         if range.start > range.end || range.end > self.len() {
             return Err(Error::invalid(
                 op,
@@ -272,7 +280,135 @@ impl Mapping {
             sync_start(d, access, deadline, &obj())?;
         }
         window.started = true;
+        trace_event!(
+            TRACE,
+            buffer = %obj(),
+            access = %access,
+            range = ?abs,
+            waited_us = started.elapsed().as_micros() as u64,
+            "CPU window opened"
+        );
         Ok(window)
+    }
+}
+
+// ---------------------------------------------------------------------
+// Mapping a buffer. These methods of `Buffer` live here, next to what
+// they make, so that `buffer` does not depend on `mapping` (no import
+// cycle): a mapping needs its buffer, a buffer does not need this module.
+// ---------------------------------------------------------------------
+
+impl Buffer {
+    /// Maps the whole buffer, read-write if the buffer is writable.
+    pub fn map(&self) -> Result<Mapping> {
+        self.map_range(0..self.size(), self.is_writable())
+    }
+
+    /// Maps the whole buffer for reading only.
+    pub fn map_read_only(&self) -> Result<Mapping> {
+        self.map_range(0..self.size(), false)
+    }
+
+    /// Maps `range` of the buffer (its start page-aligned, not empty, not
+    /// past the end), writable if `writable`.
+    pub fn map_range(&self, range: Range<u64>, writable: bool) -> Result<Mapping> {
+        let page = sys::mem::page_size() as u64;
+        if range.start >= range.end {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!("range {}..{} is empty", range.start, range.end),
+            ));
+        }
+        if range.start % page != 0 {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!(
+                    "offset {} is not a multiple of the page size {page}",
+                    range.start
+                ),
+            ));
+        }
+        if range.end > self.size() {
+            return Err(Error::invalid(
+                "map",
+                self.describe(),
+                format!(
+                    "range {}..{} goes past the end of the buffer ({} bytes)",
+                    range.start,
+                    range.end,
+                    self.size()
+                ),
+            ));
+        }
+        if writable && !self.is_writable() {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                "map",
+                self.describe(),
+                "the buffer is read-only; map it with map_read_only()",
+            )
+            .with_errno(Errno::ACCESS));
+        }
+        let region = self.shared_region()?;
+        Ok(Mapping::new(
+            self.clone(),
+            region,
+            range.start as usize..range.end as usize,
+            writable,
+        ))
+    }
+
+    /// The memory's one mapping, made on first use and shared by every
+    /// handle on the memory until the last user drops it (made anew,
+    /// writable, if the one there is read-only and this handle may write).
+    fn shared_region(&self) -> Result<Arc<Region>> {
+        let len = usize::try_from(self.size()).map_err(|_| {
+            Error::invalid("map", self.describe(), "too large for this address space")
+        })?;
+        self.memory_object()
+            .region(self.fd(), len, self.is_writable())
+            .map_err(|e| match e {
+                Errno::INVAL if self.kind().is_dma_buf() => Error::kernel(
+                    "mmap",
+                    self.describe(),
+                    e,
+                    "the exporter refused the mapping (it may not support mmap)",
+                ),
+                e => Error::os("mmap", self.describe(), e),
+            })
+    }
+
+    /// Maps the buffer, opens a write window on all of it, runs `f` on its
+    /// bytes and closes the window, returning `END`'s error if it fails:
+    /// the one-shot way to write a buffer.
+    ///
+    /// ```
+    /// # fn main() -> dmabuf::Result<()> {
+    /// let buf = dmabuf::Allocator::auto().allocate(4096, "once")?;
+    /// buf.write_with(|mut bytes| bytes.fill(7))?;
+    /// assert_eq!(buf.read_with(|bytes| bytes.get(100))?, Some(7));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write_with<R>(&self, f: impl FnOnce(VolatileBytesMut<'_>) -> R) -> Result<R> {
+        let map = self.map()?;
+        let mut w = map.write()?;
+        let r = f(w.bytes_mut());
+        w.end()?;
+        Ok(r)
+    }
+
+    /// Maps the buffer, opens a read window on all of it (waiting for
+    /// writers), runs `f` on its bytes and closes the window: the one-shot
+    /// way to read a buffer.
+    pub fn read_with<R>(&self, f: impl FnOnce(VolatileBytes<'_>) -> R) -> Result<R> {
+        let map = self.map_read_only()?;
+        let r = map.read()?;
+        let out = f(r.bytes());
+        r.end()?;
+        Ok(out)
     }
 }
 
@@ -309,6 +445,20 @@ fn begin_window(
 /// the kernel does.
 fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &str) -> Result<()> {
     let op = "open CPU window";
+    // Only when the event is wanted: the extra zero-timeout poll says
+    // whether the window has to wait for the kernel at all.
+    #[cfg(feature = "tracing")]
+    if deadline.is_some()
+        && tracing::enabled!(tracing::Level::DEBUG)
+        && !d.poll_idle(access, Some(Instant::now()))?
+    {
+        trace_event!(
+            DEBUG,
+            object,
+            access = %access,
+            "CPU window waits for the dma-buf's kernel fences"
+        );
+    }
     if deadline.is_some() && !d.poll_idle(access, deadline)? {
         let name = d
             .export_sync_file(access)
@@ -423,6 +573,13 @@ impl<M: WindowMode> Window<'_, M> {
         }
         drop(bytes);
         self.mapping.buffer.reservation().cpu_end(M::ACCESS);
+        trace_event!(
+            TRACE,
+            buffer = %self.mapping.buffer.describe(),
+            access = %M::ACCESS,
+            ok = result.is_ok(),
+            "CPU window closed"
+        );
         result
     }
 }

@@ -13,12 +13,12 @@
 
 use std::path::Path;
 
+use crate::access::{Access, Usage};
+use crate::alloc::heap::{heap_names, Heap, HeapAllocOptions};
+use crate::alloc::udmabuf::{Limits, Memfd, Udmabuf};
 use crate::alloc::{Allocate, Allocator};
-use crate::buffer::{Access, Buffer, BufferKind};
-use crate::heap::{heap_names, Heap, HeapAllocOptions};
-use crate::reservation::Usage;
+use crate::buffer::{Buffer, BufferKind};
 use crate::sys;
-use crate::udmabuf::{Limits, Memfd, Udmabuf};
 
 /// One feature: is it there, and what was seen.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -308,7 +308,7 @@ fn probe_debugfs() -> Feature {
 }
 
 fn probe_portable() -> Feature {
-    match crate::portable::Portable.allocate(sys::mem::page_size() as u64, "probe") {
+    match crate::alloc::portable::Portable.allocate(sys::mem::page_size() as u64, "probe") {
         Ok(_) => Feature::yes("sealed memfds work"),
         Err(e) => Feature::no(e.to_string()),
     }

@@ -104,29 +104,10 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::buffer::{Access, DmaBuf};
+use crate::access::{Access, Usage};
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
-
-/// How a fence uses the buffer it is added to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Usage {
-    /// The work reads the buffer (readers may share it).
-    Read,
-    /// The work writes the buffer (exclusive).
-    Write,
-}
-
-impl Usage {
-    /// The access a device makes with this usage.
-    fn access(self) -> Access {
-        match self {
-            Usage::Read => Access::Read,
-            Usage::Write => Access::Write,
-        }
-    }
-}
 
 /// A buffer's fences and CPU windows. See the module documentation.
 #[derive(Debug, Default)]
@@ -163,7 +144,7 @@ impl State {
         self.prune();
         self.fences
             .iter()
-            .filter(|(_, u)| access.writes() || *u == Usage::Write)
+            .filter(|(_, u)| access.waits_for(*u))
             .map(|(f, _)| f)
             .find(|f| !skip(f))
             .cloned()
@@ -188,8 +169,7 @@ impl State {
                 self.fences.retain(|(f, old_usage)| match f {
                     Fence::User(old) if old.is_owner() && old.context() == new.context() => {
                         let earlier = old.seqno() < new.seqno();
-                        let not_stronger = !(*old_usage == Usage::Write && usage == Usage::Read);
-                        !(earlier && not_stronger)
+                        !(earlier && usage.may_replace(*old_usage))
                     }
                     _ => true,
                 });
@@ -215,8 +195,9 @@ pub struct DeviceAccess<'a> {
     pub op: &'static str,
     /// The object, for messages (endpoint and buffer).
     pub object: &'a str,
-    /// How the device uses the buffer; the fence is published with it.
-    pub usage: Usage,
+    /// What the device does to the buffer: it waits for what this access
+    /// waits for, and its fence is published with [`Access::usage`].
+    pub access: Access,
     /// When to give up with [`ErrorKind::Busy`] (`None`: never).
     pub deadline: Option<Instant>,
     /// The dma-buf whose kernel fences must be done too, if any.
@@ -231,7 +212,7 @@ impl std::fmt::Debug for DeviceAccess<'_> {
         f.debug_struct("DeviceAccess")
             .field("op", &self.op)
             .field("object", &self.object)
-            .field("usage", &self.usage)
+            .field("access", &self.access)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
@@ -271,7 +252,7 @@ impl Reservation {
         st.prune();
         st.fences
             .iter()
-            .filter(|(_, u)| access.writes() || *u == Usage::Write)
+            .filter(|(_, u)| access.waits_for(*u))
             .map(|(f, _)| f.clone())
             .collect()
     }
@@ -398,13 +379,25 @@ impl Reservation {
     /// every window, a device read for windows that write), unsignalled
     /// fences in the way that `access.skip` does not skip, and, for a
     /// dma-buf, the kernel's fences (`poll`). When nothing is in the way,
-    /// `fence` is added with `access.usage` before the lock is released.
+    /// `fence` is added with the usage of `access.access`
+    /// ([`Access::usage`]) before the lock is released.
     /// At the deadline, a [`ErrorKind::Busy`] error (`EBUSY`) names what
     /// is in the way, and nothing was published.
     pub fn begin_device(&self, fence: Fence, access: DeviceAccess<'_>) -> Result<()> {
-        let device = access.usage.access();
+        let device = access.access;
         loop {
             let mut st = self.lock();
+            #[cfg(feature = "tracing")]
+            if st.windows_block(device) {
+                trace_event!(
+                    DEBUG,
+                    op = access.op,
+                    object = access.object,
+                    cpu_readers = st.cpu_readers,
+                    cpu_writers = st.cpu_writers,
+                    "device access waits for open CPU windows"
+                );
+            }
             while st.windows_block(device) {
                 let left = match access.deadline {
                     None => None,
@@ -441,6 +434,12 @@ impl Reservation {
                 // Zero timeout: never blocks under the lock.
                 if !d.poll_idle(device, Some(Instant::now()))? {
                     drop(st);
+                    trace_event!(
+                        DEBUG,
+                        op = access.op,
+                        object = access.object,
+                        "device access waits for the dma-buf's kernel fences"
+                    );
                     if !d.poll_idle(device, access.deadline)? {
                         let name = d
                             .export_sync_file(device)
@@ -461,7 +460,7 @@ impl Reservation {
                     continue;
                 }
             }
-            st.add(fence, access.usage);
+            st.add(fence, device.usage());
             drop(st);
             self.changed.notify_all();
             return Ok(());
@@ -490,7 +489,27 @@ fn wait_fence(
     object: &str,
     who: &str,
 ) -> Result<()> {
-    match f.wait_until(deadline) {
+    trace_event!(
+        DEBUG,
+        op,
+        object,
+        fence = %f.describe(),
+        who,
+        "waiting for a fence in the reservation"
+    );
+    #[cfg(feature = "tracing")]
+    let started = Instant::now();
+    let result = f.wait_until(deadline);
+    trace_event!(
+        DEBUG,
+        op,
+        object,
+        fence = %f.describe(),
+        waited_us = started.elapsed().as_micros() as u64,
+        outcome = ?result.as_ref().map_err(|e| e.kind()),
+        "fence wait ended"
+    );
+    match result {
         Ok(()) => Ok(()),
         Err(e) if matches!(e.kind(), ErrorKind::FenceFailed | ErrorKind::Cancelled) => Ok(()),
         Err(e) if e.kind() == ErrorKind::TimedOut => Err(Error::new(
@@ -499,7 +518,8 @@ fn wait_fence(
             object,
             format!("{} has not signalled in time{who}", f.describe()),
         )
-        .with_errno(Errno::BUSY)),
+        .with_errno(Errno::BUSY)
+        .with_source(e)),
         Err(e) => Err(e),
     }
 }
@@ -536,11 +556,11 @@ mod tests {
         .unwrap()
     }
 
-    fn device<'a>(usage: Usage, deadline: Option<Instant>) -> DeviceAccess<'a> {
+    fn device<'a>(access: Access, deadline: Option<Instant>) -> DeviceAccess<'a> {
         DeviceAccess {
             op: "transfer",
             object: "test",
-            usage,
+            access,
             deadline,
             dma_buf: None,
             skip: &|_| false,
@@ -556,7 +576,7 @@ mod tests {
         let r = res.clone();
         let f = ctx.next_fence().unwrap();
         let fence = Fence::User(f.clone());
-        let t = std::thread::spawn(move || r.begin_device(fence, device(Usage::Write, None)));
+        let t = std::thread::spawn(move || r.begin_device(fence, device(Access::Write, None)));
         while res.lock().waiters == 0 {
             std::thread::yield_now();
         }
@@ -570,12 +590,12 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(10);
         let g = ctx.next_fence().unwrap();
         let err = res
-            .begin_device(Fence::User(g.clone()), device(Usage::Read, Some(soon)))
+            .begin_device(Fence::User(g.clone()), device(Access::Read, Some(soon)))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Busy);
         assert_eq!(res.lock().waiters, 0);
         res.cpu_end(Access::Write);
-        res.begin_device(Fence::User(g.clone()), device(Usage::Write, Some(soon)))
+        res.begin_device(Fence::User(g.clone()), device(Access::Write, Some(soon)))
             .unwrap();
         g.signal().unwrap();
     }
@@ -715,7 +735,7 @@ mod tests {
         });
         let mine = UserFence::new().unwrap();
         let deadline = Some(Instant::now() + Duration::from_secs(5));
-        res.begin_device(Fence::User(mine.clone()), device(Usage::Write, deadline))
+        res.begin_device(Fence::User(mine.clone()), device(Access::Write, deadline))
             .unwrap();
         AFTER_FENCE_WAIT.with(|h| *h.borrow_mut() = None);
         signaller.join().unwrap();
@@ -737,7 +757,7 @@ mod tests {
             .begin_device(
                 Fence::User(mine.clone()),
                 device(
-                    Usage::Write,
+                    Access::Write,
                     Some(Instant::now() + Duration::from_millis(30)),
                 ),
             )
@@ -747,8 +767,11 @@ mod tests {
         assert!(e.to_string().contains("open CPU read window"), "{e}");
         assert!(res.is_empty());
         // A device read does not wait for read windows.
-        res.begin_device(Fence::User(mine), device(Usage::Read, Some(Instant::now())))
-            .unwrap();
+        res.begin_device(
+            Fence::User(mine),
+            device(Access::Read, Some(Instant::now())),
+        )
+        .unwrap();
         assert_eq!(res.len(), 1);
     }
 
@@ -756,7 +779,7 @@ mod tests {
     fn a_window_sees_a_published_device_fence() {
         let res = Reservation::default();
         let t = UserFence::new().unwrap();
-        res.begin_device(Fence::User(t.clone()), device(Usage::Read, None))
+        res.begin_device(Fence::User(t.clone()), device(Access::Read, None))
             .unwrap();
         // Readers share with a device reader…
         res.cpu_begin(Access::Read, false, Some(Instant::now()), "w", &|_| false)

@@ -368,7 +368,7 @@ fn cpu_window_waits_for_a_queued_from_device_transfer() {
     // The transfer's fence is in the reservation as a writer.
     assert_eq!(buf.reservation().fences_for(dmabuf::Access::Read).len(), 1);
     let e = map
-        .window::<dmabuf::mapping::Read>(0..6, Some(Duration::from_millis(100)))
+        .window::<dmabuf::mapping::ReadOnly>(0..6, Some(Duration::from_millis(100)))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(e.cause().contains(&f.describe()), "{e}");

@@ -5,16 +5,16 @@
 use dmabuf::frame::{
     wire, FrameLayout, FrameOptions, Placement, Plane, PlaneLayout, DEFAULT_STRIDE_ALIGN,
 };
-use dmabuf::mapping::{Read, Window, Write};
+use dmabuf::mapping::{ReadOnly, Window, WriteOnly};
 use dmabuf::{Allocate, Buffer, Error, ErrorKind, Fourcc, Frame, Modifier, Portable};
 use proptest::prelude::*;
 
 // The only place these tests touch bytes through a window: the window's
 // byte access is the part of the API most likely to change.
-fn put(w: &mut Window<'_, Write>, at: usize, bytes: &[u8]) {
+fn put(w: &mut Window<'_, WriteOnly>, at: usize, bytes: &[u8]) {
     w.bytes_mut().write_at(at, bytes).unwrap();
 }
-fn get(w: &Window<'_, Read>) -> Vec<u8> {
+fn get(w: &Window<'_, ReadOnly>) -> Vec<u8> {
     w.to_vec()
 }
 

@@ -74,11 +74,13 @@ fn every_second_handle_shares_the_borrow_registry() {
         let m1 = b.map().unwrap();
         let m2 = h.map().unwrap();
         assert_eq!(m1.addr(), m2.addr(), "{how}: one mapping");
-        let w = m1.window::<dmabuf::mapping::Write>(0..4096, None).unwrap();
+        let w = m1
+            .window::<dmabuf::mapping::WriteOnly>(0..4096, None)
+            .unwrap();
         // A second write window over the same bytes, through the other
         // handle, is refused and names the overlap.
         let e = m2
-            .window::<dmabuf::mapping::Write>(4000..4100, None)
+            .window::<dmabuf::mapping::WriteOnly>(4000..4100, None)
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Busy, "{how}: {e}");
         assert_eq!(e.errno(), Some(dmabuf::Errno::BUSY));
@@ -91,7 +93,7 @@ fn every_second_handle_shares_the_borrow_registry() {
         let e = m2.read().unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Busy, "{how}: {e}");
         // Disjoint bytes are free through either handle.
-        m2.window::<dmabuf::mapping::Write>(4096..8192, None)
+        m2.window::<dmabuf::mapping::WriteOnly>(4096..8192, None)
             .unwrap()
             .end()
             .unwrap();

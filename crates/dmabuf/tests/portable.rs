@@ -136,11 +136,15 @@ fn overlapping_windows_may_share_only_for_reading() {
         "{e}"
     );
     drop((r1, r2));
-    let w = m.window::<dmabuf::mapping::Write>(0..4096, None).unwrap();
+    let w = m
+        .window::<dmabuf::mapping::WriteOnly>(0..4096, None)
+        .unwrap();
     let e = m.read().unwrap_err();
     assert!(e.to_string().contains("a write window"), "{e}");
     // Disjoint windows are fine.
-    let r = m.window::<dmabuf::mapping::Read>(4096..8192, None).unwrap();
+    let r = m
+        .window::<dmabuf::mapping::ReadOnly>(4096..8192, None)
+        .unwrap();
     assert_eq!(b.reservation().cpu_windows(), (1, 1));
     drop((w, r));
     assert_eq!(b.reservation().cpu_windows(), (0, 0));
@@ -153,11 +157,11 @@ fn a_read_window_waits_for_write_fences_but_not_read_fences() {
     let reader = UserFence::new().unwrap();
     b.add_fence(reader.clone().into(), Usage::Read).unwrap();
     // A read fence does not hold up readers…
-    m.window::<dmabuf::mapping::Read>(0..4096, Some(Duration::ZERO))
+    m.window::<dmabuf::mapping::ReadOnly>(0..4096, Some(Duration::ZERO))
         .unwrap();
     // …but holds up writers.
     let e = m
-        .window::<dmabuf::mapping::Write>(0..4096, Some(Duration::from_millis(20)))
+        .window::<dmabuf::mapping::WriteOnly>(0..4096, Some(Duration::from_millis(20)))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(e.to_string().contains("has not signalled in time"), "{e}");
@@ -168,7 +172,7 @@ fn a_read_window_waits_for_write_fences_but_not_read_fences() {
     let writer = UserFence::new().unwrap();
     b.add_fence(writer.clone().into(), Usage::Write).unwrap();
     let e = m
-        .window::<dmabuf::mapping::Read>(0..4096, Some(Duration::from_millis(20)))
+        .window::<dmabuf::mapping::ReadOnly>(0..4096, Some(Duration::from_millis(20)))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     let t = std::thread::spawn(move || {

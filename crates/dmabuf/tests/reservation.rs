@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dmabuf::endpoint::{Direction, Endpoint, FdEndpoint, TransferOptions};
-use dmabuf::mapping::{Read, Write};
+use dmabuf::mapping::{ReadOnly, WriteOnly};
 use dmabuf::{
     Access, Allocate, Buffer, Errno, ErrorKind, Fence, FenceContext, FenceStatus, Portable, Usage,
     UserFence,
@@ -41,7 +41,7 @@ fn a_later_read_fence_of_a_timeline_keeps_readers_waiting_for_its_write() {
     b.add_fence(read.clone().into(), Usage::Read).unwrap();
     let m = b.map().unwrap();
     let e = m
-        .window::<Read>(0..4096, Some(Duration::from_millis(30)))
+        .window::<ReadOnly>(0..4096, Some(Duration::from_millis(30)))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(
@@ -50,7 +50,7 @@ fn a_later_read_fence_of_a_timeline_keeps_readers_waiting_for_its_write() {
         "{e}"
     );
     write.signal().unwrap();
-    m.window::<Read>(0..4096, Some(Duration::ZERO)).unwrap();
+    m.window::<ReadOnly>(0..4096, Some(Duration::ZERO)).unwrap();
 }
 
 #[test]
@@ -81,13 +81,13 @@ fn a_window_waits_for_a_published_transfer_and_sees_its_bytes() {
     assert_eq!(f.status(), FenceStatus::Active, "no data yet");
     let m = b.map().unwrap();
     let e = m
-        .window::<Read>(0..4096, Some(Duration::from_millis(50)))
+        .window::<ReadOnly>(0..4096, Some(Duration::from_millis(50)))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
     assert!(e.cause().contains(&f.describe()), "{e} / {}", f.describe());
     rustix::io::write(&w, b"hello").unwrap();
     let win = m
-        .window::<Read>(0..4096, Some(Duration::from_secs(10)))
+        .window::<ReadOnly>(0..4096, Some(Duration::from_secs(10)))
         .unwrap();
     assert_eq!(&win.to_vec()[..5], b"hello");
     assert_eq!(f.status(), FenceStatus::Signalled);
@@ -114,7 +114,7 @@ fn windows_and_transfers_racing_never_overlap() {
             let m = b.map().unwrap();
             let mark = 0xA0 + t;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut win) = m.window::<Write>(0..4096, Some(Duration::from_millis(20)))
+                let Ok(mut win) = m.window::<WriteOnly>(0..4096, Some(Duration::from_millis(20)))
                 else {
                     continue;
                 };
@@ -201,7 +201,7 @@ fn an_endpoint_whose_worker_is_stuck_in_a_write_is_dropped_in_bounded_time() {
     // The transfer is over: writers are not held up any more.
     b.map()
         .unwrap()
-        .window::<Write>(0..4096, Some(Duration::from_millis(20)))
+        .window::<WriteOnly>(0..4096, Some(Duration::from_millis(20)))
         .unwrap();
 }
 

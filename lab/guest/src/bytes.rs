@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dmabuf::mapping::{Read, Write};
+use dmabuf::mapping::{ReadOnly, WriteOnly};
 use dmabuf::{Buffer, Result};
 
 /// A deterministic byte pattern of `len` bytes for `seed`; different seeds
@@ -19,7 +19,7 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// for whatever is in the way, without a limit).
 pub fn write(buf: &Buffer, data: &[u8]) -> Result<()> {
     let map = buf.map()?;
-    let mut w = map.window::<Write>(0..data.len(), None)?;
+    let mut w = map.window::<WriteOnly>(0..data.len(), None)?;
     w.copy_from_slice(data);
     w.end()
 }
@@ -29,7 +29,7 @@ pub fn write(buf: &Buffer, data: &[u8]) -> Result<()> {
 /// fences are waited for by the kernel's `DMA_BUF_IOCTL_SYNC`).
 pub fn read(buf: &Buffer, len: usize, timeout: Option<Duration>) -> Result<Vec<u8>> {
     let map = buf.map()?;
-    let w = map.window::<Read>(0..len, timeout)?;
+    let w = map.window::<ReadOnly>(0..len, timeout)?;
     let v = w.to_vec();
     w.end()?;
     Ok(v)

@@ -61,7 +61,7 @@ fn bad_heap_input_is_refused_clearly() {
     let e = h
         .allocate_dma_buf(
             PAGE,
-            dmabuf::heap::HeapAllocOptions {
+            dmabuf::alloc::heap::HeapAllocOptions {
                 heap_flags: 1,
                 ..Default::default()
             },
@@ -98,7 +98,7 @@ fn read_only_heap_buffers_map_read_only() {
     let d = h
         .allocate_dma_buf(
             PAGE,
-            dmabuf::heap::HeapAllocOptions {
+            dmabuf::alloc::heap::HeapAllocOptions {
                 access: Access::Read,
                 ..Default::default()
             },

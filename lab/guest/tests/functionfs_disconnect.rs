@@ -133,7 +133,7 @@ fn ffs_a_udc_unbound_mid_transfer_fails_every_fence_and_nothing_hangs() {
     // The buffers are the CPU's again: windows open at once.
     for b in [&zin, &zout, &cout] {
         let m = b.map().unwrap();
-        m.window::<dmabuf::mapping::Read>(0..16, Some(Duration::from_secs(1)))
+        m.window::<dmabuf::mapping::ReadOnly>(0..16, Some(Duration::from_secs(1)))
             .unwrap();
     }
     drop((fi, fo, fc));

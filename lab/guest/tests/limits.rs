@@ -4,9 +4,9 @@
 
 use std::process::Command;
 
-use dmabuf::heap::{Heap, HeapAllocOptions};
-use dmabuf::portable::Portable;
-use dmabuf::udmabuf::Udmabuf;
+use dmabuf::alloc::heap::{Heap, HeapAllocOptions};
+use dmabuf::alloc::portable::Portable;
+use dmabuf::alloc::udmabuf::Udmabuf;
 use dmabuf::{Allocate, Errno};
 use dmabuf_lab_guest::{cli, require_lab};
 

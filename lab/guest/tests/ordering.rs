@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use dmabuf::endpoint::{Direction, Endpoint, FdEndpoint, TransferOptions};
-use dmabuf::mapping::{Read, ReadWrite, Write};
+use dmabuf::mapping::{ReadOnly, ReadWrite, WriteOnly};
 use dmabuf::{Allocate, Buffer, Errno, ErrorKind, FenceStatus, Heap, Memfd, Udmabuf};
 use dmabuf_lab_guest::require_lab;
 use dmabuf_lab_guest::vgem::Vgem;
@@ -43,7 +43,7 @@ fn a_window_timeout_bounds_start_on_a_pending_kernel_fence() {
     let m = v.buffer.map().unwrap();
     let t0 = Instant::now();
     let e = m
-        .window::<Read>(0..PAGE as usize, Some(Duration::from_millis(200)))
+        .window::<ReadOnly>(0..PAGE as usize, Some(Duration::from_millis(200)))
         .unwrap_err();
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(3), "bounded: {took:?}");
@@ -56,14 +56,14 @@ fn a_window_timeout_bounds_start_on_a_pending_kernel_fence() {
     // A read fence holds up writers only.
     v.signal(wf);
     let rf = v.fence(false);
-    m.window::<Read>(0..PAGE as usize, Some(Duration::ZERO))
+    m.window::<ReadOnly>(0..PAGE as usize, Some(Duration::ZERO))
         .unwrap();
     let e = m
-        .window::<Write>(0..PAGE as usize, Some(Duration::from_millis(50)))
+        .window::<WriteOnly>(0..PAGE as usize, Some(Duration::from_millis(50)))
         .unwrap_err();
     assert!(e.cause().contains("START|write"), "{e}");
     v.signal(rf);
-    m.window::<Write>(0..PAGE as usize, Some(Duration::from_secs(1)))
+    m.window::<WriteOnly>(0..PAGE as usize, Some(Duration::from_secs(1)))
         .unwrap();
 }
 
@@ -137,7 +137,7 @@ fn a_window_opened_during_a_transfers_kernel_fence_wait_holds_the_transfer() {
     let s = v.signal_later(wf, Duration::from_millis(300));
     let m = v.buffer.map().unwrap();
     let mut win = m
-        .window::<Write>(0..PAGE as usize, Some(Duration::from_secs(10)))
+        .window::<WriteOnly>(0..PAGE as usize, Some(Duration::from_secs(10)))
         .unwrap();
     s.join().unwrap();
     win.bytes_mut().write_at(0, b"window-bytes").unwrap();
@@ -172,9 +172,9 @@ fn windows_that_read_and_write_are_kept_apart_on_dma_bufs() {
     for b in [udmabuf(2), heap(2)] {
         let m = b.map().unwrap();
         let p = PAGE as usize;
-        let w0 = m.window::<Write>(0..p, None).unwrap();
+        let w0 = m.window::<WriteOnly>(0..p, None).unwrap();
         for e in [
-            m.window::<Read>(p..2 * p, None).unwrap_err(),
+            m.window::<ReadOnly>(p..2 * p, None).unwrap_err(),
             m.window::<ReadWrite>(p..2 * p, None).unwrap_err(),
         ] {
             assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
@@ -182,12 +182,12 @@ fn windows_that_read_and_write_are_kept_apart_on_dma_bufs() {
             assert!(e.cause().contains("write window is open"), "{e}");
             assert!(e.cause().contains("non-coherent"), "{e}");
         }
-        let w1 = m.window::<Write>(p..2 * p, None).unwrap();
+        let w1 = m.window::<WriteOnly>(p..2 * p, None).unwrap();
         drop((w0, w1));
-        let r0 = m.window::<Read>(0..p, None).unwrap();
-        let e = m.window::<Write>(p..2 * p, None).unwrap_err();
+        let r0 = m.window::<ReadOnly>(0..p, None).unwrap();
+        let e = m.window::<WriteOnly>(p..2 * p, None).unwrap_err();
         assert!(e.cause().contains("read window is open"), "{e}");
-        let r1 = m.window::<Read>(p..2 * p, None).unwrap();
+        let r1 = m.window::<ReadOnly>(p..2 * p, None).unwrap();
         drop((r0, r1));
         m.window::<ReadWrite>(0..2 * p, None).unwrap();
         assert_eq!(b.reservation().cpu_windows(), (0, 0));

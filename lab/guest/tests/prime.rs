@@ -8,7 +8,7 @@ mod prime {
 
     use dmabuf::endpoint::{DrmDevice, GemHandle};
     use dmabuf::frame::{FrameOptions, Placement, Plane};
-    use dmabuf::mapping::{Read, Window, Write};
+    use dmabuf::mapping::{ReadOnly, Window, WriteOnly};
     use dmabuf::{
         Allocate, Buffer, BufferKind, DmaBuf, Errno, ErrorKind, Fourcc, Frame, Heap, Memfd,
         Modifier, Portable, Udmabuf,
@@ -19,10 +19,10 @@ mod prime {
 
     // The only place these tests touch bytes through a window: the window's
     // byte access is the part of the API most likely to change.
-    fn put(w: &mut Window<'_, Write>, at: usize, bytes: &[u8]) {
+    fn put(w: &mut Window<'_, WriteOnly>, at: usize, bytes: &[u8]) {
         w.bytes_mut().write_at(at, bytes).unwrap();
     }
-    fn get(w: &Window<'_, Read>) -> Vec<u8> {
+    fn get(w: &Window<'_, ReadOnly>) -> Vec<u8> {
         w.to_vec()
     }
 

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsFd;
 
-use dmabuf::udmabuf::{Limits, Range};
+use dmabuf::alloc::udmabuf::{Limits, Range};
 use dmabuf::{Buffer, BufferKind, Errno, ErrorKind, Memfd, Udmabuf};
 use dmabuf_lab_guest::require_lab;
 use dmabuf_lab_guest::sys::udmabuf::{UdmabufCreate, UdmabufCreateItem};
@@ -397,7 +397,7 @@ fn two_udmabufs_over_the_same_pages_never_hold_overlapping_windows() {
     let mut w = m1.write().unwrap();
     w.fill(0x5a);
     let e = m2
-        .window::<dmabuf::mapping::Read>(0..PAGE as usize, None)
+        .window::<dmabuf::mapping::ReadOnly>(0..PAGE as usize, None)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
     assert_eq!(e.errno(), Some(Errno::BUSY));
@@ -407,7 +407,7 @@ fn two_udmabufs_over_the_same_pages_never_hold_overlapping_windows() {
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
     // b2's second page is memfd page 2, which b1 does not cover.
     let mut w2 = m2
-        .window::<dmabuf::mapping::Write>(PAGE as usize..2 * PAGE as usize, None)
+        .window::<dmabuf::mapping::WriteOnly>(PAGE as usize..2 * PAGE as usize, None)
         .unwrap();
     w2.fill(0xa5);
     drop(w2);
@@ -437,7 +437,7 @@ fn a_udmabuf_and_its_memfd_as_a_portable_buffer_share_the_registry() {
         "{e}"
     );
     // Page 0 of the memfd is not part of the udmabuf.
-    mp.window::<dmabuf::mapping::Write>(0..PAGE as usize, None)
+    mp.window::<dmabuf::mapping::WriteOnly>(0..PAGE as usize, None)
         .unwrap()
         .fill(1);
     drop(r);

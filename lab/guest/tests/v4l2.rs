@@ -298,7 +298,7 @@ fn detaching_a_queued_buffer_cancels_the_queue() {
     // implicit sync, a wait covers completion, not success; the error is
     // reported on the transfer's own fence (checked above).
     let map = atts[3].buffer.map_read_only().unwrap();
-    map.window::<dmabuf::mapping::Read>(0..map.len(), Some(Duration::ZERO))
+    map.window::<dmabuf::mapping::ReadOnly>(0..map.len(), Some(Duration::ZERO))
         .unwrap();
     // The detached attachment is gone; the others capture again (the
     // stream restarts), their old cancelled fences notwithstanding.

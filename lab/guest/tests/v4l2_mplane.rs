@@ -216,7 +216,7 @@ fn mplane_endpoint_contract_holds_for_frames() {
     let map = fs[0].map_plane(0, false).unwrap();
     let w = map
         .mapping()
-        .window::<dmabuf::mapping::Read>(map.range(), Some(FRAME_TIMEOUT))
+        .window::<dmabuf::mapping::ReadOnly>(map.range(), Some(FRAME_TIMEOUT))
         .unwrap();
     assert!(
         fa.is_signalled(),
@@ -414,7 +414,7 @@ fn mplane_a_busy_second_buffer_queues_nothing() {
     let luma = f.map_plane(0, true).unwrap();
     let lw = luma
         .mapping()
-        .window::<dmabuf::mapping::Write>(luma.range(), Some(Duration::ZERO))
+        .window::<dmabuf::mapping::WriteOnly>(luma.range(), Some(Duration::ZERO))
         .unwrap();
     lw.end().unwrap();
     w.end().unwrap();

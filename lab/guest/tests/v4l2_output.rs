@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use dmabuf::endpoint::v4l2::{Format, FormatRequest, FourCc, V4l2Output};
 use dmabuf::endpoint::{DataPath, Direction, Endpoint, TransferOptions};
 use dmabuf::frame::{FrameOptions, Placement};
-use dmabuf::mapping::{Read, Write};
+use dmabuf::mapping::{ReadOnly, WriteOnly};
 use dmabuf::{Allocator, Backend, Errno, ErrorKind, FenceStatus, Frame};
 use vivid::{nodes, write_plane, FRAME_TIMEOUT};
 
@@ -198,7 +198,7 @@ fn output_waits_for_a_cpu_write_window_and_a_write_window_for_the_device() {
     let f2 = out.queue_frame(&att2, TransferOptions::default()).unwrap();
     let w = luma
         .mapping()
-        .window::<Write>(luma.range(), Some(FRAME_TIMEOUT))
+        .window::<WriteOnly>(luma.range(), Some(FRAME_TIMEOUT))
         .unwrap();
     assert!(
         fence.is_signalled(),
@@ -209,7 +209,7 @@ fn output_waits_for_a_cpu_write_window_and_a_write_window_for_the_device() {
     let f3 = out.queue_frame(&att, TransferOptions::default()).unwrap();
     let r = luma
         .mapping()
-        .window::<Read>(luma.range(), Some(Duration::ZERO))
+        .window::<ReadOnly>(luma.range(), Some(Duration::ZERO))
         .unwrap();
     r.end().unwrap();
     f2.wait(Some(FRAME_TIMEOUT)).unwrap();

@@ -9,21 +9,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Attachment, DataPath, Direction, TransferOptions};
+use crate::access::Access;
 use crate::buffer::Buffer;
 use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
-use crate::reservation::{DeviceAccess, Usage};
+use crate::reservation::DeviceAccess;
 
 /// Whether `f` is a user fence of the timeline `context`.
 pub(crate) fn is_of_context(f: &Fence, context: u64) -> bool {
     matches!(f, Fence::User(u) if u.context() == context)
 }
 
-/// How a transfer in `direction` uses the buffer.
-pub(crate) fn usage_of(direction: Direction) -> Usage {
+/// What a transfer in `direction` does to the buffer.
+pub(crate) fn access_of(direction: Direction) -> Access {
     match direction {
-        Direction::ToDevice => Usage::Read,
-        Direction::FromDevice => Usage::Write,
+        Direction::ToDevice => Access::Read,
+        Direction::FromDevice => Access::Write,
     }
 }
 
@@ -94,7 +95,7 @@ pub(crate) fn begin_transfer(
             DeviceAccess {
                 op: "transfer",
                 object: &obj,
-                usage: usage_of(direction),
+                access: access_of(direction),
                 deadline: Some(Instant::now() + waited),
                 dma_buf: buffer.dma_buf(),
                 skip,
@@ -114,13 +115,8 @@ pub(crate) fn explain_busy(e: Error, opts: TransferOptions) -> Error {
     } else {
         format!("waited {:?}", opts.timeout)
     };
-    Error::new(
-        ErrorKind::Busy,
-        e.operation(),
-        e.object(),
-        format!("{} ({how})", e.cause()),
-    )
-    .with_errno(Errno::BUSY)
+    let cause = format!("{} ({how})", e.cause());
+    e.with_cause(cause).with_errno(Errno::BUSY)
 }
 
 /// Attachment ids are unique in the process, not just per endpoint, so

@@ -84,7 +84,7 @@ use super::{Attachment, Direction, TransferOptions};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, UserFence};
-use crate::mapping::{Read, VolatileBytes, VolatileBytesMut, Write};
+use crate::mapping::{ReadOnly, VolatileBytes, VolatileBytesMut, WriteOnly};
 
 /// How many failure messages an engine keeps for [`CopyEngine::failure`].
 const KEPT_FAILURES: usize = 64;
@@ -529,14 +529,14 @@ impl Shared {
         match self.direction {
             Direction::ToDevice => {
                 let map = job.buffer.map_read_only()?;
-                let window = map.window_excluding::<Read>(0..job.len, Some(deadline), &skip)?;
+                let window = map.window_excluding::<ReadOnly>(0..job.len, Some(deadline), &skip)?;
                 self.write_all(window.bytes(), &job.buffer)?;
                 window.end()
             }
             Direction::FromDevice => {
                 let map = job.buffer.map()?;
                 let mut window =
-                    map.window_excluding::<Write>(0..job.len, Some(deadline), &skip)?;
+                    map.window_excluding::<WriteOnly>(0..job.len, Some(deadline), &skip)?;
                 self.read_into(window.bytes_mut(), &job.buffer)?;
                 window.end()
             }

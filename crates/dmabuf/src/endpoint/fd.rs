@@ -139,6 +139,13 @@ impl Endpoint for FdEndpoint {
         let obj = self.engine.describe().to_string();
         check_attachable(&obj, self.direction(), buffer)?;
         self.attachments.check_new(&obj, buffer)?;
+        trace_event!(
+            DEBUG,
+            endpoint = %obj,
+            buffer = %buffer.describe(),
+            path = %self.data_path(),
+            "endpoint chose a data path"
+        );
         Ok(self.attachments.insert(buffer, ()))
     }
 

@@ -55,10 +55,11 @@ use super::copy::{CopyEngine, CopyOptions};
 use super::fd::check_attachable;
 use super::watch::{settle, Watcher};
 use super::{Attachment, DataPath, Direction, TransferOptions};
-use crate::buffer::{Access, Buffer, DmaBuf};
+use crate::access::{Access, Usage};
+use crate::buffer::Buffer;
+use crate::dma_buf::DmaBuf;
 use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, SyncFile, UserFence};
-use crate::reservation::Usage;
 
 /// A kernel DMABUF endpoint interface: its ioctls and its errnos.
 pub(crate) trait DmabufUapi {
@@ -156,7 +157,7 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
     ) -> Result<Self> {
         let dup = file
             .try_clone()
-            .map_err(|e| Error::os("dup", object.clone(), crate::error::io_errno(&e)))?;
+            .map_err(|e| Error::io("dup", object.clone(), e))?;
         let engine = CopyEngine::with_options(dup, direction, name, copy)?;
         Ok(KernelDmabufCore {
             direction,
@@ -228,6 +229,13 @@ impl<U: DmabufUapi> KernelDmabufCore<U> {
                 },
             },
         };
+        trace_event!(
+            DEBUG,
+            endpoint = %self.object,
+            buffer = %buffer.describe(),
+            path = %path.data_path(),
+            "endpoint chose a data path"
+        );
         self.latest = Some(path.clone());
         let timeline = FenceContext::new(&format!("{} transfer", self.name));
         Ok(self.attachments.insert(buffer, Att { path, timeline }))

@@ -92,7 +92,8 @@ use crate::fence::Fence;
 /// `DMABUF_ENQUEUE_TIMEOUT_MS`).
 pub const DEFAULT_TRANSFER_TIMEOUT: Duration = Duration::from_millis(5000);
 
-/// Which way data moves.
+/// Which way data moves. Closed by nature (a transfer either reads or
+/// writes the buffer), so not `#[non_exhaustive]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Direction {
@@ -105,6 +106,7 @@ pub enum Direction {
 /// How an endpoint moves data.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case", tag = "path", content = "reason")]
+#[non_exhaustive]
 pub enum DataPath {
     /// The device reads or writes the dma-buf itself.
     ZeroCopy,

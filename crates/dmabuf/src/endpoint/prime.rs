@@ -49,8 +49,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::buffer::{Buffer, DmaBuf};
-use crate::error::{io_errno, Errno, Error, Result};
+use crate::buffer::Buffer;
+use crate::dma_buf::DmaBuf;
+use crate::error::{Errno, Error, Result};
 use crate::frame::Frame;
 use crate::sys;
 
@@ -89,7 +90,7 @@ impl DrmDevice {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| Error::os("open DRM device", path.display().to_string(), io_errno(&e)))?;
+            .map_err(|e| Error::io("open DRM device", path.display().to_string(), e))?;
         DrmDevice::with_name(f.into(), path.display().to_string())
     }
 

@@ -51,7 +51,8 @@ pub use user::{FenceContext, UserFence, RECEIVED_CONTEXT_BIT, RECHECK, STUCK_SIG
 
 use crate::error::{errno_name, Errno, Error, ErrorKind, Result};
 
-/// Where a fence stands.
+/// Where a fence stands. Closed by nature (a fence is active or has
+/// signalled, with or without an error), so not `#[non_exhaustive]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FenceStatus {
     /// Not signalled yet.
@@ -209,6 +210,7 @@ pub(crate) fn wake_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) -> b
 /// Any fence: kernel sync file, user fence, a set of them, or one known to
 /// have signalled. Cheap to clone (shared handles).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Fence {
     /// Already signalled successfully (the empty fence).
     Signalled,
@@ -391,8 +393,7 @@ impl Fence {
 #[cfg(feature = "tokio")]
 async fn wait_sync_file_async(s: &SyncFile) -> Result<()> {
     use std::os::fd::AsFd;
-    let io =
-        |e: std::io::Error| Error::os("sync-file wait", "sync file", crate::error::io_errno(&e));
+    let io = |e: std::io::Error| Error::io("sync-file wait", "sync file", e);
     let fd = s.as_fd().try_clone_to_owned().map_err(io)?;
     crate::sys::readiness::until_readable_and(fd, || {
         s.status()

@@ -165,7 +165,7 @@ impl SyncFile {
         let fd = self
             .fd
             .try_clone()
-            .map_err(|e| Error::os("dup", self.object(), crate::error::io_errno(&e)))?;
+            .map_err(|e| Error::io("dup", self.object(), e))?;
         Ok(SyncFile { fd })
     }
 

@@ -612,9 +612,7 @@ impl UserFence {
     /// eventfd, re-checking at least every 100 ms.
     #[cfg(feature = "tokio")]
     pub async fn wait_async(&self) -> Result<()> {
-        let io = |e: std::io::Error| {
-            Error::os("fence wait", self.describe(), crate::error::io_errno(&e))
-        };
+        let io = |e: std::io::Error| Error::io("fence wait", self.describe(), e);
         let fd = self.inner.event.try_clone().map_err(io)?;
         crate::sys::readiness::until_readable_and(fd, || self.is_signalled())
             .await

@@ -57,7 +57,7 @@ pub use layout::{
 use crate::alloc::Allocate;
 use crate::buffer::Buffer;
 use crate::error::{Error, Result};
-use crate::mapping::{Mapping, Read, ReadWrite, Window, Write};
+use crate::mapping::{Mapping, ReadOnly, ReadWrite, Window, WriteOnly};
 use crate::sys;
 
 /// One plane given to [`Frame::new`]: a buffer, an offset and a stride.
@@ -340,14 +340,14 @@ impl PlaneMap {
     }
 
     /// Opens a read window over the plane (waits for writers).
-    pub fn read(&self) -> Result<Window<'_, Read>> {
+    pub fn read(&self) -> Result<Window<'_, ReadOnly>> {
         self.mapping.window(self.range(), None)
     }
 
     /// Opens a write window over the plane (waits for everyone; refused
     /// with [`ErrorKind::PermissionDenied`](crate::ErrorKind::PermissionDenied) if the plane was mapped
     /// read-only).
-    pub fn write(&self) -> Result<Window<'_, Write>> {
+    pub fn write(&self) -> Result<Window<'_, WriteOnly>> {
         self.mapping.window(self.range(), None)
     }
 

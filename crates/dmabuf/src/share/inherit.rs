@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::process::{Child, Command};
 
 use super::Channel;
-use crate::error::{io_errno, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
 
 /// The environment variable through which a child learns the number of the
@@ -31,7 +31,7 @@ impl Channel {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let child = cmd
             .spawn()
-            .map_err(|e| Error::os("spawn with channel", program, io_errno(&e)))?;
+            .map_err(|e| Error::io("spawn with channel", program, e))?;
         // The child has its copy; the parent's is closed here.
         drop(theirs);
         Ok((mine, child))

@@ -128,7 +128,8 @@ use rustix::net::{
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-use crate::buffer::{Buffer, BufferKind, DmaBuf};
+use crate::buffer::{Buffer, BufferKind};
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, FenceStatus, SyncFile, UserFence, WeakUserFence};
 use crate::frame::Frame;
@@ -153,6 +154,7 @@ pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message, with its buffers and fences already checked and rebuilt.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum Message {
     /// A buffer, with the sender's id for it.
     Buffer {

@@ -14,13 +14,14 @@ use rustix::fs::{Mode, OFlags};
 use super::format::{set_format, Format, FormatRequest};
 use super::worker::{worker, FrameRecord, Pending, Shared, State};
 use super::{DeviceInfo, FrameAttachment, MAX_SLOTS};
+use crate::access::Access;
 use crate::buffer::Buffer;
 use crate::endpoint::common::{explain_busy, next_attachment_id};
 use crate::endpoint::{Attachment, Direction, TransferOptions};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceContext, UserFence};
 use crate::frame::Frame;
-use crate::reservation::{DeviceAccess, Usage};
+use crate::reservation::DeviceAccess;
 use crate::sys::v4l2 as sys;
 
 /// One memory plane of a slot: which of the slot's buffers, and where
@@ -398,6 +399,7 @@ impl V4l2Queue {
                 frame: None,
             },
         )?;
+        trace_event!(DEBUG, endpoint = %obj, path = "zero-copy", "endpoint chose a data path");
         Ok(Attachment {
             id,
             buffer: buffer.clone(),
@@ -575,9 +577,9 @@ impl V4l2Queue {
         // CPU writers and write fences. Each buffer publishes the frame's
         // fence in the same step (no window opens in between); fences
         // that only have to have signalled do not stop the next frame.
-        let usage = match self.direction {
-            Direction::FromDevice => Usage::Write,
-            Direction::ToDevice => Usage::Read,
+        let access = match self.direction {
+            Direction::FromDevice => Access::Write,
+            Direction::ToDevice => Access::Read,
         };
         let deadline = Instant::now()
             + if opts.nonblocking {
@@ -594,7 +596,7 @@ impl V4l2Queue {
                 DeviceAccess {
                     op,
                     object: &object,
-                    usage,
+                    access,
                     deadline: Some(deadline),
                     dma_buf: b.dma_buf(),
                     skip: &|_| false,

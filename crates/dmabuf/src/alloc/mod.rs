@@ -30,17 +30,34 @@
 //! only the kernel decides. The check is a snapshot: memory taken by
 //! others between it and the allocation can still make the kernel fail
 //! (`ENOMEM`, reported as such).
+//!
+//! # Layout
+//!
+//! The three kinds of memory are this module's children — [`heap`],
+//! [`udmabuf`], [`portable`] — because they depend on it (each implements
+//! [`Allocate`], names its [`Backend`] and sizes its buffers with the one
+//! memory check) and it depends on them (the automatic choice tries each).
+//! As children, that mutual use stays inside one module, and no other
+//! module of the crate sits in a cycle with them. Each type has one path
+//! here (`dmabuf::alloc::udmabuf::Limits`), and the types a program names
+//! every day are also at the crate root (`dmabuf::Heap`,
+//! `dmabuf::Udmabuf`, `dmabuf::Memfd`, `dmabuf::Portable`); the modules
+//! are not re-exported at the root, so that each module has one name.
 
 use std::fmt;
 use std::str::FromStr;
 
+pub mod heap;
+pub mod portable;
+pub mod udmabuf;
+
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::heap::{heap_names, Heap};
-use crate::portable::Portable;
 use crate::sys;
-use crate::udmabuf::Udmabuf;
 use crate::units::human_size;
+use heap::{heap_names, Heap};
+use portable::Portable;
+use udmabuf::Udmabuf;
 
 /// Something that allocates [`Buffer`]s.
 pub trait Allocate: fmt::Debug + Send + Sync {
@@ -53,6 +70,7 @@ pub trait Allocate: fmt::Debug + Send + Sync {
 
 /// A kind of memory to allocate from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+#[non_exhaustive]
 pub enum Backend {
     /// The DMA heap of this name.
     Heap(String),
@@ -230,6 +248,18 @@ impl Allocator {
     /// The best backend this machine offers: the `system` heap (or the
     /// first heap), else udmabuf, else portable. Never fails.
     pub fn auto() -> Allocator {
+        let chosen = Allocator::first_usable();
+        trace_event!(
+            DEBUG,
+            backend = %chosen.backend(),
+            why = %chosen.why,
+            "Allocator::auto chose a backend"
+        );
+        chosen
+    }
+
+    /// [`Allocator::auto`]'s choice.
+    fn first_usable() -> Allocator {
         let mut tried = Vec::new();
         let names = heap_names();
         let pick = if names.iter().any(|n| n == "system") {

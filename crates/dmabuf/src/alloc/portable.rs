@@ -14,7 +14,7 @@
 
 use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 
-use crate::alloc::{allocation_size, Allocate, Backend};
+use super::{allocation_size, Allocate, Backend};
 use crate::buffer::{Buffer, PORTABLE_MEMFD_PREFIX};
 use crate::error::{Error, Result};
 

@@ -64,8 +64,9 @@ use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, Mode, OFlags, SealFlags,
 };
 
-use crate::alloc::{allocation_size, Allocate, Backend};
-use crate::buffer::{Buffer, BufferKind, DmaBuf};
+use super::{allocation_size, Allocate, Backend};
+use crate::buffer::{Buffer, BufferKind};
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 use crate::sys::object::{MemoryObject, Segment};

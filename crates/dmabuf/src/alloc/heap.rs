@@ -17,8 +17,10 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::alloc::{allocation_size, Allocate, Backend};
-use crate::buffer::{Access, Buffer, BufferKind, DmaBuf};
+use super::{allocation_size, Allocate, Backend};
+use crate::access::Access;
+use crate::buffer::{Buffer, BufferKind};
+use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys;
 
