@@ -239,11 +239,11 @@ fn completions_and_the_man_page_are_generated_from_the_parser() {
 
 #[test]
 fn every_json_document_carries_its_schema_version() {
-    for args in [&["probe", "--json"][..], &["ls", "--json"][..]] {
+    for (args, version) in [(&["probe", "--json"][..], 1), (&["ls", "--json"][..], 2)] {
         let out = dmabuf(args);
         assert!(out.status.success(), "{args:?}: {out:?}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["schema_version"], 1, "{args:?}: {v}");
+        assert_eq!(v["schema_version"], version, "{args:?}: {v}");
     }
     let out = dmabuf(&["probe", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

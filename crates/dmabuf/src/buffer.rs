@@ -65,16 +65,14 @@ use rustix::fs::{fcntl_get_seals, SealFlags, SeekFrom};
 
 use crate::error::{io_errno, Errno, Error, ErrorKind, Result};
 use crate::fence::{poll_events, Fence, SyncFile};
-use crate::inspect::{parse_fdinfo, FdInfo};
 use crate::mapping::Mapping;
+use crate::procfs::{parse_fdinfo, FdInfo};
 use crate::reservation::{Reservation, Usage};
 use crate::sys;
 use crate::sys::mem::Region;
 use crate::sys::object::MemoryObject;
 
-/// Prefix of the memfd name of portable buffers (visible in
-/// `/proc/PID/fd` and `/proc/PID/maps`, which is how inspection finds them).
-pub const PORTABLE_MEMFD_PREFIX: &str = "dmabuf-portable:";
+pub use crate::procfs::PORTABLE_MEMFD_PREFIX;
 
 /// Longest buffer name, in bytes (the kernel's `DMA_BUF_NAME_LEN` less the
 /// NUL).

@@ -57,6 +57,7 @@ pub mod inspect;
 pub mod mapping;
 pub mod portable;
 pub mod probe;
+mod procfs;
 pub mod reservation;
 pub mod share;
 // The one module allowed `unsafe`. It describes the uapi whole (every
