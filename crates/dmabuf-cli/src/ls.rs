@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use dmabuf::inspect::{report, Changes, Filter, Scanner, Snapshot, SortKey};
+use dmabuf::inspect::{report, Changes, Filter, Scanner, Snapshot, SortKey, SourceState};
 
 /// Order of the buffer list.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -166,6 +166,33 @@ struct Round<'a> {
     missing_pids: &'a [u32],
 }
 
+/// With `-v`: what each source gave and why each process could not be
+/// read.
+fn notes(snapshot: &Snapshot) {
+    if !crate::out::verbose() {
+        return;
+    }
+    let s = &snapshot.sources;
+    note!(
+        "ls: scanned {} as {}; sysfs stats: {}; debugfs bufinfo: {}",
+        crate::out::escape(&s.proc_root),
+        if s.as_root { "root" } else { "a user" },
+        source_text(&s.sysfs_stats),
+        source_text(&s.debugfs_bufinfo)
+    );
+    for u in &snapshot.unreadable {
+        note!("ls: pid {}: {}", u.pid, crate::out::escape(&u.message));
+    }
+}
+
+fn source_text(state: &SourceState) -> String {
+    match state {
+        SourceState::Read => "read".to_string(),
+        SourceState::Absent => "absent".to_string(),
+        SourceState::Unreadable(why) => crate::out::escape(why),
+    }
+}
+
 /// Runs `dmabuf ls`.
 /// `dmabuf ls | head` closes the pipe early: `main` takes the
 /// [`OutputError`](crate::out::OutputError) of the next write as a quiet
@@ -196,8 +223,8 @@ fn run_inner(args: &Args) -> crate::CliResult {
         .filter(|pid| !args.proc_root.join(pid.to_string()).exists())
         .collect();
     for pid in &missing {
-        errln!(
-            "dmabuf: warning: ls --pid {pid}: no such process (nothing at {})",
+        warnln!(
+            "ls --pid {pid}: no such process (nothing at {})",
             crate::out::escape(&args.proc_root.join(pid.to_string()).display().to_string())
         );
     }
@@ -210,6 +237,7 @@ fn run_inner(args: &Args) -> crate::CliResult {
     let Some(interval) = args.watch else {
         let time = ScanTime::now();
         let snapshot = scan()?;
+        notes(&snapshot);
         if args.json {
             let listing = Listing {
                 schema_version: SCHEMA_VERSION,
@@ -238,6 +266,9 @@ fn run_inner(args: &Args) -> crate::CliResult {
         round += 1;
         let time = ScanTime::now();
         let snapshot = scan()?;
+        if round == 1 {
+            notes(&snapshot);
+        }
         let changes = previous.as_ref().map(|p| snapshot.changes_since(p));
         if args.json {
             let line = Round {

@@ -337,3 +337,21 @@ fn alloc_json_and_hold_until_stdin() {
         assert!(text(&out.stderr).contains("cannot be used with"));
     }
 }
+
+#[test]
+fn verbose_says_why_the_backend_was_chosen() {
+    let out = dmabuf(&["-v", "alloc", "--size", "4K", "--backend", "portable"]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("dmabuf: note: backend portable: chosen"),
+        "{err}"
+    );
+    // `auto` says what it tried; here (no exporter) why it fell back.
+    let out = dmabuf(&["alloc", "--size", "4K", "--verbose"]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("dmabuf: note: backend "), "{err}");
+    let out = dmabuf(&["alloc", "--size", "4K"]);
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}

@@ -348,3 +348,41 @@ fn csv_quotes_a_hostile_name() {
         "{text:?}"
     );
 }
+
+#[test]
+fn quiet_drops_the_warning_verbose_adds_notes() {
+    let tree = Tree::new("verbosity");
+    let run = |extra: &[&str]| {
+        let args = tree.args(extra);
+        Command::new(env!("CARGO_BIN_EXE_dmabuf"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    // -q: the exit status still tells, stderr stays empty.
+    let out = run(&["-q", "--pid", "4242"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Total:"));
+    // -v: which sources were read, why pid 300 could not be.
+    let out = run(&["-v"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("dmabuf: note: ls: scanned "), "{err}");
+    assert!(err.contains("sysfs stats: absent"), "{err}");
+    assert!(err.contains("note: ls: pid 300: "), "{err}");
+    // Without either: no notes.
+    let out = run(&[]);
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Both: refused at parsing.
+    let out = run(&["-q", "-v"]);
+    assert_eq!(out.status.code(), Some(2));
+}
