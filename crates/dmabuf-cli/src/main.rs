@@ -38,11 +38,17 @@ pub type CliResult<T = ExitCode> = Result<T, Box<dyn std::error::Error>>;
 )]
 pub(crate) struct Cli {
     /// Print errors only on stderr (no warnings, progress or notes).
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        display_order = 900
+    )]
     quiet: bool,
     /// Print notes on stderr too: why `auto` chose its backend, which
     /// sources `ls` could read.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, display_order = 901)]
     verbose: bool,
     #[command(subcommand)]
     command: Command,
