@@ -10,6 +10,8 @@ mod modules;
 mod report;
 mod util;
 mod vm;
+#[cfg(test)]
+mod workspace_checks;
 
 use std::process::ExitCode;
 use std::time::Duration;
