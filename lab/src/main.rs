@@ -110,8 +110,7 @@ struct KernelChoice {
 /// front of `args`; returns them and the rest.
 fn kernel_options(mut args: &[String]) -> std::result::Result<(KernelChoice, &[String]), String> {
     let mut k = KernelChoice::default();
-    loop {
-        let Some(first) = args.first() else { break };
+    while let Some(first) = args.first() {
         let (name, inline) = match first.split_once('=') {
             Some((n, v)) if n == "--kernel" || n == "--modules" => (n, Some(v.to_string())),
             _ => (first.as_str(), None),
