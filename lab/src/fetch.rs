@@ -9,6 +9,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::bail;
 use crate::util::{mkdir_p, require_tool, rm_rf, run_output, run_status, Context, Result};
 
 /// Debian package holding the lab's kernel.
@@ -422,5 +423,158 @@ mod tests {
                 assert!(v.contains("=/c/apt/"), "{o} escapes the private dir");
             }
         }
+    }
+}
+
+/// The kernel release (`uname -r`) an x86 bzImage was built as: the first
+/// word of the version string its setup header points to (boot protocol
+/// 2.00+: `HdrS` at 0x202, the string at 0x200 + the u16 at 0x20E).
+pub fn bzimage_release(image: &[u8]) -> Option<String> {
+    if image.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let off = u16::from_le_bytes([*image.get(0x20E)?, *image.get(0x20F)?]);
+    let start = 0x200 + usize::from(off);
+    let text = image.get(start..)?;
+    let end = text.iter().take(512).position(|&b| b == 0)?;
+    let s = std::str::from_utf8(&text[..end]).ok()?;
+    let release = s.split_whitespace().next()?;
+    (!release.is_empty()).then(|| release.to_string())
+}
+
+/// A kernel the user already has: `image` (an x86 bzImage, such as
+/// `/boot/vmlinuz-$(uname -r)`) and `modules`, its `lib/modules/<release>`
+/// directory with `modules.dep` (default `/lib/modules/<release>`). The
+/// release is read from the image, and the modules directory must be named
+/// after it (the guest's `modprobe` looks there by `uname -r`). The lab's
+/// module fixtures are built for [`KERNEL_VERSION`] only: they are used
+/// when the image is that release, else left out with a warning (the tests
+/// that need them then fail).
+pub fn user_kernel(cache: &Path, image: &Path, modules: Option<&Path>) -> Result<Kernel> {
+    let bytes =
+        fs::read(image).with_ctx(|| format!("--kernel {}: cannot read", image.display()))?;
+    let Some(version) = bzimage_release(&bytes) else {
+        bail!(
+            "--kernel {}: not an x86 bzImage (no `HdrS` setup header with a version string); \
+             pass the kernel's boot image, such as /boot/vmlinuz-RELEASE",
+            image.display()
+        );
+    };
+    let modules = match modules {
+        Some(m) => m.to_path_buf(),
+        None => Path::new("/lib/modules").join(&version),
+    };
+    if !modules.join("modules.dep").is_file() {
+        bail!(
+            "--modules {}: no modules.dep there (kernel {version} from {}); pass the kernel's \
+             lib/modules/{version} directory with --modules, or run `depmod -b ROOT {version}` \
+             on its root",
+            modules.display(),
+            image.display()
+        );
+    }
+    let dir_name = modules
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if dir_name.as_deref() != Some(version.as_str()) {
+        bail!(
+            "--modules {} is named {:?} but {} is kernel {version}: the modules must be that \
+             kernel's (lib/modules/{version})",
+            modules.display(),
+            dir_name.unwrap_or_default(),
+            image.display()
+        );
+    }
+    let fixtures = if version == KERNEL_VERSION {
+        crate::fixtures::ensure(cache).with_ctx(|| {
+            format!(
+                "building the lab's kernel-module fixtures (lab/fixtures/) for {KERNEL_VERSION}"
+            )
+        })?
+    } else {
+        eprintln!(
+            "lab: warning: the lab's module fixtures (lab/fixtures/: dummy_hcd with \
+             scatter-gather, IIO DMA buffer, fake ADC) are built for {KERNEL_VERSION} only; \
+             kernel {version} runs without them, and the FunctionFS-DMABUF and IIO tests fail"
+        );
+        vec![]
+    };
+    eprintln!(
+        "lab: kernel {version} from {} (modules {})",
+        image.display(),
+        modules.display()
+    );
+    Ok(Kernel {
+        vmlinuz: image.to_path_buf(),
+        modules,
+        version,
+        fixtures,
+    })
+}
+
+#[cfg(test)]
+mod user_kernel_tests {
+    use super::*;
+
+    /// A fake bzImage: the setup header's magic and version pointer.
+    fn image(version: &[u8]) -> Vec<u8> {
+        let mut b = vec![0u8; 0x1000];
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        let off: u16 = 0x300;
+        b[0x20E..0x210].copy_from_slice(&off.to_le_bytes());
+        let at = 0x200 + usize::from(off);
+        b[at..at + version.len()].copy_from_slice(version);
+        b
+    }
+
+    #[test]
+    fn the_release_comes_from_the_setup_header() {
+        let b = image(b"6.12.95+deb12-amd64 (debian-kernel@lists.debian.org) #1 SMP\0");
+        assert_eq!(bzimage_release(&b).as_deref(), Some("6.12.95+deb12-amd64"));
+        // Not a bzImage, truncated, no NUL, empty.
+        assert_eq!(bzimage_release(b"ELF"), None);
+        let mut no_magic = b.clone();
+        no_magic[0x202] = b'X';
+        assert_eq!(bzimage_release(&no_magic), None);
+        assert_eq!(bzimage_release(&b[..0x400]), None);
+        assert_eq!(bzimage_release(&image(&[b'7'; 600])), None);
+        assert_eq!(bzimage_release(&image(b"\0")), None);
+    }
+
+    #[test]
+    fn a_user_kernel_is_checked_against_its_modules() {
+        let dir = std::env::temp_dir().join(format!("lab-user-kernel-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let img = dir.join("vmlinuz");
+        let mods = dir.join("lib/modules/6.1.0-test");
+        fs::create_dir_all(&mods).unwrap();
+        fs::write(&img, image(b"6.1.0-test #1\0")).unwrap();
+        // No modules.dep yet.
+        let e = user_kernel(&dir, &img, Some(&mods))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no modules.dep"), "{e}");
+        fs::write(mods.join("modules.dep"), "").unwrap();
+        let k = user_kernel(&dir, &img, Some(&mods)).unwrap();
+        assert_eq!(k.version, "6.1.0-test");
+        assert!(
+            k.fixtures.is_empty(),
+            "fixtures are built for {KERNEL_VERSION} only"
+        );
+        // Modules of another release are refused.
+        let other = dir.join("lib/modules/6.2.0");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("modules.dep"), "").unwrap();
+        let e = user_kernel(&dir, &img, Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be that kernel's"), "{e}");
+        // Not a kernel image.
+        fs::write(&img, b"#!/bin/sh\n").unwrap();
+        let e = user_kernel(&dir, &img, Some(&mods))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an x86 bzImage"), "{e}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

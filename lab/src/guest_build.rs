@@ -90,13 +90,18 @@ pub fn bin_executable(msgs: &[serde_json::Value], bin: &str) -> Option<PathBuf> 
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
 }
 
-/// Builds the guest tests (`cargo test -p dmabuf-lab-guest --no-run`) and returns them.
+/// Builds the guest tests (`cargo test -p dmabuf-lab-guest --features lab
+/// --no-run`) and returns them.
 pub fn build_tests(repo: &Path, target_dir: &Path) -> Result<Vec<TestExe>> {
     let mut c = cargo(repo, target_dir);
     c.args([
         "test",
         "-p",
         "dmabuf-lab-guest",
+        // The guest tests are built only with this feature (they are not
+        // host test targets; lab/guest/Cargo.toml).
+        "--features",
+        "lab",
         "--no-run",
         "--target",
         TARGET,
@@ -109,11 +114,16 @@ pub fn build_tests(repo: &Path, target_dir: &Path) -> Result<Vec<TestExe>> {
     Ok(exes)
 }
 
-/// Builds the `dmabuf` CLI for the guest and returns its path.
+/// Builds the `dmabuf` CLI for the guest, in release (what users run, and
+/// faster under TCG; the binary is about as large as the debug one, 21 MB,
+/// most of it the debug info of the statically linked std) with its
+/// default features (no iceoryx2), and returns its path.
 pub fn build_cli(repo: &Path, target_dir: &Path) -> Result<PathBuf> {
     let mut c = cargo(repo, target_dir);
+    c.env("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only");
     c.args([
         "build",
+        "--release",
         "-p",
         "dmabuf-cli",
         "--bin",
@@ -129,6 +139,45 @@ pub fn build_cli(repo: &Path, target_dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every file in lab/guest/tests/ is declared in lab/guest/Cargo.toml
+    /// with `required-features = ["lab"]`: one that is not would be an
+    /// ordinary host test target and panic in `cargo test --workspace`.
+    #[test]
+    fn every_guest_test_needs_the_lab_feature() {
+        let guest = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest");
+        let manifest = std::fs::read_to_string(guest.join("Cargo.toml")).unwrap();
+        let mut declared = Vec::new();
+        for block in manifest.split("[[test]]").skip(1) {
+            let field = |key: &str| {
+                block.lines().find_map(|l| {
+                    let (k, v) = l.split_once('=')?;
+                    (k.trim() == key).then(|| v.trim().to_string())
+                })
+            };
+            let name = field("name").expect("a [[test]] without a name");
+            assert_eq!(
+                field("required-features").as_deref(),
+                Some(r#"["lab"]"#),
+                "[[test]] {name}"
+            );
+            declared.push(name.trim_matches('"').to_string());
+        }
+        let mut files: Vec<String> = std::fs::read_dir(guest.join("tests"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                Some(name.strip_suffix(".rs")?.to_string())
+            })
+            .collect();
+        files.sort();
+        declared.sort();
+        assert_eq!(
+            files, declared,
+            "lab/guest/tests/*.rs vs [[test]] in lab/guest/Cargo.toml"
+        );
+        assert!(files.len() > 10, "{files:?}");
+    }
 
     #[test]
     fn finds_test_and_bin_executables() {

@@ -10,6 +10,8 @@ mod modules;
 mod report;
 mod util;
 mod vm;
+#[cfg(test)]
+mod workspace_checks;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,9 +26,17 @@ usage: dmabuf-lab <command>
 commands:
   fetch               download and unpack the lab's kernel, build its module
                       fixtures (lab/fixtures/); idempotent
-  test [FILTER...]    build the guest tests, boot the kernel, run them; FILTER and
+  test [KERNEL] [FILTER...]
+                      build the guest tests, boot the kernel, run them; FILTER and
                       other arguments go to every test binary (libtest syntax)
-  run -- CMD ARGS...  boot the kernel and run one command line in it
+  run [KERNEL] -- CMD ARGS...
+                      boot the kernel and run one command line in it
+
+KERNEL (before any other argument): a kernel you already have instead of the
+lab's own (Debian's 6.12.95, fetched into the cache):
+  --kernel IMAGE      an x86 bzImage, such as /boot/vmlinuz-RELEASE
+  --modules DIR       its lib/modules/RELEASE directory, with modules.dep
+                      (default: /lib/modules/RELEASE, RELEASE read from IMAGE)
 
 environment:
   DMABUF_LAB_CACHE    kernel cache directory (default: lab/cache)
@@ -45,17 +55,30 @@ fn main() -> ExitCode {
             println!("lab: kernel ready: {}", k.vmlinuz.display());
             ExitCode::SUCCESS
         }),
-        Some("test") => cmd_test(args[1..].to_vec()),
+        Some("test") => match kernel_options(&args[1..]) {
+            Ok((kernel, rest)) => cmd_test(kernel, rest.to_vec()),
+            Err(e) => {
+                eprint!("lab: {e}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+        },
         Some("run") => {
-            let rest = match args.get(1).map(String::as_str) {
-                Some("--") => &args[2..],
-                _ => &args[1..],
+            let (kernel, rest) = match kernel_options(&args[1..]) {
+                Ok(k) => k,
+                Err(e) => {
+                    eprint!("lab: {e}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            let rest = match rest.first().map(String::as_str) {
+                Some("--") => &rest[1..],
+                _ => rest,
             };
             if rest.is_empty() {
                 eprint!("{USAGE}");
                 return ExitCode::from(2);
             }
-            cmd_run(rest.to_vec())
+            cmd_run(kernel, rest.to_vec())
         }
         Some("-h" | "--help" | "help") => {
             print!("{USAGE}");
@@ -75,6 +98,52 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which kernel to boot: the lab's own (`image: None`), or one the user
+/// has (`--kernel IMAGE [--modules DIR]`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct KernelChoice {
+    image: Option<std::path::PathBuf>,
+    modules: Option<std::path::PathBuf>,
+}
+
+/// Takes `--kernel IMAGE` and `--modules DIR` (or `--kernel=IMAGE`) off the
+/// front of `args`; returns them and the rest.
+fn kernel_options(mut args: &[String]) -> std::result::Result<(KernelChoice, &[String]), String> {
+    let mut k = KernelChoice::default();
+    while let Some(first) = args.first() {
+        let (name, inline) = match first.split_once('=') {
+            Some((n, v)) if n == "--kernel" || n == "--modules" => (n, Some(v.to_string())),
+            _ => (first.as_str(), None),
+        };
+        if name != "--kernel" && name != "--modules" {
+            break;
+        }
+        let (value, used) = match inline {
+            Some(v) => (v, 1),
+            None => match args.get(1) {
+                Some(v) => (v.clone(), 2),
+                None => return Err(format!("{name} needs a path")),
+            },
+        };
+        if value.is_empty() {
+            return Err(format!("{name} needs a path"));
+        }
+        let slot = if name == "--kernel" {
+            &mut k.image
+        } else {
+            &mut k.modules
+        };
+        if slot.replace(value.into()).is_some() {
+            return Err(format!("{name} given twice"));
+        }
+        args = &args[used..];
+    }
+    if k.modules.is_some() && k.image.is_none() {
+        return Err("--modules goes with --kernel".into());
+    }
+    Ok((k, args))
+}
+
 fn timeout() -> Result<Duration> {
     match std::env::var("DMABUF_LAB_TIMEOUT") {
         Ok(s) if !s.is_empty() => {
@@ -89,19 +158,26 @@ fn timeout() -> Result<Duration> {
 
 /// Builds everything and boots the VM in `mode`, feeding guest lines to `report`
 /// and to `show`.
-fn boot(mode: Mode, mut show: impl FnMut(Channel, &str, Line)) -> Result<(Report, vm::VmExit)> {
+fn boot(
+    choice: &KernelChoice,
+    mode: Mode,
+    mut show: impl FnMut(Channel, &str, Line),
+) -> Result<(Report, vm::VmExit)> {
     let timeout = timeout()?;
     // Fail early, before building, when a host tool is missing.
     util::require_tool("qemu-system-x86_64", "qemu-system-x86")?;
     util::require_tool("busybox", "busybox-static")?;
     let cache = fetch::cache_dir();
-    // Downloads nothing when the kernel is already cached.
-    let kernel = fetch::fetch(&cache).with_ctx(|| {
-        format!(
-            "the lab needs the kernel package {} (`cargo run -p dmabuf-lab -- fetch`) and could not get it",
-            fetch::KERNEL_PACKAGE
-        )
-    })?;
+    let kernel = match &choice.image {
+        Some(image) => fetch::user_kernel(&cache, image, choice.modules.as_deref())?,
+        // Downloads nothing when the kernel is already cached.
+        None => fetch::fetch(&cache).with_ctx(|| {
+            format!(
+                "the lab needs the kernel package {} (`cargo run -p dmabuf-lab -- fetch`) and could not get it",
+                fetch::KERNEL_PACKAGE
+            )
+        })?,
+    };
     let repo = util::repo_root();
     let target_dir = repo.join("target/lab");
     let tests = guest_build::build_tests(&repo, &target_dir)?;
@@ -140,7 +216,7 @@ fn print_timing(report: &Report, exit: &vm::VmExit) {
     eprintln!("lab: VM ran {:.1}s wall{up}", exit.elapsed.as_secs_f64());
 }
 
-fn cmd_test(filters: Vec<String>) -> Result<ExitCode> {
+fn cmd_test(kernel: KernelChoice, filters: Vec<String>) -> Result<ExitCode> {
     if std::env::var_os("DMABUF_LAB_SKIP").is_some_and(|v| v == "1") {
         eprintln!("{}", "!".repeat(78));
         eprintln!("lab: WARNING: DMABUF_LAB_SKIP=1 is set: NO kernel tests ran.");
@@ -151,23 +227,25 @@ fn cmd_test(filters: Vec<String>) -> Result<ExitCode> {
     // Blank lines are held back until more output follows, so the ones /init
     // prints before its markers do not pile up.
     let mut blanks = 0;
-    let (report, exit) = boot(Mode::Test(filters), |ch, line, kind| match (ch, kind) {
-        (Channel::Console, _) => println!("[console] {}", report::sanitize(line)),
-        (Channel::Guest, Line::Marker) => {
-            blanks = 0;
-            let m = line.split_once(report::MARK).map_or(line, |(_, m)| m);
-            if let Some(name) = m.strip_prefix("BEGIN ") {
-                println!("lab: ---- {} ----", name.trim());
-            } else if let Some(up) = m.strip_prefix("UP ") {
-                println!("lab: guest userspace up: kernel {up}s");
+    let (report, exit) = boot(&kernel, Mode::Test(filters), |ch, line, kind| {
+        match (ch, kind) {
+            (Channel::Console, _) => println!("[console] {}", report::sanitize(line)),
+            (Channel::Guest, Line::Marker) => {
+                blanks = 0;
+                let m = line.split_once(report::MARK).map_or(line, |(_, m)| m);
+                if let Some(name) = m.strip_prefix("BEGIN ") {
+                    println!("lab: ---- {} ----", name.trim());
+                } else if let Some(up) = m.strip_prefix("UP ") {
+                    println!("lab: guest userspace up: kernel {up}s");
+                }
             }
-        }
-        (Channel::Guest, Line::Output) if line.trim().is_empty() => blanks += 1,
-        (Channel::Guest, Line::Output) => {
-            for _ in 0..std::mem::take(&mut blanks) {
-                println!();
+            (Channel::Guest, Line::Output) if line.trim().is_empty() => blanks += 1,
+            (Channel::Guest, Line::Output) => {
+                for _ in 0..std::mem::take(&mut blanks) {
+                    println!();
+                }
+                println!("{line}");
             }
-            println!("{line}");
         }
     })?;
     print_timing(&report, &exit);
@@ -199,17 +277,19 @@ fn cmd_test(filters: Vec<String>) -> Result<ExitCode> {
     })
 }
 
-fn cmd_run(command: Vec<String>) -> Result<ExitCode> {
+fn cmd_run(kernel: KernelChoice, command: Vec<String>) -> Result<ExitCode> {
     let mut blanks = 0;
-    let (report, exit) = boot(Mode::Run(command), |ch, line, kind| match (ch, kind) {
-        (Channel::Console, _) => eprintln!("[console] {}", report::sanitize(line)),
-        (Channel::Guest, Line::Marker) => blanks = 0,
-        (Channel::Guest, Line::Output) if line.is_empty() => blanks += 1,
-        (Channel::Guest, Line::Output) => {
-            for _ in 0..std::mem::take(&mut blanks) {
-                println!();
+    let (report, exit) = boot(&kernel, Mode::Run(command), |ch, line, kind| {
+        match (ch, kind) {
+            (Channel::Console, _) => eprintln!("[console] {}", report::sanitize(line)),
+            (Channel::Guest, Line::Marker) => blanks = 0,
+            (Channel::Guest, Line::Output) if line.is_empty() => blanks += 1,
+            (Channel::Guest, Line::Output) => {
+                for _ in 0..std::mem::take(&mut blanks) {
+                    println!();
+                }
+                println!("{line}");
             }
-            println!("{line}");
         }
     })?;
     print_timing(&report, &exit);
@@ -221,6 +301,47 @@ fn cmd_run(command: Vec<String>) -> Result<ExitCode> {
         None => {
             eprintln!("lab: error: the command never finished (VM died or timed out)");
             Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn kernel_options_come_first() {
+        let a = args(&["--kernel", "/k", "--modules=/m", "cli", "--nocapture"]);
+        let (k, rest) = kernel_options(&a).unwrap();
+        assert_eq!(k.image.as_deref(), Some(std::path::Path::new("/k")));
+        assert_eq!(k.modules.as_deref(), Some(std::path::Path::new("/m")));
+        assert_eq!(rest, ["cli", "--nocapture"]);
+
+        let a = args(&["udmabuf", "--kernel", "/k"]);
+        let (k, rest) = kernel_options(&a).unwrap();
+        assert_eq!(
+            k,
+            KernelChoice::default(),
+            "after a filter it is a test argument"
+        );
+        assert_eq!(rest.len(), 3);
+
+        let a = args(&["--kernel=/k", "--", "sh"]);
+        let (k, rest) = kernel_options(&a).unwrap();
+        assert!(k.image.is_some() && k.modules.is_none());
+        assert_eq!(rest, ["--", "sh"]);
+
+        for bad in [
+            &["--kernel"][..],
+            &["--kernel="],
+            &["--kernel", "/a", "--kernel", "/b"],
+            &["--modules", "/m"],
+        ] {
+            assert!(kernel_options(&args(bad)).is_err(), "{bad:?}");
         }
     }
 }

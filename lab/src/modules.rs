@@ -126,14 +126,29 @@ pub fn stage(
             continue;
         }
         let src = src_modules.join(p);
-        let rel = p.strip_suffix(".xz").unwrap_or(p);
+        // Debian compresses with xz; other kernels (`--kernel`) may use
+        // zstd or gzip, or none. busybox's modprobe wants them plain.
+        let (rel, unpack) = match compression(p) {
+            Some((rel, tool, package)) => (rel, Some((tool, package))),
+            None => (p.as_str(), None),
+        };
         let dst = dst_modules.join(rel);
         mkdir_p(dst.parent().expect("module path has a parent"))?;
-        if p.ends_with(".xz") {
-            let out = run_output(Command::new(&xz).arg("-dc").arg(&src))?;
-            fs::write(&dst, out.stdout).with_ctx(|| format!("cannot write {}", dst.display()))?;
-        } else {
-            fs::copy(&src, &dst).with_ctx(|| format!("cannot copy {}", src.display()))?;
+        match unpack {
+            Some(("xz", _)) => {
+                let out = run_output(Command::new(&xz).arg("-dc").arg(&src))?;
+                fs::write(&dst, out.stdout)
+                    .with_ctx(|| format!("cannot write {}", dst.display()))?;
+            }
+            Some((tool, package)) => {
+                let t = require_tool(tool, package)?;
+                let out = run_output(Command::new(t).arg("-dc").arg(&src))?;
+                fs::write(&dst, out.stdout)
+                    .with_ctx(|| format!("cannot write {}", dst.display()))?;
+            }
+            None => {
+                fs::copy(&src, &dst).with_ctx(|| format!("cannot copy {}", src.display()))?;
+            }
         }
         staged.push(rel.to_string());
     }
@@ -160,6 +175,18 @@ pub fn stage(
     Ok(staged)
 }
 
+/// A compressed module's path without its suffix, and the tool (and its
+/// Debian package) that decompresses it; None for a plain `.ko`.
+fn compression(path: &str) -> Option<(&str, &'static str, &'static str)> {
+    [
+        (".xz", "xz", "xz-utils"),
+        (".zst", "zstd", "zstd"),
+        (".gz", "gzip", "gzip"),
+    ]
+    .into_iter()
+    .find_map(|(suffix, tool, package)| Some((path.strip_suffix(suffix)?, tool, package)))
+}
+
 /// Runs `depmod` on an unpacked kernel package so that its `modules.dep` exists.
 pub fn depmod_tree(root: &Path, version: &str) -> Result<()> {
     let depmod = require_tool("depmod", "kmod")?;
@@ -170,6 +197,17 @@ pub fn depmod_tree(root: &Path, version: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_modules_are_recognised() {
+        assert_eq!(
+            compression("kernel/a/b.ko.xz"),
+            Some(("kernel/a/b.ko", "xz", "xz-utils"))
+        );
+        assert_eq!(compression("b.ko.zst"), Some(("b.ko", "zstd", "zstd")));
+        assert_eq!(compression("b.ko.gz"), Some(("b.ko", "gzip", "gzip")));
+        assert_eq!(compression("b.ko"), None);
+    }
 
     const DEP: &str = "\
 kernel/drivers/usb/gadget/udc/dummy_hcd.ko.xz: kernel/drivers/usb/gadget/udc/udc-core.ko.xz kernel/drivers/usb/core/usbcore.ko.xz kernel/drivers/usb/common/usb-common.ko.xz

@@ -11,7 +11,11 @@
 //!   a write window.
 //! * What was made is printed as `key: value` lines on stdout (kind, size,
 //!   inode, exporter, name, pid, fd) and flushed before holding, so that a
-//!   script can read them while the buffer is held. Values that come from
+//!   script can read them while the buffer is held. With `--json` the same
+//!   facts are one JSON object on one line (so a script can read one line
+//!   and go on while the buffer is held; see docs/json.md). A portable
+//!   buffer's inode is its memfd's (the one `dmabuf ls` shows) and its
+//!   exporter `portable`, as in `dmabuf ls`. Values that come from
 //!   elsewhere (the name, the exporter) are escaped — control characters,
 //!   line separators and backslashes as `\n`, `\u{1b}`, `\\` — so that one
 //!   key stays one line and a name cannot forge another key. The library
@@ -19,8 +23,13 @@
 //! * A size that cannot fit in the memory this process can get is
 //!   refused by the library before allocating, naming both numbers.
 //! * `--hold SECONDS` takes 0 up to 365 days (the `seconds` parser).
-//! * Without `--hold`/`--hold-forever` the buffer is freed at exit.
+//!   `--hold-forever` holds until killed; `--hold-stdin` until a line or
+//!   the end of standard input (Enter or Ctrl-D in a terminal; a script
+//!   closes the pipe). Reading stdin keeps no more than one small buffer,
+//!   whatever it is sent. The three are exclusive.
+//! * Without one of them the buffer is freed at exit.
 
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -73,6 +82,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Arguments of `dmabuf alloc`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "\
+To look at the buffer while it exists, hold it and inspect it from another terminal:
+  dmabuf alloc --size 16MiB --name demo --hold-stdin    # press Enter to free it
+  dmabuf ls --pid PID                                   # PID as printed")]
 pub struct Args {
     /// Size: bytes, or with K, M, G (binary: 4K = 4096; 16MiB), rounded up to pages.
     #[arg(long, value_parser = parse_size)]
@@ -87,11 +100,62 @@ pub struct Args {
     #[arg(long, value_parser = Fill::parse)]
     pub fill: Option<Fill>,
     /// Keep the buffer for SECONDS before exiting.
-    #[arg(long, value_name = "SECONDS", conflicts_with = "hold_forever", allow_hyphen_values = true, value_parser = crate::seconds::non_negative)]
+    #[arg(long, value_name = "SECONDS", conflicts_with_all = ["hold_forever", "hold_stdin"], allow_hyphen_values = true, value_parser = crate::seconds::non_negative)]
     pub hold: Option<Duration>,
     /// Keep the buffer until killed.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hold_stdin")]
     pub hold_forever: bool,
+    /// Keep the buffer until a line or the end of standard input (press
+    /// Enter when done looking with `dmabuf ls` from another terminal).
+    #[arg(long)]
+    pub hold_stdin: bool,
+    /// Print what was made as one JSON line instead of `key: value` lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The `schema_version` of `dmabuf alloc --json` (see docs/json.md).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What `dmabuf alloc --json` prints.
+#[derive(serde::Serialize)]
+struct Made {
+    schema_version: u32,
+    kind: String,
+    size: u64,
+    inode: Option<u64>,
+    exporter: Option<String>,
+    name: String,
+    pid: u32,
+    fd: i32,
+    fill: Option<String>,
+    /// `null` (freed at exit), seconds, `"forever"` or `"stdin"`.
+    hold: serde_json::Value,
+}
+
+/// How long the buffer is kept.
+enum Hold {
+    No,
+    For(Duration),
+    Forever,
+    Stdin,
+}
+
+/// Reads standard input until a newline or its end, in a fixed buffer
+/// (whatever is sent, no more is kept). An error reading it ends the
+/// hold too, as an end would.
+fn wait_for_stdin_line() {
+    let mut stdin = std::io::stdin().lock();
+    let mut chunk = [0u8; 256];
+    loop {
+        match stdin.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) if chunk[..n].contains(&b'\n') => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// Runs `dmabuf alloc`.
@@ -104,41 +168,78 @@ pub fn run(args: Args) -> crate::CliResult {
         fill.apply(w.bytes_mut());
         w.end()?;
     }
-    outln!("kind: {}", escape(&buf.kind().to_string()))?;
-    outln!("size: {}", buf.size())?;
-    match buf.dma_buf() {
-        Some(d) => {
-            outln!("inode: {}", d.inode())?;
-            outln!("exporter: {}", escape(&d.exporter()?))?;
-        }
-        None => {
-            outln!("inode: -")?;
-            outln!("exporter: -")?;
-        }
-    }
-    // A name may hold any byte but NUL: escaped, it stays one line.
-    outln!("name: {}", escape(&buf.name()))?;
-    outln!("pid: {}", std::process::id())?;
-    outln!("fd: {}", buf.fd().as_raw_fd())?;
-    if let Some(f) = args.fill {
-        let what = match f {
-            Fill::Byte(b) => format!("{b:#04x}"),
-            Fill::Pattern => "pattern".to_string(),
+    let hold = match (args.hold, args.hold_forever, args.hold_stdin) {
+        (Some(h), _, _) => Hold::For(h),
+        (None, true, _) => Hold::Forever,
+        (None, false, true) => Hold::Stdin,
+        (None, false, false) => Hold::No,
+    };
+    // What `dmabuf ls` shows for it: the dma-buf's inode and exporter, or
+    // the portable memfd's inode.
+    let (inode, exporter) = match buf.dma_buf() {
+        Some(d) => (Some(d.inode()), Some(d.exporter()?)),
+        None => (
+            rustix::fs::fstat(buf.fd()).ok().map(|st| st.st_ino),
+            Some("portable".to_string()),
+        ),
+    };
+    let fill = args.fill.map(|f| match f {
+        Fill::Byte(b) => format!("{b:#04x}"),
+        Fill::Pattern => "pattern".to_string(),
+    });
+    let pid = std::process::id();
+    if args.json {
+        let made = Made {
+            schema_version: SCHEMA_VERSION,
+            kind: buf.kind().to_string(),
+            size: buf.size(),
+            inode,
+            exporter,
+            name: buf.name(),
+            pid,
+            fd: buf.fd().as_raw_fd(),
+            fill,
+            hold: match hold {
+                Hold::No => serde_json::Value::Null,
+                Hold::For(h) => h.as_secs_f64().into(),
+                Hold::Forever => "forever".into(),
+                Hold::Stdin => "stdin".into(),
+            },
         };
-        outln!("fill: {what}")?;
-    }
-    if let Some(h) = args.hold {
-        outln!("holding: {} s", h.as_secs_f64())?;
-    } else if args.hold_forever {
-        outln!("holding: until killed")?;
+        crate::out::json(&made, false)?;
+    } else {
+        outln!("kind: {}", escape(&buf.kind().to_string()))?;
+        outln!("size: {}", buf.size())?;
+        outln!(
+            "inode: {}",
+            inode.map_or("-".to_string(), |i| i.to_string())
+        )?;
+        outln!("exporter: {}", escape(exporter.as_deref().unwrap_or("-")))?;
+        // A name may hold any byte but NUL: escaped, it stays one line.
+        outln!("name: {}", escape(&buf.name()))?;
+        outln!("pid: {pid}")?;
+        outln!("fd: {}", buf.fd().as_raw_fd())?;
+        if let Some(what) = &fill {
+            outln!("fill: {what}")?;
+        }
+        if !matches!(hold, Hold::No) {
+            outln!("inspect: dmabuf ls --pid {pid}")?;
+        }
+        match hold {
+            Hold::No => {}
+            Hold::For(h) => outln!("holding: {} s", h.as_secs_f64())?,
+            Hold::Forever => outln!("holding: until killed")?,
+            Hold::Stdin => outln!("holding: until a line or the end of standard input")?,
+        }
     }
     crate::out::flush()?;
-    if let Some(h) = args.hold {
-        std::thread::sleep(h);
-    } else if args.hold_forever {
-        loop {
+    match hold {
+        Hold::No => {}
+        Hold::For(h) => std::thread::sleep(h),
+        Hold::Forever => loop {
             std::thread::sleep(Duration::from_secs(3600));
-        }
+        },
+        Hold::Stdin => wait_for_stdin_line(),
     }
     drop(buf);
     Ok(ExitCode::SUCCESS)

@@ -24,11 +24,18 @@ pub fn parse(s: &str) -> Result<Choice, String> {
 impl Choice {
     /// The allocator: the automatic choice, or exactly the backend asked
     /// for (an error saying why it is not available here).
+    /// With `-v`, a note says which backend and why.
     pub fn allocator(&self) -> dmabuf::Result<Allocator> {
-        match &self.0 {
-            None => Ok(Allocator::auto()),
-            Some(b) => Allocator::new(b),
-        }
+        let a = match &self.0 {
+            None => Allocator::auto(),
+            Some(b) => Allocator::new(b)?,
+        };
+        note!(
+            "backend {}: {}",
+            crate::out::escape(&a.backend().to_string()),
+            crate::out::escape(a.reason())
+        );
+        Ok(a)
     }
 }
 

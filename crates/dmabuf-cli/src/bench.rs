@@ -287,7 +287,11 @@ pub fn run(args: Args) -> crate::CliResult {
     let steps = (repeat * (sizes.len() * CASES.len() + LATENCY_CASES.len() + 2)) as u64;
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(steps),
-        indicatif::ProgressDrawTarget::stderr(),
+        if crate::out::quiet() {
+            indicatif::ProgressDrawTarget::hidden()
+        } else {
+            indicatif::ProgressDrawTarget::stderr()
+        },
     );
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} (eta {eta})")

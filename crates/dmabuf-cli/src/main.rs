@@ -37,6 +37,19 @@ pub type CliResult<T = ExitCode> = Result<T, Box<dyn std::error::Error>>;
     about = "Linux DMA-BUF buffer sharing: probe, inspect, allocate, stream, benchmark"
 )]
 pub(crate) struct Cli {
+    /// Print errors only on stderr (no warnings, progress or notes).
+    #[arg(
+        short,
+        long,
+        global = true,
+        conflicts_with = "verbose",
+        display_order = 900
+    )]
+    quiet: bool,
+    /// Print notes on stderr too: why `auto` chose its backend, which
+    /// sources `ls` could read.
+    #[arg(short, long, global = true, display_order = 901)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,6 +77,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    out::set_verbosity(if cli.quiet { -1 } else { i8::from(cli.verbose) });
     let result = match cli.command {
         Command::Probe(args) => probe::run(args),
         Command::Ls(args) => ls::run(args),
@@ -136,6 +150,10 @@ mod tests {
         "--quick",
         "--help",
         "-h",
+        "-q",
+        "-v",
+        "--csv",
+        "--hold-stdin",
         "--version",
         "producer",
         "consumer",

@@ -15,9 +15,40 @@
 //!   away, which the stream reports as a named error instead.
 //! * Messages to stderr ([`errln!`]) ignore write errors: there is
 //!   nowhere left to report them.
+//!
+//! # DOC: verbosity and colour
+//!
+//! * `-q`/`--quiet` (global): stderr carries errors only: warnings
+//!   ([`warnln!`]), progress ([`err!`], the bench's bar) and notes are
+//!   dropped. Stdout still carries the result asked for.
+//! * `-v`/`--verbose` (global): notes ([`note!`]) too: why `auto` chose
+//!   its backend, which inspection sources were read, why a process could
+//!   not be read.
+//! * No colour: nothing the CLI prints carries terminal escapes (names
+//!   from elsewhere are escaped, [`escape`]), so there is nothing for
+//!   `NO_COLOR` or a pipe to turn off.
 
 use std::fmt;
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicI8, Ordering};
+
+/// -1 quiet, 0 normal, 1 verbose (set once by `main`).
+static VERBOSITY: AtomicI8 = AtomicI8::new(0);
+
+/// Sets the verbosity from `-q`/`-v`: -1 quiet, 0 normal, 1 verbose.
+pub fn set_verbosity(level: i8) {
+    VERBOSITY.store(level.clamp(-1, 1), Ordering::Relaxed);
+}
+
+/// Whether `-q` was given: only errors go to stderr.
+pub fn quiet() -> bool {
+    VERBOSITY.load(Ordering::Relaxed) < 0
+}
+
+/// Whether `-v` was given: notes go to stderr too.
+pub fn verbose() -> bool {
+    VERBOSITY.load(Ordering::Relaxed) > 0
+}
 
 /// Standard output could not be written.
 #[derive(Debug)]
@@ -124,13 +155,33 @@ macro_rules! errln {
     }};
 }
 
-/// `eprint!` that never panics.
+/// `eprint!` for progress that never panics; nothing under `-q`.
 macro_rules! err {
     ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let mut e = std::io::stderr();
-        let _ = write!(e, $($arg)*);
-        let _ = e.flush();
+        if !$crate::out::quiet() {
+            use std::io::Write as _;
+            let mut e = std::io::stderr();
+            let _ = write!(e, $($arg)*);
+            let _ = e.flush();
+        }
+    }};
+}
+
+/// A warning on stderr (`dmabuf: warning: …`); nothing under `-q`.
+macro_rules! warnln {
+    ($($arg:tt)*) => {{
+        if !$crate::out::quiet() {
+            errln!("dmabuf: warning: {}", format_args!($($arg)*));
+        }
+    }};
+}
+
+/// A note on stderr (`dmabuf: note: …`), only under `-v`.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        if $crate::out::verbose() {
+            errln!("dmabuf: note: {}", format_args!($($arg)*));
+        }
     }};
 }
 

@@ -327,8 +327,8 @@ pub fn accept_consumers(
             // The listener itself refuses peers of another user.
             Err(e) if e.kind() == ErrorKind::PermissionDenied => {
                 refused += 1;
-                errln!(
-                    "dmabuf: stream: refused peer: {}",
+                warnln!(
+                    "stream: refused peer: {}",
                     crate::out::escape(&e.to_string())
                 );
                 continue;
@@ -339,7 +339,7 @@ pub fn accept_consumers(
             Ok(()) => channels.push(c),
             Err(why) => {
                 refused += 1;
-                errln!("dmabuf: stream: {} at {}", why, listener.path().display())
+                warnln!("stream: {} at {}", why, listener.path().display())
             }
         }
     }

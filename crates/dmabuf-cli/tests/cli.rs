@@ -45,7 +45,10 @@ fn alloc_portable_works_here() {
     let size: u64 = field(&stdout, "size").parse().unwrap();
     assert_eq!(size, 6144u64.div_ceil(page) * page);
     assert_eq!(field(&stdout, "name"), "cli-test");
-    assert_eq!(field(&stdout, "inode"), "-");
+    // The memfd's inode, as `dmabuf ls` shows it.
+    let inode: u64 = field(&stdout, "inode").parse().unwrap();
+    assert!(inode > 0);
+    assert_eq!(field(&stdout, "exporter"), "portable");
     assert_eq!(field(&stdout, "fill"), "0xab");
     let pid: u32 = field(&stdout, "pid").parse().unwrap();
     assert!(pid > 0);
@@ -239,11 +242,11 @@ fn completions_and_the_man_page_are_generated_from_the_parser() {
 
 #[test]
 fn every_json_document_carries_its_schema_version() {
-    for args in [&["probe", "--json"][..], &["ls", "--json"][..]] {
+    for (args, version) in [(&["probe", "--json"][..], 1), (&["ls", "--json"][..], 2)] {
         let out = dmabuf(args);
         assert!(out.status.success(), "{args:?}: {out:?}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["schema_version"], 1, "{args:?}: {v}");
+        assert_eq!(v["schema_version"], version, "{args:?}: {v}");
     }
     let out = dmabuf(&["probe", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -253,4 +256,102 @@ fn every_json_document_carries_its_schema_version() {
         ["portable", "udmabuf"].contains(&name) || name.starts_with("heap:"),
         "{name}"
     );
+}
+
+/// `alloc --json --hold-stdin`: one JSON line, the buffer visible to
+/// `dmabuf ls` under the inode it printed, freed when stdin gets a line.
+#[test]
+fn alloc_json_and_hold_until_stdin() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dmabuf"))
+        .args([
+            "alloc",
+            "--size",
+            "8K",
+            "--backend",
+            "portable",
+            "--name",
+            "seen-by-ls",
+            "--fill",
+            "0xab",
+            "--json",
+            "--hold-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let made: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(made["schema_version"], 1);
+    assert_eq!(made["kind"], "portable");
+    assert_eq!(made["size"], 8192);
+    assert_eq!(made["name"], "seen-by-ls");
+    assert_eq!(made["exporter"], "portable");
+    assert_eq!(made["fill"], "0xab");
+    assert_eq!(made["hold"], "stdin");
+    assert_eq!(made["pid"], child.id());
+    let inode = made["inode"].as_u64().expect("an inode");
+
+    let pid = child.id().to_string();
+    let out = dmabuf(&["ls", "--pid", &pid, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let buffers = v["buffers"].as_array().unwrap();
+    assert_eq!(buffers.len(), 1, "{v}");
+    assert_eq!(buffers[0]["inode"], inode);
+    assert_eq!(buffers[0]["name"], "seen-by-ls");
+    assert_eq!(v["processes"][0]["rss"], 8192);
+
+    // Not freed while stdin stays open without a line…
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"no newline yet").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(child.try_wait().unwrap().is_none(), "still holding");
+    // …and freed at the line.
+    stdin.write_all(b"\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "alloc did not end at the line");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    drop(stdin);
+
+    // The holds are exclusive, at parsing.
+    for holds in [
+        &["--hold", "1", "--hold-stdin"][..],
+        &["--hold-forever", "--hold-stdin"],
+    ] {
+        let mut args = vec!["alloc", "--size", "4K", "--backend", "portable"];
+        args.extend_from_slice(holds);
+        let out = dmabuf(&args);
+        assert_eq!(out.status.code(), Some(2), "{holds:?}");
+        assert!(text(&out.stderr).contains("cannot be used with"));
+    }
+}
+
+#[test]
+fn verbose_says_why_the_backend_was_chosen() {
+    let out = dmabuf(&["-v", "alloc", "--size", "4K", "--backend", "portable"]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("dmabuf: note: backend portable: chosen"),
+        "{err}"
+    );
+    // `auto` says what it tried; here (no exporter) why it fell back.
+    let out = dmabuf(&["alloc", "--size", "4K", "--verbose"]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("dmabuf: note: backend "), "{err}");
+    let out = dmabuf(&["alloc", "--size", "4K"]);
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }

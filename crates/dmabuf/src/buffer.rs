@@ -66,9 +66,7 @@ use crate::reservation::Reservation;
 use crate::sys;
 use crate::sys::object::MemoryObject;
 
-/// Prefix of the memfd name of portable buffers (visible in
-/// `/proc/PID/fd` and `/proc/PID/maps`, which is how inspection finds them).
-pub const PORTABLE_MEMFD_PREFIX: &str = "dmabuf-portable:";
+pub use crate::procfs::PORTABLE_MEMFD_PREFIX;
 
 /// What memory a [`Buffer`] is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]

@@ -24,7 +24,7 @@ use rustix::fs::SeekFrom;
 use crate::access::{Access, Usage};
 use crate::error::{Errno, Error, Result};
 use crate::fence::{poll_events, SyncFile};
-use crate::inspect::{parse_fdinfo, FdInfo};
+use crate::procfs::{parse_fdinfo, FdInfo};
 use crate::sys;
 use crate::sys::object::MemoryObject;
 

@@ -25,12 +25,11 @@
 //!   processes take turns.
 //! * [`inspect`] — who holds which dma-buf in this system.
 //!
-//! The modules are layered: `sys`, [`error`], [`units`] and [`access`] at
-//! the bottom, then [`fence`], [`dma_buf`], [`reservation`], [`buffer`],
+//! The modules are layered: `sys`, [`error`], [`units`], [`access`] and
+//! the private `procfs` parsers at the bottom, then [`fence`], [`dma_buf`], [`reservation`], [`buffer`],
 //! [`mapping`], [`alloc`] and what builds on them. A test of the crate
-//! fails when two modules import each other, directly or through others
-//! (one such cycle is left, being removed: `dma_buf` reads fdinfo with
-//! the parser of [`inspect`]), or when a bottom module uses another.
+//! fails when two modules import each other, directly or through others,
+//! or when a bottom module uses another.
 //!
 //! # Tracing
 //!
@@ -95,6 +94,7 @@ pub mod frame;
 pub mod inspect;
 pub mod mapping;
 pub mod probe;
+mod procfs;
 pub mod reservation;
 pub mod share;
 // The one module allowed `unsafe`. It describes the uapi whole (every

@@ -7,7 +7,7 @@
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
-use dmabuf::inspect::{BufferKind, Scanner, SizeSource, Snapshot, PORTABLE_MEMFD_PREFIX};
+use dmabuf::inspect::{FileKind, Scanner, SizeSource, Snapshot, PORTABLE_MEMFD_PREFIX};
 use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
 
 const SIZE: usize = 64 * 1024;
@@ -47,7 +47,7 @@ impl Drop for RawMapping {
 fn find<'a>(snap: &'a Snapshot, name: &str) -> Option<&'a dmabuf::inspect::BufferEntry> {
     snap.buffers
         .iter()
-        .find(|b| b.kind == BufferKind::Portable && b.name.as_deref() == Some(name))
+        .find(|b| b.kind == FileKind::Portable && b.name.as_deref() == Some(name))
 }
 
 #[test]
@@ -90,11 +90,8 @@ fn portable_memfd_held_by_fd_mapping_and_child() {
     assert_eq!(buf.holders.len(), 2);
     // Half each.
     let usage = snap.process(me).unwrap();
-    assert_eq!(usage.proportional_size, SIZE as u64 / 2);
-    assert_eq!(
-        snap.process(child_pid).unwrap().proportional_size,
-        SIZE as u64 / 2
-    );
+    assert_eq!(usage.pss, SIZE as u64 / 2);
+    assert_eq!(snap.process(child_pid).unwrap().pss, SIZE as u64 / 2);
 
     // The child exits: this process alone, then by mapping only.
     child.kill().unwrap();
@@ -122,5 +119,5 @@ fn portable_memfd_held_by_fd_mapping_and_child() {
     assert!(changes
         .disappeared
         .iter()
-        .any(|b| b.inode == inode && b.kind == BufferKind::Portable));
+        .any(|b| b.inode == inode && b.kind == FileKind::Portable));
 }

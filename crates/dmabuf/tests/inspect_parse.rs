@@ -2,7 +2,7 @@
 //! ones, and fuzzing.
 
 use dmabuf::inspect::{
-    classify_path, parse_bufinfo, parse_fdinfo, parse_maps_line, BufferKind, FdInfo,
+    classify_path, parse_bufinfo, parse_fdinfo, parse_maps_line, FdInfo, FileKind,
 };
 use proptest::prelude::*;
 
@@ -130,11 +130,11 @@ fn maps_recorded() {
     assert_eq!(
         found,
         vec![
-            (BufferKind::DmaBuf, None, 1043),
-            (BufferKind::Portable, Some("scratch".to_string()), 5123),
-            (BufferKind::DmaBuf, Some("frames".to_string()), 1042),
-            (BufferKind::DmaBuf, Some("frames".to_string()), 1042),
-            (BufferKind::DmaBuf, Some("gpu tex 0".to_string()), 1044),
+            (FileKind::DmaBuf, None, 1043),
+            (FileKind::Portable, Some("scratch".to_string()), 5123),
+            (FileKind::DmaBuf, Some("frames".to_string()), 1042),
+            (FileKind::DmaBuf, Some("frames".to_string()), 1042),
+            (FileKind::DmaBuf, Some("gpu tex 0".to_string()), 1044),
         ]
     );
 }
@@ -351,7 +351,7 @@ proptest! {
         prop_assert_eq!(m.len(), len);
         prop_assert_eq!(m.inode, ino);
         let found = classify_path(&m.path).unwrap();
-        prop_assert_eq!(found.kind, BufferKind::DmaBuf);
+        prop_assert_eq!(found.kind, FileKind::DmaBuf);
         prop_assert_eq!(found.name, (!name.is_empty()).then_some(name));
     }
 

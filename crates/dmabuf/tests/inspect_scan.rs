@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dmabuf::inspect::{
-    report, BufferEntry, BufferKind, Filter, Holder, Scanner, SizeSource, Snapshot, SortKey,
-    SourceState, Sources, UnreadableReason,
+    report, BufferEntry, FileKind, Filter, Holder, Scanner, SizeSource, Snapshot, SortKey,
+    SourceState, Sources, Unreadable, UnreadableReason,
 };
 
 const MIB: u64 = 1 << 20;
@@ -202,7 +202,7 @@ fn scene_holders_sizes_and_sources() {
     scene(&tree);
     let snap = tree.scanner().scan().unwrap();
 
-    let frames = snap.buffer(BufferKind::DmaBuf, 1042).unwrap();
+    let frames = snap.buffer(FileKind::DmaBuf, 1042).unwrap();
     assert_eq!(frames.size, 4096);
     assert_eq!(frames.size_source, SizeSource::Fdinfo);
     assert_eq!(frames.exporter.as_deref(), Some("udmabuf"));
@@ -218,7 +218,7 @@ fn scene_holders_sizes_and_sources() {
     assert_eq!(frames.fences.len(), 1);
     assert_eq!(frames.fences[0].signalled, Some(false));
 
-    let heap = snap.buffer(BufferKind::DmaBuf, 1043).unwrap();
+    let heap = snap.buffer(FileKind::DmaBuf, 1043).unwrap();
     assert_eq!(
         (heap.size, heap.exporter.as_deref(), heap.name.as_deref()),
         (MIB, Some("system"), None)
@@ -232,14 +232,14 @@ fn scene_holders_sizes_and_sources() {
     );
 
     // Mapped only; size and exporter from sysfs, name from maps.
-    let tex = snap.buffer(BufferKind::DmaBuf, 1044).unwrap();
+    let tex = snap.buffer(FileKind::DmaBuf, 1044).unwrap();
     assert_eq!((tex.size, tex.size_source), (2 * MIB, SizeSource::Sysfs));
     assert_eq!(tex.exporter.as_deref(), Some("i915"));
     assert_eq!(tex.name.as_deref(), Some("gpu tex"));
     assert_eq!(tex.holders, [holder(300, "viewer", &[], 1, MIB)]);
 
     // Known only from sysfs: no holder.
-    let kernel = snap.buffer(BufferKind::DmaBuf, 1045).unwrap();
+    let kernel = snap.buffer(FileKind::DmaBuf, 1045).unwrap();
     assert!(kernel.holders.is_empty());
     assert_eq!(
         (kernel.size, kernel.exporter.as_deref()),
@@ -248,7 +248,7 @@ fn scene_holders_sizes_and_sources() {
 
     // Portable: by mapping in 300, by fd in 600; no stat here, so the
     // size is the mapping's extent.
-    let scratch = snap.buffer(BufferKind::Portable, 555).unwrap();
+    let scratch = snap.buffer(FileKind::Portable, 555).unwrap();
     assert_eq!(scratch.exporter.as_deref(), Some("portable"));
     assert_eq!(scratch.name.as_deref(), Some("scratch"));
     assert_eq!(
@@ -265,7 +265,7 @@ fn scene_holders_sizes_and_sources() {
 
     // Nothing else: not the socket, the file, or the foreign memfd.
     assert_eq!(snap.buffers.len(), 5);
-    assert_eq!(snap.buffer(BufferKind::Portable, 556), None);
+    assert_eq!(snap.buffer(FileKind::Portable, 556), None);
 
     // Proportional sizes: shared buffers are split equally.
     let usage = |pid| snap.process(pid).unwrap();
@@ -277,14 +277,25 @@ fn scene_holders_sizes_and_sources() {
         ),
         (1, 2, 1)
     );
-    assert_eq!(usage(100).total_size, 4096);
-    assert_eq!(usage(100).proportional_size, 2048);
-    assert_eq!(usage(200).total_size, 4096 + MIB);
-    assert_eq!(usage(200).proportional_size, 2048 + MIB / 2);
+    assert_eq!(usage(100).rss, 4096);
+    assert_eq!(usage(100).pss, 2048);
+    assert_eq!(usage(200).rss, 4096 + MIB);
+    assert_eq!(usage(200).pss, 2048 + MIB / 2);
     assert_eq!(usage(300).buffers, 3);
-    assert_eq!(usage(300).total_size, MIB + 2 * MIB + 8192);
-    assert_eq!(usage(300).proportional_size, MIB / 2 + 2 * MIB + 4096);
-    assert_eq!(usage(600).proportional_size, 4096);
+    assert_eq!(usage(300).rss, MIB + 2 * MIB + 8192);
+    assert_eq!(usage(300).pss, MIB / 2 + 2 * MIB + 4096);
+    assert_eq!(usage(600).pss, 4096);
+    // How they are held (dmabuf_dump's split): the viewer only maps, the
+    // compositor only holds fds, the camera both.
+    let held = |pid| {
+        let u = usage(pid);
+        (u.fd_size, u.mapped_size, u.mapped_bytes)
+    };
+    assert_eq!(held(300), (0, MIB + 2 * MIB + 8192, MIB + MIB + 8192));
+    assert_eq!(held(200), (4096 + MIB, 0, 0));
+    assert_eq!(held(100), (4096, 4096, 4096));
+    assert_eq!(held(600), (8192, 0, 0));
+    assert_eq!(snap.totals.unheld_size, 64 * 1024);
     assert_eq!(snap.processes.len(), 4);
     // Largest proportional size first.
     let order: Vec<u32> = snap.processes.iter().map(|p| p.pid).collect();
@@ -319,13 +330,7 @@ fn scene_holders_sizes_and_sources() {
         .filter(|b| !b.holders.is_empty())
         .map(|b| b.size)
         .sum();
-    assert_eq!(
-        snap.processes
-            .iter()
-            .map(|p| p.proportional_size)
-            .sum::<u64>(),
-        held
-    );
+    assert_eq!(snap.processes.iter().map(|p| p.pss).sum::<u64>(), held);
 
     assert_eq!(snap.sources.sysfs_stats, SourceState::Read);
     assert_eq!(snap.sources.debugfs_bufinfo, SourceState::Read);
@@ -342,16 +347,16 @@ fn without_sysfs_or_debugfs_mapped_only_buffers_have_a_lower_bound() {
     let tree = Tree::new();
     scene(&tree);
     let snap = tree.scanner().sysfs(false).debugfs(false).scan().unwrap();
-    let tex = snap.buffer(BufferKind::DmaBuf, 1044).unwrap();
+    let tex = snap.buffer(FileKind::DmaBuf, 1044).unwrap();
     // Mapped 1 MiB at offset 1 MiB: at least 2 MiB.
     assert_eq!(
         (tex.size, tex.size_source),
         (2 * MIB, SizeSource::MappingExtent)
     );
     assert_eq!(tex.exporter, None);
-    assert!(snap.buffer(BufferKind::DmaBuf, 1045).is_none());
+    assert!(snap.buffer(FileKind::DmaBuf, 1045).is_none());
     assert!(snap
-        .buffer(BufferKind::DmaBuf, 1042)
+        .buffer(FileKind::DmaBuf, 1042)
         .unwrap()
         .attached_devices
         .is_empty());
@@ -377,13 +382,11 @@ fn missing_and_unreadable_sources() {
     assert!(text.contains("Not shown: debugfs bufinfo"), "{text}");
 }
 
+/// As another user, a process whose fd dir is mode 000 is unreadable and
+/// the report hints at root; as root, the permission bits do not stop the
+/// scan (so the hint would be wrong, see the next test).
 #[test]
 fn permission_denied_is_counted() {
-    if rustix::process::geteuid().is_root() {
-        // Root reads through permission bits; the ENOTDIR case of the
-        // scene covers the path.
-        return;
-    }
     use std::os::unix::fs::PermissionsExt;
     let tree = Tree::new();
     tree.process(10, "secret")
@@ -397,6 +400,13 @@ fn permission_denied_is_counted() {
     .unwrap();
     let snap = tree.scanner().scan().unwrap();
     fs::set_permissions(&fd_dir, fs::Permissions::from_mode(0o755)).unwrap();
+    if rustix::process::geteuid().is_root() {
+        assert!(snap.sources.as_root);
+        assert!(snap.unreadable.is_empty(), "{:?}", snap.unreadable);
+        assert_eq!(snap.buffers.len(), 1);
+        return;
+    }
+    assert!(!snap.sources.as_root);
     assert_eq!(snap.unreadable.len(), 1);
     assert_eq!(
         snap.unreadable[0].reason,
@@ -405,6 +415,51 @@ fn permission_denied_is_counted() {
     assert!(snap.buffers.is_empty());
     assert!(report::render_snapshot(&snap)
         .contains("1 process could not be read (1 permission denied); run as root"));
+}
+
+/// "Run as root" is said only to a scan that did not run as root, for
+/// processes and for debugfs alike.
+#[test]
+fn root_hint_only_when_it_applies() {
+    let unreadable = Unreadable {
+        pid: 10,
+        reason: UnreadableReason::PermissionDenied,
+        message: "inspect: /proc/10/fd: cannot read: Permission denied (EACCES)".into(),
+        errno: Some(13),
+    };
+    let mut src = sources();
+    src.debugfs_bufinfo = SourceState::Unreadable(
+        "inspect: /sys/kernel/debug/dma_buf/bufinfo: cannot read: Permission denied (EACCES)"
+            .into(),
+    );
+    let user = Snapshot::from_buffers(vec![], vec![unreadable.clone()], src.clone());
+    let text = report::render_snapshot(&user);
+    assert!(
+        text.contains(
+            "1 process could not be read (1 permission denied); run as root to read them"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("(EACCES); run as root to read it"), "{text}");
+
+    src.as_root = true;
+    let root = Snapshot::from_buffers(vec![], vec![unreadable], src);
+    let text = report::render_snapshot(&root);
+    assert!(
+        text.contains("1 process could not be read (1 permission denied)\n"),
+        "{text}"
+    );
+    assert!(!text.contains("run as root"), "{text}");
+
+    // Exited processes never get the hint.
+    let exited = Unreadable {
+        pid: 11,
+        reason: UnreadableReason::Exited,
+        message: "gone".into(),
+        errno: Some(2),
+    };
+    let text = report::render_snapshot(&Snapshot::from_buffers(vec![], vec![exited], sources()));
+    assert!(!text.contains("run as root"), "{text}");
 }
 
 #[test]
@@ -454,17 +509,17 @@ fn odd_files_in_the_tree_do_not_break_the_scan() {
     assert!(snap.unreadable.is_empty(), "{:?}", snap.unreadable);
     let inodes: Vec<u64> = snap.buffers.iter().map(|b| b.inode).collect();
     assert_eq!(inodes, [9, 11]);
-    let b = snap.buffer(BufferKind::DmaBuf, 9).unwrap();
+    let b = snap.buffer(FileKind::DmaBuf, 9).unwrap();
     assert_eq!(b.name.as_deref(), Some("caf\u{fffd}"));
     assert_eq!(b.holders, [holder(42, "odd\u{fffd}", &[3], 1, 0x1000)]);
-    let old = snap.buffer(BufferKind::DmaBuf, 11).unwrap();
+    let old = snap.buffer(FileKind::DmaBuf, 11).unwrap();
     assert_eq!(old.exporter.as_deref(), Some("old"));
     assert_eq!(old.name, None);
 }
 
 fn entry(inode: u64, size: u64, exporter: &str, name: Option<&str>, pids: &[u32]) -> BufferEntry {
     BufferEntry {
-        kind: BufferKind::DmaBuf,
+        kind: FileKind::DmaBuf,
         inode,
         size,
         size_source: SizeSource::Fdinfo,
@@ -485,6 +540,7 @@ fn sources() -> Sources {
         sys_root: "/sys".into(),
         sysfs_stats: SourceState::Absent,
         debugfs_bufinfo: SourceState::Absent,
+        as_root: false,
     }
 }
 
@@ -498,7 +554,7 @@ fn proportional_remainders_add_up() {
         vec![],
         sources(),
     );
-    let prop = |pid| snap.process(pid).unwrap().proportional_size;
+    let prop = |pid| snap.process(pid).unwrap().pss;
     // 4097 = 3 * 1365 + 2: pids 10 and 20 get one byte more; 1 byte: pid 10.
     assert_eq!((prop(10), prop(20), prop(30)), (1366 + 1, 1366, 1365));
     assert_eq!(prop(10) + prop(20) + prop(30), 4098);
@@ -519,7 +575,7 @@ fn filter_and_sort() {
     // Buffers keep all holders; the share is still among all of them.
     assert_eq!(only200.buffers[1].holders.len(), 2);
     assert_eq!(only200.processes.len(), 1);
-    assert_eq!(only200.processes[0].proportional_size, 2048 + MIB / 2);
+    assert_eq!(only200.processes[0].pss, 2048 + MIB / 2);
     assert_eq!(only200.totals.size, MIB + 4096);
     assert_eq!(only200.totals.processes, 1);
     assert_eq!(only200.totals.unreadable, 0);
@@ -537,19 +593,19 @@ fn filter_and_sort() {
         pids: vec![600],
     });
     assert_eq!(portable.buffers.len(), 1);
-    assert_eq!(portable.buffers[0].kind, BufferKind::Portable);
+    assert_eq!(portable.buffers[0].kind, FileKind::Portable);
 
     let mut by_inode = snap.clone();
     by_inode.sort(SortKey::Inode);
-    let inodes: Vec<(BufferKind, u64)> = by_inode.buffers.iter().map(|b| b.id()).collect();
+    let inodes: Vec<(FileKind, u64)> = by_inode.buffers.iter().map(|b| b.id()).collect();
     assert_eq!(
         inodes,
         [
-            (BufferKind::DmaBuf, 1042),
-            (BufferKind::DmaBuf, 1043),
-            (BufferKind::DmaBuf, 1044),
-            (BufferKind::DmaBuf, 1045),
-            (BufferKind::Portable, 555)
+            (FileKind::DmaBuf, 1042),
+            (FileKind::DmaBuf, 1043),
+            (FileKind::DmaBuf, 1044),
+            (FileKind::DmaBuf, 1045),
+            (FileKind::Portable, 555)
         ]
     );
     let mut by_name = snap.clone();
@@ -619,8 +675,29 @@ fn report_table() {
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("INODE"), "{text}");
     assert!(
-        text.contains("camera (fd 3,7, mapped); 200 compositor (fd 5)"),
+        text.contains("camera (fd 3,7, mapped 4.0 KiB); 200 compositor (fd 5)"),
         "{text}"
+    );
+    // A partial mapping shows the bytes it covers, not the buffer's size.
+    assert!(
+        text.contains("gpu tex  300 viewer (mapped 1.0 MiB)"),
+        "{text}"
+    );
+    // The viewer maps 1 MiB of each of its two large buffers and 8 KiB of
+    // the portable one: by fd nothing, RSS 3 MiB + 8 KiB.
+    let viewer = text
+        .lines()
+        .find(|l| l.starts_with("300  viewer"))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cells: Vec<&str> = viewer
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        cells,
+        ["300", "viewer", "3", "0", "0 B", "2.0 MiB", "3.0 MiB", "2.5 MiB"],
+        "{viewer}"
     );
     assert!(text.contains("attached: 0000:00:02.0"), "{text}");
     assert!(
@@ -628,10 +705,12 @@ fn report_table() {
         "{text}"
     );
     assert!(text.contains(">=8.0 KiB"), "{text}");
-    assert!(text.contains("PROPORTIONAL"), "{text}");
+    for column in ["BY-FD", "MAPPED", "RSS", "PSS"] {
+        assert!(text.contains(column), "{text}");
+    }
     assert!(
         text.contains(
-            "Total: 5 buffers, 3.1 MiB, held by 4 processes (1 buffer with no visible holder)"
+            "Total: 5 buffers, 3.1 MiB, held by 4 processes (1 buffer, 64.0 KiB, with no visible holder)"
         ),
         "{text}"
     );

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dmabuf::inspect::{BufferKind as Seen, Scanner};
+use dmabuf::inspect::{FileKind as Seen, Scanner};
 use dmabuf::{Allocate, Heap, Udmabuf};
 use dmabuf_lab_guest::{cli, require_lab};
 
@@ -101,13 +101,39 @@ fn ls_lists_each_buffer_once_with_its_holders_and_shares() {
     }
     // Proportional sizes: X is split between this process and A.
     let pa_use = snap.process(pa).unwrap();
-    assert_eq!(pa_use.proportional_size, 2 * PAGE);
+    assert_eq!(pa_use.pss, 2 * PAGE);
     assert_eq!(pa_use.buffers, 1);
     let pb_use = snap.process(pb).unwrap();
-    assert_eq!(pb_use.proportional_size, 8 * PAGE);
+    assert_eq!(pb_use.pss, 8 * PAGE);
     let mine = snap.process(me).unwrap();
     // Half of X, all of Y (and nothing of Z).
-    assert_eq!(mine.proportional_size, 2 * PAGE + 2 * PAGE);
+    assert_eq!(mine.pss, 2 * PAGE + 2 * PAGE);
+    // dmabuf_dump-style totals on real heap and udmabuf buffers: this
+    // process holds X by fd and Y by a mapping only; A and B by fd only.
+    assert_eq!(
+        (mine.rss, mine.fd_size, mine.mapped_size, mine.mapped_bytes),
+        (6 * PAGE, 4 * PAGE, 2 * PAGE, 2 * PAGE),
+        "{mine:?}"
+    );
+    assert_eq!(
+        (
+            pa_use.rss,
+            pa_use.fd_size,
+            pa_use.mapped_size,
+            pa_use.mapped_bytes
+        ),
+        (4 * PAGE, 4 * PAGE, 0, 0)
+    );
+    assert_eq!(
+        (
+            pb_use.rss,
+            pb_use.fd_size,
+            pb_use.mapped_size,
+            pb_use.mapped_bytes
+        ),
+        (8 * PAGE, 8 * PAGE, 0, 0)
+    );
+    assert_eq!(by.holders[0].mapped_bytes, 2 * PAGE);
 
     // The command says the same.
     let out = Command::new(cli()).args(["ls", "--json"]).output().unwrap();
@@ -125,6 +151,40 @@ fn ls_lists_each_buffer_once_with_its_holders_and_shares() {
         .collect();
     assert_eq!(listed.len(), 1, "X once");
     assert_eq!(listed[0]["holders"].as_array().unwrap().len(), 2);
+    let me_json = v["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == me)
+        .expect("this process is listed");
+    assert_eq!(me_json["rss"], 6 * PAGE);
+    assert_eq!(me_json["pss"], 4 * PAGE);
+    assert_eq!(me_json["mapped_bytes"], 2 * PAGE);
+
+    // The same totals as CSV, for child B alone; a pid with no process
+    // is named and gives exit status 3.
+    let out = Command::new(cli())
+        .args(["ls", "--csv", "processes", "--pid", &pb.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 2, "{csv}");
+    let b_row = format!(
+        "{pb},sleep,1,1,0,{},0,0,{},{}",
+        8 * PAGE,
+        8 * PAGE,
+        8 * PAGE
+    );
+    assert_eq!(rows[1].trim_end(), b_row, "{csv}");
+    let out = Command::new(cli())
+        .args(["ls", "--pid", "999999"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pid 999999: no such process"));
+
     let table = Command::new(cli()).arg("ls").output().unwrap();
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("inspect-shared"), "{text}");

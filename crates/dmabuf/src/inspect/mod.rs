@@ -12,7 +12,7 @@
 //!
 //! # Where each fact comes from
 //!
-//! A buffer is identified by its kind ([`BufferKind`]) and its **inode
+//! A buffer is identified by its file kind ([`FileKind`]) and its **inode
 //! number**. The kernel numbers every dma-buf from a counter, and the
 //! number is the same in fdinfo (`ino:`), in the inode column of `maps`,
 //! and as the directory name in sysfs, so the sources below are joined on
@@ -57,12 +57,22 @@
 //! processes is listed once, with both holders. Threads share their
 //! process's fd table and memory, so holders are processes.
 //!
-//! A process's **total size** is the sum of the sizes of the buffers it
-//! holds; its **proportional size** is each of those sizes divided equally
-//! among all of the buffer's holders, summed (the remainder bytes of a
-//! division go one each to the holders with the lowest pids, so the
-//! proportional sizes of all processes add up to the size of all held
-//! buffers). Sharing counts the same whether by fd or by mapping.
+//! Per process ([`ProcessUsage`]), as Android's `dmabuf_dump` reports
+//! them:
+//!
+//! * **`rss`** is the sum of the sizes of the buffers it holds, each buffer
+//!   once whether held by one fd, several, a mapping or both;
+//! * **`pss`** is each of those sizes divided equally among all of the
+//!   buffer's holders, summed (the remainder bytes of a division go one
+//!   each to the holders with the lowest pids, so the `pss` of all
+//!   processes add up to the size of all held buffers). Sharing counts the
+//!   same whether by fd or by mapping;
+//! * **`fd_size`** and **`mapped_size`** split `rss` by how the buffers are
+//!   held: sizes of the buffers held by at least one fd, and of those
+//!   mapped at least once (a buffer held both ways counts in both);
+//! * **`mapped_bytes`** is what the mappings cover ([`Holder::mapped_bytes`]
+//!   summed): a buffer mapped twice counts twice, a partial mapping its
+//!   length.
 //!
 //! # What cannot be seen
 //!
@@ -86,22 +96,17 @@
 //! Everything else is tolerated: the parsers accept any text and never
 //! panic, and unreadable sources are recorded in [`Snapshot::sources`].
 
-mod parse;
 pub mod report;
 mod scan;
 mod snapshot;
 
-pub use parse::{
+pub use crate::procfs::{
     classify_path, parse_bufinfo, parse_fdinfo, parse_maps_line, BufInfoEntry, BufInfoFence,
-    BufferKind, FdInfo, MapsLine, PathBuffer, DMABUF_PATH_PREFIX, MEMFD_PATH_PREFIX,
+    FdInfo, FileKind, MapsLine, PathBuffer, DMABUF_PATH_PREFIX, MEMFD_PATH_PREFIX,
+    PORTABLE_MEMFD_PREFIX,
 };
 pub use scan::Scanner;
 pub use snapshot::{
     BufferEntry, Changes, Filter, Holder, ProcessChange, ProcessUsage, Resized, SizeSource,
     Snapshot, SortKey, SourceState, Sources, Totals, Unreadable, UnreadableReason,
 };
-
-/// The name prefix of this library's portable memfd buffers: the portable
-/// backend creates them with `memfd_create("dmabuf-portable:<name>")`, and
-/// the inspector recognises them by it.
-pub use crate::buffer::PORTABLE_MEMFD_PREFIX;

@@ -40,7 +40,12 @@ fn holder_text(h: &Holder) -> String {
         how.push(format!("fd {}", fds.join(",")));
     }
     if h.is_mapped() {
-        how.push("mapped".to_string());
+        let times = if h.mappings > 1 {
+            format!(" in {} mappings", h.mappings)
+        } else {
+            String::new()
+        };
+        how.push(format!("mapped {}{times}", human_size(h.mapped_bytes)));
     }
     format!("{} {} ({})", h.pid, clean(&h.command), how.join(", "))
 }
@@ -158,24 +163,19 @@ pub fn render_snapshot(snapshot: &Snapshot) -> String {
                     clean(&p.command),
                     p.buffers.to_string(),
                     p.fds.to_string(),
-                    p.mapped_buffers.to_string(),
-                    human_size(p.total_size),
-                    human_size(p.proportional_size),
+                    human_size(p.fd_size),
+                    human_size(p.mapped_bytes),
+                    human_size(p.rss),
+                    human_size(p.pss),
                 ]
             })
             .collect();
         table(
             &mut out,
             &[
-                "PID",
-                "COMMAND",
-                "BUFFERS",
-                "FDS",
-                "MAPPED",
-                "TOTAL",
-                "PROPORTIONAL",
+                "PID", "COMMAND", "BUFFERS", "FDS", "BY-FD", "MAPPED", "RSS", "PSS",
             ],
-            &[true, false, true, true, true, true, true],
+            &[true, false, true, true, true, true, true, true],
             &rows,
         );
     }
@@ -191,8 +191,9 @@ pub fn render_snapshot(snapshot: &Snapshot) -> String {
     if t.unheld_buffers > 0 {
         let _ = write!(
             out,
-            " ({} with no visible holder)",
-            plural(t.unheld_buffers, "buffer", "buffers")
+            " ({}, {}, with no visible holder)",
+            plural(t.unheld_buffers, "buffer", "buffers"),
+            human_size(t.unheld_size)
         );
     }
     out.push('\n');
@@ -218,7 +219,10 @@ pub fn render_snapshot(snapshot: &Snapshot) -> String {
                 why.push(plural(count, one, many));
             }
         }
-        let hint = if snapshot.unreadable_count(UnreadableReason::PermissionDenied) > 0 {
+        // Root could read them; as root, the hint would not help.
+        let hint = if !snapshot.sources.as_root
+            && snapshot.unreadable_count(UnreadableReason::PermissionDenied) > 0
+        {
             "; run as root to read them"
         } else {
             ""
@@ -238,7 +242,12 @@ pub fn render_snapshot(snapshot: &Snapshot) -> String {
         ),
     ] {
         if let SourceState::Unreadable(message) = state {
-            let _ = writeln!(out, "Not shown: {what}: {message}");
+            let hint = if !snapshot.sources.as_root && message.contains("EACCES") {
+                "; run as root to read it"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "Not shown: {what}: {message}{hint}");
         }
     }
     out
@@ -283,14 +292,16 @@ pub fn render_changes(changes: &Changes) -> String {
     for p in &changes.processes {
         let _ = writeln!(
             out,
-            "  process {} {}: {} -> {} buffers, {} -> {} proportional ({})",
+            "  process {} {}: {} -> {} buffers, RSS {} -> {}, PSS {} -> {} ({})",
             p.pid,
             clean(&p.command),
             p.buffers_before,
             p.buffers_after,
-            human_size(p.proportional_before),
-            human_size(p.proportional_after),
-            human_delta(p.proportional_before, p.proportional_after)
+            human_size(p.rss_before),
+            human_size(p.rss_after),
+            human_size(p.pss_before),
+            human_size(p.pss_after),
+            human_delta(p.pss_before, p.pss_after)
         );
     }
     let _ = writeln!(
@@ -302,6 +313,106 @@ pub fn render_changes(changes: &Changes) -> String {
         human_size(changes.size_after),
         human_delta(changes.size_before, changes.size_after)
     );
+    out
+}
+
+/// One CSV field (RFC 4180): quoted when it holds a comma, a quote or a
+/// line break, quotes doubled. Any text stays one field.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv_line(out: &mut String, fields: &[String]) {
+    let fields: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+    out.push_str(&fields.join(","));
+    out.push_str("\r\n");
+}
+
+/// The header of [`csv_buffers`].
+pub const CSV_BUFFERS_HEADER: &str =
+    "kind,inode,size,size_source,exporter,name,holders,holder_pids,fds,mapped_bytes";
+
+/// The header of [`csv_processes`].
+pub const CSV_PROCESSES_HEADER: &str =
+    "pid,command,buffers,fds,mapped_buffers,fd_size,mapped_size,mapped_bytes,rss,pss";
+
+/// The buffers as CSV (RFC 4180, CRLF line ends, a header line first):
+/// one row per buffer, sizes in bytes. `holder_pids` lists the holders'
+/// pids separated by spaces; `fds` counts the fds of all holders;
+/// `mapped_bytes` sums the holders' mapped bytes. Empty fields: unknown
+/// exporter, no name.
+pub fn csv_buffers(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    out.push_str(CSV_BUFFERS_HEADER);
+    out.push_str("\r\n");
+    for b in &snapshot.buffers {
+        let kind = match b.kind {
+            crate::procfs::FileKind::DmaBuf => "dmabuf",
+            crate::procfs::FileKind::Portable => "portable",
+        };
+        // The names of the JSON output.
+        let source = match b.size_source {
+            SizeSource::Fdinfo => "fdinfo",
+            SizeSource::Sysfs => "sysfs",
+            SizeSource::Debugfs => "debugfs",
+            SizeSource::Stat => "stat",
+            SizeSource::MappingExtent => "mapping_extent",
+            SizeSource::Unknown => "unknown",
+        };
+        let pids: Vec<String> = b.holders.iter().map(|h| h.pid.to_string()).collect();
+        let fds: usize = b.holders.iter().map(|h| h.fds.len()).sum();
+        let mapped = b
+            .holders
+            .iter()
+            .map(|h| h.mapped_bytes)
+            .fold(0, u64::saturating_add);
+        csv_line(
+            &mut out,
+            &[
+                kind.to_string(),
+                b.inode.to_string(),
+                b.size.to_string(),
+                source.to_string(),
+                b.exporter.clone().unwrap_or_default(),
+                b.name.clone().unwrap_or_default(),
+                b.holders.len().to_string(),
+                pids.join(" "),
+                fds.to_string(),
+                mapped.to_string(),
+            ],
+        );
+    }
+    out
+}
+
+/// The processes as CSV (RFC 4180, CRLF line ends, a header line first):
+/// one row per process holding a buffer, the fields of
+/// [`ProcessUsage`](super::ProcessUsage), sizes in bytes.
+pub fn csv_processes(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    out.push_str(CSV_PROCESSES_HEADER);
+    out.push_str("\r\n");
+    for p in &snapshot.processes {
+        csv_line(
+            &mut out,
+            &[
+                p.pid.to_string(),
+                p.command.clone(),
+                p.buffers.to_string(),
+                p.fds.to_string(),
+                p.mapped_buffers.to_string(),
+                p.fd_size.to_string(),
+                p.mapped_size.to_string(),
+                p.mapped_bytes.to_string(),
+                p.rss.to_string(),
+                p.pss.to_string(),
+            ],
+        );
+    }
     out
 }
 
@@ -319,6 +430,15 @@ mod tests {
         assert_eq!(human_size(u64::MAX), "16777216.0 TiB");
         assert_eq!(human_delta(4096, 0), "-4.0 KiB");
         assert_eq!(human_delta(0, 4096), "+4.0 KiB");
+    }
+
+    #[test]
+    fn csv_fields_stay_one_field() {
+        assert_eq!(csv_field("cam-0"), "cam-0");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field(""), "");
     }
 
     #[test]

@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 
 use rustix::io::Errno;
 
-use super::parse::{
-    classify_path, parse_bufinfo, parse_fdinfo, parse_maps_line, BufInfoFence, BufferKind,
-    PathBuffer,
-};
 use super::snapshot::{
     BufferEntry, Holder, SizeSource, Snapshot, SourceState, Sources, Unreadable, UnreadableReason,
+};
+use crate::procfs::{
+    classify_path, parse_bufinfo, parse_fdinfo, parse_maps_line, BufInfoFence, FileKind, PathBuffer,
 };
 use crate::{Error, Result};
 
@@ -124,6 +123,7 @@ impl Scanner {
             sys_root: self.sys_root.display().to_string(),
             sysfs_stats,
             debugfs_bufinfo,
+            as_root: rustix::process::geteuid().is_root(),
         };
         Ok(Snapshot::from_buffers(acc.finish(), unreadable, sources))
     }
@@ -190,8 +190,8 @@ impl Scanner {
                         buf.map_file = Some((pid, map.start, map.end));
                     }
                     let holder = buf.holder(pid, &command);
-                    holder.mappings += 1;
-                    holder.mapped_bytes += map.len();
+                    holder.mappings = holder.mappings.saturating_add(1);
+                    holder.mapped_bytes = holder.mapped_bytes.saturating_add(map.len());
                 }
             }
             Err(e) => note(&maps_path, &e),
@@ -226,7 +226,7 @@ impl Scanner {
             // Another kind of file: a socket, a pipe, a regular file…
             Some(None) => Ok(()),
             Some(Some(PathBuffer {
-                kind: BufferKind::Portable,
+                kind: FileKind::Portable,
                 name,
             })) => {
                 let (inode, size) = match rustix::fs::stat(&link_path) {
@@ -236,7 +236,7 @@ impl Scanner {
                 let Some(inode) = inode else {
                     return Ok(());
                 };
-                let buf = acc.buffer(BufferKind::Portable, inode);
+                let buf = acc.buffer(FileKind::Portable, inode);
                 buf.name_fd = buf.name_fd.take().or(name);
                 buf.size_stat = buf.size_stat.or(size);
                 buf.holder(pid, command).fds.insert(fd);
@@ -244,7 +244,7 @@ impl Scanner {
             }
             // A dma-buf by its link, or a link we could not read.
             Some(Some(PathBuffer {
-                kind: BufferKind::DmaBuf,
+                kind: FileKind::DmaBuf,
                 ..
             }))
             | None => {
@@ -260,7 +260,7 @@ impl Scanner {
                 let Some(inode) = inode else {
                     return Ok(());
                 };
-                let buf = acc.buffer(BufferKind::DmaBuf, inode);
+                let buf = acc.buffer(FileKind::DmaBuf, inode);
                 buf.size_fdinfo = buf.size_fdinfo.or(info.size);
                 buf.exporter_fdinfo = buf.exporter_fdinfo.take().or(info.exp_name);
                 buf.name_fd = buf.name_fd.take().or(info.name.filter(|n| !n.is_empty()));
@@ -291,7 +291,7 @@ impl Scanner {
             if exporter.is_none() && size.is_none() {
                 continue; // gone during the scan
             }
-            let buf = acc.buffer(BufferKind::DmaBuf, inode);
+            let buf = acc.buffer(FileKind::DmaBuf, inode);
             buf.exporter_sysfs = exporter;
             buf.size_sysfs = size;
         }
@@ -308,7 +308,7 @@ impl Scanner {
             let Some(inode) = entry.ino else {
                 continue;
             };
-            let buf = acc.buffer(BufferKind::DmaBuf, inode);
+            let buf = acc.buffer(FileKind::DmaBuf, inode);
             buf.size_debugfs = entry.size;
             buf.exporter_debugfs = entry.exp_name;
             buf.name_debugfs = entry.name;
@@ -413,11 +413,11 @@ impl BufferAcc {
 
 #[derive(Default)]
 struct Accumulator {
-    buffers: BTreeMap<(BufferKind, u64), BufferAcc>,
+    buffers: BTreeMap<(FileKind, u64), BufferAcc>,
 }
 
 impl Accumulator {
-    fn buffer(&mut self, kind: BufferKind, inode: u64) -> &mut BufferAcc {
+    fn buffer(&mut self, kind: FileKind, inode: u64) -> &mut BufferAcc {
         self.buffers.entry((kind, inode)).or_default()
     }
 
@@ -460,8 +460,8 @@ impl Accumulator {
                 .find_map(|(size, source)| Some((size?, source)))
                 .unwrap_or((0, SizeSource::Unknown));
                 let exporter = match kind {
-                    BufferKind::Portable => Some("portable".to_string()),
-                    BufferKind::DmaBuf => b
+                    FileKind::Portable => Some("portable".to_string()),
+                    FileKind::DmaBuf => b
                         .exporter_fdinfo
                         .or(b.exporter_sysfs)
                         .or(b.exporter_debugfs),

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::parse::{BufInfoFence, BufferKind};
+use crate::procfs::{BufInfoFence, FileKind};
 
 /// Where a buffer's size came from, best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -54,7 +54,7 @@ impl Holder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BufferEntry {
     /// Kernel dma-buf or portable memfd buffer.
-    pub kind: BufferKind,
+    pub kind: FileKind,
     /// Inode number: unique among dma-bufs (sysfs uses it as directory
     /// name); for portable buffers the memfd's inode.
     pub inode: u64,
@@ -79,7 +79,7 @@ pub struct BufferEntry {
 
 impl BufferEntry {
     /// The key that identifies the buffer across scans.
-    pub fn id(&self) -> (BufferKind, u64) {
+    pub fn id(&self) -> (FileKind, u64) {
         (self.kind, self.inode)
     }
 
@@ -102,12 +102,24 @@ pub struct ProcessUsage {
     pub fds: usize,
     /// Number of those buffers that are mapped.
     pub mapped_buffers: usize,
-    /// Sum of the sizes of the buffers held.
-    pub total_size: u64,
-    /// Each buffer's size divided equally among its holders, summed. The
-    /// remainder bytes of a division go one each to the holders with the
-    /// lowest pids, so the proportional sizes add up to the total exactly.
-    pub proportional_size: u64,
+    /// Sum of the sizes of the buffers held by at least one fd.
+    pub fd_size: u64,
+    /// Sum of the sizes of the buffers mapped at least once (a buffer held
+    /// by fd and mapped counts in both [`fd_size`](Self::fd_size) and here).
+    pub mapped_size: u64,
+    /// Bytes mapped, summed over all the process's mappings of these
+    /// buffers (a buffer mapped twice counts twice, a partial mapping
+    /// counts its length): [`Holder::mapped_bytes`] summed.
+    pub mapped_bytes: u64,
+    /// Resident-set-style size, as Android's `dmabuf_dump` calls it: the
+    /// sum of the sizes of the buffers held, by fd or by mapping, each
+    /// buffer once.
+    pub rss: u64,
+    /// Proportional-set-style size: each buffer's size divided equally
+    /// among its holders, summed. The remainder bytes of a division go one
+    /// each to the holders with the lowest pids, so the `pss` of all
+    /// processes add up to the size of all held buffers exactly.
+    pub pss: u64,
 }
 
 /// Why a process could not be read.
@@ -158,6 +170,9 @@ pub struct Sources {
     pub sysfs_stats: SourceState,
     /// `/sys/kernel/debug/dma_buf/bufinfo` (debugfs, root).
     pub debugfs_bufinfo: SourceState,
+    /// Whether the scan ran with effective user id 0. Reports hint "run as
+    /// root" for what root could read only when this is false.
+    pub as_root: bool,
 }
 
 /// Sums over the buffers of a snapshot.
@@ -171,6 +186,9 @@ pub struct Totals {
     pub processes: usize,
     /// Number of buffers with no visible holder.
     pub unheld_buffers: usize,
+    /// Sum of the sizes of the buffers with no visible holder (held by
+    /// the kernel, or by processes that could not be read).
+    pub unheld_size: u64,
     /// Number of processes that could not be read (including those that
     /// exited during the scan).
     pub unreadable: usize,
@@ -181,7 +199,7 @@ pub struct Totals {
 pub struct Snapshot {
     /// The buffers, by descending size (see [`Snapshot::sort`]).
     pub buffers: Vec<BufferEntry>,
-    /// The processes holding buffers, by descending proportional size.
+    /// The processes holding buffers, by descending [`ProcessUsage::pss`].
     pub processes: Vec<ProcessUsage>,
     /// The processes that could not be read, by pid.
     pub unreadable: Vec<Unreadable>,
@@ -248,23 +266,37 @@ pub(crate) fn usage_of(buffers: &[BufferEntry]) -> Vec<ProcessUsage> {
                 buffers: 0,
                 fds: 0,
                 mapped_buffers: 0,
-                total_size: 0,
-                proportional_size: 0,
+                fd_size: 0,
+                mapped_size: 0,
+                mapped_bytes: 0,
+                rss: 0,
+                pss: 0,
             });
             usage.buffers += 1;
             usage.fds += holder.fds.len();
             usage.mapped_buffers += usize::from(holder.is_mapped());
-            usage.total_size += buffer.size;
-            usage.proportional_size += share + u64::from((i as u64) < remainder);
+            // Sizes come from files a hostile process may fake (a fake
+            // proc tree): sums saturate instead of overflowing.
+            if !holder.fds.is_empty() {
+                usage.fd_size = usage.fd_size.saturating_add(buffer.size);
+            }
+            if holder.is_mapped() {
+                usage.mapped_size = usage.mapped_size.saturating_add(buffer.size);
+            }
+            usage.mapped_bytes = usage.mapped_bytes.saturating_add(holder.mapped_bytes);
+            usage.rss = usage.rss.saturating_add(buffer.size);
+            usage.pss = usage
+                .pss
+                .saturating_add(share + u64::from((i as u64) < remainder));
         }
     }
     let mut usage: Vec<ProcessUsage> = by_pid.into_values().collect();
-    usage.sort_by(|a, b| {
-        b.proportional_size
-            .cmp(&a.proportional_size)
-            .then(a.pid.cmp(&b.pid))
-    });
+    usage.sort_by(|a, b| b.pss.cmp(&a.pss).then(a.pid.cmp(&b.pid)));
     usage
+}
+
+fn saturating_sum(sizes: impl Iterator<Item = u64>) -> u64 {
+    sizes.fold(0, u64::saturating_add)
 }
 
 pub(crate) fn totals_of(
@@ -274,9 +306,15 @@ pub(crate) fn totals_of(
 ) -> Totals {
     Totals {
         buffers: buffers.len(),
-        size: buffers.iter().map(|b| b.size).sum(),
+        size: saturating_sum(buffers.iter().map(|b| b.size)),
         processes: processes.len(),
         unheld_buffers: buffers.iter().filter(|b| b.holders.is_empty()).count(),
+        unheld_size: saturating_sum(
+            buffers
+                .iter()
+                .filter(|b| b.holders.is_empty())
+                .map(|b| b.size),
+        ),
         unreadable,
     }
 }
@@ -301,7 +339,7 @@ impl Snapshot {
     }
 
     /// The buffer of this kind and inode, if any.
-    pub fn buffer(&self, kind: BufferKind, inode: u64) -> Option<&BufferEntry> {
+    pub fn buffer(&self, kind: FileKind, inode: u64) -> Option<&BufferEntry> {
         self.buffers
             .iter()
             .find(|b| b.kind == kind && b.inode == inode)
@@ -410,14 +448,14 @@ impl Snapshot {
                     command: a.or(b).map(|p| p.command.clone()).unwrap_or_default(),
                     buffers_before: b.map_or(0, |p| p.buffers),
                     buffers_after: a.map_or(0, |p| p.buffers),
-                    size_before: b.map_or(0, |p| p.total_size),
-                    size_after: a.map_or(0, |p| p.total_size),
-                    proportional_before: b.map_or(0, |p| p.proportional_size),
-                    proportional_after: a.map_or(0, |p| p.proportional_size),
+                    rss_before: b.map_or(0, |p| p.rss),
+                    rss_after: a.map_or(0, |p| p.rss),
+                    pss_before: b.map_or(0, |p| p.pss),
+                    pss_after: a.map_or(0, |p| p.pss),
                 };
                 let same = change.buffers_before == change.buffers_after
-                    && change.size_before == change.size_after
-                    && change.proportional_before == change.proportional_after;
+                    && change.rss_before == change.rss_after
+                    && change.pss_before == change.pss_after;
                 (!same).then_some(change)
             })
             .collect();
@@ -451,7 +489,7 @@ fn sort_buffers(buffers: &mut [BufferEntry], key: SortKey) {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Resized {
     /// Kind of the buffer.
-    pub kind: BufferKind,
+    pub kind: FileKind,
     /// Inode of the buffer.
     pub inode: u64,
     /// Name of the buffer.
@@ -475,20 +513,20 @@ pub struct ProcessChange {
     pub buffers_before: usize,
     /// Buffers held now (0 if it holds none or exited).
     pub buffers_after: usize,
-    /// Total size held at the earlier scan.
-    pub size_before: u64,
-    /// Total size held now.
-    pub size_after: u64,
-    /// Proportional size at the earlier scan.
-    pub proportional_before: u64,
-    /// Proportional size now.
-    pub proportional_after: u64,
+    /// [`ProcessUsage::rss`] at the earlier scan.
+    pub rss_before: u64,
+    /// [`ProcessUsage::rss`] now.
+    pub rss_after: u64,
+    /// [`ProcessUsage::pss`] at the earlier scan.
+    pub pss_before: u64,
+    /// [`ProcessUsage::pss`] now.
+    pub pss_after: u64,
 }
 
 impl ProcessChange {
     /// Growth of the proportional size in bytes (negative: shrank).
     pub fn growth(&self) -> i128 {
-        i128::from(self.proportional_after) - i128::from(self.proportional_before)
+        i128::from(self.pss_after) - i128::from(self.pss_before)
     }
 }
 

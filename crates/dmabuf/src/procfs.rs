@@ -1,14 +1,24 @@
-//! Pure parsers for the kernel's text interfaces about dma-bufs.
+//! Pure parsers for the kernel's text interfaces about dma-bufs
+//! (`/proc/<pid>/fdinfo/<fd>`, `/proc/<pid>/maps`, debugfs `bufinfo`) and
+//! the path names of buffers.
+//!
+//! A leaf: it uses nothing else of this crate, so that both
+//! [`buffer`](crate::buffer) (a buffer's own fdinfo) and
+//! [`inspect`](crate::inspect) (every process's) can use it without
+//! depending on each other. Its public items are re-exported by
+//! [`inspect`](crate::inspect).
 //!
 //! Every parser here is total: it accepts any text, never panics, and
 //! leaves a field `None` (or skips a line) when the text does not carry it
 //! in the expected form. The kernel's formats are described in the
-//! [module documentation](super); callers that read bytes from files turn
-//! them into text with [`String::from_utf8_lossy`] first.
+//! [`inspect` documentation](crate::inspect); callers that read bytes from
+//! files turn them into text with [`String::from_utf8_lossy`] first.
 
 use serde::Serialize;
 
-use super::PORTABLE_MEMFD_PREFIX;
+/// Prefix of the memfd name of portable buffers (visible in
+/// `/proc/PID/fd` and `/proc/PID/maps`, which is how inspection finds them).
+pub const PORTABLE_MEMFD_PREFIX: &str = "dmabuf-portable:";
 
 /// The path prefix the kernel gives a dma-buf's file: `/dmabuf:` followed
 /// by the buffer's name (empty when unnamed). Seen as the target of
@@ -174,9 +184,13 @@ pub fn parse_maps_line(line: &str) -> Option<MapsLine> {
     })
 }
 
-/// The two kinds of buffer the inspector knows.
+/// The kind of file behind a buffer the inspector found: a kernel dma-buf
+/// or a portable memfd. The two have separate inode spaces, so a buffer is
+/// identified by its file kind and its inode. (Not to be confused with the
+/// crate's [`BufferKind`](crate::BufferKind), which says which allocator
+/// made a [`Buffer`](crate::Buffer) of this process.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub enum BufferKind {
+pub enum FileKind {
     /// A kernel dma-buf (any exporter: udmabuf, a DMA heap, a GPU driver…).
     #[serde(rename = "dmabuf")]
     DmaBuf,
@@ -190,7 +204,7 @@ pub enum BufferKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathBuffer {
     /// Which kind of buffer the path names.
-    pub kind: BufferKind,
+    pub kind: FileKind,
     /// The buffer's name from the path; `None` when empty or not given.
     pub name: Option<String>,
 }
@@ -203,13 +217,13 @@ pub fn classify_path(path: &str) -> Option<PathBuffer> {
     let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
     if let Some(name) = path.strip_prefix(DMABUF_PATH_PREFIX) {
         return Some(PathBuffer {
-            kind: BufferKind::DmaBuf,
+            kind: FileKind::DmaBuf,
             name: non_empty(name),
         });
     }
     if path == "anon_inode:dmabuf" {
         return Some(PathBuffer {
-            kind: BufferKind::DmaBuf,
+            kind: FileKind::DmaBuf,
             name: None,
         });
     }
@@ -218,7 +232,7 @@ pub fn classify_path(path: &str) -> Option<PathBuffer> {
         .strip_prefix(PORTABLE_MEMFD_PREFIX)?;
     let name = name.strip_suffix(" (deleted)").unwrap_or(name);
     Some(PathBuffer {
-        kind: BufferKind::Portable,
+        kind: FileKind::Portable,
         name: non_empty(name),
     })
 }
@@ -367,7 +381,7 @@ mod tests {
         assert_eq!(
             classify_path("/dmabuf:"),
             Some(PathBuffer {
-                kind: BufferKind::DmaBuf,
+                kind: FileKind::DmaBuf,
                 name: None
             })
         );
