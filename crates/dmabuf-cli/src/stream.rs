@@ -350,9 +350,14 @@ pub fn accept_consumers(
 /// checks every item. A failure stops it and is in the report's `error`,
 /// with what was checked until then. The first `warmup` items' latencies
 /// are not recorded.
-pub fn consume(channel: Channel, timeout: Duration, warmup: u64) -> ConsumerReport {
+pub fn consume(
+    channel: Channel,
+    timeout: Duration,
+    warmup: u64,
+    word_sleep: Option<Duration>,
+) -> ConsumerReport {
     let mut report = ConsumerReport::default();
-    if let Err(e) = consume_into(channel, timeout, warmup, &mut report) {
+    if let Err(e) = consume_into(channel, timeout, warmup, word_sleep, &mut report) {
         report.error = Some(e.to_string());
     }
     report.end_ns = dmabuf::fence::monotonic_ns();
@@ -363,9 +368,13 @@ fn consume_into(
     channel: Channel,
     timeout: Duration,
     warmup: u64,
+    word_sleep: Option<Duration>,
     report: &mut ConsumerReport,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut consumer = Consumer::new(channel, Some(timeout))?;
+    if let Some(d) = word_sleep {
+        consumer.set_word_sleep(d);
+    }
     let maps = consumer
         .buffers()
         .iter()
@@ -653,7 +662,7 @@ pub fn run(args: Args) -> crate::CliResult {
             } else {
                 connect(socket, args.timeout)?
             };
-            let r = consume(channel, args.timeout, 0);
+            let r = consume(channel, args.timeout, 0, None);
             if args.json {
                 crate::out::json(&r, false)?;
             } else {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::transport::{ConsumerTransport, Incoming};
-use super::{past, poll_any, protocol, slice, timed_out, MAX_POOL_BUFFERS};
+use super::{past, poll_any, protocol, slice, timed_out, MAX_POOL_BUFFERS, WORD_SLEEP};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
@@ -27,6 +27,8 @@ pub struct Consumer {
     /// The producer said bye: the stream ends once the ring is empty.
     pub(super) bye: bool,
     pub(super) ended: bool,
+    /// How long a blocking `next` sleeps on the ring's word first.
+    pub(super) word_sleep: Duration,
 }
 
 /// The consumer's side of the pool handshake, one message at a time.
@@ -138,6 +140,7 @@ impl Consumer {
             last_seq: 0,
             bye: false,
             ended: false,
+            word_sleep: WORD_SLEEP,
         })
     }
 
@@ -260,6 +263,15 @@ impl Consumer {
         Ok(false)
     }
 
+    /// Sets how long a blocking [`next`](Self::next) sleeps on the ring's
+    /// waiting word before it sleeps on its eventfd and socket together
+    /// (default [`WORD_SLEEP`]; zero: never on the word). Longer saves
+    /// wake-up latency for items further apart, and lets a producer's
+    /// death or socket message wait that long to be seen.
+    pub fn set_word_sleep(&mut self, d: Duration) {
+        self.word_sleep = d;
+    }
+
     /// The next item once its ready fence has signalled, waiting at most
     /// `timeout`; `Ok(None)` once the producer has finished the stream.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
@@ -278,6 +290,9 @@ impl Consumer {
     pub(super) fn next_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let op = "pool next";
+        // First sleep on the ring's word (the cheapest wake-up), for at
+        // most WORD_SLEEP in all; then on the eventfd and the socket.
+        let mut word_until = Some(Instant::now() + self.word_sleep);
         loop {
             if let Some(mut item) = self.waiting.take() {
                 if let Err(e) = self.wait_ready(&item, deadline, timeout) {
@@ -293,6 +308,18 @@ impl Consumer {
                 return Ok(None);
             }
             if self.step()? {
+                continue;
+            }
+            let now = Instant::now();
+            if let Some(until) = word_until.filter(|&u| now < u && !past(deadline)) {
+                let end = deadline.map_or(until, |d| d.min(until));
+                let got = self.transport().sleep_on_word(end - now)?;
+                // Woken early with nothing to take (spurious, or a peer
+                // that lowered the word): no more word sleeps in this
+                // call, so a peer cannot make this loop spin.
+                if !got && Instant::now() < end {
+                    word_until = None;
+                }
                 continue;
             }
             if self.transport().begin_wait()? {

@@ -54,8 +54,13 @@
 //!   is found by the consumer while it waits for an item or for its ready
 //!   fence: the fence is failed here (`ECONNRESET`) and `next` returns
 //!   `PeerGone`; releasing an item after that is a `PeerGone` error too.
-//!   No wait in this module ignores the peer's socket, so nothing blocks
-//!   forever on a peer that is gone. A message or descriptor that breaks
+//!   No wait in this module ignores the peer's socket for long, so
+//!   nothing blocks forever on a peer that is gone: a blocking
+//!   [`Consumer::next`] first sleeps on its ring's waiting word (the
+//!   cheapest wake-up, which cannot watch the socket) for at most
+//!   [`WORD_SLEEP`] in all, then on its eventfd and socket together; a
+//!   word sleep that ends early with no item ends the word sleeps of that
+//!   call, so a peer that keeps lowering the word cannot make it spin. A message or descriptor that breaks
 //!   the protocol (an unknown buffer, a length past the buffer, a sequence
 //!   number out of order, a release of a buffer not held, an item in a
 //!   buffer still held, a fence named but not sent, an item or release on
@@ -103,6 +108,12 @@ pub const MAX_POOL_BUFFERS: usize = 1024;
 /// release fences that have not signalled, before the producer takes them
 /// back (and fails those fences in its own process).
 pub const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
+/// How long, at most, a blocking [`Consumer::next`] sleeps on its ring's
+/// waiting word (`FUTEX_WAIT`, the cheapest wake-up) before it sleeps on
+/// its eventfd and its socket together; a producer that dies or sends a
+/// socket message meanwhile is seen at most this late.
+pub const WORD_SLEEP: Duration = Duration::from_millis(20);
 
 /// The poll deadline: `deadline`, or sooner when something must be
 /// re-checked without an fd to tell (`recheck`).

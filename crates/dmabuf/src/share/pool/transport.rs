@@ -226,6 +226,11 @@ impl ProducerTransport {
         self.ring.end_wait()
     }
 
+    /// See [`ProducerRing::wake_consumer`].
+    pub(super) fn wake_consumer(&self) -> Result<()> {
+        self.ring.wake_consumer()
+    }
+
     /// The fd that becomes readable when the consumer wakes this side.
     pub(super) fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.ring.wait_fd()
@@ -340,6 +345,11 @@ impl ConsumerTransport {
     /// See [`ConsumerRing::end_wait`].
     pub(super) fn end_wait(&mut self) {
         self.ring.end_wait()
+    }
+
+    /// See [`ConsumerRing::sleep_on_word`].
+    pub(super) fn sleep_on_word(&mut self, max: Duration) -> Result<bool> {
+        self.ring.sleep_on_word(max)
     }
 
     /// The fd that becomes readable when the producer wakes this side.
