@@ -635,7 +635,7 @@ mod tests {
     fn in_place_compares_match_the_views_bytes() {
         let mut backing: Vec<u8> = (0..9000u32).map(|i| (i % 251) as u8).collect();
         let plain = backing.clone();
-        let v = view(&mut backing);
+        let mut v = view(&mut backing);
         let r = v.as_bytes();
         assert_eq!(r.mismatch_at(0, &plain), Ok(None));
         assert_eq!(r.mismatch_at(100, &plain[100..300]), Ok(None));
@@ -655,10 +655,9 @@ mod tests {
         assert_eq!(r.mismatch_repeated(&[]), Some(0));
         assert_eq!(VolatileBytes::empty().mismatch_repeated(&[]), None);
         assert_eq!(VolatileBytes::empty().mismatch_repeated(&[1]), None);
-        drop(v);
         // A difference past the first unrolled chunk (4096 bytes).
-        backing[7777] ^= 0x80;
-        let v = view(&mut backing);
+        let b = v.get(7777).unwrap();
+        assert!(v.set(7777, b ^ 0x80));
         assert_eq!(v.as_bytes().mismatch_repeated(&cycle), Some(7777));
         assert_eq!(v.as_bytes().mismatch_at(0, &plain), Ok(Some(7777)));
     }
