@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::transport::{ConsumerTransport, Incoming};
-use super::{past, poll_any, protocol, slice, timed_out, MAX_POOL_BUFFERS, WORD_SLEEP};
+use super::{past, poll_any, protocol, slice, timed_out, CALM_SLICE, MAX_POOL_BUFFERS, WORD_SLEEP};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
@@ -291,8 +291,22 @@ impl Consumer {
         let deadline = timeout.map(|t| Instant::now() + t);
         let op = "pool next";
         // First sleep on the ring's word (the cheapest wake-up), for at
-        // most WORD_SLEEP in all; then on the eventfd and the socket.
-        let mut word_until = Some(Instant::now() + self.word_sleep);
+        // most WORD_SLEEP in all; then on the eventfd and the socket. Once
+        // a wake-up brought nothing to do (an empty ring, no message: a
+        // peer waking this side for nothing), sleep on the socket alone in
+        // CALM_SLICE slices for the rest of the call, so that such a peer
+        // costs a look at the ring per slice, not a spinning loop.
+        let word_until = Instant::now() + self.word_sleep;
+        let mut woken = false;
+        let mut calm = false;
+        let obj = self.channel.peer().to_string();
+        let no_item = || {
+            timed_out(
+                op,
+                obj.clone(),
+                format!("no item within {:?}", timeout.unwrap_or_default()),
+            )
+        };
         loop {
             if let Some(mut item) = self.waiting.take() {
                 if let Err(e) = self.wait_ready(&item, deadline, timeout) {
@@ -308,25 +322,32 @@ impl Consumer {
                 return Ok(None);
             }
             if self.step()? {
+                woken = false;
                 continue;
             }
+            calm |= woken;
+            woken = false;
             let now = Instant::now();
-            if let Some(until) = word_until.filter(|&u| now < u && !past(deadline)) {
-                let end = deadline.map_or(until, |d| d.min(until));
-                let got = self.transport().sleep_on_word(end - now)?;
-                // Woken early with nothing to take (spurious, or a peer
-                // that lowered the word): no more word sleeps in this
-                // call, so a peer cannot make this loop spin.
-                if !got && Instant::now() < end {
-                    word_until = None;
+            if calm {
+                let end = now + CALM_SLICE;
+                let end = deadline.map_or(end, |d| d.min(end));
+                if !poll_any(&[self.channel.fd()], Some(end), op, &obj)? && past(deadline) {
+                    return Err(no_item());
                 }
+                continue;
+            }
+            if now < word_until && !past(deadline) {
+                let end = deadline.map_or(word_until, |d| d.min(word_until));
+                let got = self.transport().sleep_on_word(end - now)?;
+                // Ended before its bound with nothing to take: a wake-up
+                // for nothing (or a peer that lowered the word).
+                woken = !got && Instant::now() < end;
                 continue;
             }
             if self.transport().begin_wait()? {
                 self.transport().end_wait();
                 continue;
             }
-            let obj = self.channel.peer().to_string();
             let woke = {
                 let t = self.transport();
                 let mut fds = vec![self.channel.fd()];
@@ -335,12 +356,9 @@ impl Consumer {
             };
             self.transport().end_wait();
             if !woke? {
-                return Err(timed_out(
-                    op,
-                    obj,
-                    format!("no item within {:?}", timeout.unwrap_or_default()),
-                ));
+                return Err(no_item());
             }
+            woken = true;
         }
     }
 

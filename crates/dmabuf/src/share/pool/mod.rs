@@ -59,8 +59,11 @@
 //!   [`Consumer::next`] first sleeps on its ring's waiting word (the
 //!   cheapest wake-up, which cannot watch the socket) for at most
 //!   [`WORD_SLEEP`] in all, then on its eventfd and socket together; a
-//!   word sleep that ends early with no item ends the word sleeps of that
-//!   call, so a peer that keeps lowering the word cannot make it spin. A message or descriptor that breaks
+//!   wake-up that brings nothing to do (no item, no socket message) ends
+//!   the word and eventfd sleeps of that call: it then sleeps on the
+//!   socket alone in [`CALM_SLICE`] slices, looking at the ring between
+//!   them, so a peer that keeps waking it or lowering its word cannot make
+//!   it spin. A message or descriptor that breaks
 //!   the protocol (an unknown buffer, a length past the buffer, a sequence
 //!   number out of order, a release of a buffer not held, an item in a
 //!   buffer still held, a fence named but not sent, an item or release on
@@ -112,8 +115,16 @@ pub const LEAVE_GRACE: Duration = Duration::from_secs(5);
 /// How long, at most, a blocking [`Consumer::next`] sleeps on its ring's
 /// waiting word (`FUTEX_WAIT`, the cheapest wake-up) before it sleeps on
 /// its eventfd and its socket together; a producer that dies or sends a
-/// socket message meanwhile is seen at most this late.
+/// socket message meanwhile is seen at most this late (a producer's bye
+/// also wakes the word).
 pub const WORD_SLEEP: Duration = Duration::from_millis(20);
+
+/// How long a blocking [`Consumer::next`] that was woken for nothing (an
+/// empty ring and no socket message) sleeps on its socket alone before it
+/// looks at the ring again, for the rest of that call: what a peer that
+/// keeps waking it can cost (a look per slice), and the latency an item
+/// then has at worst.
+pub const CALM_SLICE: Duration = Duration::from_millis(1);
 
 /// The poll deadline: `deadline`, or sooner when something must be
 /// re-checked without an fd to tell (`recheck`).
