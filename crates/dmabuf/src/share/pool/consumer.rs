@@ -299,11 +299,11 @@ impl Consumer {
         let word_until = Instant::now() + self.word_sleep;
         let mut woken = false;
         let mut calm = false;
-        let obj = self.channel.peer().to_string();
-        let no_item = || {
+        // The peer's name is formatted only on the sleeping paths.
+        let no_item = |obj: String| {
             timed_out(
                 op,
-                obj.clone(),
+                obj,
                 format!("no item within {:?}", timeout.unwrap_or_default()),
             )
         };
@@ -329,10 +329,11 @@ impl Consumer {
             woken = false;
             let now = Instant::now();
             if calm {
+                let obj = self.channel.peer().to_string();
                 let end = now + CALM_SLICE;
                 let end = deadline.map_or(end, |d| d.min(end));
                 if !poll_any(&[self.channel.fd()], Some(end), op, &obj)? && past(deadline) {
-                    return Err(no_item());
+                    return Err(no_item(obj));
                 }
                 continue;
             }
@@ -348,6 +349,7 @@ impl Consumer {
                 self.transport().end_wait();
                 continue;
             }
+            let obj = self.channel.peer().to_string();
             let woke = {
                 let t = self.transport();
                 let mut fds = vec![self.channel.fd()];
@@ -356,7 +358,7 @@ impl Consumer {
             };
             self.transport().end_wait();
             if !woke? {
-                return Err(no_item());
+                return Err(no_item(obj));
             }
             woken = true;
         }
