@@ -508,6 +508,37 @@ fn the_async_consumer_does_not_spin_on_a_noisy_ready_fence() {
     assert!(cpu < wall / 4, "async next used {cpu:?} of CPU in {wall:?}");
 }
 
+#[test]
+fn a_producer_that_keeps_writing_the_consumers_eventfd_does_not_make_it_spin() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _g = lock();
+    let (c, _raw, ring, _bufs) = consumer_of_raw(4);
+    let ring = Arc::new(ring);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r, s) = (ring.clone(), stop.clone());
+    // The consumer's wake-up eventfd, written over and over with nothing
+    // on the ring.
+    let waker = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let _ = rustix::io::write(&r.wake_consumer, &1u64.to_ne_bytes());
+            std::thread::yield_now();
+        }
+    });
+    let (_c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let mut c = c;
+        // Straight to the eventfd and socket (no word sleep first).
+        c.set_word_sleep(Duration::ZERO);
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
+        (c, e, thread_cpu() - c0, t0.elapsed())
+    });
+    stop.store(true, Ordering::Relaxed);
+    waker.join().unwrap();
+    assert_err(&e, ErrorKind::TimedOut, "no item within");
+    assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
+}
+
 // ---- hostile consumers ----------------------------------------------------
 
 /// A well-behaved consumer on a thread: takes and releases every item;
