@@ -94,7 +94,11 @@
 //!
 //! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
-//! instead of `poll`.
+//! instead of `poll`. They do not sleep on the ring's word (a futex
+//! cannot be registered with tokio) and have no [`CALM_SLICE`] rule: a
+//! peer that keeps writing their ring's eventfd costs tokio's reactor a
+//! wake-up per write whether or not a task waits on it, which only
+//! deregistering the fd would stop.
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
