@@ -29,7 +29,11 @@
 //! nothing queues and each item costs one wake-up plus the transport: from
 //! the producer's stamp to the item being checked-in in the consumer. The
 //! consumer keeps it in a bounded histogram (hdrhistogram) and reports
-//! percentiles. The raw wake-up reference (`wake-futex`, `wake-eventfd`)
+//! percentiles. The latency runs also time **dmabuf-poll**: the same
+//! stream with its consumer never sleeping on the ring's futex word
+//! (`Consumer::set_word_sleep(0)`), only on its eventfd and socket
+//! together, to show side by side what the word sleep saves. The raw
+//! wake-up reference (`wake-futex`, `wake-eventfd`)
 //! ping-pongs two processes at the same pace with nothing else; half the
 //! round trip is one wake-up. Latencies are reported as ratios to the
 //! faster of the two.
@@ -91,7 +95,7 @@ pub struct Args {
 
 /// The throughput cases, reference first.
 pub const CASES: [&str; 6] = ["ideal", "dmabuf", "pipe", "unix", "iceoryx2", "touch"];
-const LATENCY_CASES: [&str; 4] = ["dmabuf", "ideal", "unix", "iceoryx2"];
+const LATENCY_CASES: [&str; 5] = ["dmabuf", "dmabuf-poll", "ideal", "unix", "iceoryx2"];
 const LATENCY_SIZE: u64 = 4096;
 const LATENCY_GAP: Duration = Duration::from_micros(500);
 

@@ -1,7 +1,9 @@
 //! The test pattern every producer writes and every consumer checks: byte
-//! `i` of item `seq` is `(i * 31 + seq) mod 256`, written and compared in
-//! 256-byte blocks (a copy and a compare of a precomputed block, so the
-//! pattern costs what touching the bytes costs).
+//! `i` of item `seq` is `(i * 31 + seq) mod 256`, a 256-byte block
+//! repeated: written and compared as a precomputed block (in shared
+//! memory through the volatile views' `write_repeated` and
+//! `mismatch_repeated`, in place), so the pattern costs what touching the
+//! bytes once costs.
 //!
 //! Every fill and check of buffer bytes in the command lives here, and
 //! `dmabuf alloc --fill` ([`Fill`]).
@@ -26,34 +28,15 @@ pub fn fill(buf: &mut [u8], seq: u64) {
 }
 
 /// Writes the pattern of item `seq` into every byte of a window's bytes
-/// (volatile stores, block by block: the bytes are shared memory).
-pub fn fill_volatile(mut buf: dmabuf::mapping::VolatileBytesMut<'_>, seq: u64) {
-    let b = block(seq);
-    let mut off = 0;
-    while off < buf.len() {
-        let n = (buf.len() - off).min(b.len());
-        // In range: `off + n <= len`.
-        let _ = buf.write_at(off, &b[..n]);
-        off += n;
-    }
+/// (volatile stores of the repeated block: the bytes are shared memory).
+pub fn fill_volatile(mut buf: VolatileBytesMut<'_>, seq: u64) {
+    buf.write_repeated(&block(seq));
 }
 
-/// [`check`] on a window's bytes: each 256-byte block is copied out
-/// (volatile loads) and compared.
-pub fn check_volatile(buf: dmabuf::mapping::VolatileBytes<'_>, seq: u64) -> Option<usize> {
-    let mut chunk = [0u8; 4096];
-    let mut off = 0;
-    while off < buf.len() {
-        let n = (buf.len() - off).min(chunk.len());
-        // In range: `off + n <= len`.
-        let _ = buf.read_at(off, &mut chunk[..n]);
-        // 4096 is a multiple of the 256-byte block: the phase is kept.
-        if let Some(at) = check(&chunk[..n], seq) {
-            return Some(off + at);
-        }
-        off += n;
-    }
-    None
+/// [`check`] on a window's bytes, in place: each byte is loaded once
+/// (volatile) and compared with the repeated block; nothing is copied.
+pub fn check_volatile(buf: VolatileBytes<'_>, seq: u64) -> Option<usize> {
+    buf.mismatch_repeated(&block(seq))
 }
 
 /// The offset of the first byte of `buf` that breaks the pattern of item
@@ -101,16 +84,8 @@ impl Fill {
         match self {
             Fill::Byte(b) => bytes.fill(b),
             Fill::Pattern => {
-                // 16 periods of the pattern, written block by block: each
-                // block starts at a multiple of 251, so the phase is kept.
-                let block: Vec<u8> = (0..251 * 16).map(|i| (i % 251) as u8).collect();
-                let mut off = 0;
-                while off < bytes.len() {
-                    let n = (bytes.len() - off).min(block.len());
-                    // In range: `off + n <= len`.
-                    let _ = bytes.write_at(off, &block[..n]);
-                    off += n;
-                }
+                let period: Vec<u8> = (0..=250).collect();
+                bytes.write_repeated(&period);
             }
         }
     }

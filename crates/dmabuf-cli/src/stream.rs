@@ -36,7 +36,15 @@
 //! consumer reads every byte inside a read window and checks the pattern
 //! (see `pattern`). The handoff latency is the time from the producer's
 //! submit to the item being ready in the consumer (CLOCK_MONOTONIC,
-//! measured by the consumer).
+//! measured by the consumer), split in two: **queueing**, the time the
+//! item waited on the ring while the consumer was still busy with earlier
+//! items (from the submit to the consumer asking for the next item, 0 if
+//! it was already asking), and **delivery**, the rest (from the later of
+//! the two to the item ready in hand: the wake-up and the transport when
+//! the consumer slept, only the taking when the item had queued). The
+//! handoff p50 includes queueing: on a stream that runs flat out, items
+//! queue behind the consumer's checks and the handoff is mostly
+//! queueing; the delivery percentiles are the per-item cost.
 
 use std::io::{IsTerminal, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -112,8 +120,20 @@ pub struct ConsumerReport {
     pub items: u64,
     /// Bytes read and checked.
     pub bytes: u64,
-    /// Handoff latencies (ns).
+    /// Handoff latencies (ns): from the producer's submit to the item
+    /// ready in this consumer; `queueing` plus `delivery`.
     pub handoff: Histogram,
+    /// Of each handoff, the time the item waited on the ring while this
+    /// consumer was still busy with earlier ones (ns; 0 if it was already
+    /// waiting when the item was submitted).
+    #[serde(default)]
+    pub queueing: Histogram,
+    /// Of each handoff, the rest (ns): from when the item was there and
+    /// the consumer waiting for it to the item ready in hand — the
+    /// wake-up and the transport when the consumer had to sleep, only the
+    /// taking when the item was queued.
+    #[serde(default)]
+    pub delivery: Histogram,
     /// CLOCK_MONOTONIC ns when the last item was checked.
     pub end_ns: u64,
     /// Why the consumer stopped early, if it did.
@@ -122,11 +142,16 @@ pub struct ConsumerReport {
 }
 
 impl ConsumerReport {
-    /// Counts one checked item of `len` bytes and its handoff latency,
-    /// unless it is one of the first `warmup` items.
-    pub fn record(&mut self, len: u64, latency_ns: u64, warmup: u64) {
+    /// Counts one checked item of `len` bytes and its handoff latency
+    /// (CLOCK_MONOTONIC ns: the producer's submit `sent`, this consumer's
+    /// call for it `asked`, the item ready in hand `ready`), unless it is
+    /// one of the first `warmup` items.
+    pub fn record(&mut self, len: u64, [sent, asked, ready]: [u64; 3], warmup: u64) {
         if self.items >= warmup {
-            self.handoff.record(latency_ns);
+            let there = sent.max(asked);
+            self.handoff.record(ready.saturating_sub(sent));
+            self.queueing.record(there - sent);
+            self.delivery.record(ready.saturating_sub(there));
         }
         self.items += 1;
         self.bytes = self.bytes.saturating_add(len);
@@ -350,9 +375,14 @@ pub fn accept_consumers(
 /// checks every item. A failure stops it and is in the report's `error`,
 /// with what was checked until then. The first `warmup` items' latencies
 /// are not recorded.
-pub fn consume(channel: Channel, timeout: Duration, warmup: u64) -> ConsumerReport {
+pub fn consume(
+    channel: Channel,
+    timeout: Duration,
+    warmup: u64,
+    word_sleep: Option<Duration>,
+) -> ConsumerReport {
     let mut report = ConsumerReport::default();
-    if let Err(e) = consume_into(channel, timeout, warmup, &mut report) {
+    if let Err(e) = consume_into(channel, timeout, warmup, word_sleep, &mut report) {
         report.error = Some(e.to_string());
     }
     report.end_ns = dmabuf::fence::monotonic_ns();
@@ -363,15 +393,23 @@ fn consume_into(
     channel: Channel,
     timeout: Duration,
     warmup: u64,
+    word_sleep: Option<Duration>,
     report: &mut ConsumerReport,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut consumer = Consumer::new(channel, Some(timeout))?;
+    if let Some(d) = word_sleep {
+        consumer.set_word_sleep(d);
+    }
     let maps = consumer
         .buffers()
         .iter()
         .map(|b| b.map_read_only())
         .collect::<Result<Vec<_>, _>>()?;
-    while let Some(item) = consumer.next(Some(timeout))? {
+    loop {
+        let asked = dmabuf::fence::monotonic_ns();
+        let Some(item) = consumer.next(Some(timeout))? else {
+            break;
+        };
         let map = usize::try_from(item.slot())
             .ok()
             .and_then(|s| maps.get(s))
@@ -387,8 +425,8 @@ fn consume_into(
             pattern::check_prefix(r.bytes(), item.len(), item.seq())
                 .map_err(|e| format!("{e} (buffer {})", item.slot()))?;
         }
-        let latency = u64::try_from(item.handoff().as_nanos()).unwrap_or(u64::MAX);
-        report.record(item.len(), latency, warmup);
+        let times = [item.sent_ns(), asked, item.ready_ns()];
+        report.record(item.len(), times, warmup);
         item.release(Fence::Signalled)?;
     }
     Ok(())
@@ -532,6 +570,10 @@ pub struct ConsumerOutcome {
     end_ns: u64,
     #[serde(skip)]
     handoff: Histogram,
+    #[serde(skip)]
+    queueing: Histogram,
+    #[serde(skip)]
+    delivery: Histogram,
 }
 
 /// Waits at most `bound` for the consumer to exit, kills it past that,
@@ -569,6 +611,8 @@ fn collect(i: usize, s: Spawned, bound: Duration, sent: u64) -> ConsumerOutcome 
         error: None,
         end_ns: 0,
         handoff: Histogram::default(),
+        queueing: Histogram::default(),
+        delivery: Histogram::default(),
     };
     let mut why = Vec::new();
     match report {
@@ -577,6 +621,8 @@ fn collect(i: usize, s: Spawned, bound: Duration, sent: u64) -> ConsumerOutcome 
             o.bytes = r.bytes;
             o.end_ns = r.end_ns;
             o.handoff = r.handoff;
+            o.queueing = r.queueing;
+            o.delivery = r.delivery;
             if let Some(e) = r.error {
                 why.push(e);
             }
@@ -653,7 +699,7 @@ pub fn run(args: Args) -> crate::CliResult {
             } else {
                 connect(socket, args.timeout)?
             };
-            let r = consume(channel, args.timeout, 0);
+            let r = consume(channel, args.timeout, 0, None);
             if args.json {
                 crate::out::json(&r, false)?;
             } else {
@@ -662,6 +708,11 @@ pub fn run(args: Args) -> crate::CliResult {
                     "consumer: {} items, {} checked; handoff p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs",
                     r.items,
                     human_size(r.bytes)
+                )?;
+                let ((q50, _, q99), (d50, _, d99)) =
+                    (r.queueing.percentiles_us(), r.delivery.percentiles_us());
+                outln!(
+                    "  of which queueing p50 {q50:.1} µs, p99 {q99:.1} µs; delivery p50 {d50:.1} µs, p99 {d99:.1} µs"
                 )?;
             }
             match r.error {
@@ -696,7 +747,7 @@ pub fn run(args: Args) -> crate::CliResult {
             )?;
             drop(listener);
             let secs = dmabuf::fence::monotonic_ns().saturating_sub(p.start_ns) as f64 / 1e9;
-            print_report(&args, &p, &[], &Histogram::default(), secs)?;
+            print_report(&args, &p, &[], &Default::default(), secs)?;
             finish(&p, &[])
         }
         None => {
@@ -750,9 +801,15 @@ pub fn run(args: Args) -> crate::CliResult {
                 .max()
                 .unwrap_or(p.start_ns);
             let secs = end.saturating_sub(p.start_ns) as f64 / 1e9;
-            let mut lat = Histogram::default();
+            let mut lat = [
+                Histogram::default(),
+                Histogram::default(),
+                Histogram::default(),
+            ];
             for o in &outcomes {
-                lat.merge(&o.handoff);
+                lat[0].merge(&o.handoff);
+                lat[1].merge(&o.queueing);
+                lat[2].merge(&o.delivery);
             }
             print_report(&args, &p, &outcomes, &lat, secs)?;
             finish(&p, &outcomes)
@@ -799,12 +856,15 @@ fn print_report(
     args: &Args,
     p: &ProducerReport,
     outcomes: &[ConsumerOutcome],
-    lat: &Histogram,
+    lat: &[Histogram; 3],
     secs: f64,
 ) -> crate::CliResult<()> {
+    let [lat, queueing, delivery] = lat;
     let gib_s = p.bytes as f64 / secs.max(1e-9) / (1u64 << 30) as f64;
     let items_s = p.items as f64 / secs.max(1e-9);
     let (p50, p90, p99) = lat.percentiles_us();
+    let (q50, q90, q99) = queueing.percentiles_us();
+    let (d50, d90, d99) = delivery.percentiles_us();
     let verified = !outcomes.is_empty() && outcomes.iter().all(|o| o.ok);
     if args.json {
         let v = serde_json::json!({
@@ -820,6 +880,8 @@ fn print_report(
             "throughput": human_rate(p.bytes, secs),
             "items_per_s": items_s,
             "handoff_us": { "p50": p50, "p90": p90, "p99": p99 },
+            "queueing_us": { "p50": q50, "p90": q90, "p99": q99 },
+            "delivery_us": { "p50": d50, "p90": d90, "p99": d99 },
             "verified": verified,
             "per_consumer": outcomes,
             "dropped": p.dropped,
@@ -840,7 +902,11 @@ fn print_report(
             human_rate(p.bytes, secs)
         )?;
         if !lat.is_empty() {
-            outln!("handoff:    p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs")?;
+            outln!(
+                "handoff:    p50 {p50:.1} µs, p90 {p90:.1} µs, p99 {p99:.1} µs (submit to ready)"
+            )?;
+            outln!("  queueing: p50 {q50:.1} µs, p90 {q90:.1} µs, p99 {q99:.1} µs (waiting behind earlier items)")?;
+            outln!("  delivery: p50 {d50:.1} µs, p90 {d90:.1} µs, p99 {d99:.1} µs (wake-up and transport)")?;
         }
         for o in outcomes {
             match &o.error {
@@ -866,4 +932,37 @@ fn print_report(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_splits_into_queueing_and_delivery() {
+        let mut r = ConsumerReport::default();
+        // Warm-up items are counted, not timed.
+        r.record(10, [100, 50, 200], 1);
+        assert_eq!((r.items, r.bytes, r.handoff.len()), (1, 10, 0));
+        // The consumer was asking before the submit: all delivery.
+        r.record(10, [1_000, 500, 9_000], 1);
+        // The item waited 4000 ns behind earlier ones, then 1000 ns.
+        let mut q = ConsumerReport::default();
+        q.record(10, [1_000, 5_000, 6_000], 0);
+        assert_eq!(r.queueing.percentile(0.5), 0);
+        let d = r.delivery.percentile(0.5);
+        assert!((7_800..=8_200).contains(&d), "{d}");
+        let (hq, qq, dq) = (
+            q.handoff.percentile(0.5),
+            q.queueing.percentile(0.5),
+            q.delivery.percentile(0.5),
+        );
+        assert!((4_900..=5_100).contains(&hq), "{hq}");
+        assert!((3_900..=4_100).contains(&qq), "{qq}");
+        assert!((980..=1_020).contains(&dq), "{dq}");
+        // A producer's stamp in the future (a hostile or skewed peer):
+        // counted as zero, no panic.
+        q.record(10, [u64::MAX, 5, 6], 0);
+        assert_eq!(q.handoff.len(), 2);
+    }
 }

@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dmabuf::share::pool::{AsyncConsumer, AsyncProducer, Consumer, Producer, LEAVE_GRACE};
+use dmabuf::share::ring::{ProducerRing, Wake};
 use dmabuf::share::Channel;
 use dmabuf::{Allocate, Buffer, Errno, ErrorKind, Fence, Portable, UserFence};
 use hostile_peer::*;
@@ -264,6 +265,75 @@ fn a_producer_that_stops_mid_batch_times_out_without_spinning() {
 }
 
 #[test]
+fn a_producer_that_wakes_the_consumer_for_nothing_does_not_make_it_spin() {
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _g = lock();
+    // A producer that plays the handshake by hand, with a real ring whose
+    // `wake_consumer` it calls in a loop: every time the consumer raises
+    // its waiting word, a FUTEX_WAKE with nothing published.
+    let (ch, raw) = pair();
+    let bufs = memfds(4, 4096);
+    for (i, b) in bufs.iter().enumerate() {
+        raw.send(
+            &msg(T_BUFFER, &buffer_body(i as u64, 4096, 1, "h"), 1),
+            &[b.as_fd()],
+        )
+        .unwrap();
+    }
+    let ring = ProducerRing::create(&[4096; 4], Wake::EventFd, "consumer 0").unwrap();
+    raw.send(&msg(T_RING, &4u32.to_le_bytes(), 3), &ring.shared_fds())
+        .unwrap();
+    raw.send(&msg(T_POOL_READY, &pool_ready_body(4, 0), 0), &[])
+        .unwrap();
+    let c = Consumer::new(ch, T).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let waker = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            ring.wake_consumer().unwrap();
+            std::thread::yield_now();
+        }
+    });
+    let (_c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let mut c = c;
+        // Word sleeps allowed for the whole wait: only the rule "a word
+        // sleep that ends early with no item ends them" keeps it calm.
+        c.set_word_sleep(Duration::from_secs(10));
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
+        (c, e, thread_cpu() - c0, t0.elapsed())
+    });
+    stop.store(true, Ordering::Relaxed);
+    waker.join().unwrap();
+    drop(raw);
+    assert_err(&e, ErrorKind::TimedOut, "no item within");
+    assert!(wall < Duration::from_secs(5));
+    assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
+}
+
+#[test]
+fn a_producer_that_dies_while_the_consumer_sleeps_on_its_word_is_found() {
+    let _g = lock();
+    let (c, raw, ring, _bufs) = consumer_of_raw(4);
+    let (_c, e, wall) = bounded(Duration::from_secs(10), move || {
+        let mut c = c;
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            drop(raw);
+            drop(ring);
+        });
+        let t0 = Instant::now();
+        let e = c.next(Some(Duration::from_secs(5))).unwrap_err();
+        killer.join().unwrap();
+        (c, e, t0.elapsed())
+    });
+    assert_eq!(e.kind(), ErrorKind::PeerGone, "{e}");
+    assert!(wall < Duration::from_secs(1), "found after {wall:?}");
+}
+
+#[test]
 fn replayed_sequences_and_messages_after_bye_are_refused() {
     let _g = lock();
     let (mut c, raw, ring, _bufs) = consumer_of_raw(2);
@@ -436,6 +506,37 @@ fn the_async_consumer_does_not_spin_on_a_noisy_ready_fence() {
     });
     assert!(timed_out);
     assert!(cpu < wall / 4, "async next used {cpu:?} of CPU in {wall:?}");
+}
+
+#[test]
+fn a_producer_that_keeps_writing_the_consumers_eventfd_does_not_make_it_spin() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _g = lock();
+    let (c, _raw, ring, _bufs) = consumer_of_raw(4);
+    let ring = Arc::new(ring);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r, s) = (ring.clone(), stop.clone());
+    // The consumer's wake-up eventfd, written over and over with nothing
+    // on the ring.
+    let waker = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let _ = rustix::io::write(&r.wake_consumer, &1u64.to_ne_bytes());
+            std::thread::yield_now();
+        }
+    });
+    let (_c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let mut c = c;
+        // Straight to the eventfd and socket (no word sleep first).
+        c.set_word_sleep(Duration::ZERO);
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
+        (c, e, thread_cpu() - c0, t0.elapsed())
+    });
+    stop.store(true, Ordering::Relaxed);
+    waker.join().unwrap();
+    assert_err(&e, ErrorKind::TimedOut, "no item within");
+    assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
 }
 
 // ---- hostile consumers ----------------------------------------------------

@@ -144,3 +144,30 @@ fn a_forged_ring_is_refused_with_its_cause() {
     assert_eq!(e.kind(), ErrorKind::Protocol);
     assert!(e.to_string().contains("not an eventfd"), "{e}");
 }
+
+#[test]
+fn a_consumer_asleep_on_its_ring_word_is_woken_by_items_and_by_the_bye() {
+    let (mut producer, mut consumer, _pw, _cw) = pool();
+    // Word sleeps for the whole wait: an item or a bye that did not wake
+    // the word would be seen only after 10 s.
+    consumer.set_word_sleep(Duration::from_secs(10));
+    let t = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let t0 = std::time::Instant::now();
+        while let Some(item) = consumer.next(Some(Duration::from_secs(20))).unwrap() {
+            got.push(item.seq());
+        }
+        (got, t0.elapsed())
+    });
+    for _ in 0..3 {
+        // Let the consumer fall asleep first.
+        std::thread::sleep(Duration::from_millis(30));
+        let lease = producer.acquire(T).unwrap();
+        lease.submit(16, Fence::Signalled).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    producer.finish(T).unwrap();
+    let (got, took) = t.join().unwrap();
+    assert_eq!(got, [1, 2, 3]);
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}

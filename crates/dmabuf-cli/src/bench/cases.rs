@@ -143,12 +143,14 @@ pub fn ready() -> BoxResult<()> {
 /// Runs the consumer of `kind` (in the worker process).
 pub fn worker(kind: &str, path: &str, size: u64) -> BoxResult<BenchReport> {
     match kind {
-        "dmabuf" => {
+        "dmabuf" | "dmabuf-poll" => {
             ready()?;
             let channel = stream::connect(Path::new(path), PEER_TIMEOUT)?;
             // The stream's consumer keeps its own bounded histogram, after
-            // the same warm-up.
-            let r = stream::consume(channel, PEER_TIMEOUT, WARM_UP);
+            // the same warm-up; `dmabuf-poll` never sleeps on the ring's
+            // word, only on its eventfd and socket.
+            let word_sleep = (kind == "dmabuf-poll").then_some(Duration::ZERO);
+            let r = stream::consume(channel, PEER_TIMEOUT, WARM_UP, word_sleep);
             if let Some(e) = r.error {
                 return Err(e.into());
             }
@@ -284,11 +286,11 @@ pub fn run_case(
     let dir = crate::tempdir::PrivateDir::new()?;
     let scratch = |tag: &str, size: u64| dir.join(&format!("{tag}-{size}"));
     match case {
-        "dmabuf" => {
-            let path = scratch("dmabuf", size);
+        "dmabuf" | "dmabuf-poll" => {
+            let path = scratch(case, size);
             let _ = std::fs::remove_file(&path);
             let listener = Listener::bind(&path)?;
-            let mut w = Worker::spawn("dmabuf", &path.to_string_lossy(), size)?;
+            let mut w = Worker::spawn(case, &path.to_string_lossy(), size)?;
             w.wait_ready()?;
             let channels = stream::accept_consumers(&listener, 1, PEER_TIMEOUT)?;
             let opts = stream::ProduceOptions {

@@ -43,7 +43,11 @@
 //! * **Wake-ups only when the other side sleeps.** A side that finds its
 //!   ring empty raises its *waiting* word, looks again, and only then
 //!   sleeps; a side that publishes wakes the other one only if that word
-//!   was raised (one `FUTEX_WAKE`, or one eventfd write). Items that queue
+//!   was raised (one `FUTEX_WAKE`, or one eventfd write). With
+//!   [`Wake::EventFd`] a consumer may still sleep on the word itself
+//!   ([`ConsumerRing::sleep_on_word`], the cheaper wake-up): it raises the
+//!   word to 2 instead of 1, and the producer, reading 2, wakes it with
+//!   `FUTEX_WAKE` rather than the eventfd. Items that queue
 //!   while the consumer is busy are taken in one batch with no system
 //!   call at all.
 //! * **Every wait has a deadline.** [`ConsumerRing::recv_item`] and
@@ -54,7 +58,9 @@
 //!   slices and check their socket, or, with [`Wake::EventFd`], raise
 //!   the waiting word with `begin_wait`, poll `wait_fd` together with the
 //!   socket (or register it with tokio), and lower it with `end_wait`
-//!   ([`ConsumerRing::begin_wait`], [`ProducerRing::begin_wait`]).
+//!   ([`ConsumerRing::begin_wait`], [`ProducerRing::begin_wait`]), or
+//!   sleep on the word in bounded slices with
+//!   [`ConsumerRing::sleep_on_word`] and look at the socket in between.
 //!
 //! ## Layout (little-endian, offsets in bytes)
 //!
@@ -99,6 +105,10 @@ const H_CONSUMER_WAITING: usize = 36; // 32-bit index: byte 144
 const W_ITEMS: usize = 32; // byte 256
 const ITEM_WORDS: usize = 8;
 const REL_WORDS: usize = 4;
+/// Waiting-word value of a side asleep in `FUTEX_WAIT` on the word itself
+/// in a ring with eventfds ([`ConsumerRing::sleep_on_word`]); 1 is a side
+/// asleep on its eventfd (or, without eventfds, on the word).
+const SLEEPS_ON_WORD: u32 = 2;
 /// How long a side looks again before it sleeps, unless set otherwise
 /// ([`ProducerRing::set_spin`], [`ConsumerRing::set_spin`]).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(5);
@@ -247,10 +257,21 @@ impl Shared {
         // published before sleeping, or we see its raised flag here.
         fence(Ordering::SeqCst);
         let f = self.h(flag);
-        if f.load(Ordering::Relaxed) == 0 || f.swap(0, Ordering::SeqCst) == 0 {
+        if f.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
+        let how = f.swap(0, Ordering::SeqCst);
+        if how == 0 {
+            return Ok(());
+        }
+        // A peer asleep on the word itself says so with `SLEEPS_ON_WORD`
+        // (any other value: on its eventfd, if the ring has eventfds). A
+        // wrong value from a hostile peer only picks the wrong means: it
+        // then sleeps until its own bound.
         match &self.theirs {
+            Some(_) if how == SLEEPS_ON_WORD => {
+                futex::wake(f, 1).map_err(|e| Error::os("ring wake", self.name.clone(), e))?;
+            }
             None => {
                 futex::wake(f, 1).map_err(|e| Error::os("ring wake", self.name.clone(), e))?;
             }
@@ -437,6 +458,12 @@ impl ProducerRing {
             v.push(m.as_fd());
         }
         v
+    }
+
+    /// Wakes the consumer if it sleeps (after a socket message it must see
+    /// soon, such as a bye, while it may sleep on the ring's word).
+    pub fn wake_consumer(&self) -> Result<()> {
+        self.s.wake_peer(H_CONSUMER_WAITING)
     }
 
     /// The fd to poll for a wake-up while waiting for releases (with
@@ -911,6 +938,37 @@ impl ConsumerRing {
     /// the waiting word and drains the wake-up fd.
     pub fn end_wait(&mut self) {
         self.s.end_wait(H_CONSUMER_WAITING);
+    }
+
+    /// Sleeps on the consumer's waiting word itself (`FUTEX_WAIT`, the
+    /// cheapest wake-up; with [`Wake::EventFd`] too, where the producer
+    /// sees from the word's value that it must `FUTEX_WAKE` rather than
+    /// write the eventfd) until the producer publishes, for at most
+    /// `max`. `Ok(true)` if an item is there now. The socket is not
+    /// watched meanwhile: the caller bounds `max` and looks at its socket
+    /// after. A sleep can end early with nothing to take (a spurious
+    /// wake-up, or a peer that lowered the word): the caller must not
+    /// loop on it unbounded.
+    pub fn sleep_on_word(&mut self, max: Duration) -> Result<bool> {
+        let w = if self.s.mine.is_some() {
+            SLEEPS_ON_WORD
+        } else {
+            1
+        };
+        self.s.h(H_CONSUMER_WAITING).store(w, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let r = match self.item_pending() {
+            Ok(false) => match futex::wait(self.s.h(H_CONSUMER_WAITING), w, max) {
+                Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => {
+                    self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
+                    self.item_pending()
+                }
+                Err(e) => Err(Error::os("ring wait", self.s.name.clone(), e)),
+            },
+            other => other,
+        };
+        self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
+        r
     }
 
     fn check_item(

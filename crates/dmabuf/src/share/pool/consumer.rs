@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::transport::{ConsumerTransport, Incoming};
-use super::{past, poll_any, protocol, slice, timed_out, MAX_POOL_BUFFERS};
+use super::{past, poll_any, protocol, slice, timed_out, CALM_SLICE, MAX_POOL_BUFFERS, WORD_SLEEP};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
@@ -31,6 +31,8 @@ pub struct Consumer {
     /// The producer said bye: the stream ends once the ring is empty.
     pub(super) bye: bool,
     pub(super) ended: bool,
+    /// How long a blocking `next` sleeps on the ring's word first.
+    pub(super) word_sleep: Duration,
 }
 
 /// The consumer's side of the pool handshake, one message at a time.
@@ -184,6 +186,7 @@ impl Consumer {
             last_seq: 0,
             bye: false,
             ended: false,
+            word_sleep: WORD_SLEEP,
         })
     }
 
@@ -313,6 +316,15 @@ impl Consumer {
         Ok(false)
     }
 
+    /// Sets how long a blocking [`next`](Self::next) sleeps on the ring's
+    /// waiting word before it sleeps on its eventfd and socket together
+    /// (default [`WORD_SLEEP`]; zero: never on the word). Longer saves
+    /// wake-up latency for items further apart, and lets a producer's
+    /// death or socket message wait that long to be seen.
+    pub fn set_word_sleep(&mut self, d: Duration) {
+        self.word_sleep = d;
+    }
+
     /// The next item once its ready fence has signalled, waiting at most
     /// `timeout`; `Ok(None)` once the producer has finished the stream.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
@@ -331,6 +343,23 @@ impl Consumer {
     pub(super) fn next_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let op = "pool next";
+        // First sleep on the ring's word (the cheapest wake-up), for at
+        // most WORD_SLEEP in all; then on the eventfd and the socket. Once
+        // a wake-up brought nothing to do (an empty ring, no message: a
+        // peer waking this side for nothing), sleep on the socket alone in
+        // CALM_SLICE slices for the rest of the call, so that such a peer
+        // costs a look at the ring per slice, not a spinning loop.
+        let word_until = Instant::now() + self.word_sleep;
+        let mut woken = false;
+        let mut calm = false;
+        // The peer's name is formatted only on the sleeping paths.
+        let no_item = |obj: String| {
+            timed_out(
+                op,
+                obj,
+                format!("no item within {:?}", timeout.unwrap_or_default()),
+            )
+        };
         loop {
             if let Some(mut item) = self.waiting.take() {
                 if let Err(e) = self.wait_ready(&item, deadline, timeout) {
@@ -346,6 +375,27 @@ impl Consumer {
                 return Ok(None);
             }
             if self.step()? {
+                woken = false;
+                continue;
+            }
+            calm |= woken;
+            woken = false;
+            let now = Instant::now();
+            if calm {
+                let obj = self.channel.peer().to_string();
+                let end = now + CALM_SLICE;
+                let end = deadline.map_or(end, |d| d.min(end));
+                if !poll_any(&[self.channel.fd()], Some(end), op, &obj)? && past(deadline) {
+                    return Err(no_item(obj));
+                }
+                continue;
+            }
+            if now < word_until && !past(deadline) {
+                let end = deadline.map_or(word_until, |d| d.min(word_until));
+                let got = self.transport().sleep_on_word(end - now)?;
+                // Ended before its bound with nothing to take: a wake-up
+                // for nothing (or a peer that lowered the word).
+                woken = !got && Instant::now() < end;
                 continue;
             }
             if self.transport().begin_wait()? {
@@ -361,12 +411,9 @@ impl Consumer {
             };
             self.transport().end_wait();
             if !woke? {
-                return Err(timed_out(
-                    op,
-                    obj,
-                    format!("no item within {:?}", timeout.unwrap_or_default()),
-                ));
+                return Err(no_item(obj));
             }
+            woken = true;
         }
     }
 

@@ -65,8 +65,16 @@
 //!   is found by the consumer while it waits for an item or for its ready
 //!   fence: the fence is failed here (`ECONNRESET`) and `next` returns
 //!   `PeerGone`; releasing an item after that is a `PeerGone` error too.
-//!   No wait in this module ignores the peer's socket, so nothing blocks
-//!   forever on a peer that is gone. A message or descriptor that breaks
+//!   No wait in this module ignores the peer's socket for long, so
+//!   nothing blocks forever on a peer that is gone: a blocking
+//!   [`Consumer::next`] first sleeps on its ring's waiting word (the
+//!   cheapest wake-up, which cannot watch the socket) for at most
+//!   [`WORD_SLEEP`] in all, then on its eventfd and socket together; a
+//!   wake-up that brings nothing to do (no item, no socket message) ends
+//!   the word and eventfd sleeps of that call: it then sleeps on the
+//!   socket alone in [`CALM_SLICE`] slices, looking at the ring between
+//!   them, so a peer that keeps waking it or lowering its word cannot make
+//!   it spin. A message or descriptor that breaks
 //!   the protocol (an unknown buffer, a length past the buffer, a sequence
 //!   number out of order, a release of a buffer not held, an item in a
 //!   buffer still held, a fence named but not sent, an item or release on
@@ -97,7 +105,11 @@
 //!
 //! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
-//! instead of `poll`.
+//! instead of `poll`. They do not sleep on the ring's word (a futex
+//! cannot be registered with tokio) and have no [`CALM_SLICE`] rule: a
+//! peer that keeps writing their ring's eventfd costs tokio's reactor a
+//! wake-up per write whether or not a task waits on it, which only
+//! deregistering the fd would stop.
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
@@ -123,6 +135,20 @@ pub fn frame_bytes(frame: &crate::frame::Frame) -> u64 {
         .iter()
         .fold(0u64, |n, b| n.saturating_add(b.size()))
 }
+
+/// How long, at most, a blocking [`Consumer::next`] sleeps on its ring's
+/// waiting word (`FUTEX_WAIT`, the cheapest wake-up) before it sleeps on
+/// its eventfd and its socket together; a producer that dies or sends a
+/// socket message meanwhile is seen at most this late (a producer's bye
+/// also wakes the word).
+pub const WORD_SLEEP: Duration = Duration::from_millis(20);
+
+/// How long a blocking [`Consumer::next`] that was woken for nothing (an
+/// empty ring and no socket message) sleeps on its socket alone before it
+/// looks at the ring again, for the rest of that call: what a peer that
+/// keeps waking it can cost (a look per slice), and the latency an item
+/// then has at worst.
+pub const CALM_SLICE: Duration = Duration::from_millis(1);
 
 /// The poll deadline: `deadline`, or sooner when something must be
 /// re-checked without an fd to tell (`recheck`).

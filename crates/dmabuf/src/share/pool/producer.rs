@@ -676,6 +676,10 @@ impl Producer {
         for i in 0..self.peers.len() {
             if self.peers[i].live() && self.peers[i].channel.send(&Message::Bye).is_err() {
                 self.drop_peer(i);
+            } else if self.peers[i].live() {
+                // A consumer asleep on its ring's word does not watch the
+                // socket: wake it to see the bye now.
+                let _ = self.peers[i].items.wake_consumer();
             }
         }
         loop {

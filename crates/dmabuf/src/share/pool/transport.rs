@@ -77,7 +77,7 @@ fn resolve(
     stash: &mut FenceStash,
     channel: &Channel,
     cap: usize,
-    what: &str,
+    what: impl FnOnce() -> String,
     other: &mut Vec<Message>,
 ) -> Result<Fence> {
     let tag = match r {
@@ -100,7 +100,7 @@ fn resolve(
     Err(protocol(
         "pool",
         channel.peer(),
-        format!("{what} names fence {tag}, which was not sent"),
+        format!("{} names fence {tag}, which was not sent", what()),
     ))
 }
 
@@ -180,9 +180,10 @@ impl ProducerTransport {
         let Some(d) = self.ring.try_recv_release()? else {
             return Ok(None);
         };
-        let what = format!("release of buffer {} (item {})", d.slot, d.seq);
+        // Named only in an error: no formatting per release.
+        let what = || format!("release of buffer {} (item {})", d.slot, d.seq);
         let cap = self.ring.capacity();
-        let f = resolve(d.fence, &mut self.stash, channel, cap, &what, other)?;
+        let f = resolve(d.fence, &mut self.stash, channel, cap, what, other)?;
         Ok(Some((d, f)))
     }
 
@@ -224,6 +225,11 @@ impl ProducerTransport {
     /// See [`ProducerRing::end_wait`].
     pub(super) fn end_wait(&mut self) {
         self.ring.end_wait()
+    }
+
+    /// See [`ProducerRing::wake_consumer`].
+    pub(super) fn wake_consumer(&self) -> Result<()> {
+        self.ring.wake_consumer()
     }
 
     /// The fd that becomes readable when the consumer wakes this side.
@@ -293,9 +299,10 @@ impl ConsumerTransport {
         let Some(d) = self.ring.try_recv_item()? else {
             return Ok(None);
         };
-        let what = format!("item {} in buffer {}", d.seq, d.slot);
+        // Named only in an error: no formatting per item.
+        let what = || format!("item {} in buffer {}", d.seq, d.slot);
         let cap = self.ring.capacity();
-        let f = resolve(d.fence, &mut self.stash, channel, cap, &what, other)?;
+        let f = resolve(d.fence, &mut self.stash, channel, cap, what, other)?;
         Ok(Some((d, f)))
     }
 
@@ -342,6 +349,11 @@ impl ConsumerTransport {
         self.ring.end_wait()
     }
 
+    /// See [`ConsumerRing::sleep_on_word`].
+    pub(super) fn sleep_on_word(&mut self, max: Duration) -> Result<bool> {
+        self.ring.sleep_on_word(max)
+    }
+
     /// The fd that becomes readable when the producer wakes this side.
     pub(super) fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.ring.wait_fd()
@@ -357,7 +369,15 @@ mod tests {
         let (a, b) = Channel::pair().unwrap();
         let mut stash = FenceStash::default();
         let mut other = Vec::new();
-        let e = resolve(FenceRef::Socket(1), &mut stash, &b, 4, "item 1", &mut other).unwrap_err();
+        let e = resolve(
+            FenceRef::Socket(1),
+            &mut stash,
+            &b,
+            4,
+            || "item 1".into(),
+            &mut other,
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
         assert!(
             e.to_string()
@@ -371,11 +391,26 @@ mod tests {
             fence: Fence::Signalled,
         })
         .unwrap();
-        let f = resolve(FenceRef::Socket(2), &mut stash, &b, 4, "item 2", &mut other).unwrap();
+        let f = resolve(
+            FenceRef::Socket(2),
+            &mut stash,
+            &b,
+            4,
+            || "item 2".into(),
+            &mut other,
+        )
+        .unwrap();
         assert!(matches!(f, Fence::Signalled));
         assert!(matches!(other.as_slice(), [Message::Bye]));
         assert!(matches!(
-            resolve(FenceRef::Signalled, &mut stash, &b, 4, "x", &mut other),
+            resolve(
+                FenceRef::Signalled,
+                &mut stash,
+                &b,
+                4,
+                || "x".into(),
+                &mut other
+            ),
             Ok(Fence::Signalled)
         ));
     }

@@ -580,3 +580,99 @@ fn begin_wait_arms_the_wake_fd_only_when_nothing_is_there() {
     w(&raw, W_ITEM_HEAD).store(99, Ordering::Release);
     assert_protocol(c.begin_wait(), "item head 99");
 }
+
+// ---- sleeping on the waiting word itself ----------------------------------
+
+#[test]
+fn a_consumer_asleep_on_the_word_is_woken_by_futex_not_its_eventfd() {
+    for wake in [Wake::Futex, Wake::EventFd] {
+        let (mut p, mut c, raw) = pair(wake);
+        let raw = Arc::new(raw);
+        let r = raw.clone();
+        let t = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let got = c.sleep_on_word(Duration::from_secs(10)).unwrap();
+            (got, t0.elapsed(), c)
+        });
+        let want = if wake == Wake::EventFd {
+            SLEEPS_ON_WORD
+        } else {
+            1
+        };
+        while r.word32(H_CONSUMER_WAITING).unwrap().load(Ordering::SeqCst) != want {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(SHORT);
+        p.send_item(2, 1, 0, false).unwrap();
+        let (got, slept, mut c) = t.join().unwrap();
+        assert!(got, "{wake:?}: an item is there");
+        assert!(
+            slept < Duration::from_secs(5),
+            "{wake:?}: woken, not timed out"
+        );
+        assert_eq!(
+            raw.word32(H_CONSUMER_WAITING)
+                .unwrap()
+                .load(Ordering::SeqCst),
+            0,
+            "lowered after the sleep"
+        );
+        if let Some(fd) = c.wait_fd() {
+            assert!(!readable(fd, 0), "the eventfd was not written");
+        }
+        assert_eq!(c.try_recv_item().unwrap().unwrap().slot, 2);
+        // An item already there: no sleep at all.
+        p.send_item(0, 1, 0, false).unwrap();
+        let t0 = Instant::now();
+        assert!(c.sleep_on_word(Duration::from_secs(10)).unwrap());
+        assert!(t0.elapsed() < Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_sleep_on_the_word_is_bounded_and_reports_nothing_to_take() {
+    let (_p, mut c, raw) = pair(Wake::EventFd);
+    // Nobody publishes: the sleep lasts its bound, then says "nothing".
+    let t0 = Instant::now();
+    assert!(!c.sleep_on_word(SHORT).unwrap());
+    assert!(t0.elapsed() >= SHORT - Duration::from_millis(5));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // A peer that wakes the word with nothing published ends the sleep
+    // early with nothing to take (the caller then stops sleeping on the
+    // word).
+    let raw = Arc::new(raw);
+    let r = raw.clone();
+    let waker = std::thread::spawn(move || {
+        let word = r.word32(H_CONSUMER_WAITING).unwrap();
+        while word.load(Ordering::SeqCst) != SLEEPS_ON_WORD {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(SHORT);
+        futex::wake(word, 1).unwrap();
+    });
+    let t0 = Instant::now();
+    assert!(!c.sleep_on_word(Duration::from_secs(10)).unwrap());
+    assert!(t0.elapsed() < Duration::from_secs(5), "woken early");
+    waker.join().unwrap();
+    // A peer that keeps lowering the word: the sleep ends early or at its
+    // bound, with nothing to take, never past it.
+    let r = raw.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let spoiler = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            r.word32(H_CONSUMER_WAITING)
+                .unwrap()
+                .store(0, Ordering::SeqCst);
+        }
+    });
+    let t0 = Instant::now();
+    let got = c.sleep_on_word(Duration::from_millis(500)).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    spoiler.join().unwrap();
+    assert!(!got);
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // A corrupt head is caught, not slept on.
+    w(&raw, W_ITEM_HEAD).store(99, Ordering::Release);
+    assert_protocol(c.sleep_on_word(SHORT), "item head 99");
+}
