@@ -75,7 +75,7 @@ pub struct Args {
     /// Memory: auto (the system heap, else udmabuf, else portable), heap, heap:NAME, udmabuf or portable.
     #[arg(long, default_value = "auto", value_parser = backend::parse)]
     pub backend: backend::Choice,
-    /// Where to write frames: a directory (one file per frame) or a file (all frames).
+    /// Where to write frames: a directory (one file per frame) or a file (all frames); with --share, only on the consumer's side.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Frame width in pixels (the driver may adjust it).
@@ -84,7 +84,7 @@ pub struct Args {
     /// Frame height in pixels (the driver may adjust it).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub height: Option<u32>,
-    /// Pixel format as a V4L2 fourcc (YUYV, NV12, NM12, RGB3, GREY…).
+    /// Pixel format as a V4L2 fourcc (YUYV, NV12, NM12, RGB3, GREY…); --share needs one with a DRM frame layout (not MJPG).
     #[arg(long, value_parser = parse_fourcc)]
     pub format: Option<FourCc>,
     /// Seconds to wait for each frame (and, with --share, for the peer) before giving up.
