@@ -680,6 +680,14 @@ enum Page {
     Corrupt(String),
 }
 
+/// The eventfd ([`UserFence::event_fd`]): readable when the fence
+/// signals, a hint to check [`UserFence::status`], as that method says.
+impl AsFd for UserFence {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.event_fd()
+    }
+}
+
 impl Inner {
     fn word(&self, i: usize) -> u64 {
         self.words.load(i).unwrap_or(0)
