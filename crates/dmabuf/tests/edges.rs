@@ -79,3 +79,14 @@ fn fences_and_endpoints_lend_their_fds() {
     assert_eq!(ep.as_fd().as_raw_fd(), raw);
     drop(r);
 }
+
+#[test]
+fn fences_display_as_in_messages() {
+    use dmabuf::{Fence, UserFence};
+    assert_eq!(Fence::Signalled.to_string(), "signalled fence");
+    let u = UserFence::new().unwrap();
+    let f = Fence::from(u.clone());
+    assert_eq!(f.to_string(), f.describe());
+    assert_eq!(u.to_string(), f.describe());
+    assert!(u.to_string().contains("user fence"), "{u}");
+}
