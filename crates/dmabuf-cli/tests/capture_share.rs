@@ -184,7 +184,7 @@ fn the_consumer_side_refuses_frames_larger_than_its_memory() {
     rustix::fs::ftruncate(&fd, TIB).unwrap();
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
         .unwrap();
-    let buffer = dmabuf::Buffer::try_from(std::os::fd::OwnedFd::from(fd)).unwrap();
+    let buffer = dmabuf::Buffer::try_from(fd).unwrap();
     let plane = dmabuf::frame::Plane {
         buffer,
         offset: 0,
