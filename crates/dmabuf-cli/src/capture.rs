@@ -38,7 +38,9 @@
 //!   item reads every plane in a read window, prints
 //!   `item N: NV12 1280x720 (LINEAR), 2 planes` and writes the planes
 //!   (one after the other) to `--out`, until the producer ends the
-//!   stream. A frame whose fence failed (the driver flagged it) is
+//!   stream. A pool whose largest frame is more than this process can
+//!   hold (`MemAvailable`, the cgroup's `memory.max`) is refused with both
+//!   numbers before any item is read. A frame whose fence failed (the driver flagged it) is
 //!   counted in `errors:`. `--device`, `--format`, `--width`, `--height`,
 //!   `--buffers`, `--backend` and `--frames` are the producer's; `--out`
 //!   is the consumer's (refused on the producer's side).
@@ -75,7 +77,7 @@ pub struct Args {
     /// Memory: auto (the system heap, else udmabuf, else portable), heap, heap:NAME, udmabuf or portable.
     #[arg(long, default_value = "auto", value_parser = backend::parse)]
     pub backend: backend::Choice,
-    /// Where to write frames: a directory (one file per frame) or a file (all frames).
+    /// Where to write frames: a directory (one file per frame) or a file (all frames); with --share, only on the consumer's side.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Frame width in pixels (the driver may adjust it).
@@ -84,7 +86,7 @@ pub struct Args {
     /// Frame height in pixels (the driver may adjust it).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub height: Option<u32>,
-    /// Pixel format as a V4L2 fourcc (YUYV, NV12, NM12, RGB3, GREY…).
+    /// Pixel format as a V4L2 fourcc (YUYV, NV12, NM12, RGB3, GREY…); --share needs one with a DRM frame layout (not MJPG).
     #[arg(long, value_parser = parse_fourcc)]
     pub format: Option<FourCc>,
     /// Seconds to wait for each frame (and, with --share, for the peer) before giving up.
@@ -464,6 +466,27 @@ fn receive(socket: &Path, out: Option<&Path>, timeout: Duration) -> crate::CliRe
             crate::out::escape(&socket.display().to_string())
         )
         .into());
+    }
+    // Each item's planes are copied out whole: a frame this process cannot
+    // hold (a peer may share a sparse memfd of any size) is refused here,
+    // with the numbers, not found by the allocator.
+    let largest = consumer
+        .frames()
+        .iter()
+        .map(dmabuf::share::pool::frame_bytes)
+        .max()
+        .unwrap_or(0);
+    if let Some(room) = dmabuf::alloc::memory_room() {
+        if largest > room.bytes {
+            return Err(format!(
+                "capture: {}: the producer shares frames of up to {}, more than this process can hold: {} available ({})",
+                crate::out::escape(&socket.display().to_string()),
+                dmabuf::units::human_size(largest),
+                dmabuf::units::human_size(room.bytes),
+                room.source
+            )
+            .into());
+        }
     }
     let (mut items, mut errors, mut bytes) = (0u64, 0u64, 0u64);
     let mut last = String::new();

@@ -34,7 +34,7 @@ pub type CliResult<T = ExitCode> = Result<T, Box<dyn std::error::Error>>;
 #[command(
     name = "dmabuf",
     version,
-    about = "Linux DMA-BUF buffer sharing: probe, inspect, allocate, stream, benchmark"
+    about = "Linux DMA-BUF buffer sharing: probe, inspect, allocate, capture, stream, benchmark"
 )]
 pub(crate) struct Cli {
     /// Print errors only on stderr (no warnings, progress or notes).
@@ -62,7 +62,7 @@ enum Command {
     Ls(ls::Args),
     /// Allocate a buffer, name it, fill it and hold it.
     Alloc(alloc::Args),
-    /// Capture video frames from a V4L2 device straight into dma-bufs.
+    /// Capture video frames from a V4L2 device straight into dma-bufs, or share them with another process.
     Capture(capture::Args),
     /// Stream buffers from a producer process to consumer processes.
     Stream(stream::Args),
@@ -145,6 +145,11 @@ mod tests {
         "--frames",
         "--width",
         "--format",
+        "--height",
+        "--device",
+        "--out",
+        "--share",
+        "NV12",
         "--worker",
         "--path",
         "--quick",

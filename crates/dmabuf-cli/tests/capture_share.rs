@@ -170,3 +170,51 @@ fn share_arguments_are_checked() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A producer sharing a frame larger than this machine's memory (a sparse
+/// sealed memfd of 1 TiB, one XRGB8888 plane of 65536x4194304): the
+/// consumer refuses it with the numbers, rather than dying of a copy it
+/// cannot allocate.
+#[test]
+fn the_consumer_side_refuses_frames_larger_than_its_memory() {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    const TIB: u64 = 1 << 40;
+    let fd =
+        rustix::fs::memfd_create("huge", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&fd, TIB).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .unwrap();
+    let buffer = dmabuf::Buffer::try_from(fd).unwrap();
+    let plane = dmabuf::frame::Plane {
+        buffer,
+        offset: 0,
+        stride: 65536 * 4,
+    };
+    let f = Frame::new(
+        Fourcc::XRGB8888,
+        dmabuf::Modifier::LINEAR,
+        65536,
+        4_194_304,
+        [plane],
+    )
+    .unwrap();
+    let dir = scratch("huge");
+    let socket = dir.join("sock");
+    let listener = Listener::bind(&socket).unwrap();
+    let child = consumer(&socket, &dir.join("x.raw"));
+    let ch = listener.accept(T).unwrap();
+    let mut producer = Producer::new_frames(vec![f], vec![ch]).unwrap();
+    // The item is offered; a consumer that took it would read 1 TiB.
+    let _ = producer
+        .acquire(T)
+        .and_then(|l| l.submit_all(Fence::Signalled));
+    let o = finish(child);
+    drop(producer);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}: {err}", o.status);
+    assert!(
+        err.contains("frames of up to 1.0 TiB") && err.contains("available ("),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -530,3 +530,67 @@ fn a_producer_never_removes_a_file_it_did_not_create() {
     assert_eq!(std::fs::read(&sock).unwrap(), b"someone else's");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The frame options of `capture`: garbage formats, sizes past `u32`, odd
+/// `--share` paths. Each is clap's error naming the option (2) or one
+/// `dmabuf: …` line naming the cause (1); none panics.
+#[test]
+fn capture_frame_options_fail_cleanly() {
+    for bad in ["", "ÄÖ", "NV 2", "nv1\u{7}", "TOOLONG", "NV12\n"] {
+        refused(
+            &["capture", "--format", bad],
+            2,
+            &["--format <FORMAT>", "1 to 4 printable ASCII characters"],
+        );
+    }
+    for opt in ["--width", "--height"] {
+        refused(
+            &["capture", opt, "4294967296"],
+            2,
+            &["4294967296 is not in 1..=4294967295"],
+        );
+        refused(&["capture", opt, "-1"], 2, &["'-1'"]);
+    }
+    // The largest size clap lets through reaches the device, which is
+    // checked first.
+    refused(
+        &[
+            "capture",
+            "--device",
+            "/dev/null",
+            "--format",
+            "NM12",
+            "--width",
+            "4294967295",
+            "--height",
+            "4294967295",
+        ],
+        1,
+        &["dmabuf: v4l2 open: /dev/null: not a V4L2 device"],
+    );
+    refused(
+        &["capture", "--share", ""],
+        2,
+        &["a value is required for '--share <SOCKET>'"],
+    );
+    let long = "s".repeat(200);
+    for (socket, cause) in [
+        (long.as_str(), "File name too long"),
+        ("/dev/null", "Connection refused"),
+        ("/", "Connection refused"),
+    ] {
+        refused(
+            &[
+                "capture",
+                "--share",
+                socket,
+                "--role",
+                "consumer",
+                "--timeout",
+                "0.1",
+            ],
+            1,
+            &["dmabuf: connect: socket ", cause],
+        );
+    }
+}

@@ -1,5 +1,6 @@
-//! The seeds' system: samples an IIO device captures into dma-bufs go out
-//! to the USB host through FunctionFS, with no CPU copy.
+//! The system this project was made for: samples an IIO device captures
+//! into dma-bufs go out to the USB host through FunctionFS, with no CPU
+//! copy.
 //!
 //! ```text
 //! relay /dev/iio:device0 /sys/bus/iio/devices/iio:device0/buffer0/enable \

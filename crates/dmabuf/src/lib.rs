@@ -23,7 +23,14 @@
 //! * [`fence`] — kernel sync files and user fences, one [`Fence`] type;
 //!   [`reservation`] — the implicit-sync rules that make CPU, devices and
 //!   processes take turns.
-//! * [`inspect`] — who holds which dma-buf in this system.
+//! * [`frame`] — frames: DRM fourcc formats, modifiers, checked plane
+//!   layouts in one or several buffers, plane windows.
+//! * [`endpoint`] — devices (any fd, FunctionFS, V4L2 capture and output,
+//!   IIO, DRM PRIME): attach a buffer once, a fence per transfer.
+//! * [`share`] — buffers, frames and fences across processes over a Unix
+//!   socket, and the streaming pool ([`share::pool`]).
+//! * [`inspect`] — who holds which dma-buf in this system; [`probe`] —
+//!   what this kernel offers.
 //!
 //! The modules are layered: `sys`, [`error`], [`units`], [`access`] and
 //! the private `procfs` parsers at the bottom, then [`fence`], [`dma_buf`], [`reservation`], [`buffer`],

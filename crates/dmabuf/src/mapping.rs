@@ -3,8 +3,9 @@
 //! # DOC: CPU access is always bracketed
 //!
 //! A dma-buf's memory may sit behind caches that a device does not see, or
-//! be written by a device right now. The kernel's rule (seeds 000, 002,
-//! 004) is that CPU access through a mapping is *bracketed*:
+//! be written by a device right now. The kernel's rule (its dma-buf
+//! documentation, "CPU access to DMA buffer objects") is that CPU access
+//! through a mapping is *bracketed*:
 //! `DMA_BUF_IOCTL_SYNC` with `START` and the direction before touching the
 //! bytes, and `END` after, so the exporter can flush or invalidate caches
 //! and the kernel can wait for the device fences in the way.

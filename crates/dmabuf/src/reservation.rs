@@ -6,7 +6,7 @@
 //! Every [`Buffer`](crate::Buffer) has a reservation, like the kernel's
 //! `dma_resv`: a set of *read* fences and *write* fences of work that is
 //! using the buffer, plus the CPU windows open on it in this process. The
-//! rules are those of the kernel (`uapi.md` §1):
+//! rules are those of the kernel's `dma_resv`:
 //!
 //! * **reading** waits for the writers: a read window, a read idle-wait
 //!   (`POLLIN`) and a fence exported for reading cover the write fences;

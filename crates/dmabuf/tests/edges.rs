@@ -58,3 +58,35 @@ fn one_shot_closures_open_and_close_windows() {
     let e = buf.read_with(|b| b.len()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
 }
+
+#[test]
+fn fences_and_endpoints_lend_their_fds() {
+    use dmabuf::endpoint::fd::FdEndpoint;
+    use dmabuf::endpoint::Direction;
+    use dmabuf::{SyncFile, UserFence};
+    // A user fence lends its eventfd: what an event loop waits on.
+    let f = UserFence::new().unwrap();
+    assert_eq!(f.as_fd().as_raw_fd(), f.event_fd().as_raw_fd());
+    // A sync file is made from an fd, checked.
+    let not_a_sync_file: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
+    let e = SyncFile::try_from(not_a_sync_file).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert!(e.to_string().contains("not a sync file"), "{e}");
+    // An fd endpoint lends the fd it moves data through.
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let raw = w.as_raw_fd();
+    let ep = FdEndpoint::new(w, Direction::ToDevice).unwrap();
+    assert_eq!(ep.as_fd().as_raw_fd(), raw);
+    drop(r);
+}
+
+#[test]
+fn fences_display_as_in_messages() {
+    use dmabuf::{Fence, UserFence};
+    assert_eq!(Fence::Signalled.to_string(), "signalled fence");
+    let u = UserFence::new().unwrap();
+    let f = Fence::from(u.clone());
+    assert_eq!(f.to_string(), f.describe());
+    assert_eq!(u.to_string(), f.describe());
+    assert!(u.to_string().contains("user fence"), "{u}");
+}

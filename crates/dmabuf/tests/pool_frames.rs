@@ -146,6 +146,17 @@ fn a_frame_slot_takes_at_most_the_frames_bytes() {
     let item = consumer.next(T).unwrap().unwrap();
     assert_eq!(item.len(), 10);
     assert!(item.frame().is_some());
+    item.release(Fence::Signalled).unwrap();
+    // The whole frame: its length counts every buffer, more than the
+    // first one (`Item::buffer`) holds.
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit_all(Fence::Signalled)
+        .unwrap();
+    let item = consumer.next(T).unwrap().unwrap();
+    assert_eq!(item.len(), total);
+    assert!(item.len() > item.buffer().size());
 }
 
 #[test]

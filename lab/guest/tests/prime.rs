@@ -83,6 +83,9 @@ mod prime {
     fn device_reports_prime_import_and_export() {
         let d = vgem();
         assert!(d.can_import() && d.can_export(), "{d:?}");
+        // `AsFd` lends the device file itself.
+        let node = rustix::fs::stat("/dev/dri/card0").unwrap();
+        assert_eq!(rustix::fs::fstat(d.as_fd()).unwrap().st_rdev, node.st_rdev);
     }
 
     #[test]

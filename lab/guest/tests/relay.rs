@@ -1,5 +1,6 @@
-//! The seeds' system end to end (`crates/dmabuf/examples/relay.rs`, this
-//! file runs its `relay` function): the fake ADC captures samples into
+//! The system this project was made for, end to end
+//! (`crates/dmabuf/examples/relay.rs`, this file runs its `relay`
+//! function): the fake ADC captures samples into
 //! udmabufs, FunctionFS sends them to the USB host with no CPU copy, and
 //! the host side checks every sample. Test names start with `relay_`.
 

@@ -134,6 +134,10 @@ fn vivid_grants_at_least_two_slots() {
     vivid();
     // A request for one buffer is raised by videobuf2 (vivid wants two).
     let cap = open(1);
+    // `AsFd` lends the device node itself.
+    let node = rustix::fs::stat(DEVICE).unwrap();
+    let fd = std::os::fd::AsFd::as_fd(&cap);
+    assert_eq!(rustix::fs::fstat(fd).unwrap().st_rdev, node.st_rdev);
     assert_eq!(cap.requested_slots(), 1);
     assert_eq!(cap.slots(), 2, "vivid granted {} slots for 1", cap.slots());
     assert!(

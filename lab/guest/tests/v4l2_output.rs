@@ -106,6 +106,10 @@ fn output_single_planar_buffers_through_the_endpoint_trait() {
         ..FormatRequest::default()
     };
     let mut out = V4l2Output::open(&n.output, &req, 2).unwrap();
+    // `AsFd` lends the device node itself.
+    let node = rustix::fs::stat(&n.output).unwrap();
+    let fd = std::os::fd::AsFd::as_fd(&out);
+    assert_eq!(rustix::fs::fstat(fd).unwrap().st_rdev, node.st_rdev);
     let fmt = out.format();
     assert!(!fmt.multiplanar, "{fmt}");
     let alloc = Allocator::new(&Backend::Udmabuf).unwrap();

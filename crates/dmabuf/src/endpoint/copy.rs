@@ -70,7 +70,7 @@
 //! ignore it too. Sockets are written with `MSG_NOSIGNAL`.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -438,6 +438,13 @@ pub const INTERRUPT_WAIT: Duration = Duration::from_secs(1);
 
 /// How often the blocked worker is signalled while interrupting.
 const INTERRUPT_EVERY: Duration = Duration::from_millis(50);
+
+/// The fd the engine moves data through (its worker reads or writes it).
+impl AsFd for CopyEngine {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.shared.fd.as_fd()
+    }
+}
 
 impl Drop for CopyEngine {
     fn drop(&mut self) {

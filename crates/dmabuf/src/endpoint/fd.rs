@@ -19,7 +19,7 @@
 //! * the fd is owned by the endpoint and closed when it is dropped, after
 //!   the worker has stopped.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::OFlags;
 
@@ -165,5 +165,12 @@ impl Endpoint for FdEndpoint {
         self.attachments.remove("detach", &obj, attachment)?;
         self.engine.cancel(attachment.id);
         Ok(())
+    }
+}
+
+/// The fd the endpoint moves data through.
+impl AsFd for FdEndpoint {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.engine.as_fd()
     }
 }

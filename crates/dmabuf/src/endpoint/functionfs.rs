@@ -59,7 +59,8 @@
 //! those have. FunctionFS and IIO share this core (`endpoint::kernel`),
 //! each with its own ioctls and errno mapping.
 //!
-//! **The 6.12 direction bug** (uapi.md §5, fixed upstream by 0145e7acd298):
+//! **The 6.12 direction bug** (fixed upstream by 0145e7acd298, see
+//! `docs/kernel-findings.md`):
 //! Linux 6.12 adds the fence of an OUT transfer (the controller *writes*
 //! the buffer) as a *read* fence, so `poll(POLLIN)`, read exports and
 //! `DMA_BUF_IOCTL_SYNC START|READ` do not wait for it. The endpoint adds
@@ -149,14 +150,14 @@ pub struct FunctionFsEndpoint {
     core: KernelDmabufCore<FunctionFs>,
 }
 
-/// The FunctionFS DMABUF uAPI (uapi.md §5) for the kernel endpoint core.
+/// The FunctionFS DMABUF uAPI (Linux 6.12) for the kernel endpoint core.
 #[derive(Debug)]
 pub(crate) enum FunctionFs {}
 
 impl DmabufUapi for FunctionFs {
     const ATTACH_IOCTL: &'static str = "FUNCTIONFS_DMABUF_ATTACH";
     const DEVICE: &'static str = "the controller";
-    // 6.12 adds an OUT transfer's fence as a reader (uapi.md §5).
+    // Unfixed 6.12 adds an OUT transfer's fence as a reader (see above).
     const FIX_FROM_DEVICE_USAGE: bool = true;
     // A disabled endpoint (host reset, disconnect, or UDC unbound).
     const GONE_ERRNO: Option<Errno> = Some(Errno::SHUTDOWN);

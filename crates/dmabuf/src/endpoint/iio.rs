@@ -79,7 +79,7 @@ pub struct IioEndpoint {
     core: KernelDmabufCore<Iio>,
 }
 
-/// The IIO DMABUF uAPI (uapi.md §6) for the kernel endpoint core.
+/// The IIO DMABUF uAPI (Linux 6.12) for the kernel endpoint core.
 #[derive(Debug)]
 pub(crate) enum Iio {}
 

@@ -3,7 +3,8 @@
 //!
 //! # DOC: endpoints
 //!
-//! The model is FunctionFS's DMABUF interface (seed 003), generalised:
+//! The model is FunctionFS's DMABUF interface (`FUNCTIONFS_DMABUF_ATTACH`,
+//! `_TRANSFER`, `_DETACH`), generalised:
 //!
 //! * [`Endpoint::attach`] prepares a buffer for the device once — the
 //!   expensive part (mapping it for DMA) happens here and is cached, as

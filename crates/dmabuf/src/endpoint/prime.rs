@@ -262,6 +262,13 @@ impl DrmDevice {
     }
 }
 
+/// The device file ([`DrmDevice::fd`]).
+impl AsFd for DrmDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd()
+    }
+}
+
 /// A GEM handle held open on a [`DrmDevice`]; the handle is closed when
 /// the last `GemHandle` on it (from any import or clone) is dropped.
 #[derive(Debug)]

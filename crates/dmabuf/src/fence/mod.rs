@@ -234,6 +234,13 @@ impl From<UserFence> for Fence {
     }
 }
 
+impl std::fmt::Display for Fence {
+    /// As in messages: [`Fence::describe`].
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
 impl Fence {
     /// A short description for messages.
     pub fn describe(&self) -> String {

@@ -180,3 +180,11 @@ impl AsFd for SyncFile {
         self.fd.as_fd()
     }
 }
+
+/// [`SyncFile::from_fd`]: the fd is checked.
+impl TryFrom<OwnedFd> for SyncFile {
+    type Error = Error;
+    fn try_from(fd: OwnedFd) -> Result<SyncFile> {
+        SyncFile::from_fd(fd)
+    }
+}

@@ -680,6 +680,22 @@ enum Page {
     Corrupt(String),
 }
 
+impl std::fmt::Display for UserFence {
+    /// `user fence CONTEXT#SEQNO` (or `received user fence …`), as in
+    /// messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// The eventfd ([`UserFence::event_fd`]): readable when the fence
+/// signals, a hint to check [`UserFence::status`], as that method says.
+impl AsFd for UserFence {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.event_fd()
+    }
+}
+
 impl Inner {
     fn word(&self, i: usize) -> u64 {
         self.words.load(i).unwrap_or(0)

@@ -19,7 +19,7 @@
 //!   kernel's errno is kept exactly. Nothing here validates input or
 //!   produces friendly messages: that is the job of the modules above.
 //! * Struct layouts, sizes and ioctl numbers are those of Linux 6.12's uapi
-//!   headers (see `shared/reference/uapi.md`), pinned by tests in each file.
+//!   headers, pinned by tests in each file.
 //!   The numbers hold for the generic `_IOC` encoding (x86, arm, arm64,
 //!   riscv).
 

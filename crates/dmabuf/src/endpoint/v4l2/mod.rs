@@ -128,6 +128,7 @@ mod queue;
 mod worker;
 
 use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
 pub use format::{Format, FormatRequest, FourCc, PlaneFormat};
@@ -276,6 +277,13 @@ macro_rules! queue_endpoint {
 
             fn detach(&mut self, attachment: &Attachment) -> Result<()> {
                 self.0.detach_buffer(attachment)
+            }
+        }
+
+        /// The device node (see [`V4l2Queue`]'s `AsFd`).
+        impl AsFd for $t {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.0.as_fd()
             }
         }
     };

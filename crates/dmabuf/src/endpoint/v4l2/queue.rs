@@ -2,7 +2,7 @@
 //! buffer slots (`VIDIOC_REQBUFS`), attachments of buffers and frames,
 //! queueing with the reservation's one-step wait-and-publish, detaching.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -887,6 +887,15 @@ impl Drop for V4l2Queue {
         if let Some(h) = self.worker.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// The device node, for `poll` and driver ioctls the library does not
+/// make (controls, say). Buffers queued or dequeued on it behind the
+/// endpoint's back are not tracked: use the endpoint for those.
+impl AsFd for V4l2Queue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.dev().as_fd()
     }
 }
 

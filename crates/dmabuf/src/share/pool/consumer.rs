@@ -514,7 +514,10 @@ impl Item {
         self.seq
     }
 
-    /// Length of the item in bytes, from the start of the buffer.
+    /// Length of the item in bytes, from the start of the buffer; in a
+    /// pool of frames, bytes of the frame as
+    /// [`frame_bytes`](super::frame_bytes) counts them (its buffers one
+    /// after the other), which may be more than [`Item::buffer`] holds.
     pub fn len(&self) -> u64 {
         self.len
     }

@@ -733,8 +733,9 @@ impl Lease<'_> {
     }
 
     /// Sends the item (`len` bytes from the start of the buffer, readable
-    /// once `ready` signals) to every consumer; returns its sequence
-    /// number. A consumer found gone is dropped and reported once as
+    /// once `ready` signals; in a pool of frames, `len` counts the frame's
+    /// bytes, at most [`frame_bytes`](super::frame_bytes)) to every
+    /// consumer; returns its sequence number. A consumer found gone is dropped and reported once as
     /// [`ErrorKind::PeerGone`]; the others still got the item.
     pub fn submit(mut self, len: u64, ready: Fence) -> Result<u64> {
         self.done = true;

@@ -7,7 +7,10 @@
 //! next fence tag *before* its descriptor is published, so the receiver,
 //! seeing the tag on the ring, finds the fence on the socket (reading it
 //! again once if it arrived meanwhile). Fence messages that arrive are kept
-//! by tag, at most one per buffer in flight; more is a protocol error.
+//! by tag, at most one per buffer in flight; more is a protocol error. A
+//! search for a named fence reads at most [`MAX_OTHERS`] other messages
+//! (a peer flooding the socket cannot hold it), then the fence counts as
+//! not sent.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -70,6 +73,12 @@ pub(super) enum Incoming {
     Other(Message),
 }
 
+/// Most messages other than fences that one search for a fence reads
+/// off the socket: in the pool's protocol only a bye can come between a
+/// fence and the descriptor that names it, and anything after a bye is a
+/// protocol error anyway.
+const MAX_OTHERS: usize = 2;
+
 /// Resolves a descriptor's fence reference, reading the socket once more
 /// if the fence is not there yet.
 fn resolve(
@@ -88,10 +97,17 @@ fn resolve(
         return Ok(f);
     }
     // Sent before the descriptor was published, so it is readable now.
-    while let Some(m) = channel.try_recv()? {
+    // Fences met on the way are bounded by the stash, other messages by
+    // MAX_OTHERS: a peer flooding the socket cannot keep this loop going.
+    let mut others = 0;
+    while others < MAX_OTHERS {
+        let Some(m) = channel.try_recv()? else { break };
         match m {
             Message::Fence { tag: t, fence } => stash.put(t, fence, cap, channel.peer())?,
-            m => other.push(m),
+            m => {
+                others += 1;
+                other.push(m);
+            }
         }
         if let Some(f) = stash.take(tag) {
             return Ok(f);
@@ -100,7 +116,7 @@ fn resolve(
     Err(protocol(
         "pool",
         channel.peer(),
-        format!("{} names fence {tag}, which was not sent", what()),
+        format!("{} names fence {tag}, which was not sent before it ({others} other messages came instead)", what()),
     ))
 }
 
@@ -430,5 +446,28 @@ mod tests {
             "{e}"
         );
         assert!(stash.take(2).is_some() && stash.take(2).is_none());
+    }
+
+    #[test]
+    fn looking_for_a_fence_reads_a_bounded_number_of_messages() {
+        // A peer that floods the socket with messages other than the
+        // fence a descriptor names: the search stops after a few, however
+        // many are queued (or keep coming), and says why.
+        let (a, b) = Channel::pair().unwrap();
+        for _ in 0..64 {
+            a.send(&Message::Bye).unwrap();
+        }
+        let mut stash = FenceStash::default();
+        let mut other = Vec::new();
+        let e = resolve(FenceRef::Socket(1), &mut stash, &b, 4, "item 1", &mut other).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol);
+        assert!(
+            e.to_string()
+                .contains("item 1 names fence 1, which was not sent"),
+            "{e}"
+        );
+        assert!(other.len() <= MAX_OTHERS, "{} messages read", other.len());
+        // The rest is still on the socket, unread.
+        assert!(matches!(b.try_recv(), Ok(Some(Message::Bye))));
     }
 }
