@@ -459,7 +459,15 @@ mod tests {
         }
         let mut stash = FenceStash::default();
         let mut other = Vec::new();
-        let e = resolve(FenceRef::Socket(1), &mut stash, &b, 4, "item 1", &mut other).unwrap_err();
+        let e = resolve(
+            FenceRef::Socket(1),
+            &mut stash,
+            &b,
+            4,
+            || "item 1".to_string(),
+            &mut other,
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Protocol);
         assert!(
             e.to_string()
