@@ -193,6 +193,30 @@ mod tests {
         assert!(files.len() > 10, "{files:?}");
     }
 
+    /// The guest builds go to their own target directory, without debug
+    /// info (symbols kept), whatever profile they use.
+    #[test]
+    fn guest_builds_are_stripped_and_kept_apart() {
+        let c = cargo(Path::new("/repo"), Path::new("/repo/target/lab"));
+        let env = |k: &str| {
+            c.get_envs()
+                .find(|(name, _)| *name == k)
+                .and_then(|(_, v)| v)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(env("CARGO_TARGET_DIR").as_deref(), Some("/repo/target/lab"));
+        assert_eq!(
+            env("RUSTFLAGS").as_deref(),
+            Some("-C target-feature=+crt-static")
+        );
+        for profile in ["DEV", "TEST", "RELEASE"] {
+            let debug = format!("CARGO_PROFILE_{profile}_DEBUG");
+            let strip = format!("CARGO_PROFILE_{profile}_STRIP");
+            assert_eq!(env(&debug).as_deref(), Some("false"), "{debug}");
+            assert_eq!(env(&strip).as_deref(), Some("debuginfo"), "{strip}");
+        }
+    }
+
     #[test]
     fn finds_test_and_bin_executables() {
         let msgs: Vec<serde_json::Value> = [
