@@ -253,7 +253,7 @@ fn sync_files_export_import_merge_info_wait() {
     assert_eq!(
         dmabuf_lab_guest::sys::dma_buf::import_sync_file(d, 2, &memfd),
         Err(Errno::INVAL),
-        "uapi.md: a non-sync-file fd gives EINVAL, not EBADF"
+        "DMA_BUF_IOCTL_IMPORT_SYNC_FILE: a non-sync-file fd gives EINVAL, not EBADF"
     );
     // Merge with a non-sync-file is ENOENT.
     assert_eq!(

@@ -1,7 +1,7 @@
 //! FunctionFS endpoints against the real kernel: a gadget on the lab's
 //! scatter-gather `dummy_hcd` (lab/fixtures/dummy_hcd-sg.patch) with bulk
 //! IN (`ep1`) and OUT (`ep2`) endpoints, read and written from the host
-//! side of the same VM through usbfs. The DMABUF path (uapi.md §5) runs
+//! side of the same VM through usbfs. The DMABUF path (`FUNCTIONFS_DMABUF_*`) runs
 //! for real here: attach, transfer, fences, implicit sync with CPU
 //! windows, detach, drop. Test names start with `ffs_` (a lab filter).
 
@@ -183,7 +183,7 @@ fn out_transfer_lands_and_read_window_waits(buf: Buffer, seed: u8) {
         !Fence::from(write_export).is_signalled(),
         "the kernel's reservation has no fence of the OUT transfer in flight"
     );
-    // The 6.12 direction bug (uapi.md §5): an OUT transfer writes the
+    // The 6.12 direction bug (docs/kernel-findings.md): an OUT transfer writes the
     // buffer, so a *read* export must include its fence, whether the
     // kernel added it as a writer or the library re-added it.
     let read_export = buf

@@ -1,4 +1,4 @@
-//! IIO DMABUF against the real kernel (uapi.md §6): the lab's fake ADC
+//! IIO DMABUF against the real kernel (`IIO_BUFFER_DMABUF_*` ioctls): the lab's fake ADC
 //! (lab/fixtures/fake_adc/) on an out-of-tree `industrialio-buffer-dma`
 //! fills enqueued dma-bufs with a checkable sample pattern. Test names
 //! start with `iio_`.

@@ -80,7 +80,7 @@ fn capture_into(backend: Backend) {
     assert_eq!(cap.direction(), Direction::FromDevice);
     assert_eq!(cap.data_path(), DataPath::ZeroCopy);
     let fmt: Format = cap.format();
-    // lab.md: vivid's default is 640x360 YUYV, 460800 bytes per frame.
+    // vivid's default format is 640x360 YUYV, 460800 bytes per frame.
     assert_eq!((fmt.width, fmt.height), (640, 360), "{fmt}");
     assert_eq!(fmt.pixelformat, FourCc::new(b"YUYV"));
     assert_eq!(fmt.sizeimage, 460_800);

@@ -3,8 +3,10 @@
 //!
 //! # DOC: software processing nodes
 //!
-//! Seed 004 describes software that consumes or produces buffers between
-//! devices (an encoder in user space, a network sender). [`FdEndpoint`]
+//! The kernel's dma-buf mmap support was merged (Linux commit 4c78513e45,
+//! 2012) for software processing nodes in a pipeline: software that
+//! consumes or produces buffers between devices (an encoder in user space,
+//! a network sender). [`FdEndpoint`]
 //! gives such a node the endpoint interface: attach buffers, queue
 //! transfers, get a fence per transfer — over any fd, through the
 //! [copy engine](super::copy). Its data path is always

@@ -320,6 +320,7 @@ impl Fence {
     /// Awaits the fence without a thread per wait (tokio `AsyncFd` on the
     /// sync file or the user fence's eventfd).
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn wait_async(&self) -> Result<()> {
         match self {
             Fence::Signalled => Ok(()),

@@ -611,6 +611,7 @@ impl UserFence {
     /// Waits without blocking a thread, through tokio's `AsyncFd` on the
     /// eventfd, re-checking at least every 100 ms.
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn wait_async(&self) -> Result<()> {
         let io = |e: std::io::Error| Error::io("fence wait", self.describe(), e);
         let fd = self.inner.event.try_clone().map_err(io)?;

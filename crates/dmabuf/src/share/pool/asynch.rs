@@ -70,6 +70,7 @@ async fn any_readable(
 
 /// [`Producer`] with `async` waits. See the module documentation.
 #[derive(Debug)]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct AsyncProducer {
     inner: Producer,
     sockets: Vec<AsyncFd<OwnedFd>>,
@@ -208,6 +209,7 @@ impl AsyncProducer {
 
 /// [`Consumer`] with `async` waits. See the module documentation.
 #[derive(Debug)]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub struct AsyncConsumer {
     inner: Consumer,
     socket: AsyncFd<OwnedFd>,
