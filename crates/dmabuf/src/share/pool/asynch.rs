@@ -221,7 +221,7 @@ impl AsyncConsumer {
         let obj = channel.peer().to_string();
         let socket = register(channel.fd(), "pool handshake", &obj)?;
         let inner = Consumer::new_async_ready(channel, &socket, &obj).await?;
-        let ring = match inner.transport().wait_fd() {
+        let ring = match inner.sleeper.wait_fd() {
             Some(fd) => register(fd, "pool handshake", &obj)?,
             None => {
                 return Err(Error::invalid(
