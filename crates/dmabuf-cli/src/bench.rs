@@ -43,10 +43,17 @@
 //! stream with its consumer never sleeping on the ring's futex word
 //! (`Consumer::set_word_sleep(0)`), only on its eventfd and socket
 //! together, to show side by side what the word sleep saves. The raw
-//! wake-up reference (`wake-futex`, `wake-eventfd`)
-//! ping-pongs two processes at the same pace with nothing else; half the
-//! round trip is one wake-up. Latencies are reported as ratios to the
-//! faster of the two.
+//! wake-up reference (`wake-futex`, `wake-eventfd`) runs at the same pace
+//! with nothing else: the parent stamps the time into shared memory and
+//! wakes the sleeping child, which stops the clock as it wakes. Every
+//! latency here is one way, from a stamp taken just before the item is
+//! published (after it was written) to the consumer's clock read as it
+//! holds the item (before its check). At this pace each item meets a
+//! consumer asleep; the ideal's consumer goes to sleep at once after a
+//! pause (it spins 5 µs first only while its items come close together),
+//! like the raw reference's child, while the library's spins 5 µs before
+//! every sleep.
+//! Latencies are reported as ratios to the faster of the two.
 //!
 //! The project's own targets are shown only with `--targets` (and in
 //! `docs/benchmarks.md`); nothing here asserts performance.
