@@ -780,14 +780,24 @@ impl ConsumerSleep {
     /// for at most `max`. Returns on a wake-up, a changed word, a signal
     /// or the bound alike: the caller looks at the ring after.
     pub fn sleep_on_word(&self, max: Duration) -> Result<()> {
-        let word = self
-            .mem
-            .word32(H_CONSUMER_WAITING)
-            .expect("ring word inside the mapping");
-        match futex::wait(word, word_sleep_value(&self.mine), max) {
-            Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => Ok(()),
-            Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
-        }
+        sleep_on_consumer_word(&self.mem, &self.mine, &self.name, max)
+    }
+}
+
+/// `FUTEX_WAIT` on the consumer's waiting word while it holds the value
+/// of a word sleep, for at most `max`.
+fn sleep_on_consumer_word(
+    mem: &SharedWords,
+    mine: &Option<Arc<OwnedFd>>,
+    name: &str,
+    max: Duration,
+) -> Result<()> {
+    let word = mem
+        .word32(H_CONSUMER_WAITING)
+        .expect("ring word inside the mapping");
+    match futex::wait(word, word_sleep_value(mine), max) {
+        Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => Ok(()),
+        Err(e) => Err(Error::os("ring wait", name.to_string(), e)),
     }
 }
 
@@ -1012,7 +1022,7 @@ impl ConsumerRing {
         if self.begin_word_sleep()? {
             return Ok(true);
         }
-        let r = self.sleeper().sleep_on_word(max);
+        let r = sleep_on_consumer_word(&self.s.mem, &self.s.mine, &self.s.name, max);
         let pending = self.end_word_sleep();
         r?;
         pending
