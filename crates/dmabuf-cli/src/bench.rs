@@ -12,13 +12,23 @@
 //!    and a futex wake-up only when the other side sleeps, written with
 //!    `rustix` alone (see `bench::ideal`). Every throughput is reported as
 //!    a ratio to it.
-//! 2. **dmabuf** — this library's streaming pool (4 buffers, zero copy);
+//! 2. **dmabuf** — this library's streaming pool (zero copy);
 //! 3. **pipe** — a named pipe (1 MiB pipe buffer);
 //! 4. **unix** — a Unix stream socket;
 //! 5. **iceoryx2** — publish-subscribe with a loaned sample and an event
 //!    notification per item (feature `iceoryx2`);
 //! 6. **touch** — one process writing then checking the same bytes (4
 //!    rotating buffers): what touching the bytes costs, with no transfer.
+//!
+//! **Buffers.** The pool and the ideal ring get the same number of
+//! buffers at each size: enough to hold as many bytes in flight as the
+//! pipe's buffer (1 MiB, `--in-flight`), and at least 4 — 256 at 4 KiB,
+//! 64 at 16 KiB, 16 at 64 KiB, 4 from 256 KiB up. A pipe lets its writer
+//! run 1 MiB ahead of its reader; a ring of 4 small buffers would make
+//! both sides hand over (and often wake each other) every few
+//! microseconds, which measures the buffer count, not the transport.
+//! `--in-flight 0` gives 4 buffers at every size. Touch and the latency
+//! runs use 4.
 //!
 //! Throughput is the bytes over the time from the producer's first write
 //! to the consumer's last check. With `--repeat N` every cell runs N times
@@ -33,10 +43,17 @@
 //! stream with its consumer never sleeping on the ring's futex word
 //! (`Consumer::set_word_sleep(0)`), only on its eventfd and socket
 //! together, to show side by side what the word sleep saves. The raw
-//! wake-up reference (`wake-futex`, `wake-eventfd`)
-//! ping-pongs two processes at the same pace with nothing else; half the
-//! round trip is one wake-up. Latencies are reported as ratios to the
-//! faster of the two.
+//! wake-up reference (`wake-futex`, `wake-eventfd`) runs at the same pace
+//! with nothing else: the parent stamps the time into shared memory and
+//! wakes the sleeping child, which stops the clock as it wakes. Every
+//! latency here is one way, from a stamp taken just before the item is
+//! published (after it was written) to the consumer's clock read as it
+//! holds the item (before its check). At this pace each item meets a
+//! consumer asleep; the ideal's consumer goes to sleep at once after a
+//! pause (it spins 5 µs first only while its items come close together),
+//! like the raw reference's child, while the library's spins 5 µs before
+//! every sleep.
+//! Latencies are reported as ratios to the faster of the two.
 //!
 //! The project's own targets are shown only with `--targets` (and in
 //! `docs/benchmarks.md`); nothing here asserts performance.
@@ -75,6 +92,12 @@ pub struct Args {
     /// Also show the project's performance targets against the results.
     #[arg(long)]
     pub targets: bool,
+    /// Bytes the pool and the ideal ring hold in flight: each gets
+    /// max(4, BYTES / item size) buffers, the same count for both
+    /// (default: the pipe's buffer, 1048576; 0: 4 buffers at every size;
+    /// at most 1048576).
+    #[arg(long, value_name = "BYTES", default_value_t = cases::PIPE_BYTES, value_parser = clap::value_parser!(u64).range(0..=cases::PIPE_BYTES))]
+    pub in_flight: u64,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +114,9 @@ pub struct Args {
     /// sizes the bench uses), or the ping-pongs of a wake-up worker.
     #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(16..=1 << 30))]
     pub size: Option<u64>,
+    /// (internal) the buffers of the worker's ring.
+    #[arg(long, hide = true, default_value_t = cases::MIN_BUFFERS as u32, value_parser = clap::value_parser!(u32).range(1..=dmabuf::share::pool::MAX_POOL_BUFFERS as i64))]
+    pub buffers: u32,
 }
 
 /// The throughput cases, reference first.
@@ -106,6 +132,9 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 pub struct Cell {
     case: &'static str,
     size: u64,
+    /// Buffers of the pool or ring of this cell (ideal and dmabuf; 4 for
+    /// touch; None for the others, which buffer on their own).
+    buffers: Option<usize>,
     /// Median GiB/s, or None with the reason in `missing`.
     gib_s: Option<f64>,
     /// Smallest and largest GiB/s of the runs.
@@ -146,6 +175,7 @@ pub struct Results {
     backend: String,
     seconds: f64,
     repeat: u32,
+    in_flight: u64,
     sizes: Vec<u64>,
     cells: Vec<Cell>,
     latency: Vec<Latency>,
@@ -174,10 +204,11 @@ fn throughput_once(
     alloc: &dmabuf::Allocator,
     case: &str,
     size: u64,
+    buffers: usize,
     secs: Duration,
 ) -> Result<(f64, u64), String> {
     let limit = Limit::Time(secs);
-    let r = cases::run_case(alloc, case, size, limit, None).map_err(|e| e.to_string())?;
+    let r = cases::run_case(alloc, case, size, buffers, limit, None).map_err(|e| e.to_string())?;
     if r.report.items != r.items {
         return Err(format!(
             "the consumer checked {} of {} items",
@@ -191,7 +222,12 @@ fn throughput_once(
     ))
 }
 
-fn cell(case: &'static str, size: u64, runs: &[Result<(f64, u64), String>]) -> Cell {
+fn cell(
+    case: &'static str,
+    size: u64,
+    buffers: Option<usize>,
+    runs: &[Result<(f64, u64), String>],
+) -> Cell {
     let ok: Vec<(f64, u64)> = runs
         .iter()
         .filter_map(|r| r.as_ref().ok().copied())
@@ -206,6 +242,7 @@ fn cell(case: &'static str, size: u64, runs: &[Result<(f64, u64), String>]) -> C
     Cell {
         case,
         size,
+        buffers,
         gib_s: med,
         gib_s_min: min,
         gib_s_max: max,
@@ -255,11 +292,23 @@ fn latency_once(
     samples: u64,
 ) -> Result<cases::LatSummary, String> {
     let limit = Limit::Count(samples);
-    let r = cases::run_case(alloc, case, LATENCY_SIZE, limit, Some(LATENCY_GAP))
+    let buffers = cases::MIN_BUFFERS;
+    let r = cases::run_case(alloc, case, LATENCY_SIZE, buffers, limit, Some(LATENCY_GAP))
         .map_err(|e| e.to_string())?;
     r.report
         .latency
         .ok_or_else(|| "the consumer reported no latency".to_string())
+}
+
+/// Buffers of `case` at `size`: the in-flight rule for the pool and the
+/// ideal ring, 4 for touch; none for pipe, unix and iceoryx2, which
+/// buffer on their own.
+fn cell_buffers(case: &str, size: u64, in_flight: u64) -> Option<usize> {
+    match case {
+        "ideal" | "dmabuf" => Some(cases::buffers_for(size, in_flight)),
+        "touch" => Some(cases::MIN_BUFFERS),
+        _ => None,
+    }
 }
 
 /// Runs `dmabuf bench`.
@@ -267,7 +316,7 @@ pub fn run(args: Args) -> crate::CliResult {
     if let Some(kind) = &args.worker {
         let path = args.path.as_deref().ok_or("--worker needs --path")?;
         let size = args.size.ok_or("--worker needs --size")?;
-        let rep = cases::worker(kind, path, size)?;
+        let rep = cases::worker(kind, path, size, args.buffers as usize)?;
         crate::out::json(&rep, false)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -313,7 +362,10 @@ pub fn run(args: Args) -> crate::CliResult {
                     round + 1,
                     dmabuf::units::human_size(size)
                 ));
-                tp[si * CASES.len() + ci].push(throughput_once(&backend, case, size, secs));
+                let buffers =
+                    cell_buffers(case, size, args.in_flight).unwrap_or(cases::MIN_BUFFERS);
+                tp[si * CASES.len() + ci]
+                    .push(throughput_once(&backend, case, size, buffers, secs));
                 bar.inc(1);
             }
         }
@@ -335,7 +387,10 @@ pub fn run(args: Args) -> crate::CliResult {
         let mut row: Vec<Cell> = CASES
             .iter()
             .enumerate()
-            .map(|(ci, case)| cell(case, size, &tp[si * CASES.len() + ci]))
+            .map(|(ci, case)| {
+                let buffers = cell_buffers(case, size, args.in_flight);
+                cell(case, size, buffers, &tp[si * CASES.len() + ci])
+            })
             .collect();
         let ideal = row.iter().find(|c| c.case == "ideal").and_then(|c| c.gib_s);
         for c in &mut row {
@@ -373,6 +428,7 @@ pub fn run(args: Args) -> crate::CliResult {
         backend: backend.backend().to_string(),
         seconds: secs.as_secs_f64(),
         repeat: args.repeat,
+        in_flight: args.in_flight,
         sizes,
         cells,
         latency,
@@ -404,12 +460,27 @@ mod tests {
         let c = cell(
             "pipe",
             4096,
+            None,
             &[Ok((1.0, 10)), Err("x".into()), Ok((3.0, 30)), Ok((2.0, 20))],
         );
         assert_eq!((c.gib_s, c.items, c.runs), (Some(2.0), 20, 3));
         assert_eq!(c.spread_pct, Some(100.0));
         assert_eq!(c.missing, None);
-        let c = cell("pipe", 4096, &[Err("gone".into())]);
+        let c = cell("pipe", 4096, None, &[Err("gone".into())]);
         assert_eq!((c.gib_s, c.missing.as_deref()), (None, Some("gone")));
+    }
+
+    #[test]
+    fn the_pool_and_the_ideal_hold_the_pipes_bytes_in_flight() {
+        let pipe = cases::PIPE_BYTES;
+        for (size, want) in [(4096, 256), (16 << 10, 64), (64 << 10, 16), (256 << 10, 4)] {
+            assert_eq!(cell_buffers("ideal", size, pipe), Some(want), "{size}");
+            assert_eq!(cell_buffers("dmabuf", size, pipe), Some(want), "{size}");
+        }
+        // At least 4, whatever the size; 4 everywhere with no in-flight rule.
+        assert_eq!(cell_buffers("dmabuf", 16 << 20, pipe), Some(4));
+        assert_eq!(cell_buffers("ideal", 4096, 0), Some(4));
+        assert_eq!(cell_buffers("touch", 4096, pipe), Some(4));
+        assert_eq!(cell_buffers("pipe", 4096, pipe), None);
     }
 }

@@ -155,8 +155,11 @@ fn bench_quick_reports_every_case() {
     let v = json(&out);
     let cells = v["throughput"].as_array().unwrap();
     assert_eq!(cells.len(), 2 * 6);
-    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["schema_version"], 3);
     assert_eq!(v["repeat"], 2);
+    // The pool and the ideal ring hold the pipe's bytes in flight: the
+    // same buffers for both, at least 4.
+    assert_eq!(v["in_flight_bytes"], 1 << 20);
     assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
     assert!(v["machine"]["kernel"].as_str().is_some());
     // The project's targets only with --targets.
@@ -174,6 +177,12 @@ fn bench_quick_reports_every_case() {
         );
         assert!(c["items"].as_u64().unwrap() > 0);
         assert_eq!(c["runs"], 2, "{case}");
+        let want = match (case, c["size"].as_u64().unwrap()) {
+            ("ideal" | "dmabuf", 4096) => serde_json::json!(256),
+            ("ideal" | "dmabuf" | "touch", _) => serde_json::json!(4),
+            _ => serde_json::Value::Null,
+        };
+        assert_eq!(c["buffers"], want, "{case}");
         // Every cell is a ratio to the ideal of its size.
         assert!(c["ratio_to_ideal"].as_f64().unwrap() > 0.0, "{case}");
         if case == "ideal" {

@@ -278,7 +278,7 @@ impl Mapping {
             _mode: PhantomData,
         };
         if let Some(d) = self.buffer.dma_buf() {
-            sync_start(d, access, deadline, &obj())?;
+            sync_start(d, access, deadline, &obj)?;
         }
         window.started = true;
         trace_event!(
@@ -433,7 +433,7 @@ fn begin_window(
         access,
         buffer.dma_buf().is_some(),
         deadline,
-        &buffer.describe(),
+        &|| buffer.describe(),
         skip,
     )
 }
@@ -444,7 +444,12 @@ fn begin_window(
 /// write) until then, and a [`ErrorKind::Busy`] error names the kernel
 /// fence still in the way. Without a deadline, `START` waits as long as
 /// the kernel does.
-fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &str) -> Result<()> {
+fn sync_start(
+    d: &DmaBuf,
+    access: Access,
+    deadline: Option<Instant>,
+    object: &dyn Fn() -> String,
+) -> Result<()> {
     let op = "open CPU window";
     // Only when the event is wanted: the extra zero-timeout poll says
     // whether the window has to wait for the kernel at all.
@@ -455,7 +460,7 @@ fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &st
     {
         trace_event!(
             DEBUG,
-            object,
+            object = %object(),
             access = %access,
             "CPU window waits for the dma-buf's kernel fences"
         );
@@ -468,7 +473,7 @@ fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &st
         return Err(Error::new(
             ErrorKind::Busy,
             op,
-            object,
+            object(),
             format!(
                 "{name} in the dma-buf's reservation is still active at the deadline \
                  (DMA_BUF_IOCTL_SYNC START|{} would wait for it without limit)",
@@ -485,7 +490,7 @@ fn sync_start(d: &DmaBuf, access: Access, deadline: Option<Instant>, object: &st
             Err(e) => {
                 return Err(Error::kernel(
                     op,
-                    object,
+                    object(),
                     e,
                     format!("DMA_BUF_IOCTL_SYNC START|{} failed", access.as_str()),
                 ))

@@ -293,12 +293,13 @@ impl Reservation {
     /// `whole_buffer_sync` (dma-bufs: `SYNC` has no range) a window that
     /// reads is refused while one that writes is open and vice versa (see
     /// the module documentation). Undone by [`Reservation::cpu_end`].
+    /// `object` names the buffer in errors (formatted only for one).
     pub(crate) fn cpu_begin(
         &self,
         access: Access,
         whole_buffer_sync: bool,
         deadline: Option<Instant>,
-        object: &str,
+        object: &dyn Fn() -> String,
         skip: &dyn Fn(&Fence) -> bool,
     ) -> Result<()> {
         const OP: &str = "open CPU window";
@@ -306,7 +307,7 @@ impl Reservation {
             let mut st = self.lock();
             if let Some(f) = st.conflicting_fence(access, skip) {
                 drop(st);
-                wait_fence(&f, deadline, OP, object, "")?;
+                wait_fence(&f, deadline, OP, &object(), "")?;
                 continue;
             }
             let reads = access != Access::Write;
@@ -315,7 +316,7 @@ impl Reservation {
                 return Err(Error::new(
                     ErrorKind::Busy,
                     OP,
-                    object,
+                    object(),
                     format!(
                         "a write window is open on this dma-buf ({} open); DMA_BUF_IOCTL_SYNC \
                          START|{} has no range and may invalidate the CPU caches of the whole \
@@ -331,7 +332,7 @@ impl Reservation {
                 return Err(Error::new(
                     ErrorKind::Busy,
                     OP,
-                    object,
+                    object(),
                     format!(
                         "a read window is open on this dma-buf ({readers} open); its \
                          DMA_BUF_IOCTL_SYNC END|READ has no range and may invalidate the CPU \
@@ -571,7 +572,7 @@ mod tests {
     fn closing_a_window_wakes_a_waiter_and_only_then_notifies() {
         let ctx = FenceContext::new("test");
         let res = Arc::new(Reservation::default());
-        res.cpu_begin(Access::Read, false, None, "test", &|_| false)
+        res.cpu_begin(Access::Read, false, None, &|| "test".into(), &|_| false)
             .unwrap();
         let r = res.clone();
         let f = ctx.next_fence().unwrap();
@@ -585,7 +586,7 @@ mod tests {
         assert_eq!(res.lock().waiters, 0);
         f.signal().unwrap();
         // A wait that times out leaves no waiter counted.
-        res.cpu_begin(Access::Write, false, None, "test", &|_| false)
+        res.cpu_begin(Access::Write, false, None, &|| "test".into(), &|_| false)
             .unwrap();
         let soon = Instant::now() + Duration::from_millis(10);
         let g = ctx.next_fence().unwrap();
@@ -718,8 +719,14 @@ mod tests {
                     return;
                 }
                 // The blocker has signalled: the window's check passes.
-                r.cpu_begin(Access::Write, false, Some(Instant::now()), "w", &|_| false)
-                    .unwrap();
+                r.cpu_begin(
+                    Access::Write,
+                    false,
+                    Some(Instant::now()),
+                    &|| "w".into(),
+                    &|_| false,
+                )
+                .unwrap();
                 let (r, c) = (r.clone(), c.clone());
                 std::thread::spawn(move || {
                     std::thread::sleep(Duration::from_millis(100));
@@ -750,7 +757,7 @@ mod tests {
     #[test]
     fn a_transfer_that_cannot_publish_in_time_publishes_nothing() {
         let res = Reservation::default();
-        res.cpu_begin(Access::Read, false, None, "w", &|_| false)
+        res.cpu_begin(Access::Read, false, None, &|| "w".into(), &|_| false)
             .unwrap();
         let mine = UserFence::new().unwrap();
         let e = res
@@ -782,8 +789,14 @@ mod tests {
         res.begin_device(Fence::User(t.clone()), device(Access::Read, None))
             .unwrap();
         // Readers share with a device reader…
-        res.cpu_begin(Access::Read, false, Some(Instant::now()), "w", &|_| false)
-            .unwrap();
+        res.cpu_begin(
+            Access::Read,
+            false,
+            Some(Instant::now()),
+            &|| "w".into(),
+            &|_| false,
+        )
+        .unwrap();
         res.cpu_end(Access::Read);
         // …writers wait for it.
         let e = res
@@ -791,7 +804,7 @@ mod tests {
                 Access::Write,
                 false,
                 Some(Instant::now() + Duration::from_millis(20)),
-                "w",
+                &|| "w".into(),
                 &|_| false,
             )
             .unwrap_err();
@@ -799,8 +812,14 @@ mod tests {
         assert!(e.to_string().contains("has not signalled in time"), "{e}");
         assert_eq!(res.cpu_windows(), (0, 0));
         t.signal().unwrap();
-        res.cpu_begin(Access::Write, false, Some(Instant::now()), "w", &|_| false)
-            .unwrap();
+        res.cpu_begin(
+            Access::Write,
+            false,
+            Some(Instant::now()),
+            &|| "w".into(),
+            &|_| false,
+        )
+        .unwrap();
         assert_eq!(res.cpu_windows(), (0, 1));
     }
 
@@ -808,23 +827,29 @@ mod tests {
     fn whole_buffer_sync_keeps_reading_and_writing_windows_apart() {
         let res = Reservation::default();
         let none = &|_: &Fence| false;
-        res.cpu_begin(Access::Write, true, None, "d", none).unwrap();
+        res.cpu_begin(Access::Write, true, None, &|| "d".into(), none)
+            .unwrap();
         // Another write-only window (disjoint, checked by the mapping) is fine.
-        res.cpu_begin(Access::Write, true, None, "d", none).unwrap();
+        res.cpu_begin(Access::Write, true, None, &|| "d".into(), none)
+            .unwrap();
         for a in [Access::Read, Access::ReadWrite] {
-            let e = res.cpu_begin(a, true, None, "d", none).unwrap_err();
+            let e = res
+                .cpu_begin(a, true, None, &|| "d".into(), none)
+                .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Busy);
             assert!(e.to_string().contains("a write window is open"), "{e}");
             assert!(e.to_string().contains("non-coherent"), "{e}");
         }
         // Portable buffers: no cache maintenance, no refusal.
-        res.cpu_begin(Access::Read, false, None, "p", none).unwrap();
+        res.cpu_begin(Access::Read, false, None, &|| "p".into(), none)
+            .unwrap();
         res.cpu_end(Access::Read);
         res.cpu_end(Access::Write);
         res.cpu_end(Access::Write);
-        res.cpu_begin(Access::Read, true, None, "d", none).unwrap();
+        res.cpu_begin(Access::Read, true, None, &|| "d".into(), none)
+            .unwrap();
         let e = res
-            .cpu_begin(Access::Write, true, None, "d", none)
+            .cpu_begin(Access::Write, true, None, &|| "d".into(), none)
             .unwrap_err();
         assert!(e.to_string().contains("a read window is open"), "{e}");
         assert_eq!(res.cpu_windows(), (1, 0));

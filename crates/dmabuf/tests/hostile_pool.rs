@@ -539,6 +539,46 @@ fn a_producer_that_keeps_writing_the_consumers_eventfd_does_not_make_it_spin() {
     assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
 }
 
+#[test]
+fn a_producer_that_keeps_writing_the_async_consumers_eventfd_does_not_make_it_spin() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _g = lock();
+    let (ch, raw) = pair();
+    let bufs = memfds(4, 4096);
+    let ring = Arc::new(raw.give_handshake(&bufs, 4096));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (r, s) = (ring.clone(), stop.clone());
+    // The consumer's wake-up eventfd, written over and over with nothing
+    // on the ring: each write would wake tokio's reactor while the
+    // eventfd is registered.
+    let waker = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            let _ = rustix::io::write(&r.wake_consumer, &1u64.to_ne_bytes());
+            std::thread::yield_now();
+        }
+    });
+    let (timed_out, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        // A current-thread runtime: its reactor runs on this thread, so
+        // this thread's CPU time is the task's and the reactor's.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut c = AsyncConsumer::new(ch).await.unwrap();
+            let (c0, t0) = (thread_cpu(), Instant::now());
+            let r = tokio::time::timeout(Duration::from_millis(400), c.next()).await;
+            (r.is_err(), thread_cpu() - c0, t0.elapsed())
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    waker.join().unwrap();
+    drop(raw);
+    assert!(timed_out, "no item, so the wait ran out");
+    assert!(cpu < wall / 4, "async next used {cpu:?} of CPU in {wall:?}");
+}
+
 // ---- hostile consumers ----------------------------------------------------
 
 /// A well-behaved consumer on a thread: takes and releases every item;

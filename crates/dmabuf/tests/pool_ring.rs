@@ -171,3 +171,38 @@ fn a_consumer_asleep_on_its_ring_word_is_woken_by_items_and_by_the_bye() {
     assert_eq!(got, [1, 2, 3]);
     assert!(took < Duration::from_secs(5), "took {took:?}");
 }
+
+#[test]
+fn an_item_released_while_the_consumer_sleeps_does_not_wait_for_the_sleep() {
+    // The consumer's `next` sleeps for lack of items (on the ring's word,
+    // then on its eventfd and socket); meanwhile another thread releases
+    // an item it holds. The release shares the consumer's transport: it
+    // must go through at once, not when the sleep ends.
+    for word_sleep in [Duration::from_secs(3), Duration::ZERO] {
+        let (mut producer, mut consumer, _pw, _cw) = pool();
+        consumer.set_word_sleep(word_sleep);
+        producer
+            .acquire(T)
+            .unwrap()
+            .submit(4096, Fence::Signalled)
+            .unwrap();
+        let item = consumer.next(T).unwrap().unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let t0 = std::time::Instant::now();
+            item.release(Fence::Signalled).unwrap();
+            t0.elapsed()
+        });
+        let t0 = std::time::Instant::now();
+        let e = consumer.next(Some(Duration::from_secs(3))).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(t0.elapsed() >= Duration::from_secs(3));
+        let took = releaser.join().unwrap();
+        assert!(
+            took < Duration::from_secs(1),
+            "word sleep {word_sleep:?}: the release waited {took:?} for the consumer's sleep"
+        );
+        // The release reached the producer.
+        let _ = producer.acquire(T).unwrap();
+    }
+}

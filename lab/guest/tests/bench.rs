@@ -31,7 +31,8 @@ fn bench(backend: &str) -> serde_json::Value {
 
 fn check(v: &serde_json::Value, backend: &str) {
     assert_eq!(v["backend"], backend, "{v}");
-    assert_eq!(v["schema_version"], 2);
+    assert_eq!(v["schema_version"], 3);
+    assert!(v["in_flight_bytes"].as_u64().is_some(), "{v}");
     for c in v["throughput"].as_array().unwrap() {
         if c["case"] == "iceoryx2" {
             continue;

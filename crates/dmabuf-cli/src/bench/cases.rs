@@ -13,8 +13,23 @@ use super::BoxResult;
 use crate::pattern;
 use crate::stream::{self, Limit};
 
-/// Buffers of the pool and of the ideal ring.
-pub const BUFFERS: usize = 4;
+/// Fewest buffers of the pool and of the ideal ring (also the buffers of
+/// `touch` and of the latency runs).
+pub const MIN_BUFFERS: usize = 4;
+
+/// The pipe's buffer (`F_SETPIPE_SZ`), and by default the bytes the pool
+/// and the ideal ring hold in flight (see [`buffers_for`]).
+pub const PIPE_BYTES: u64 = 1 << 20;
+
+/// Buffers of the pool and of the ideal ring (the same count for both)
+/// for items of `size` bytes: enough to hold `in_flight` bytes, as the
+/// pipe holds [`PIPE_BYTES`] before its writer blocks, and at least
+/// [`MIN_BUFFERS`] (at most the pool's bound). With `in_flight` 0,
+/// [`MIN_BUFFERS`] at every size.
+pub fn buffers_for(size: u64, in_flight: u64) -> usize {
+    let n = (in_flight / size.max(1)).min(dmabuf::share::pool::MAX_POOL_BUFFERS as u64);
+    (n as usize).max(MIN_BUFFERS)
+}
 
 /// CLOCK_MONOTONIC now, in ns.
 pub fn now_ns() -> u64 {
@@ -141,7 +156,7 @@ pub fn ready() -> BoxResult<()> {
 }
 
 /// Runs the consumer of `kind` (in the worker process).
-pub fn worker(kind: &str, path: &str, size: u64) -> BoxResult<BenchReport> {
+pub fn worker(kind: &str, path: &str, size: u64, buffers: usize) -> BoxResult<BenchReport> {
     match kind {
         "dmabuf" | "dmabuf-poll" => {
             ready()?;
@@ -168,9 +183,9 @@ pub fn worker(kind: &str, path: &str, size: u64) -> BoxResult<BenchReport> {
             })
         }
         "ideal" => {
-            let shm = Shm::open(path, ideal::ring_len(size, BUFFERS))?;
+            let shm = Shm::open(path, ideal::ring_len(size, buffers))?;
             ready()?;
-            ideal::consume(&shm, size, BUFFERS)
+            ideal::consume(&shm, size, buffers)
         }
         "wake-futex" => ideal::pong(path, WakeKind::Futex, size),
         "wake-eventfd" => ideal::pong(path, WakeKind::EventFd, size),
@@ -196,10 +211,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(kind: &str, path: &str, size: u64) -> BoxResult<Worker> {
+    fn spawn(kind: &str, path: &str, size: u64, buffers: usize) -> BoxResult<Worker> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["bench", "--worker", kind, "--path", path, "--size"])
             .arg(size.to_string())
+            .arg("--buffers")
+            .arg(buffers.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
@@ -274,11 +291,13 @@ pub struct Run {
 }
 
 /// Runs `case` once with items of `size` until `limit`, pausing `gap`
-/// after each item; the stream's buffers come from `alloc`.
+/// after each item; the stream's `buffers` (and the ideal ring's) come
+/// from `alloc`.
 pub fn run_case(
     alloc: &dmabuf::Allocator,
     case: &str,
     size: u64,
+    buffers: usize,
     limit: Limit,
     gap: Option<Duration>,
 ) -> BoxResult<Run> {
@@ -290,7 +309,7 @@ pub fn run_case(
             let path = scratch(case, size);
             let _ = std::fs::remove_file(&path);
             let listener = Listener::bind(&path)?;
-            let mut w = Worker::spawn(case, &path.to_string_lossy(), size)?;
+            let mut w = Worker::spawn(case, &path.to_string_lossy(), size, buffers)?;
             w.wait_ready()?;
             let channels = stream::accept_consumers(&listener, 1, PEER_TIMEOUT)?;
             let opts = stream::ProduceOptions {
@@ -298,7 +317,7 @@ pub fn run_case(
                 gap,
                 timeout: PEER_TIMEOUT,
             };
-            let p = stream::produce(channels, alloc, size, BUFFERS, limit, opts)?;
+            let p = stream::produce(channels, alloc, size, buffers, limit, opts)?;
             if let Some(e) = p.error {
                 return Err(e.into());
             }
@@ -309,11 +328,11 @@ pub fn run_case(
             })
         }
         "ideal" => {
-            let shm = Shm::create(ideal::ring_len(size, BUFFERS))?;
+            let shm = Shm::create(ideal::ring_len(size, buffers))?;
             ideal::prepare(&shm);
-            let mut w = Worker::spawn("ideal", &shm.handle(), size)?;
+            let mut w = Worker::spawn("ideal", &shm.handle(), size, buffers)?;
             w.wait_ready()?;
-            let (start_ns, items) = ideal::produce(&shm, size, BUFFERS, limit, gap)?;
+            let (start_ns, items) = ideal::produce(&shm, size, buffers, limit, gap)?;
             Ok(Run {
                 start_ns,
                 items,
@@ -330,9 +349,9 @@ pub fn run_case(
                 rustix::fs::Mode::from_raw_mode(0o600),
                 0,
             )?;
-            let mut w = Worker::spawn("pipe", &path.to_string_lossy(), size)?;
+            let mut w = Worker::spawn("pipe", &path.to_string_lossy(), size, buffers)?;
             let f = std::fs::OpenOptions::new().write(true).open(&path)?;
-            let _ = rustix::pipe::fcntl_setpipe_size(&f, 1 << 20);
+            let _ = rustix::pipe::fcntl_setpipe_size(&f, PIPE_BYTES as usize);
             w.wait_ready()?;
             let r = write_items(&f, size, limit, gap);
             drop(f);
@@ -348,7 +367,7 @@ pub fn run_case(
             let path = scratch("unix", size);
             let _ = std::fs::remove_file(&path);
             let l = std::os::unix::net::UnixListener::bind(&path)?;
-            let mut w = Worker::spawn("unix", &path.to_string_lossy(), size)?;
+            let mut w = Worker::spawn("unix", &path.to_string_lossy(), size, buffers)?;
             let (s, _) = l.accept()?;
             let _ = std::fs::remove_file(&path);
             w.wait_ready()?;
@@ -365,7 +384,7 @@ pub fn run_case(
         "iceoryx2" => {
             let name = format!("dmabuf-bench-{}-{size}", std::process::id());
             let prod = super::iox::Producer::new(&name, size)?;
-            let mut w = Worker::spawn("iceoryx2", &name, size)?;
+            let mut w = Worker::spawn("iceoryx2", &name, size, buffers)?;
             w.wait_ready()?;
             let (start_ns, items) = prod.run(size, limit, gap)?;
             Ok(Run {
@@ -377,13 +396,14 @@ pub fn run_case(
         #[cfg(not(feature = "iceoryx2"))]
         "iceoryx2" => Err("built without the `iceoryx2` feature".into()),
         "touch" => {
-            let mut bufs: Vec<Vec<u8>> = (0..BUFFERS).map(|_| vec![0u8; size as usize]).collect();
+            let mut bufs: Vec<Vec<u8>> =
+                (0..MIN_BUFFERS).map(|_| vec![0u8; size as usize]).collect();
             let start = Instant::now();
             let start_ns = now_ns();
             let mut n = 0u64;
             while !done(limit, n, start) {
                 n += 1;
-                let b = &mut bufs[(n % BUFFERS as u64) as usize];
+                let b = &mut bufs[(n % MIN_BUFFERS as u64) as usize];
                 pattern::fill(&mut b[8..], n);
                 stamp(b);
                 check_stamped(std::hint::black_box(b), n)?;
@@ -411,7 +431,7 @@ pub fn run_wake(kind: WakeKind, n: u64, gap: Duration) -> BoxResult<LatSummary> 
     };
     let dir = crate::tempdir::PrivateDir::new()?;
     let rig = WakeRig::new(dir.join(&format!("{name}-{n}")))?;
-    let mut w = Worker::spawn(name, &rig.handle(), n)?;
+    let mut w = Worker::spawn(name, &rig.handle(), n, MIN_BUFFERS)?;
     rig.hand_over()?;
     w.wait_ready()?;
     ideal::ping(&rig, kind, n, gap)?;

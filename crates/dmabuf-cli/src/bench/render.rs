@@ -4,7 +4,7 @@
 use super::{get, BoxResult, Cell, Latency, Results, CASES, LATENCY_GAP, LATENCY_SIZE};
 
 /// The JSON schema version of `dmabuf bench --json`.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The machine the bench ran on.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -85,7 +85,7 @@ pub fn json(r: &Results, with_targets: bool) -> serde_json::Value {
         "backend": r.backend,
         "seconds_per_case": r.seconds,
         "repeat": r.repeat,
-        "buffers": super::cases::BUFFERS,
+        "in_flight_bytes": r.in_flight,
         "throughput": r.cells,
         "latency": r.latency,
         "wake": r.wake,
@@ -138,6 +138,20 @@ pub fn table(r: &Results, with_targets: bool) -> BoxResult<()> {
     }
     outln!("  (ideal: a bare shared-memory ring between two processes, no library;")?;
     outln!("   touch: one process writing and checking the same bytes, no transfer)")?;
+    let counts: Vec<String> = r
+        .sizes
+        .iter()
+        .filter_map(|&s| {
+            get(&r.cells, "dmabuf", s)
+                .and_then(|c| c.buffers)
+                .map(|n| format!("{} at {}", n, dmabuf::units::human_size(s)))
+        })
+        .collect();
+    outln!(
+        "  buffers of dmabuf and ideal (the same): {} ({} bytes in flight, at least 4)",
+        counts.join(", "),
+        r.in_flight
+    )?;
     let mut reasons: Vec<String> = r
         .cells
         .iter()

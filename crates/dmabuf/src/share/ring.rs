@@ -61,6 +61,9 @@
 //!   ([`ConsumerRing::begin_wait`], [`ProducerRing::begin_wait`]), or
 //!   sleep on the word in bounded slices with
 //!   [`ConsumerRing::sleep_on_word`] and look at the socket in between.
+//!   A caller that keeps the consumer's ring behind a lock sleeps without
+//!   the lock through a [`ConsumerSleep`] (the word and the eventfd apart
+//!   from the ring).
 //!
 //! ## Layout (little-endian, offsets in bytes)
 //!
@@ -81,6 +84,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
@@ -194,11 +198,12 @@ fn timed_out(obj: &str, what: &str, timeout: Duration) -> Error {
 /// The shared words and wake-up means of one side.
 #[derive(Debug)]
 struct Shared {
-    mem: SharedWords,
+    /// Shared with [`ConsumerSleep`], which sleeps on it without the ring.
+    mem: Arc<SharedWords>,
     cap: usize,
     /// Eventfds (EventFd mode): the one this side sleeps on, and the one
     /// it writes to wake the peer.
-    mine: Option<OwnedFd>,
+    mine: Option<Arc<OwnedFd>>,
     theirs: Option<OwnedFd>,
     name: String,
     /// Set on the first protocol error; every later call returns it.
@@ -424,11 +429,11 @@ impl ProducerRing {
             .store(cap as u64, Ordering::Release);
         let (mine, theirs) = match wake {
             Wake::Futex => (None, None),
-            Wake::EventFd => (Some(eventfd(name)?), Some(eventfd(name)?)),
+            Wake::EventFd => (Some(Arc::new(eventfd(name)?)), Some(eventfd(name)?)),
         };
         Ok(ProducerRing {
             s: Shared {
-                mem,
+                mem: Arc::new(mem),
                 cap,
                 mine,
                 theirs,
@@ -737,6 +742,65 @@ pub struct ConsumerRing {
     limit: Option<u64>,
 }
 
+/// The waiting word's value of a consumer asleep on the word itself.
+fn word_sleep_value(mine: &Option<Arc<OwnedFd>>) -> u32 {
+    if mine.is_some() {
+        SLEEPS_ON_WORD
+    } else {
+        1
+    }
+}
+
+/// A consumer's means of sleeping, apart from its ring: the waiting word
+/// (the ring's mapping, shared) and the wake-up eventfd. It holds no
+/// state of the ring, so a caller that keeps the ring behind a lock
+/// (other threads release items through it) sleeps without holding the
+/// lock: [`ConsumerRing::begin_wait`] or
+/// [`ConsumerRing::begin_word_sleep`] under the lock, then
+/// [`wait_fd`](Self::wait_fd) polled or
+/// [`sleep_on_word`](Self::sleep_on_word) without it, then
+/// [`ConsumerRing::end_wait`] or [`ConsumerRing::end_word_sleep`] under it
+/// again.
+#[derive(Debug, Clone)]
+pub struct ConsumerSleep {
+    mem: Arc<SharedWords>,
+    mine: Option<Arc<OwnedFd>>,
+    name: String,
+}
+
+impl ConsumerSleep {
+    /// The fd to poll for a wake-up (with [`Wake::EventFd`]); the same as
+    /// [`ConsumerRing::wait_fd`].
+    pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.mine.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Sleeps in `FUTEX_WAIT` on the consumer's waiting word while it
+    /// holds the value [`ConsumerRing::begin_word_sleep`] raised it to,
+    /// for at most `max`. Returns on a wake-up, a changed word, a signal
+    /// or the bound alike: the caller looks at the ring after.
+    pub fn sleep_on_word(&self, max: Duration) -> Result<()> {
+        sleep_on_consumer_word(&self.mem, &self.mine, &self.name, max)
+    }
+}
+
+/// `FUTEX_WAIT` on the consumer's waiting word while it holds the value
+/// of a word sleep, for at most `max`.
+fn sleep_on_consumer_word(
+    mem: &SharedWords,
+    mine: &Option<Arc<OwnedFd>>,
+    name: &str,
+    max: Duration,
+) -> Result<()> {
+    let word = mem
+        .word32(H_CONSUMER_WAITING)
+        .expect("ring word inside the mapping");
+    match futex::wait(word, word_sleep_value(mine), max) {
+        Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => Ok(()),
+        Err(e) => Err(Error::os("ring wait", name.to_string(), e)),
+    }
+}
+
 fn is_eventfd(fd: &OwnedFd) -> bool {
     use std::os::fd::AsRawFd;
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
@@ -810,9 +874,9 @@ impl ConsumerRing {
         }
         Ok(ConsumerRing {
             s: Shared {
-                mem,
+                mem: Arc::new(mem),
                 cap,
-                mine,
+                mine: mine.map(Arc::new),
                 theirs,
                 name: name.to_string(),
                 broken: None,
@@ -949,26 +1013,53 @@ impl ConsumerRing {
     /// after. A sleep can end early with nothing to take (a spurious
     /// wake-up, or a peer that lowered the word): the caller must not
     /// loop on it unbounded.
+    ///
+    /// The same as [`begin_word_sleep`](Self::begin_word_sleep), then
+    /// [`ConsumerSleep::sleep_on_word`], then
+    /// [`end_word_sleep`](Self::end_word_sleep); a caller that keeps the
+    /// ring behind a lock calls the middle step without the lock.
     pub fn sleep_on_word(&mut self, max: Duration) -> Result<bool> {
-        let w = if self.s.mine.is_some() {
-            SLEEPS_ON_WORD
-        } else {
-            1
-        };
-        self.s.h(H_CONSUMER_WAITING).store(w, Ordering::SeqCst);
+        if self.begin_word_sleep()? {
+            return Ok(true);
+        }
+        let r = sleep_on_consumer_word(&self.s.mem, &self.s.mine, &self.s.name, max);
+        let pending = self.end_word_sleep();
+        r?;
+        pending
+    }
+
+    /// First step of a sleep on the word: raises the consumer's waiting
+    /// word and looks again. `Ok(true)`: an item is there, do not sleep
+    /// (the word is lowered again). `Ok(false)`: sleep with
+    /// [`ConsumerSleep::sleep_on_word`], then call
+    /// [`end_word_sleep`](Self::end_word_sleep).
+    pub fn begin_word_sleep(&mut self) -> Result<bool> {
+        self.s
+            .h(H_CONSUMER_WAITING)
+            .store(word_sleep_value(&self.s.mine), Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        let r = match self.item_pending() {
-            Ok(false) => match futex::wait(self.s.h(H_CONSUMER_WAITING), w, max) {
-                Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => {
-                    self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
-                    self.item_pending()
-                }
-                Err(e) => Err(Error::os("ring wait", self.s.name.clone(), e)),
-            },
-            other => other,
-        };
-        self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
+        let r = self.item_pending();
+        if !matches!(r, Ok(false)) {
+            self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
+        }
         r
+    }
+
+    /// Last step of a sleep on the word: lowers the waiting word and says
+    /// whether an item is there now.
+    pub fn end_word_sleep(&mut self) -> Result<bool> {
+        self.s.h(H_CONSUMER_WAITING).store(0, Ordering::Relaxed);
+        self.item_pending()
+    }
+
+    /// This consumer's means of sleeping, which does not borrow the ring
+    /// (see [`ConsumerSleep`]).
+    pub fn sleeper(&self) -> ConsumerSleep {
+        ConsumerSleep {
+            mem: self.s.mem.clone(),
+            mine: self.s.mine.clone(),
+            name: self.s.name.clone(),
+        }
     }
 
     fn check_item(

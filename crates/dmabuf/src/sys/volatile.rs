@@ -23,6 +23,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::ptr::NonNull;
 
@@ -81,18 +82,25 @@ fn sub_range(range: &Range<usize>, available: usize) -> Result<(), OutOfRange> {
 }
 
 /// `pattern` (not empty) repeated into `buf` as many whole times as fit
-/// and as cover `len` bytes (at least once), or `pattern` itself if it is
-/// longer than `buf`: a run of whole repeats to compare or write with.
-fn unrolled<'p>(pattern: &'p [u8], len: usize, buf: &'p mut [u8; UNROLL]) -> &'p [u8] {
+/// in a quarter of `len` (at least once, at most `UNROLL` bytes), or
+/// `pattern` itself if it is longer than half of `buf`: a run of whole
+/// repeats to compare or write with. Only the bytes used are written
+/// (no zeroing of the whole buffer first): for a small item the
+/// unrolling must not cost more than the item itself.
+fn unrolled<'p>(pattern: &'p [u8], len: usize, buf: &'p mut [MaybeUninit<u8>; UNROLL]) -> &'p [u8] {
     let p = pattern.len();
     if p > UNROLL / 2 {
         return pattern;
     }
-    let reps = len.div_ceil(p).clamp(1, UNROLL / p);
+    let reps = (len / 4).div_ceil(p).clamp(1, UNROLL / p);
     for c in buf[..reps * p].chunks_exact_mut(p) {
-        c.copy_from_slice(pattern);
+        for (d, s) in c.iter_mut().zip(pattern) {
+            d.write(*s);
+        }
     }
-    &buf[..reps * p]
+    // SAFETY: the first `reps * p` bytes were all written just above;
+    // the slice borrows `buf` for `'p` and covers only them.
+    unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), reps * p) }
 }
 
 /// A read-only view of `len` shared bytes, for lifetime `'a`.
@@ -237,7 +245,7 @@ impl<'a> VolatileBytes<'a> {
         if pattern.is_empty() {
             return (self.len > 0).then_some(0);
         }
-        let mut buf = [0u8; UNROLL];
+        let mut buf = [MaybeUninit::uninit(); UNROLL];
         let chunk = unrolled(pattern, self.len, &mut buf);
         let mut off = 0;
         while off < self.len {
@@ -410,7 +418,7 @@ impl<'a> VolatileBytesMut<'a> {
         if pattern.is_empty() {
             return;
         }
-        let mut buf = [0u8; UNROLL];
+        let mut buf = [MaybeUninit::uninit(); UNROLL];
         let chunk = unrolled(pattern, self.len, &mut buf);
         let mut off = 0;
         while off < self.len {

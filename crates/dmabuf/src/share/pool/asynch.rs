@@ -7,6 +7,15 @@
 //! while its fence is still active is not awaited (it would wake the task
 //! at once, again and again); a one-shot timer re-checks every
 //! [`RECHECK`](crate::fence::RECHECK) instead.
+//!
+//! The consumer follows the blocking one's calm rule with the ring's
+//! eventfd: a wake-up that brings nothing to do (an empty ring, no socket
+//! message) deregisters the eventfd from tokio for the rest of that
+//! `next`, which then waits on its socket alone in
+//! [`CALM_SLICE`](super::CALM_SLICE) slices, looking at the ring between
+//! them; the next call registers the eventfd again. A peer that keeps
+//! writing the eventfd then wakes nothing: a registered eventfd wakes
+//! tokio's reactor at every write, whether or not a task awaits it.
 
 use std::future::poll_fn;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -14,7 +23,7 @@ use std::task::Poll;
 
 use tokio::io::unix::AsyncFd;
 
-use super::{Consumer, Item, Lease, Producer};
+use super::{Consumer, Item, Lease, Producer, CALM_SLICE};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, Result};
 use crate::fence::{wake_fds, FenceStatus, RECHECK};
@@ -42,12 +51,24 @@ async fn any_readable(
     op: &'static str,
     obj: &str,
 ) -> Result<()> {
+    any_readable_for(fixed, extra, recheck.then_some(RECHECK), op, obj).await
+}
+
+/// Waits until any of `fixed` or `extra` polls readable, or `limit` has
+/// passed if given.
+async fn any_readable_for(
+    fixed: &[&AsyncFd<OwnedFd>],
+    extra: &[BorrowedFd<'_>],
+    limit: Option<std::time::Duration>,
+    op: &'static str,
+    obj: &str,
+) -> Result<()> {
     let mut extra = extra
         .iter()
         .map(|fd| register(*fd, op, obj))
         .collect::<Result<Vec<_>>>()?;
-    if recheck {
-        extra.push(crate::sys::readiness::timer(RECHECK).map_err(|e| io_error(op, obj, e))?);
+    if let Some(t) = limit {
+        extra.push(crate::sys::readiness::timer(t).map_err(|e| io_error(op, obj, e))?);
     }
     poll_fn(|cx| {
         for a in fixed.iter().copied().chain(extra.iter()) {
@@ -213,8 +234,10 @@ impl AsyncProducer {
 pub struct AsyncConsumer {
     inner: Consumer,
     socket: AsyncFd<OwnedFd>,
-    /// The fd the producer's ring wakes this side on.
-    ring: AsyncFd<OwnedFd>,
+    /// The fd the producer's ring wakes this side on; `None` after a
+    /// wake-up for nothing (deregistered, see the module documentation)
+    /// until the next call needs it.
+    ring: Option<AsyncFd<OwnedFd>>,
 }
 
 impl AsyncConsumer {
@@ -223,8 +246,8 @@ impl AsyncConsumer {
         let obj = channel.peer().to_string();
         let socket = register(channel.fd(), "pool handshake", &obj)?;
         let inner = Consumer::new_async_ready(channel, &socket, &obj).await?;
-        let ring = match inner.transport().wait_fd() {
-            Some(fd) => register(fd, "pool handshake", &obj)?,
+        let ring = match inner.sleeper.wait_fd() {
+            Some(fd) => Some(register(fd, "pool handshake", &obj)?),
             None => {
                 return Err(Error::invalid(
                     "pool handshake",
@@ -255,6 +278,11 @@ impl AsyncConsumer {
 
     async fn next_inner(&mut self) -> Result<Option<Item>> {
         let op = "pool next";
+        // As in the blocking `next`: once a wake-up brought nothing to do,
+        // wait on the socket alone in CALM_SLICE slices for the rest of
+        // this call, with the ring's eventfd deregistered.
+        let mut woken = false;
+        let mut calm = false;
         loop {
             // The item waits in `self.inner` across awaits, so a cancelled
             // `next` loses nothing.
@@ -277,18 +305,35 @@ impl AsyncConsumer {
                 return Ok(None);
             }
             if self.inner.step()? {
+                woken = false;
                 continue;
             }
+            calm |= woken;
+            woken = false;
+            let obj = self.inner.channel.peer().to_string();
+            if calm {
+                self.ring = None;
+                any_readable_for(&[&self.socket], &[], Some(CALM_SLICE), op, &obj).await?;
+                continue;
+            }
+            let ring = match self.ring.take() {
+                Some(r) => r,
+                None => match self.inner.sleeper.wait_fd() {
+                    Some(fd) => register(fd, op, &obj)?,
+                    None => return Err(Error::invalid(op, obj, "ring without a wake-up fd")),
+                },
+            };
+            let ring = self.ring.insert(ring);
             if self.inner.transport().begin_wait()? {
                 self.inner.transport().end_wait();
                 continue;
             }
-            let obj = self.inner.channel.peer().to_string();
-            let r = any_readable(&[&self.socket, &self.ring], &[], false, op, &obj).await;
+            let r = any_readable(&[&self.socket, ring], &[], false, op, &obj).await;
             // (A cancelled wait leaves the word raised: it costs the
             // producer one wake-up, and the next call lowers it.)
             self.inner.transport().end_wait();
             r?;
+            woken = true;
         }
     }
 

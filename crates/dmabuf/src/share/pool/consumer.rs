@@ -10,6 +10,7 @@ use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
 use crate::frame::Frame;
+use crate::share::ring::ConsumerSleep;
 use crate::share::{Channel, Message};
 
 /// The consuming end of a pool. See the module documentation.
@@ -19,6 +20,10 @@ pub struct Consumer {
     /// The per-item path from the producer (shared with the items, which
     /// release through it).
     pub(super) items: Arc<Mutex<ConsumerTransport>>,
+    /// The ring's waiting word and wake-up fd, apart from `items`: every
+    /// sleep is taken with `items` unlocked, so that an item released
+    /// from another thread meanwhile never waits for it.
+    pub(super) sleeper: ConsumerSleep,
     pub(super) buffers: Vec<Buffer>,
     /// In a pool of frames, the frames by slot (`buffers` holds each
     /// one's first buffer); empty otherwise.
@@ -177,6 +182,7 @@ impl Consumer {
         };
         let items = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
         Ok(Consumer {
+            sleeper: items.sleeper(),
             channel: Arc::new(channel),
             items: Arc::new(Mutex::new(items)),
             buffers: hs.buffers,
@@ -392,10 +398,18 @@ impl Consumer {
             }
             if now < word_until && !past(deadline) {
                 let end = deadline.map_or(word_until, |d| d.min(word_until));
-                let got = self.transport().sleep_on_word(end - now)?;
+                // The word is raised under the lock, slept on without it
+                // (a release from another thread goes through), and
+                // lowered under it again.
+                if self.transport().begin_word_sleep()? {
+                    continue;
+                }
+                let slept = self.sleeper.sleep_on_word(end - now);
+                let got = self.transport().end_word_sleep();
+                slept?;
                 // Ended before its bound with nothing to take: a wake-up
                 // for nothing (or a peer that lowered the word).
-                woken = !got && Instant::now() < end;
+                woken = !got? && Instant::now() < end;
                 continue;
             }
             if self.transport().begin_wait()? {
@@ -404,9 +418,9 @@ impl Consumer {
             }
             let obj = self.channel.peer().to_string();
             let woke = {
-                let t = self.transport();
+                // Polled without the transport's lock (see `sleeper`).
                 let mut fds = vec![self.channel.fd()];
-                fds.extend(t.wait_fd());
+                fds.extend(self.sleeper.wait_fd());
                 poll_any(&fds, deadline, op, &obj)
             };
             self.transport().end_wait();

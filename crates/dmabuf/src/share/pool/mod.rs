@@ -106,10 +106,11 @@
 //! With the `tokio` feature, `AsyncProducer` and `AsyncConsumer` offer
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
 //! instead of `poll`. They do not sleep on the ring's word (a futex
-//! cannot be registered with tokio) and have no [`CALM_SLICE`] rule: a
-//! peer that keeps writing their ring's eventfd costs tokio's reactor a
-//! wake-up per write whether or not a task waits on it, which only
-//! deregistering the fd would stop.
+//! cannot be registered with tokio). `AsyncConsumer::next` follows the
+//! [`CALM_SLICE`] rule by deregistering its ring's eventfd from tokio
+//! for the rest of the call after a wake-up for nothing (a registered
+//! eventfd wakes tokio's reactor at every write, whether or not a task
+//! awaits it), and waits on its socket alone in slices.
 
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
@@ -143,11 +144,11 @@ pub fn frame_bytes(frame: &crate::frame::Frame) -> u64 {
 /// also wakes the word).
 pub const WORD_SLEEP: Duration = Duration::from_millis(20);
 
-/// How long a blocking [`Consumer::next`] that was woken for nothing (an
-/// empty ring and no socket message) sleeps on its socket alone before it
-/// looks at the ring again, for the rest of that call: what a peer that
-/// keeps waking it can cost (a look per slice), and the latency an item
-/// then has at worst.
+/// How long a [`Consumer::next`] (blocking or async) that was woken for
+/// nothing (an empty ring and no socket message) sleeps on its socket
+/// alone before it looks at the ring again, for the rest of that call:
+/// what a peer that keeps waking it can cost (a look per slice), and the
+/// latency an item then has at worst.
 pub const CALM_SLICE: Duration = Duration::from_millis(1);
 
 /// The poll deadline: `deadline`, or sooner when something must be

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceStatus};
-use crate::share::ring::{ConsumerRing, FenceRef, ItemDesc, ProducerRing, ReleaseDesc, Wake};
+use crate::share::ring::{
+    ConsumerRing, ConsumerSleep, FenceRef, ItemDesc, ProducerRing, ReleaseDesc, Wake,
+};
 use crate::share::{Channel, Message};
 
 fn protocol(op: &'static str, obj: &str, cause: String) -> Error {
@@ -365,14 +367,20 @@ impl ConsumerTransport {
         self.ring.end_wait()
     }
 
-    /// See [`ConsumerRing::sleep_on_word`].
-    pub(super) fn sleep_on_word(&mut self, max: Duration) -> Result<bool> {
-        self.ring.sleep_on_word(max)
+    /// See [`ConsumerRing::begin_word_sleep`].
+    pub(super) fn begin_word_sleep(&mut self) -> Result<bool> {
+        self.ring.begin_word_sleep()
     }
 
-    /// The fd that becomes readable when the producer wakes this side.
-    pub(super) fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.ring.wait_fd()
+    /// See [`ConsumerRing::end_word_sleep`].
+    pub(super) fn end_word_sleep(&mut self) -> Result<bool> {
+        self.ring.end_word_sleep()
+    }
+
+    /// The means to sleep without holding this transport's lock (its
+    /// wait fd and waiting word).
+    pub(super) fn sleeper(&self) -> ConsumerSleep {
+        self.ring.sleeper()
     }
 }
 

@@ -676,3 +676,48 @@ fn a_sleep_on_the_word_is_bounded_and_reports_nothing_to_take() {
     w(&raw, W_ITEM_HEAD).store(99, Ordering::Release);
     assert_protocol(c.sleep_on_word(SHORT), "item head 99");
 }
+
+#[test]
+fn a_word_sleep_in_steps_needs_no_borrow_of_the_ring_while_asleep() {
+    let (mut p, mut c, raw) = pair(Wake::EventFd);
+    let sleeper = c.sleeper();
+    assert!(sleeper.wait_fd().is_some());
+    // Nothing there: raised, slept (bounded) without the ring, lowered.
+    assert!(!c.begin_word_sleep().unwrap());
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        SLEEPS_ON_WORD
+    );
+    let t0 = Instant::now();
+    sleeper.sleep_on_word(SHORT).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert!(!c.end_word_sleep().unwrap());
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        0
+    );
+    // The ring is used meanwhile (here: an item published and seen by
+    // `end_word_sleep`), and the sleeper, apart from it, is woken.
+    assert!(!c.begin_word_sleep().unwrap());
+    let t = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        sleeper.sleep_on_word(Duration::from_secs(10)).unwrap();
+        t0.elapsed()
+    });
+    std::thread::sleep(SHORT);
+    p.send_item(1, 1, 0, false).unwrap();
+    assert!(t.join().unwrap() < Duration::from_secs(5), "woken");
+    assert!(c.end_word_sleep().unwrap());
+    // An item already there: begin says so and lowers the word.
+    assert!(c.begin_word_sleep().unwrap());
+    assert_eq!(
+        raw.word32(H_CONSUMER_WAITING)
+            .unwrap()
+            .load(Ordering::SeqCst),
+        0
+    );
+}
