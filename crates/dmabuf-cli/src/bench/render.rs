@@ -52,7 +52,7 @@ fn min_of(v: impl Iterator<Item = f64>) -> Option<f64> {
     v.fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.min(r))))
 }
 
-/// The project's targets (issue 10), as measured in this run.
+/// The project's targets, as measured in this run.
 pub fn targets(r: &Results) -> serde_json::Value {
     fn ours(r: &Results, pred: impl Fn(u64) -> bool) -> impl Iterator<Item = &Cell> {
         r.cells
@@ -172,7 +172,7 @@ pub fn table(r: &Results, with_targets: bool) -> BoxResult<()> {
     }
     if with_targets {
         let t = targets(r);
-        outln!("targets (issue 10; see docs/benchmarks.md):")?;
+        outln!("targets (see docs/benchmarks.md):")?;
         for (k, goal, cmp) in [
             (
                 "ideal_ratio_from_64KiB_min",
