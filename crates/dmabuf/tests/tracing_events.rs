@@ -2,9 +2,16 @@
 //! see the dev-dependencies): each promise of the crate documentation's
 //! "Tracing" section is seen here through a subscriber that records what
 //! it gets.
+//!
+//! The recorder is the process's global subscriber, installed once, and
+//! keeps what each thread emits while that thread records: `tracing`
+//! caches each callsite's interest for the whole process, so a scoped
+//! subscriber (`with_default`) on one test thread loses events whose
+//! callsite another thread, with no subscriber, reached first.
 
+use std::cell::RefCell;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex};
+use std::sync::Once;
 use std::time::Duration;
 
 use dmabuf::endpoint::{Direction, Endpoint, FdEndpoint};
@@ -35,8 +42,14 @@ impl Seen {
     }
 }
 
-#[derive(Default, Clone)]
-struct Recorder(Arc<Mutex<Vec<Seen>>>);
+thread_local! {
+    /// What this thread has emitted since it began recording, if it is.
+    static SEEN: RefCell<Option<Vec<Seen>>> = const { RefCell::new(None) };
+}
+
+/// The global subscriber: every callsite is of interest, and each event
+/// goes to its thread's record.
+struct Recorder;
 
 struct Fields<'a>(&'a mut Vec<(String, String)>);
 
@@ -67,10 +80,15 @@ impl Subscriber for Recorder {
     fn event(&self, event: &Event<'_>) {
         let mut fields = Vec::new();
         event.record(&mut Fields(&mut fields));
-        self.0.lock().unwrap().push(Seen {
+        let seen = Seen {
             level: *event.metadata().level(),
             target: event.metadata().target().to_string(),
             fields,
+        };
+        SEEN.with(|s| {
+            if let Some(v) = s.borrow_mut().as_mut() {
+                v.push(seen);
+            }
         });
     }
 
@@ -79,12 +97,15 @@ impl Subscriber for Recorder {
     fn exit(&self, _: &Id) {}
 }
 
-/// Runs `f` with a recording subscriber on this thread; what it saw.
+/// Runs `f` recording what this thread emits; what it saw.
 fn recorded(f: impl FnOnce()) -> Vec<Seen> {
-    let rec = Recorder::default();
-    tracing::subscriber::with_default(rec.clone(), f);
-    let seen = rec.0.lock().unwrap().clone();
-    seen
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(Recorder).expect("no other global subscriber");
+    });
+    SEEN.with(|s| *s.borrow_mut() = Some(Vec::new()));
+    f();
+    SEEN.with(|s| s.borrow_mut().take()).unwrap_or_default()
 }
 
 fn find<'a>(seen: &'a [Seen], message: &str) -> Vec<&'a Seen> {
