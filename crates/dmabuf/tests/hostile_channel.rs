@@ -8,33 +8,12 @@
 mod hostile_peer;
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dmabuf::share::{Channel, Message, MAX_PENDING_FENCES};
 use dmabuf::{Errno, ErrorKind, FenceStatus};
 use hostile_peer::*;
 use rustix::fs::SealFlags;
-
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn lock() -> MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Sends one hostile message; the receiver must refuse it with a protocol
-/// error containing `words`, close every fd, and still take the next
-/// (valid) message.
-#[track_caller]
-fn refused_then_ok(ch: &Channel, raw: &Raw, bytes: &[u8], fds: &[BorrowedFd<'_>], words: &str) {
-    let before = open_fds();
-    raw.send(bytes, fds).unwrap();
-    let e = ch.recv(T).unwrap_err();
-    assert_err(&e, ErrorKind::Protocol, words);
-    assert_eq!(open_fds(), before, "fds kept after: {e}");
-    raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
-    assert!(matches!(ch.recv(T).unwrap(), Message::Bye));
-}
 
 #[test]
 fn an_empty_datagram_is_a_protocol_error_not_a_departure() {

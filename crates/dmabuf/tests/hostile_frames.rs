@@ -9,7 +9,6 @@
 mod hostile_peer;
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::{Mutex, MutexGuard};
 
 use dmabuf::frame::{wire, FrameLayout, FrameOptions, Placement, PlaneLayout};
 use dmabuf::share::{Channel, Message};
@@ -19,12 +18,6 @@ use proptest::prelude::*;
 use rustix::fs::SealFlags;
 
 const T_FRAME: u16 = 8;
-
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn lock() -> MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A buffer description of a frame message: size, kind (1 portable),
 /// no detail, name.
@@ -65,20 +58,6 @@ fn nv12(w: u32, h: u32, planes: &[(usize, u64, u64)]) -> FrameLayout {
 
 fn sealed(size: u64) -> std::os::fd::OwnedFd {
     memfd(size, SealFlags::SHRINK | SealFlags::GROW)
-}
-
-/// Sends one hostile message; the receiver must refuse it with a protocol
-/// error containing `words`, close every fd, and still take the next
-/// (valid) message.
-#[track_caller]
-fn refused_then_ok(ch: &Channel, raw: &Raw, bytes: &[u8], fds: &[BorrowedFd<'_>], words: &str) {
-    let before = open_fds();
-    raw.send(bytes, fds).unwrap();
-    let e = ch.recv(T).unwrap_err();
-    assert_err(&e, ErrorKind::Protocol, words);
-    assert_eq!(open_fds(), before, "fds kept after: {e}");
-    raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
-    assert!(matches!(ch.recv(T).unwrap(), Message::Bye));
 }
 
 #[test]

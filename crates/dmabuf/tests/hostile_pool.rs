@@ -7,7 +7,6 @@
 
 mod hostile_peer;
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dmabuf::share::pool::{AsyncConsumer, AsyncProducer, Consumer, Producer, LEAVE_GRACE};
@@ -15,12 +14,6 @@ use dmabuf::share::ring::{ProducerRing, Wake};
 use dmabuf::share::Channel;
 use dmabuf::{Allocate, Buffer, Errno, ErrorKind, Fence, Portable, UserFence};
 use hostile_peer::*;
-
-static LOCK: Mutex<()> = Mutex::new(());
-
-fn lock() -> MutexGuard<'static, ()> {
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn portables(n: usize) -> Vec<Buffer> {
     (0..n)

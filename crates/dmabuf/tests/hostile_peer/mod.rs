@@ -484,3 +484,32 @@ pub fn memfds(n: usize, size: u64) -> Vec<OwnedFd> {
         .map(|_| memfd(size, SealFlags::SHRINK | SealFlags::GROW))
         .collect()
 }
+
+/// Serialises the tests of one binary that count open fds or time CPU (a
+/// failed test does not poison it for the others).
+static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`LOCK`].
+pub fn lock() -> std::sync::MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends one hostile message; the receiver must refuse it with a protocol
+/// error containing `words`, close every fd, and still take the next
+/// (valid) message.
+#[track_caller]
+pub fn refused_then_ok(
+    ch: &dmabuf::share::Channel,
+    raw: &Raw,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    words: &str,
+) {
+    let before = open_fds();
+    raw.send(bytes, fds).unwrap();
+    let e = ch.recv(T).unwrap_err();
+    assert_err(&e, dmabuf::ErrorKind::Protocol, words);
+    assert_eq!(open_fds(), before, "fds kept after: {e}");
+    raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
+    assert!(matches!(ch.recv(T).unwrap(), dmabuf::share::Message::Bye));
+}
