@@ -344,9 +344,18 @@ fn listeners_admit_only_their_own_user() {
         println!("not root: the other-user half of this test needs root");
         return;
     }
+    // The other user runs a copy of this test binary that it can reach:
+    // the checkout may sit under a directory only its owner can enter
+    // (`mktemp -d` makes mode 0700 ones).
+    let exe_dir = std::env::temp_dir().join(format!("dmabuf-hostile-{}.bin", std::process::id()));
+    std::fs::create_dir_all(&exe_dir).unwrap();
+    std::fs::set_permissions(&exe_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = exe_dir.join("hostile_channel");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let other = |path: &std::path::Path| {
         use std::os::unix::process::CommandExt;
-        std::process::Command::new(std::env::current_exe().unwrap())
+        std::process::Command::new(&exe)
             .args([
                 "--exact",
                 "connect_helper",
@@ -371,4 +380,5 @@ fn listeners_admit_only_their_own_user() {
     assert_err(&e, ErrorKind::PermissionDenied, "runs as uid 65534");
     assert_eq!(e.errno(), Some(Errno::ACCESS));
     child.wait_with_output().unwrap();
+    std::fs::remove_dir_all(&exe_dir).unwrap();
 }
