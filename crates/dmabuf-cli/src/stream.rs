@@ -269,7 +269,7 @@ pub fn produce(
         }
         report.items += 1;
         report.bytes += size;
-        bar.update(report.items, start.elapsed(), report.bytes);
+        bar.update(report.items, start, report.bytes);
         if let Some(g) = opts.gap {
             std::thread::sleep(g);
         }
@@ -469,7 +469,9 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, items: u64, elapsed: Duration, bytes: u64) {
+    /// Redraws the bar (at most every 100 ms; the clock is not read when
+    /// it is off).
+    fn update(&mut self, items: u64, start: Instant, bytes: u64) {
         if !self.on
             || self
                 .last
@@ -478,6 +480,7 @@ impl Progress {
             return;
         }
         self.last = Some(Instant::now());
+        let elapsed = start.elapsed();
         let frac = match self.limit {
             Limit::Count(n) => items as f64 / n.max(1) as f64,
             Limit::Time(d) => elapsed.as_secs_f64() / d.as_secs_f64().max(1e-9),

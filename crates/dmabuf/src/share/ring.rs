@@ -69,18 +69,25 @@
 //!
 //! | offset | size | written by | field                                   |
 //! |-------:|-----:|------------|-----------------------------------------|
-//! | 0      | 8    | producer   | magic `"DMBRING1"`                      |
+//! | 0      | 8    | producer   | magic `"DMBRING2"`                      |
 //! | 8      | 8    | producer   | capacity                                |
 //! | 64     | 8    | producer   | item head                               |
-//! | 72     | 8    | producer   | release tail                            |
-//! | 80     | 4    | producer   | producer waiting (futex word)           |
-//! | 128    | 8    | consumer   | item tail                               |
-//! | 136    | 8    | consumer   | release head                            |
-//! | 144    | 4    | consumer   | consumer waiting (futex word)           |
-//! | 256    | 64 × capacity | producer | items: slot, length, sequence, sent at, fence |
-//! | 256 + 64 × capacity | 32 × capacity | consumer | releases: slot, sequence, fence |
+//! | 128    | 8    | producer   | release tail                            |
+//! | 192    | 4    | producer   | producer waiting (futex word)           |
+//! | 256    | 8    | consumer   | item tail                               |
+//! | 320    | 8    | consumer   | release head                            |
+//! | 384    | 4    | consumer   | consumer waiting (futex word)           |
+//! | 512    | 64 × capacity | producer | items: slot, length, sequence, sent at, fence |
+//! | 512 + 64 × capacity | 32 × capacity | consumer | releases: slot, sequence, fence |
 //!
-//! The length of the memfd is that, rounded up to a page.
+//! The length of the memfd is that, rounded up to a page. Each head, tail
+//! and waiting word has a 64-byte cache line of its own: a word written
+//! per item never shares a line with one the other side reads per item
+//! (the waiting words, read at every publish, are written only around a
+//! sleep). A side reads the other's tail only when its own count says
+//! the ring may be full, or, for the producer, when a release names an
+//! item it has not yet seen taken: in a steady stream each side reads
+//! one word of the other per batch, the head.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -93,20 +100,21 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys::futex::{self, SharedWords};
 
-/// The magic word at offset 0: `"DMBRING1"`.
-pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"DMBRING1");
+/// The magic word at offset 0: `"DMBRING2"` (the layout above; version 1
+/// kept the heads, tails and waiting words of a side on one cache line).
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"DMBRING2");
 /// Most descriptors a ring holds in each direction (the pool's limit).
 pub const MAX_RING_CAPACITY: usize = super::pool::MAX_POOL_BUFFERS;
 
 const W_MAGIC: usize = 0;
 const W_CAPACITY: usize = 1;
-const W_ITEM_HEAD: usize = 8;
-const W_REL_TAIL: usize = 9;
-const H_PRODUCER_WAITING: usize = 20; // 32-bit index: byte 80
-const W_ITEM_TAIL: usize = 16;
-const W_REL_HEAD: usize = 17;
-const H_CONSUMER_WAITING: usize = 36; // 32-bit index: byte 144
-const W_ITEMS: usize = 32; // byte 256
+const W_ITEM_HEAD: usize = 8; // byte 64
+const W_REL_TAIL: usize = 16; // byte 128
+const H_PRODUCER_WAITING: usize = 48; // 32-bit index: byte 192
+const W_ITEM_TAIL: usize = 32; // byte 256
+const W_REL_HEAD: usize = 40; // byte 320
+const H_CONSUMER_WAITING: usize = 96; // 32-bit index: byte 384
+const W_ITEMS: usize = 64; // byte 512
 const ITEM_WORDS: usize = 8;
 const REL_WORDS: usize = 4;
 /// Waiting-word value of a side asleep in `FUTEX_WAIT` on the word itself
@@ -119,7 +127,7 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(5);
 
 /// The byte length of a ring memfd of `capacity` descriptors per direction.
 pub fn ring_len(capacity: usize) -> usize {
-    let raw = 256 + capacity * (ITEM_WORDS + REL_WORDS) * 8;
+    let raw = W_ITEMS * 8 + capacity * (ITEM_WORDS + REL_WORDS) * 8;
     let page = crate::sys::mem::page_size();
     raw.div_ceil(page) * page
 }
@@ -557,16 +565,19 @@ impl ProducerRing {
                 ),
             ));
         }
-        let tail = self.refresh_tail()?;
-        if self.head - tail >= self.s.cap as u64 {
-            let e = protocol(
-                &self.s.name,
-                format!(
-                    "item ring full ({} items not taken) although slot {slot} is free",
-                    self.head - tail
-                ),
-            );
-            return Err(self.s.fail(e));
+        // The consumer's tail is read only when the ring may be full.
+        if self.head - self.tail_seen >= self.s.cap as u64 {
+            let tail = self.refresh_tail()?;
+            if self.head - tail >= self.s.cap as u64 {
+                let e = protocol(
+                    &self.s.name,
+                    format!(
+                        "item ring full ({} items not taken) although slot {slot} is free",
+                        self.head - tail
+                    ),
+                );
+                return Err(self.s.fail(e));
+            }
         }
         self.seq += 1;
         let fence = if socket_fence {
@@ -651,10 +662,10 @@ impl ProducerRing {
     }
 
     fn check_release(&mut self, slot: u64, seq: u64, fref: u64) -> Result<ReleaseDesc> {
-        let name = self.s.name.clone();
+        // The ring's name is copied only into an error: nothing per release.
         if slot >= self.s.cap as u64 {
             return Err(protocol(
-                &name,
+                &self.s.name,
                 format!(
                     "release slot {slot} is not below the pool size {}",
                     self.s.cap
@@ -664,7 +675,7 @@ impl ProducerRing {
         let held = self.in_flight[slot as usize];
         if seq == 0 || seq != held {
             return Err(protocol(
-                &name,
+                &self.s.name,
                 format!(
                     "release sequence {seq} of slot {slot}: {}",
                     if held == 0 {
@@ -675,10 +686,16 @@ impl ProducerRing {
                 ),
             ));
         }
-        let taken = self.refresh_tail()?;
+        // The consumer's tail is read only for an item not yet seen taken.
+        let taken = if seq > self.tail_seen {
+            self.refresh_tail()?
+        } else {
+            self.tail_seen
+        };
+        let name = &self.s.name;
         if seq > taken {
             return Err(protocol(
-                &name,
+                name,
                 format!(
                     "release sequence {seq} of an item not yet taken off the ring ({taken} taken)"
                 ),
@@ -692,7 +709,7 @@ impl ProducerRing {
             }
             t => {
                 return Err(protocol(
-                    &name,
+                    name,
                     format!(
                         "release fence reference {t}, expected 0 or {}",
                         self.rel_fence_in + 1
@@ -1158,27 +1175,30 @@ impl ConsumerRing {
                 format!("item {seq} in slot {slot} is not held"),
             ));
         }
-        let t = self.s.w(W_REL_TAIL).load(Ordering::Acquire);
-        if t < self.rel_tail_seen || t > self.rel_head {
-            let e = protocol(
-                &self.s.name,
-                format!(
-                    "release tail {t} is outside {}..={} (taken before .. published)",
-                    self.rel_tail_seen, self.rel_head
-                ),
-            );
-            return Err(self.s.fail(e));
-        }
-        self.rel_tail_seen = t;
-        if self.rel_head - t >= self.s.cap as u64 {
-            let e = protocol(
-                &self.s.name,
-                format!(
-                    "release ring full: the producer took none of {} releases",
-                    self.rel_head - t
-                ),
-            );
-            return Err(self.s.fail(e));
+        // The producer's tail is read only when the ring may be full.
+        if self.rel_head - self.rel_tail_seen >= self.s.cap as u64 {
+            let t = self.s.w(W_REL_TAIL).load(Ordering::Acquire);
+            if t < self.rel_tail_seen || t > self.rel_head {
+                let e = protocol(
+                    &self.s.name,
+                    format!(
+                        "release tail {t} is outside {}..={} (taken before .. published)",
+                        self.rel_tail_seen, self.rel_head
+                    ),
+                );
+                return Err(self.s.fail(e));
+            }
+            self.rel_tail_seen = t;
+            if self.rel_head - t >= self.s.cap as u64 {
+                let e = protocol(
+                    &self.s.name,
+                    format!(
+                        "release ring full: the producer took none of {} releases",
+                        self.rel_head - t
+                    ),
+                );
+                return Err(self.s.fail(e));
+            }
         }
         let fence = if socket_fence {
             self.rel_fence_out += 1;

@@ -17,9 +17,10 @@
 //! itself or on another udmabuf over the same pages.
 //!
 //! Rules: any number of shared borrows of a byte, or one exclusive borrow;
-//! a conflicting borrow is refused, never granted. All registrations go
-//! through one process-wide lock, so a borrow spanning several objects is
-//! checked and recorded atomically.
+//! a conflicting borrow is refused, never granted. A borrow is checked and
+//! recorded under the locks of every object it touches, held together
+//! (taken in a fixed order): a borrow spanning several objects is atomic,
+//! and a borrow of one plain object takes that object's lock alone.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -66,19 +67,12 @@ fn backings() -> MutexGuard<'static, Backings> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// The one lock every registration and release takes (see module docs).
-fn registry() -> MutexGuard<'static, ()> {
-    static REGISTRY: Mutex<()> = Mutex::new(());
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// One piece of memory (a dma-buf or a memfd), once per process.
 #[derive(Debug)]
 pub struct MemoryObject {
     id: u64,
     key: ObjectKey,
-    /// Live borrows, in the object's offsets. Only changed under
-    /// [`registry`]; its own mutex makes reads elsewhere sound.
+    /// Live borrows, in the object's offsets.
     borrows: Mutex<Vec<Borrow>>,
     /// The current mapping (the widest one made: writable wins).
     region: Mutex<Weak<Region>>,
@@ -259,48 +253,110 @@ impl MemoryObject {
             return Err(BorrowError::ReadOnly);
         }
         let (start, end) = (range.start as u64, range.end as u64);
-        let mut wanted: Vec<(Arc<MemoryObject>, u64, u64, bool)> =
-            vec![(self.clone(), start, end, false)];
-        for s in self.backing() {
-            let lo = start.max(s.offset);
-            let hi = end.min(s.offset + s.len);
-            if lo < hi {
-                let t = s.target_offset + (lo - s.offset);
-                wanted.push((s.target.clone(), t, t + (hi - lo), true));
-            }
-        }
-        let _guard = registry();
-        // Check everything first, then record: nothing is half-registered.
-        for (obj, s, e, via) in &wanted {
-            for other in obj.lock().iter() {
-                let (lo, hi) = ((*s).max(other.start), (*e).min(other.end));
-                if lo < hi && (exclusive || other.exclusive) {
-                    return Err(BorrowError::Conflict {
-                        with_exclusive: other.exclusive,
-                        overlap: lo..hi,
-                        backing: via.then(|| obj.key),
-                    });
-                }
-            }
-        }
-        let mut held = Vec::with_capacity(wanted.len());
-        for (obj, s, e, _) in wanted {
-            let b = Borrow {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                start: s,
-                end: e,
-                exclusive,
-            };
-            obj.lock().push(b);
-            held.push((obj, b));
-        }
-        Ok(View {
-            region: region.clone(),
-            range,
+        // The pages of other objects this range is made of (none unless
+        // this process made the object from memfds): computed twice, never
+        // collected, so a borrow of a plain object allocates nothing.
+        let via = || {
+            self.backing().iter().filter_map(move |s| {
+                let lo = start.max(s.offset);
+                let hi = end.min(s.offset + s.len);
+                (lo < hi).then(|| {
+                    let t = s.target_offset + (lo - s.offset);
+                    (&s.target, t, t + (hi - lo))
+                })
+            })
+        };
+        let new = |start: u64, end: u64| Borrow {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            start,
+            end,
             exclusive,
-            held,
-        })
+        };
+        let view = |own: Borrow, backing: Vec<(Arc<MemoryObject>, Borrow)>| View {
+            region: region.clone(),
+            range: range.clone(),
+            exclusive,
+            object: self.clone(),
+            own,
+            backing,
+        };
+        if via().next().is_none() {
+            // One object: its own lock makes the check and the record one
+            // step.
+            let mut live = self.lock();
+            check_free(&live, start, end, exclusive, None)?;
+            let own = new(start, end);
+            live.push(own);
+            drop(live);
+            return Ok(view(own, Vec::new()));
+        }
+        // Several objects: hold the lock of each (once, taken in id order,
+        // so that two such borrows cannot deadlock) while everything is
+        // checked and then recorded: nothing is half-registered, and no
+        // borrow of one of them alone slips in between.
+        let mut objects: Vec<&MemoryObject> = std::iter::once(&**self)
+            .chain(via().map(|(o, _, _)| &**o))
+            .collect();
+        objects.sort_by_key(|o| o.id);
+        objects.dedup_by_key(|o| o.id);
+        let mut locked: Vec<(u64, MutexGuard<'_, Vec<Borrow>>)> =
+            objects.iter().map(|o| (o.id, o.lock())).collect();
+        let at = |locked: &[(u64, MutexGuard<'_, Vec<Borrow>>)], id: u64| {
+            locked
+                .iter()
+                .position(|(k, _)| *k == id)
+                .expect("every object of the borrow is locked")
+        };
+        check_free(&locked[at(&locked, self.id)].1, start, end, exclusive, None)?;
+        for (obj, s, e) in via() {
+            let i = at(&locked, obj.id);
+            check_free(&locked[i].1, s, e, exclusive, Some(obj.key))?;
+        }
+        let own = new(start, end);
+        let i = at(&locked, self.id);
+        locked[i].1.push(own);
+        let mut backing = Vec::new();
+        for (obj, s, e) in via() {
+            let b = new(s, e);
+            let i = at(&locked, obj.id);
+            locked[i].1.push(b);
+            backing.push((obj.clone(), b));
+        }
+        drop(locked);
+        Ok(view(own, backing))
     }
+
+    /// Removes the live borrow `b`.
+    fn forget(&self, b: &Borrow) {
+        let mut live = self.lock();
+        if let Some(i) = live.iter().position(|x| x.id == b.id) {
+            live.swap_remove(i);
+        }
+    }
+}
+
+/// `Ok` if no borrow in `live` (one object's list, locked by the caller)
+/// conflicts with one of `start..end` (`exclusive` or not); `backing`:
+/// the key of that object when it backs the one borrowed (named in the
+/// error).
+fn check_free(
+    live: &[Borrow],
+    start: u64,
+    end: u64,
+    exclusive: bool,
+    backing: Option<ObjectKey>,
+) -> Result<(), BorrowError> {
+    for other in live {
+        let (lo, hi) = (start.max(other.start), end.min(other.end));
+        if lo < hi && (exclusive || other.exclusive) {
+            return Err(BorrowError::Conflict {
+                with_exclusive: other.exclusive,
+                overlap: lo..hi,
+                backing,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A registered borrow of bytes of a [`MemoryObject`], with the mapping
@@ -310,7 +366,11 @@ pub struct View {
     region: Arc<Region>,
     range: Range<usize>,
     exclusive: bool,
-    held: Vec<(Arc<MemoryObject>, Borrow)>,
+    /// The object borrowed and its record; the records on the objects
+    /// backing it (empty unless this process made it from memfds).
+    object: Arc<MemoryObject>,
+    own: Borrow,
+    backing: Vec<(Arc<MemoryObject>, Borrow)>,
 }
 
 impl View {
@@ -353,12 +413,12 @@ impl View {
 
 impl Drop for View {
     fn drop(&mut self) {
-        let _guard = registry();
-        for (obj, b) in self.held.drain(..) {
-            let mut live = obj.lock();
-            if let Some(i) = live.iter().position(|x| x.id == b.id) {
-                live.swap_remove(i);
-            }
+        // Each list on its own: a borrow that sees some of these records
+        // gone and others not yet is refused, as it would be had it come
+        // before this drop.
+        self.object.forget(&self.own);
+        for (obj, b) in self.backing.drain(..) {
+            obj.forget(&b);
         }
     }
 }

@@ -364,15 +364,15 @@ pub struct RawRing {
 
 /// Word indices of the ring layout.
 pub const R_ITEM_HEAD: u64 = 8;
-pub const R_REL_TAIL: u64 = 9;
-pub const R_ITEM_TAIL: u64 = 16;
-pub const R_REL_HEAD: u64 = 17;
-const R_ITEMS: u64 = 32;
+pub const R_REL_TAIL: u64 = 16;
+pub const R_ITEM_TAIL: u64 = 32;
+pub const R_REL_HEAD: u64 = 40;
+const R_ITEMS: u64 = 64;
 
 impl RawRing {
     /// A ring of `cap` slots, as a producer makes it.
     pub fn new(cap: usize) -> RawRing {
-        let raw = 256 + cap as u64 * 12 * 8;
+        let raw = R_ITEMS * 8 + cap as u64 * 12 * 8;
         let len = raw.div_ceil(4096) * 4096;
         let r = RawRing {
             memfd: memfd(len, SealFlags::SHRINK | SealFlags::GROW),
@@ -380,7 +380,7 @@ impl RawRing {
             wake_producer: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
             cap: cap as u64,
         };
-        r.set(0, u64::from_le_bytes(*b"DMBRING1"));
+        r.set(0, u64::from_le_bytes(*b"DMBRING2"));
         r.set(1, cap as u64);
         r
     }

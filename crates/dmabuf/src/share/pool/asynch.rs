@@ -298,7 +298,7 @@ impl AsyncConsumer {
             }
             if let Some(mut item) = self.inner.waiting.take() {
                 self.inner.check_ready(&item)?;
-                item.ready_ns = crate::fence::monotonic_ns();
+                self.inner.mark_ready(&mut item);
                 return Ok(Some(item));
             }
             if self.inner.ended {

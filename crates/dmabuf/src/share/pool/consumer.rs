@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::transport::{ConsumerTransport, Incoming};
-use super::{past, poll_any, protocol, slice, timed_out, CALM_SLICE, MAX_POOL_BUFFERS, WORD_SLEEP};
+use super::{
+    past, poll_any, protocol, slice, timed_out, CALM_SLICE, MAX_POOL_BUFFERS, SPIN_GAP, WORD_SLEEP,
+};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
@@ -38,6 +40,12 @@ pub struct Consumer {
     pub(super) ended: bool,
     /// How long a blocking `next` sleeps on the ring's word first.
     pub(super) word_sleep: Duration,
+    /// When the last item was ready here (CLOCK_MONOTONIC ns, this
+    /// process's clock; 0: none yet).
+    pub(super) last_ready_ns: u64,
+    /// The last two items were ready less than [`SPIN_GAP`] apart: look
+    /// at the ring again for a while before sleeping.
+    pub(super) busy: bool,
 }
 
 /// The consumer's side of the pool handshake, one message at a time.
@@ -193,6 +201,8 @@ impl Consumer {
             bye: false,
             ended: false,
             word_sleep: WORD_SLEEP,
+            last_ready_ns: 0,
+            busy: false,
         })
     }
 
@@ -293,6 +303,26 @@ impl Consumer {
         }))
     }
 
+    /// Stamps `item` ready now, and notes whether items come close
+    /// together (see [`spin`](Self::spin)).
+    pub(super) fn mark_ready(&mut self, item: &mut Item) {
+        let now = monotonic_ns();
+        item.ready_ns = now;
+        self.busy = now.saturating_sub(self.last_ready_ns) < SPIN_GAP.as_nanos() as u64;
+        self.last_ready_ns = now;
+    }
+
+    /// How long an empty ring is looked at again before sleeping: a few
+    /// microseconds while items come less than [`SPIN_GAP`] apart, else
+    /// not at all.
+    pub(super) fn spin(&self) -> Duration {
+        if self.busy {
+            crate::share::ring::DEFAULT_SPIN
+        } else {
+            Duration::ZERO
+        }
+    }
+
     /// One step of `next` that needs no waiting: `Ok(true)` if it made
     /// progress (call again), `Ok(false)` if the caller must sleep.
     pub(super) fn step(&mut self) -> Result<bool> {
@@ -305,14 +335,18 @@ impl Consumer {
             self.ended = true;
             return Ok(true);
         }
-        // A busy producer publishes soon: look at the ring again for a few
-        // microseconds before going to the socket.
-        let spin_until = Instant::now() + crate::share::ring::DEFAULT_SPIN;
-        while Instant::now() < spin_until {
-            std::hint::spin_loop();
-            if let Some(item) = self.take_item()? {
-                self.waiting = Some(item);
-                return Ok(true);
+        // A busy producer publishes soon: while items come close together,
+        // look at the ring again for a few microseconds before going to
+        // the socket (see `SPIN_GAP` for why not on a sparse stream).
+        let spin = self.spin();
+        if !spin.is_zero() {
+            let spin_until = Instant::now() + spin;
+            while Instant::now() < spin_until {
+                std::hint::spin_loop();
+                if let Some(item) = self.take_item()? {
+                    self.waiting = Some(item);
+                    return Ok(true);
+                }
             }
         }
         if let Some(m) = self.channel.try_recv()? {
@@ -347,7 +381,8 @@ impl Consumer {
     }
 
     pub(super) fn next_inner(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // The clock is read for the deadline only once this call must wait.
+        let mut start = super::LazyStart::default();
         let op = "pool next";
         // First sleep on the ring's word (the cheapest wake-up), for at
         // most WORD_SLEEP in all; then on the eventfd and the socket. Once
@@ -355,7 +390,6 @@ impl Consumer {
         // peer waking this side for nothing), sleep on the socket alone in
         // CALM_SLICE slices for the rest of the call, so that such a peer
         // costs a look at the ring per slice, not a spinning loop.
-        let word_until = Instant::now() + self.word_sleep;
         let mut woken = false;
         let mut calm = false;
         // The peer's name is formatted only on the sleeping paths.
@@ -368,13 +402,17 @@ impl Consumer {
         };
         loop {
             if let Some(mut item) = self.waiting.take() {
+                let deadline = match item.ready.status() {
+                    FenceStatus::Active => start.deadline(timeout),
+                    _ => None,
+                };
                 if let Err(e) = self.wait_ready(&item, deadline, timeout) {
                     if e.kind() == ErrorKind::TimedOut {
                         self.waiting = Some(item);
                     }
                     return Err(e);
                 }
-                item.ready_ns = monotonic_ns();
+                self.mark_ready(&mut item);
                 return Ok(Some(item));
             }
             if self.ended {
@@ -386,6 +424,8 @@ impl Consumer {
             }
             calm |= woken;
             woken = false;
+            let deadline = start.deadline(timeout);
+            let word_until = start.get() + self.word_sleep;
             let now = Instant::now();
             if calm {
                 let obj = self.channel.peer().to_string();
@@ -580,5 +620,54 @@ impl Drop for Item {
         if !self.released {
             let _ = self.send_release(&Fence::Signalled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::{portable::Portable, Allocate};
+    use crate::share::pool::Producer;
+
+    const T: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn the_consumer_looks_again_before_sleeping_only_while_items_come_close_together() {
+        let (p, c) = Channel::pair().unwrap();
+        let bufs = (0..4)
+            .map(|i| Portable.allocate(4096, &format!("spin{i}")).unwrap())
+            .collect();
+        let mut producer = Producer::new(bufs, vec![p]).unwrap();
+        let mut consumer = Consumer::new(c, T).unwrap();
+        let mut one = |consumer: &mut Consumer| {
+            let lease = producer.acquire(T).unwrap();
+            lease.submit(4096, Fence::Signalled).unwrap();
+            consumer
+                .next(T)
+                .unwrap()
+                .unwrap()
+                .release(Fence::Signalled)
+                .unwrap();
+        };
+        // The first item has no predecessor: no look.
+        one(&mut consumer);
+        assert_eq!(consumer.spin(), Duration::ZERO);
+        // Two items well apart: a sparse stream, no look.
+        std::thread::sleep(SPIN_GAP * 4);
+        one(&mut consumer);
+        assert_eq!(consumer.spin(), Duration::ZERO);
+        // Back to back (retried: a preempted test thread may be slow).
+        let close = (0..100).any(|_| {
+            one(&mut consumer);
+            consumer.spin() == crate::share::ring::DEFAULT_SPIN
+        });
+        assert!(
+            close,
+            "items taken back to back never counted as close together"
+        );
+        // And apart again.
+        std::thread::sleep(SPIN_GAP * 4);
+        one(&mut consumer);
+        assert_eq!(consumer.spin(), Duration::ZERO);
     }
 }

@@ -576,24 +576,32 @@ impl Producer {
     /// A free buffer, waiting at most `timeout` (`None`: as long as it
     /// takes) while every buffer is in flight (back-pressure).
     pub fn acquire(&mut self, timeout: Option<Duration>) -> Result<Lease<'_>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // The clock is read (for the spin and the deadline) only once no
+        // buffer is free at once.
+        let mut start = super::LazyStart::default();
         loop {
             // While consumers keep up, releases are on the rings: no
             // system call. A busy consumer gives one back soon, so look
             // again for a few microseconds before going to the sockets.
-            let spin_until = Instant::now() + crate::share::ring::DEFAULT_SPIN;
             let mut free = None;
-            while free.is_none() && self.consumers() > 0 {
+            if self.consumers() > 0 {
                 self.pump_ring()?;
                 free = self.pick();
-                if Instant::now() >= spin_until {
-                    break;
+                if free.is_none() {
+                    let now = Instant::now();
+                    start.begin_at(now);
+                    let spin_until = now + crate::share::ring::DEFAULT_SPIN;
+                    while free.is_none() && Instant::now() < spin_until {
+                        std::hint::spin_loop();
+                        self.pump_ring()?;
+                        free = self.pick();
+                    }
                 }
-                std::hint::spin_loop();
             }
             if let Some(slot) = free {
                 return Ok(self.lease(slot));
             }
+            let deadline = start.deadline(timeout);
             self.pump()?;
             if self.consumers() == 0 {
                 return Err(self.no_consumers("pool acquire"));

@@ -402,13 +402,26 @@ fn a_raised_waiting_word_only_costs_wake_ups() {
 
 #[test]
 fn a_corrupt_release_tail_or_a_ring_never_drained_is_refused() {
-    let (mut p, mut c, raw) = pair(Wake::Futex);
-    p.send_item(0, 1, 0, false).unwrap();
+    // The consumer reads the producer's release tail only when its own
+    // count says the release ring may be full: after 4 releases the
+    // producer has not taken (as far as it knows), a 5th reads it.
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    for seq in 1..=4u64 {
+        forge_item(&raw, (seq - 1) as usize, [0, 1, seq, 0, 0], seq);
+        let d = c.recv_item(SHORT).unwrap();
+        c.send_release(d.slot, d.seq, false).unwrap();
+    }
+    w(&raw, W_REL_TAIL).store(7, Ordering::Release);
+    forge_item(&raw, 0, [0, 1, 5, 0, 0], 5);
     let d = c.recv_item(SHORT).unwrap();
-    w(&raw, W_REL_TAIL).store(3, Ordering::Release);
     assert_protocol(
         c.send_release(d.slot, d.seq, false),
-        "release tail 3 is outside 0..=0",
+        "release tail 7 is outside 0..=4",
+    );
+    // Broken for good: the next call says the same.
+    assert_protocol(
+        c.send_release(d.slot, d.seq, false),
+        "release tail 7 is outside 0..=4",
     );
 
     // A producer that reuses released slots without ever taking the
@@ -492,23 +505,30 @@ fn a_replayed_release_is_refused() {
 }
 
 #[test]
-fn a_corrupt_item_tail_is_refused() {
+fn a_corrupt_item_tail_is_refused_where_it_is_read() {
+    // The producer reads the consumer's item tail when asked how many
+    // items wait (`untaken`)…
     for bad in [2u64, u64::MAX] {
         let (mut p, _c, raw) = pair(Wake::Futex);
         p.send_item(0, 1, 0, false).unwrap();
         w(&raw, W_ITEM_TAIL).store(bad, Ordering::Release);
-        assert_protocol(
-            p.send_item(1, 1, 0, false),
-            &format!("item tail {bad} is outside 0..=1"),
-        );
+        let why = format!("item tail {bad} is outside 0..=1");
+        assert_protocol(p.untaken(), &why);
+        assert_protocol(p.send_item(1, 1, 0, false), &why);
     }
-    // Moving back.
+    // …and when a release names an item it has not seen taken (here the
+    // tail moved back). (Its read when its count says the item ring may
+    // be full cannot be reached through a slot that is free: a release
+    // refreshes the tail to at least the item it gives back.)
     let (mut p, mut c, raw) = pair(Wake::Futex);
     p.send_item(0, 1, 0, false).unwrap();
     c.recv_item(SHORT).unwrap();
+    assert_eq!(p.untaken().unwrap(), (1, 0));
     p.send_item(1, 1, 0, false).unwrap();
+    let d = c.recv_item(SHORT).unwrap();
+    c.send_release(d.slot, d.seq, false).unwrap();
     w(&raw, W_ITEM_TAIL).store(0, Ordering::Release);
-    assert_protocol(p.send_item(2, 1, 0, false), "item tail 0 is outside 1..=2");
+    assert_protocol(p.try_recv_release(), "item tail 0 is outside 1..=2");
 }
 
 #[test]
