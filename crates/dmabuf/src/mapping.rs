@@ -539,7 +539,7 @@ fn borrow_error(e: BorrowError, op: &'static str, obj: String, abs: &Range<usize
 #[derive(Debug)]
 pub struct Window<'a, M: WindowMode> {
     mapping: &'a Mapping,
-    bytes: Option<View>,
+    bytes: Option<View<'a>>,
     started: bool,
     _mode: PhantomData<M>,
 }

@@ -94,9 +94,10 @@ pub struct Segment {
     pub target_offset: u64,
 }
 
+/// A live borrow. Two shared borrows of the same range are the same
+/// record: either may be removed for the other (the list is a multiset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Borrow {
-    id: u64,
     start: u64,
     end: u64,
     exclusive: bool,
@@ -240,12 +241,12 @@ impl MemoryObject {
     /// `region`, a mapping of this object: shared, or `exclusive`. The
     /// borrow is registered on the object and on every backing range it
     /// covers; it lasts as long as the returned [`View`].
-    pub fn borrow(
-        self: &Arc<Self>,
-        region: &Arc<Region>,
+    pub fn borrow<'a>(
+        &'a self,
+        region: &'a Region,
         range: Range<usize>,
         exclusive: bool,
-    ) -> Result<View, BorrowError> {
+    ) -> Result<View<'a>, BorrowError> {
         if region.owner() != self.id || range.start > range.end || range.end > region.len() {
             return Err(BorrowError::OutOfBounds);
         }
@@ -267,16 +268,15 @@ impl MemoryObject {
             })
         };
         let new = |start: u64, end: u64| Borrow {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             start,
             end,
             exclusive,
         };
-        let view = |own: Borrow, backing: Vec<(Arc<MemoryObject>, Borrow)>| View {
-            region: region.clone(),
+        let view = |own: Borrow, backing: Vec<(&'a MemoryObject, Borrow)>| View {
+            region,
             range: range.clone(),
             exclusive,
-            object: self.clone(),
+            object: self,
             own,
             backing,
         };
@@ -294,7 +294,7 @@ impl MemoryObject {
         // so that two such borrows cannot deadlock) while everything is
         // checked and then recorded: nothing is half-registered, and no
         // borrow of one of them alone slips in between.
-        let mut objects: Vec<&MemoryObject> = std::iter::once(&**self)
+        let mut objects: Vec<&MemoryObject> = std::iter::once(self)
             .chain(via().map(|(o, _, _)| &**o))
             .collect();
         objects.sort_by_key(|o| o.id);
@@ -320,7 +320,7 @@ impl MemoryObject {
             let b = new(s, e);
             let i = at(&locked, obj.id);
             locked[i].1.push(b);
-            backing.push((obj.clone(), b));
+            backing.push((&**obj, b));
         }
         drop(locked);
         Ok(view(own, backing))
@@ -329,7 +329,7 @@ impl MemoryObject {
     /// Removes the live borrow `b`.
     fn forget(&self, b: &Borrow) {
         let mut live = self.lock();
-        if let Some(i) = live.iter().position(|x| x.id == b.id) {
+        if let Some(i) = live.iter().position(|x| x == b) {
             live.swap_remove(i);
         }
     }
@@ -360,20 +360,21 @@ fn check_free(
 }
 
 /// A registered borrow of bytes of a [`MemoryObject`], with the mapping
-/// they are read through. Released on drop.
+/// they are read through (both borrowed: a window holds them anyway, and
+/// a view costs no reference count). Released on drop.
 #[derive(Debug)]
-pub struct View {
-    region: Arc<Region>,
+pub struct View<'a> {
+    region: &'a Region,
     range: Range<usize>,
     exclusive: bool,
     /// The object borrowed and its record; the records on the objects
     /// backing it (empty unless this process made it from memfds).
-    object: Arc<MemoryObject>,
+    object: &'a MemoryObject,
     own: Borrow,
-    backing: Vec<(Arc<MemoryObject>, Borrow)>,
+    backing: Vec<(&'a MemoryObject, Borrow)>,
 }
 
-impl View {
+impl View<'_> {
     /// Whether the borrow is exclusive (a writer).
     pub fn is_exclusive(&self) -> bool {
         self.exclusive
@@ -411,7 +412,7 @@ impl View {
     }
 }
 
-impl Drop for View {
+impl Drop for View<'_> {
     fn drop(&mut self) {
         // Each list on its own: a borrow that sees some of these records
         // gone and others not yet is refused, as it would be had it come

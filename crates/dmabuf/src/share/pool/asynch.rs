@@ -292,7 +292,7 @@ impl AsyncConsumer {
                 let item = self.inner.waiting.as_ref().expect("checked above");
                 let mut extra = Vec::new();
                 let recheck = wake_fds(&item.ready, &mut extra);
-                let obj = self.inner.channel.peer().to_string();
+                let obj = self.inner.shared.channel.peer().to_string();
                 any_readable(&[&self.socket], &extra, recheck, op, &obj).await?;
                 continue;
             }
@@ -310,7 +310,7 @@ impl AsyncConsumer {
             }
             calm |= woken;
             woken = false;
-            let obj = self.inner.channel.peer().to_string();
+            let obj = self.inner.shared.channel.peer().to_string();
             if calm {
                 self.ring = None;
                 any_readable_for(&[&self.socket], &[], Some(CALM_SLICE), op, &obj).await?;

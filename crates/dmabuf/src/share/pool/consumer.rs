@@ -18,18 +18,13 @@ use crate::share::{Channel, Message};
 /// The consuming end of a pool. See the module documentation.
 #[derive(Debug)]
 pub struct Consumer {
-    pub(super) channel: Arc<Channel>,
-    /// The per-item path from the producer (shared with the items, which
-    /// release through it).
-    pub(super) items: Arc<Mutex<ConsumerTransport>>,
-    /// The ring's waiting word and wake-up fd, apart from `items`: every
-    /// sleep is taken with `items` unlocked, so that an item released
+    /// The channel, the ring and the pool, shared with the items (one
+    /// reference count per item).
+    pub(super) shared: Arc<ConsumerShared>,
+    /// The ring's waiting word and wake-up fd, apart from the ring: every
+    /// sleep is taken with the ring unlocked, so that an item released
     /// from another thread meanwhile never waits for it.
     pub(super) sleeper: ConsumerSleep,
-    pub(super) buffers: Vec<Buffer>,
-    /// In a pool of frames, the frames by slot (`buffers` holds each
-    /// one's first buffer); empty otherwise.
-    pub(super) frames: Vec<Frame>,
     pub(super) index: u32,
     /// An item whose ready fence had not signalled when a wait ran out
     /// of time (or an async wait was cancelled): the next call resumes it.
@@ -46,6 +41,27 @@ pub struct Consumer {
     /// The last two items were ready less than [`SPIN_GAP`] apart: look
     /// at the ring again for a while before sleeping.
     pub(super) busy: bool,
+}
+
+/// What a consumer shares with its items.
+#[derive(Debug)]
+pub(super) struct ConsumerShared {
+    pub(super) channel: Channel,
+    /// The per-item path from the producer (items release through it,
+    /// from any thread).
+    pub(super) items: Mutex<ConsumerTransport>,
+    pub(super) buffers: Vec<Buffer>,
+    /// In a pool of frames, the frames by slot (`buffers` holds each
+    /// one's first buffer); empty otherwise.
+    pub(super) frames: Vec<Frame>,
+}
+
+impl ConsumerShared {
+    pub(super) fn transport(&self) -> std::sync::MutexGuard<'_, ConsumerTransport> {
+        // Every update under the lock is one ring operation, which leaves
+        // the ring consistent even if a panic interrupted the holder.
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The consumer's side of the pool handshake, one message at a time.
@@ -151,10 +167,7 @@ impl Handshake {
 /// (with no fence).
 #[derive(Debug)]
 pub struct Item {
-    pub(super) channel: Arc<Channel>,
-    pub(super) items: Arc<Mutex<ConsumerTransport>>,
-    pub(super) buffer: Buffer,
-    pub(super) frame: Option<Frame>,
+    pub(super) shared: Arc<ConsumerShared>,
     pub(super) slot: u64,
     pub(super) seq: u64,
     pub(super) len: u64,
@@ -191,10 +204,12 @@ impl Consumer {
         let items = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
         Ok(Consumer {
             sleeper: items.sleeper(),
-            channel: Arc::new(channel),
-            items: Arc::new(Mutex::new(items)),
-            buffers: hs.buffers,
-            frames: hs.frames,
+            shared: Arc::new(ConsumerShared {
+                channel,
+                items: Mutex::new(items),
+                buffers: hs.buffers,
+                frames: hs.frames,
+            }),
             index,
             waiting: None,
             last_seq: 0,
@@ -207,20 +222,18 @@ impl Consumer {
     }
 
     pub(super) fn transport(&self) -> std::sync::MutexGuard<'_, ConsumerTransport> {
-        // Every update under the lock is one ring operation, which leaves
-        // the ring consistent even if a panic interrupted the holder.
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.transport()
     }
 
     /// The pool's buffers, by slot (in a pool of frames, each frame's
     /// first buffer).
     pub fn buffers(&self) -> &[Buffer] {
-        &self.buffers
+        &self.shared.buffers
     }
 
     /// In a pool of frames, the frames by slot; empty otherwise.
     pub fn frames(&self) -> &[Frame] {
-        &self.frames
+        &self.shared.frames
     }
 
     /// This consumer's index among the pool's consumers.
@@ -230,12 +243,12 @@ impl Consumer {
 
     /// The channel to the producer.
     pub fn channel(&self) -> &Channel {
-        &self.channel
+        &self.shared.channel
     }
 
     /// Reads and checks every waiting message.
     pub(super) fn pump(&mut self) -> Result<()> {
-        while let Some(m) = self.channel.try_recv()? {
+        while let Some(m) = self.shared.channel.try_recv()? {
             self.take_message(m)?;
         }
         Ok(())
@@ -246,7 +259,7 @@ impl Consumer {
     /// is empty (and closes the ring at its current head); items travel
     /// only on the ring; nothing may follow the bye.
     pub(super) fn take_message(&mut self, msg: Message) -> Result<()> {
-        let obj = self.channel.peer().to_string();
+        let obj = self.shared.channel.peer().to_string();
         if self.bye {
             return Err(protocol(
                 "pool next",
@@ -276,8 +289,8 @@ impl Consumer {
     pub(super) fn take_item(&mut self) -> Result<Option<Item>> {
         let mut other = Vec::new();
         let got = {
-            let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
-            t.recv_item(&self.channel, &mut other)
+            let mut t = self.shared.transport();
+            t.recv_item(&self.shared.channel, &mut other)
         };
         for m in other {
             self.take_message(m)?;
@@ -289,10 +302,7 @@ impl Consumer {
         // last); the rest of the item comes from this side's own state.
         self.last_seq = d.seq;
         Ok(Some(Item {
-            channel: self.channel.clone(),
-            items: self.items.clone(),
-            buffer: self.buffers[d.slot].clone(),
-            frame: self.frames.get(d.slot).cloned(),
+            shared: self.shared.clone(),
             slot: d.slot as u64,
             seq: d.seq,
             len: d.len,
@@ -349,7 +359,7 @@ impl Consumer {
                 }
             }
         }
-        if let Some(m) = self.channel.try_recv()? {
+        if let Some(m) = self.shared.channel.try_recv()? {
             self.take_message(m)?;
             return Ok(true);
         }
@@ -428,10 +438,10 @@ impl Consumer {
             let word_until = start.get() + self.word_sleep;
             let now = Instant::now();
             if calm {
-                let obj = self.channel.peer().to_string();
+                let obj = self.shared.channel.peer().to_string();
                 let end = now + CALM_SLICE;
                 let end = deadline.map_or(end, |d| d.min(end));
-                if !poll_any(&[self.channel.fd()], Some(end), op, &obj)? && past(deadline) {
+                if !poll_any(&[self.shared.channel.fd()], Some(end), op, &obj)? && past(deadline) {
                     return Err(no_item(obj));
                 }
                 continue;
@@ -456,10 +466,10 @@ impl Consumer {
                 self.transport().end_wait();
                 continue;
             }
-            let obj = self.channel.peer().to_string();
+            let obj = self.shared.channel.peer().to_string();
             let woke = {
                 // Polled without the transport's lock (see `sleeper`).
-                let mut fds = vec![self.channel.fd()];
+                let mut fds = vec![self.shared.channel.fd()];
                 fds.extend(self.sleeper.wait_fd());
                 poll_any(&fds, deadline, op, &obj)
             };
@@ -485,9 +495,9 @@ impl Consumer {
                 return self.check_ready(item);
             }
             self.pump()?;
-            let mut fds = vec![self.channel.fd()];
+            let mut fds = vec![self.shared.channel.fd()];
             let recheck = wake_fds(&item.ready, &mut fds);
-            let obj = self.channel.peer().to_string();
+            let obj = self.shared.channel.peer().to_string();
             if !poll_any(&fds, slice(deadline, recheck), op, &obj)? && past(deadline) {
                 return Err(timed_out(
                     op,
@@ -510,7 +520,7 @@ impl Consumer {
             FenceStatus::Error(e) if e == crate::share::PEER_GONE_ERRNO => Err(Error::new(
                 ErrorKind::PeerGone,
                 op,
-                self.channel.peer().to_string(),
+                self.shared.channel.peer().to_string(),
                 format!("the producer went away before item {} was ready", item.seq),
             )
             .with_errno(e)),
@@ -528,7 +538,7 @@ impl Consumer {
                         ErrorKind::FenceFailed
                     },
                     op,
-                    self.channel.peer().to_string(),
+                    self.shared.channel.peer().to_string(),
                     format!(
                         "ready fence of item {} in buffer {}: {why}",
                         item.seq, item.slot
@@ -542,7 +552,7 @@ impl Consumer {
 
     /// Tells the producer this consumer leaves (a clean departure).
     pub fn leave(self) -> Result<()> {
-        self.channel.send(&Message::Bye)
+        self.shared.channel.send(&Message::Bye)
     }
 }
 
@@ -550,12 +560,13 @@ impl Item {
     /// The buffer holding the item (in a pool of frames, the frame's
     /// first buffer).
     pub fn buffer(&self) -> &Buffer {
-        &self.buffer
+        // The ring checked the slot against the pool when it took the item.
+        &self.shared.buffers[self.slot as usize]
     }
 
     /// In a pool of frames, the item's frame (its planes hold the item).
     pub fn frame(&self) -> Option<&Frame> {
-        self.frame.as_ref()
+        self.shared.frames.get(self.slot as usize)
     }
 
     /// The buffer's slot in the pool.
@@ -610,8 +621,8 @@ impl Item {
     }
 
     pub(super) fn send_release(&self, fence: &Fence) -> Result<()> {
-        let mut t = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        t.send_release(&self.channel, self.slot as usize, self.seq, fence)
+        let mut t = self.shared.transport();
+        t.send_release(&self.shared.channel, self.slot as usize, self.seq, fence)
     }
 }
 
