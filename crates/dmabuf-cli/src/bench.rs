@@ -49,10 +49,9 @@
 //! latency here is one way, from a stamp taken just before the item is
 //! published (after it was written) to the consumer's clock read as it
 //! holds the item (before its check). At this pace each item meets a
-//! consumer asleep; the ideal's consumer goes to sleep at once after a
-//! pause (it spins 5 µs first only while its items come close together),
-//! like the raw reference's child, while the library's spins 5 µs before
-//! every sleep.
+//! consumer asleep; the ideal's consumer and the library's go to sleep at
+//! once after a pause (each spins 5 µs first only while its items come
+//! close together), like the raw reference's child.
 //! Latencies are reported as ratios to the faster of the two.
 //!
 //! The project's own targets are shown only with `--targets` (and in

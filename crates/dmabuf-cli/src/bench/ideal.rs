@@ -47,10 +47,11 @@ use crate::stream::Limit;
 pub const SPIN: Duration = Duration::from_micros(5);
 
 /// The consumer spins only if its last two items came less than this far
-/// apart (the library's consumer spins before every sleep; see
-/// `docs/benchmarks.md`: this rule made the ideal's handoff latency
-/// about 6 µs shorter on its test machine and the library's no shorter).
-pub const BUSY_GAP: Duration = Duration::from_micros(50);
+/// apart (the library's consumer follows the same rule,
+/// `dmabuf::share::pool::SPIN_GAP`; see `docs/benchmarks.md`: a spin
+/// before every sleep made the next wake-up several µs later on its
+/// test machine).
+pub const BUSY_GAP: Duration = dmabuf::share::pool::SPIN_GAP;
 
 const PAGE: usize = 4096;
 const HEAD: usize = 0; // u64 word index (byte 0)
