@@ -465,6 +465,81 @@ mod tests {
     }
 
     #[test]
+    fn borrows_over_several_objects_are_atomic_and_never_deadlock() {
+        // Two "made of" objects over memfd pages 1..3 and 2..4 and the
+        // memfd itself, borrowed exclusively by three threads at once in
+        // every order. Whoever holds a borrow marks the memfd pages it
+        // covers: a mark already there would be two exclusive borrows of
+        // one page. The threads finishing shows there is no deadlock.
+        use std::sync::atomic::AtomicU32;
+        let page = super::super::mem::page_size() as u64;
+        let m = memfd(4 * page);
+        let mo = MemoryObject::intern(&m).unwrap();
+        let seg = |off: u64| {
+            vec![Segment {
+                offset: 0,
+                len: 2 * page,
+                target: mo.clone(),
+                target_offset: off,
+            }]
+        };
+        let (u1f, u2f) = (memfd(2 * page), memfd(2 * page));
+        let u1 = MemoryObject::intern(&u1f).unwrap();
+        let u2 = MemoryObject::intern(&u2f).unwrap();
+        u1.set_backing(seg(page)).unwrap();
+        u2.set_backing(seg(2 * page)).unwrap();
+        let r1 = u1.region(&u1f, (2 * page) as usize, true).unwrap();
+        let r2 = u2.region(&u2f, (2 * page) as usize, true).unwrap();
+        let rm = mo.region(&m, (4 * page) as usize, true).unwrap();
+        let marks: Vec<AtomicU32> = (0..4).map(|_| AtomicU32::new(0)).collect();
+        let (granted, refused) = (AtomicU32::new(0), AtomicU32::new(0));
+        // (object, its mapping, its length, the memfd pages it covers)
+        let who: [(&MemoryObject, &Region, u64, std::ops::Range<usize>); 3] = [
+            (&u1, &r1, 2 * page, 1..3),
+            (&u2, &r2, 2 * page, 2..4),
+            (&mo, &rm, 4 * page, 0..4),
+        ];
+        // Rounds until the threads met at least once (a refusal), at most 5.
+        for _ in 0..5 {
+            let start = std::sync::Barrier::new(3);
+            std::thread::scope(|sc| {
+                for t in 0..3 {
+                    let (who, marks, granted, refused) = (&who, &marks, &granted, &refused);
+                    let start = &start;
+                    sc.spawn(move || {
+                        start.wait();
+                        for i in 0..20_000 {
+                            let (obj, region, len, pages) = &who[(t + i) % 3];
+                            let Ok(view) = obj.borrow(region, 0..*len as usize, true) else {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            };
+                            for p in pages.clone() {
+                                assert_eq!(marks[p].fetch_add(1, Ordering::SeqCst), 0, "page {p}");
+                            }
+                            granted.fetch_add(1, Ordering::Relaxed);
+                            for p in pages.clone() {
+                                marks[p].fetch_sub(1, Ordering::SeqCst);
+                            }
+                            drop(view);
+                        }
+                    });
+                }
+            });
+            if refused.load(Ordering::Relaxed) > 0 {
+                break;
+            }
+        }
+        // Both outcomes happened: the threads did meet.
+        let (g, r) = (granted.into_inner(), refused.into_inner());
+        assert!(g > 0 && r > 0, "granted {g}, refused {r}");
+        assert_eq!(
+            (u1.live_borrows(), u2.live_borrows(), mo.live_borrows()),
+            (0, 0, 0)
+        );
+    }
+
+    #[test]
     fn shared_borrows_coexist_exclusive_ones_do_not() {
         let fd = memfd(8192);
         let o = MemoryObject::intern(&fd).unwrap();

@@ -401,17 +401,40 @@ fn a_raised_waiting_word_only_costs_wake_ups() {
 }
 
 #[test]
+fn each_head_tail_and_waiting_word_has_a_cache_line_of_its_own() {
+    let bytes = [
+        W_ITEM_HEAD * 8,
+        W_REL_TAIL * 8,
+        H_PRODUCER_WAITING * 4,
+        W_ITEM_TAIL * 8,
+        W_REL_HEAD * 8,
+        H_CONSUMER_WAITING * 4,
+    ];
+    let lines: std::collections::BTreeSet<usize> = bytes.iter().map(|b| b / 64).collect();
+    assert_eq!(lines.len(), bytes.len(), "{bytes:?}");
+    // Not the header's line (magic, capacity), not a descriptor's.
+    assert!(
+        lines.iter().all(|&l| l >= 1 && l < W_ITEMS * 8 / 64),
+        "{lines:?}"
+    );
+    assert_eq!(ring_len(4) % crate::sys::mem::page_size(), 0);
+    assert!(ring_len(4) >= W_ITEMS * 8 + 4 * (ITEM_WORDS + REL_WORDS) * 8);
+}
+
+#[test]
 fn a_corrupt_release_tail_or_a_ring_never_drained_is_refused() {
     // The consumer reads the producer's release tail only when its own
     // count says the release ring may be full: after 4 releases the
     // producer has not taken (as far as it knows), a 5th reads it.
+    // The corrupt tail is there from the start: until then it is not read
+    // (the four releases go through), and it decides nothing.
     let (_p, mut c, raw) = pair(Wake::Futex);
+    w(&raw, W_REL_TAIL).store(7, Ordering::Release);
     for seq in 1..=4u64 {
         forge_item(&raw, (seq - 1) as usize, [0, 1, seq, 0, 0], seq);
         let d = c.recv_item(SHORT).unwrap();
         c.send_release(d.slot, d.seq, false).unwrap();
     }
-    w(&raw, W_REL_TAIL).store(7, Ordering::Release);
     forge_item(&raw, 0, [0, 1, 5, 0, 0], 5);
     let d = c.recv_item(SHORT).unwrap();
     assert_protocol(
