@@ -414,7 +414,7 @@ fn each_head_tail_and_waiting_word_has_a_cache_line_of_its_own() {
     assert_eq!(lines.len(), bytes.len(), "{bytes:?}");
     // Not the header's line (magic, capacity), not a descriptor's.
     assert!(
-        lines.iter().all(|&l| l >= 1 && l < W_ITEMS * 8 / 64),
+        lines.iter().all(|l| (1..W_ITEMS * 8 / 64).contains(l)),
         "{lines:?}"
     );
     assert_eq!(ring_len(4) % crate::sys::mem::page_size(), 0);
