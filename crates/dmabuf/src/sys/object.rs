@@ -440,6 +440,39 @@ mod tests {
         fd
     }
 
+    /// Two pages of `target` from `off`, as the backing of a two-page
+    /// "made of" object.
+    fn two_pages_of(target: &Arc<MemoryObject>, page: u64, off: u64) -> Vec<Segment> {
+        vec![Segment {
+            offset: 0,
+            len: 2 * page,
+            target: target.clone(),
+            target_offset: off,
+        }]
+    }
+
+    /// A memfd of 4 pages and two "made of" objects (any sealed memfds
+    /// stand in for udmabufs) over its pages 1..3 and 2..4: the memfd,
+    /// its object, then each made-of fd and object.
+    #[allow(clippy::type_complexity)]
+    fn overlapping_pair(
+        page: u64,
+    ) -> (
+        std::os::fd::OwnedFd,
+        Arc<MemoryObject>,
+        [(std::os::fd::OwnedFd, Arc<MemoryObject>); 2],
+    ) {
+        let m = memfd(4 * page);
+        let mo = MemoryObject::intern(&m).unwrap();
+        let made = [page, 2 * page].map(|off| {
+            let f = memfd(2 * page);
+            let o = MemoryObject::intern(&f).unwrap();
+            o.set_backing(two_pages_of(&mo, page, off)).unwrap();
+            (f, o)
+        });
+        (m, mo, made)
+    }
+
     #[test]
     fn one_object_per_memory_and_one_registry() {
         let fd = memfd(8192);
@@ -473,21 +506,7 @@ mod tests {
         // one page. The threads finishing shows there is no deadlock.
         use std::sync::atomic::AtomicU32;
         let page = super::super::mem::page_size() as u64;
-        let m = memfd(4 * page);
-        let mo = MemoryObject::intern(&m).unwrap();
-        let seg = |off: u64| {
-            vec![Segment {
-                offset: 0,
-                len: 2 * page,
-                target: mo.clone(),
-                target_offset: off,
-            }]
-        };
-        let (u1f, u2f) = (memfd(2 * page), memfd(2 * page));
-        let u1 = MemoryObject::intern(&u1f).unwrap();
-        let u2 = MemoryObject::intern(&u2f).unwrap();
-        u1.set_backing(seg(page)).unwrap();
-        u2.set_backing(seg(2 * page)).unwrap();
+        let (m, mo, [(u1f, u1), (u2f, u2)]) = overlapping_pair(page);
         let r1 = u1.region(&u1f, (2 * page) as usize, true).unwrap();
         let r2 = u2.region(&u2f, (2 * page) as usize, true).unwrap();
         let rm = mo.region(&m, (4 * page) as usize, true).unwrap();
@@ -592,23 +611,8 @@ mod tests {
     #[test]
     fn borrows_reach_the_backing_pages() {
         let page = super::super::mem::page_size() as u64;
-        let m = memfd(4 * page);
-        let mo = MemoryObject::intern(&m).unwrap();
-        // Two "made of" objects (any sealed memfds stand in for udmabufs)
-        // over memfd pages 1..3 and 2..4.
-        let (u1f, u2f) = (memfd(2 * page), memfd(2 * page));
-        let u1 = MemoryObject::intern(&u1f).unwrap();
-        let u2 = MemoryObject::intern(&u2f).unwrap();
-        let seg = |off: u64| {
-            vec![Segment {
-                offset: 0,
-                len: 2 * page,
-                target: mo.clone(),
-                target_offset: off,
-            }]
-        };
-        u1.set_backing(seg(page)).unwrap();
-        u2.set_backing(seg(2 * page)).unwrap();
+        let (m, mo, [(u1f, u1), (u2f, u2)]) = overlapping_pair(page);
+        let seg = |off: u64| two_pages_of(&mo, page, off);
         assert_eq!(u1.set_backing(seg(page)), Ok(()));
         assert_eq!(u1.set_backing(seg(0)), Err(Errno::EXIST));
         let r1 = u1.region(&u1f, (2 * page) as usize, true).unwrap();
