@@ -86,8 +86,10 @@
 //! (the waiting words, read at every publish, are written only around a
 //! sleep). A side reads the other's tail only when its own count says
 //! the ring may be full, or, for the producer, when a release names an
-//! item it has not yet seen taken: in a steady stream each side reads
-//! one word of the other per batch, the head.
+//! item it has not yet seen taken (it then learns how far the consumer
+//! has taken, so the releases up to there need no read): in a steady
+//! stream the other side's words are read about once per batch of items,
+//! not once per item.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
