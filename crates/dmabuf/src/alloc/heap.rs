@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 
-use super::{allocation_size, Allocate, Backend};
+use super::{allocation_size, named_buffer, Allocate, Backend};
 use crate::access::Access;
 use crate::buffer::{Buffer, BufferKind};
 use crate::dma_buf::DmaBuf;
@@ -187,11 +187,7 @@ impl Allocate for Heap {
 
     fn allocate(&self, size: u64, name: &str) -> Result<Buffer> {
         let d = self.allocate_dma_buf(size, HeapAllocOptions::default())?;
-        let b = Buffer::from_dma_buf_of_kind(d, BufferKind::Heap(self.name.clone()));
-        if !name.is_empty() {
-            b.set_name(name)?;
-        }
-        Ok(b)
+        named_buffer(d, BufferKind::Heap(self.name.clone()), name)
     }
 }
 

@@ -110,6 +110,20 @@ impl FromStr for Backend {
     }
 }
 
+/// The buffer an allocator hands out for the dma-buf `d` it made: of
+/// `kind`, named `name` (an empty name leaves the dma-buf unnamed).
+pub(crate) fn named_buffer(
+    d: crate::dma_buf::DmaBuf,
+    kind: crate::buffer::BufferKind,
+    name: &str,
+) -> Result<Buffer> {
+    let b = Buffer::from_dma_buf_of_kind(d, kind);
+    if !name.is_empty() {
+        b.set_name(name)?;
+    }
+    Ok(b)
+}
+
 /// The size to allocate for a request of `size` bytes: refused if 0,
 /// rounded up to a whole number of pages, refused if it cannot fit in the
 /// memory this process can still get ([`ensure_fits`]).

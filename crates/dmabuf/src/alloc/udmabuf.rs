@@ -64,7 +64,7 @@ use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, Mode, OFlags, SealFlags,
 };
 
-use super::{allocation_size, Allocate, Backend};
+use super::{allocation_size, named_buffer, Allocate, Backend};
 use crate::buffer::{Buffer, BufferKind};
 use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
@@ -518,11 +518,7 @@ impl Allocate for Udmabuf {
         let size = allocation_size(size, &obj)?;
         let memfd = Memfd::new(&format!("dmabuf-udmabuf:{name}"), size)?;
         let d = self.create(&memfd, 0, size)?;
-        let b = Buffer::from_dma_buf_of_kind(d, BufferKind::Udmabuf);
-        if !name.is_empty() {
-            b.set_name(name)?;
-        }
-        Ok(b)
+        named_buffer(d, BufferKind::Udmabuf, name)
     }
 }
 
