@@ -76,6 +76,18 @@
 //! register, and between a window's check and its registration no
 //! transfer can publish: one of them always sees the other.
 //!
+//! The open windows are counted in one atomic word with a flag that says
+//! "the fence list may not be empty", raised under the lock before a
+//! fence is added and lowered under it only when the list is empty.
+//! While the flag is down a window registers with one compare-and-swap of
+//! that word and no lock (there is no fence to check), and closes with
+//! another; a transfer publishes by raising the flag with one atomic
+//! operation that also returns the windows open at that moment. A window
+//! that registered first is in that answer, and the transfer waits for
+//! it; a window that comes after finds the flag and takes the lock, as
+//! above. The rule is the same; a window costs no lock while no fence is
+//! there.
+//!
 //! **Deadlock freedom.** Nobody waits for anything while holding the
 //! lock except on the condition variable, which releases it. A
 //! registered window never waits for a fence of this reservation (it
@@ -101,6 +113,7 @@
 //! only cleans). Portable buffers have no cache maintenance: their
 //! disjoint windows may coexist in any mode.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -114,19 +127,110 @@ use crate::fence::Fence;
 pub struct Reservation {
     state: Mutex<State>,
     changed: Condvar,
+    /// The open CPU windows and two flags, in one word (see [`Windows`]).
+    windows: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct State {
     fences: Vec<(Fence, Usage)>,
-    /// Open read-only windows.
-    cpu_readers: usize,
-    /// Open windows that write (write-only and read-write).
-    cpu_writers: usize,
-    /// Of `cpu_writers`, the read-write ones (they read too).
-    cpu_read_writers: usize,
-    /// Threads in `wait_cpu_windows` (closing a window wakes only if some).
+    /// Device accesses waiting for windows to close ([`Windows::WAITERS`]
+    /// is raised while some do).
     waiters: usize,
+}
+
+/// The reservation's atomic word: the CPU windows open now, in three
+/// counts of [`Windows::BITS`] bits (read-only windows, windows that
+/// write, and of those the read-write ones), and two flags:
+///
+/// * [`Windows::FENCES`] is raised, under the lock, before a fence is
+///   added, and lowered, under the lock, only when the fence list is
+///   empty: while it is down there is no fence to check, so a window
+///   registers with one compare-and-swap of the word and no lock;
+/// * [`Windows::WAITERS`] is raised while a device access waits for
+///   windows to close: only then does closing a window take the lock to
+///   wake it.
+///
+/// A device access publishes its fence by raising `FENCES` with one
+/// atomic operation that also returns the windows open at that moment:
+/// a window registered before it is seen there (and the access waits for
+/// it); a window registering after it finds the flag and takes the lock,
+/// which the access holds until its fence is in the list. That is the
+/// "one step" of the module documentation, without a lock per window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Windows(u64);
+
+impl Windows {
+    /// Bits of each count.
+    const BITS: u32 = 20;
+    /// The most windows of one kind open at once.
+    const MAX: u64 = (1 << Self::BITS) - 1;
+    const READERS: u32 = 0;
+    const WRITERS: u32 = Self::BITS;
+    const READ_WRITERS: u32 = 2 * Self::BITS;
+    const FENCES: u64 = 1 << 60;
+    const WAITERS: u64 = 1 << 61;
+
+    fn count(self, shift: u32) -> usize {
+        ((self.0 >> shift) & Self::MAX) as usize
+    }
+
+    /// Open read-only windows.
+    fn readers(self) -> usize {
+        self.count(Self::READERS)
+    }
+
+    /// Open windows that write (write-only and read-write).
+    fn writers(self) -> usize {
+        self.count(Self::WRITERS)
+    }
+
+    /// Of [`writers`](Self::writers), the read-write ones (they read too).
+    fn read_writers(self) -> usize {
+        self.count(Self::READ_WRITERS)
+    }
+
+    fn has(self, flag: u64) -> bool {
+        self.0 & flag != 0
+    }
+
+    /// Whether a CPU window blocks a device access of kind `device` (a
+    /// device write waits for every window, a device read for writers).
+    fn block(self, device: Access) -> bool {
+        self.writers() > 0 || (device.writes() && self.readers() > 0)
+    }
+
+    /// The counts each access changes.
+    fn shifts(access: Access) -> &'static [u32] {
+        match access {
+            Access::Read => &[Self::READERS],
+            Access::Write => &[Self::WRITERS],
+            Access::ReadWrite => &[Self::WRITERS, Self::READ_WRITERS],
+        }
+    }
+
+    /// With one more window of `access`; `None` if a count is full.
+    fn opened(self, access: Access) -> Option<Windows> {
+        let mut w = self.0;
+        for &s in Self::shifts(access) {
+            if (w >> s) & Self::MAX == Self::MAX {
+                return None;
+            }
+            w += 1 << s;
+        }
+        Some(Windows(w))
+    }
+
+    /// With one window of `access` fewer (a count at zero stays there).
+    fn closed(self, access: Access) -> Windows {
+        let mut w = self.0;
+        for &s in Self::shifts(access) {
+            if (w >> s) & Self::MAX > 0 {
+                w -= 1 << s;
+            }
+        }
+        Windows(w)
+    }
 }
 
 impl State {
@@ -148,12 +252,6 @@ impl State {
             .map(|(f, _)| f)
             .find(|f| !skip(f))
             .cloned()
-    }
-
-    /// Whether a CPU window blocks a device access of kind `device` (a
-    /// device write waits for every window, a device read for writers).
-    fn windows_block(&self, device: Access) -> bool {
-        self.cpu_writers > 0 || (device.writes() && self.cpu_readers > 0)
     }
 
     fn add(&mut self, fence: Fence, usage: Usage) {
@@ -218,18 +316,45 @@ impl std::fmt::Debug for DeviceAccess<'_> {
     }
 }
 
+/// A test's injection point: code to run at one place of `begin_device`.
+#[cfg(test)]
+type Hook = std::cell::RefCell<Option<Box<dyn FnMut()>>>;
+
 #[cfg(test)]
 thread_local! {
     /// Test-only injection point: runs in `begin_device` after a fence
     /// wait, before the lock is taken again (where a window would slip in
     /// if waiting and publishing were two steps).
-    pub(crate) static AFTER_FENCE_WAIT: std::cell::RefCell<Option<Box<dyn FnMut()>>> =
-        const { std::cell::RefCell::new(None) };
+    pub(crate) static AFTER_FENCE_WAIT: Hook = const { std::cell::RefCell::new(None) };
+    /// Test-only injection point: runs in `begin_device` once the windows
+    /// and fences were found out of the way, just before the fence is
+    /// published (where a window registering without the lock lands).
+    pub(crate) static BEFORE_PUBLISH: Hook = const { std::cell::RefCell::new(None) };
 }
 
 impl Reservation {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn windows(&self) -> Windows {
+        Windows(self.windows.load(Ordering::Acquire))
+    }
+
+    /// Lowers [`Windows::FENCES`] if the list (locked by the caller, who
+    /// just pruned it) is empty.
+    fn settle(&self, st: &State) {
+        if st.fences.is_empty() && self.windows().has(Windows::FENCES) {
+            self.windows.fetch_and(!Windows::FENCES, Ordering::AcqRel);
+        }
+    }
+
+    /// Adds `fence` to the list locked by the caller, raising
+    /// [`Windows::FENCES`] first.
+    fn add_locked(&self, st: &mut State, fence: Fence, usage: Usage) {
+        self.windows.fetch_or(Windows::FENCES, Ordering::AcqRel);
+        st.add(fence, usage);
+        self.settle(st);
     }
 
     /// Adds `fence` for `usage`. Fences that have signalled (successfully
@@ -241,7 +366,9 @@ impl Reservation {
     /// fences owned by this process replace or are replaced (see the
     /// module documentation).
     pub fn add(&self, fence: Fence, usage: Usage) {
-        self.lock().add(fence, usage);
+        let mut st = self.lock();
+        self.add_locked(&mut st, fence, usage);
+        drop(st);
         self.changed.notify_all();
     }
 
@@ -250,6 +377,7 @@ impl Reservation {
     pub fn fences_for(&self, access: Access) -> Vec<Fence> {
         let mut st = self.lock();
         st.prune();
+        self.settle(&st);
         st.fences
             .iter()
             .filter(|(_, u)| access.waits_for(*u))
@@ -282,8 +410,8 @@ impl Reservation {
 
     /// CPU windows open now: (read-only windows, windows that write).
     pub fn cpu_windows(&self) -> (usize, usize) {
-        let st = self.lock();
-        (st.cpu_readers, st.cpu_writers)
+        let w = self.windows();
+        (w.readers(), w.writers())
     }
 
     /// Registers a CPU window of `access` as open, in one step with the
@@ -302,74 +430,75 @@ impl Reservation {
         object: &dyn Fn() -> String,
         skip: &dyn Fn(&Fence) -> bool,
     ) -> Result<()> {
-        const OP: &str = "open CPU window";
+        // No fence in the reservation: register with one compare-and-swap
+        // (see `Windows`). A device access that publishes meanwhile makes
+        // the swap fail, and the next look finds its flag.
+        if self.register(access, whole_buffer_sync, object, false)? {
+            return Ok(());
+        }
+        // Fences: look at them under the lock, which a device access
+        // holds from its check until its fence is in the list.
         loop {
             let mut st = self.lock();
             if let Some(f) = st.conflicting_fence(access, skip) {
                 drop(st);
-                wait_fence(&f, deadline, OP, &object(), "")?;
+                wait_fence(&f, deadline, "open CPU window", &object(), "")?;
                 continue;
             }
-            let reads = access != Access::Write;
-            let readers = st.cpu_readers + st.cpu_read_writers;
-            if whole_buffer_sync && reads && st.cpu_writers > 0 {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    OP,
-                    object(),
-                    format!(
-                        "a write window is open on this dma-buf ({} open); DMA_BUF_IOCTL_SYNC \
-                         START|{} has no range and may invalidate the CPU caches of the whole \
-                         buffer on non-coherent hardware, destroying bytes that window has not \
-                         flushed yet",
-                        st.cpu_writers,
-                        access.as_str()
-                    ),
-                )
-                .with_errno(Errno::BUSY));
-            }
-            if whole_buffer_sync && access.writes() && readers > 0 {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    OP,
-                    object(),
-                    format!(
-                        "a read window is open on this dma-buf ({readers} open); its \
-                         DMA_BUF_IOCTL_SYNC END|READ has no range and may invalidate the CPU \
-                         caches of the whole buffer on non-coherent hardware, destroying bytes \
-                         a write window has not flushed yet"
-                    ),
-                )
-                .with_errno(Errno::BUSY));
-            }
-            match access {
-                Access::Read => st.cpu_readers += 1,
-                Access::Write => st.cpu_writers += 1,
-                Access::ReadWrite => {
-                    st.cpu_writers += 1;
-                    st.cpu_read_writers += 1;
-                }
-            }
+            self.settle(&st);
+            self.register(access, whole_buffer_sync, object, true)?;
             return Ok(());
+        }
+    }
+
+    /// Counts a window of `access` as open in the atomic word, unless the
+    /// rules refuse it (see [`open_window`]) or, without `fenced`, the
+    /// fence flag is up: then `Ok(false)` and nothing changed.
+    fn register(
+        &self,
+        access: Access,
+        whole_buffer_sync: bool,
+        object: &dyn Fn() -> String,
+        fenced: bool,
+    ) -> Result<bool> {
+        let mut refused = None;
+        let r = self
+            .windows
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                let w = Windows(w);
+                if !fenced && w.has(Windows::FENCES) {
+                    return None;
+                }
+                match open_window(w, access, whole_buffer_sync, object) {
+                    Ok(new) => Some(new.0),
+                    Err(e) => {
+                        refused = Some(e);
+                        None
+                    }
+                }
+            });
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(r.is_ok()),
         }
     }
 
     /// Unregisters a window registered by [`Reservation::cpu_begin`].
     pub(crate) fn cpu_end(&self, access: Access) {
-        let mut st = self.lock();
-        match access {
-            Access::Read => st.cpu_readers = st.cpu_readers.saturating_sub(1),
-            Access::Write => st.cpu_writers = st.cpu_writers.saturating_sub(1),
-            Access::ReadWrite => {
-                st.cpu_writers = st.cpu_writers.saturating_sub(1);
-                st.cpu_read_writers = st.cpu_read_writers.saturating_sub(1);
-            }
-        }
-        let waiters = st.waiters;
-        drop(st);
-        // A notify is a system call even with no waiter: skip it then (a
-        // waiter counts itself under the lock before it sleeps).
-        if waiters > 0 {
+        let closed = |w| Some(Windows(w).closed(access).0);
+        let w = match self
+            .windows
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, closed)
+        {
+            Ok(w) | Err(w) => Windows(w),
+        };
+        // A waiter raises WAITERS, then looks at the windows again, then
+        // sleeps on the condition variable, all under the lock: either it
+        // saw this window closed, or this close sees the flag, and taking
+        // the lock here waits until it sleeps. With no waiter, no lock
+        // and no notify (a system call).
+        if w.has(Windows::WAITERS) {
+            drop(self.lock());
             self.changed.notify_all();
         }
     }
@@ -389,36 +518,18 @@ impl Reservation {
         loop {
             let mut st = self.lock();
             #[cfg(feature = "tracing")]
-            if st.windows_block(device) {
+            if self.windows().block(device) {
+                let w = self.windows();
                 trace_event!(
                     DEBUG,
                     op = access.op,
                     object = access.object,
-                    cpu_readers = st.cpu_readers,
-                    cpu_writers = st.cpu_writers,
+                    cpu_readers = w.readers(),
+                    cpu_writers = w.writers(),
                     "device access waits for open CPU windows"
                 );
             }
-            while st.windows_block(device) {
-                let left = match access.deadline {
-                    None => None,
-                    Some(d) => match d.checked_duration_since(Instant::now()) {
-                        Some(left) if left > Duration::ZERO => Some(left),
-                        _ => return Err(windows_busy(&st, &access)),
-                    },
-                };
-                st.waiters += 1;
-                st = match left {
-                    None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
-                    Some(left) => {
-                        self.changed
-                            .wait_timeout(st, left)
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
-                    }
-                };
-                st.waiters -= 1;
-            }
+            st = self.wait_for_windows(st, &access)?;
             if let Some(f) = st.conflicting_fence(device, access.skip) {
                 drop(st);
                 wait_fence(
@@ -428,7 +539,8 @@ impl Reservation {
                     access.object,
                     " (device transfer)",
                 )?;
-                after_fence_wait();
+                #[cfg(test)]
+                run_hook(&AFTER_FENCE_WAIT);
                 continue;
             }
             if let Some(d) = access.dma_buf {
@@ -457,29 +569,136 @@ impl Reservation {
                         )
                         .with_errno(Errno::BUSY));
                     }
-                    after_fence_wait();
+                    #[cfg(test)]
+                    run_hook(&AFTER_FENCE_WAIT);
                     continue;
                 }
             }
-            st.add(fence, device.usage());
+            // Publish: raise FENCES in the same atomic step that reads
+            // the windows open now. A window that registered since the
+            // wait above is seen here, and the access waits for it; one
+            // that registers after finds the flag and waits for this
+            // lock, then for the fence.
+            #[cfg(test)]
+            run_hook(&BEFORE_PUBLISH);
+            let now = Windows(self.windows.fetch_or(Windows::FENCES, Ordering::AcqRel));
+            if now.block(device) {
+                drop(st);
+                continue;
+            }
+            self.add_locked(&mut st, fence, device.usage());
             drop(st);
             self.changed.notify_all();
             return Ok(());
         }
     }
+
+    /// Waits, on the condition variable (which releases the lock), until
+    /// no open window blocks `access`, or fails at its deadline.
+    fn wait_for_windows<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        access: &DeviceAccess<'_>,
+    ) -> Result<MutexGuard<'a, State>> {
+        let device = access.access;
+        while self.windows().block(device) {
+            let left = match access.deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if left > Duration::ZERO => Some(left),
+                    _ => return Err(windows_busy(self.windows(), access)),
+                },
+            };
+            // Raised before the windows are looked at again (see
+            // `cpu_end`): a window closing from here on wakes this wait.
+            st.waiters += 1;
+            self.windows.fetch_or(Windows::WAITERS, Ordering::AcqRel);
+            if self.windows().block(device) {
+                st = match left {
+                    None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+                    Some(left) => {
+                        self.changed
+                            .wait_timeout(st, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            }
+            st.waiters -= 1;
+            if st.waiters == 0 {
+                self.windows.fetch_and(!Windows::WAITERS, Ordering::AcqRel);
+            }
+        }
+        Ok(st)
+    }
 }
 
+/// `w` with one more window of `access` open, unless the rules refuse it:
+/// with `whole_buffer_sync` (a dma-buf), a window that reads while one
+/// that writes is open and vice versa (see the module documentation);
+/// and a window past [`Windows::MAX`] of its kind.
+fn open_window(
+    w: Windows,
+    access: Access,
+    whole_buffer_sync: bool,
+    object: &dyn Fn() -> String,
+) -> Result<Windows> {
+    const OP: &str = "open CPU window";
+    let reads = access != Access::Write;
+    let readers = w.readers() + w.read_writers();
+    if whole_buffer_sync && reads && w.writers() > 0 {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            OP,
+            object(),
+            format!(
+                "a write window is open on this dma-buf ({} open); DMA_BUF_IOCTL_SYNC \
+                 START|{} has no range and may invalidate the CPU caches of the whole \
+                 buffer on non-coherent hardware, destroying bytes that window has not \
+                 flushed yet",
+                w.writers(),
+                access.as_str()
+            ),
+        )
+        .with_errno(Errno::BUSY));
+    }
+    if whole_buffer_sync && access.writes() && readers > 0 {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            OP,
+            object(),
+            format!(
+                "a read window is open on this dma-buf ({readers} open); its \
+                 DMA_BUF_IOCTL_SYNC END|READ has no range and may invalidate the CPU \
+                 caches of the whole buffer on non-coherent hardware, destroying bytes \
+                 a write window has not flushed yet"
+            ),
+        )
+        .with_errno(Errno::BUSY));
+    }
+    w.opened(access).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Busy,
+            OP,
+            object(),
+            format!(
+                "{} {access} windows are open on this buffer already, the most there may be",
+                Windows::MAX
+            ),
+        )
+        .with_errno(Errno::BUSY)
+    })
+}
+
+/// Runs a test's injection `hook`, if one is set (no-op outside tests).
 #[cfg(test)]
-fn after_fence_wait() {
-    AFTER_FENCE_WAIT.with(|h| {
-        if let Some(hook) = h.borrow_mut().as_mut() {
-            hook()
+fn run_hook(hook: &'static std::thread::LocalKey<Hook>) {
+    hook.with(|h| {
+        if let Some(f) = h.borrow_mut().as_mut() {
+            f()
         }
     });
 }
-
-#[cfg(not(test))]
-fn after_fence_wait() {}
 
 /// Waits for `f` until `deadline`; a fence that signalled with an error
 /// counts as done; a [`ErrorKind::Busy`] error naming it at the deadline.
@@ -525,8 +744,8 @@ fn wait_fence(
     }
 }
 
-fn windows_busy(st: &State, access: &DeviceAccess<'_>) -> Error {
-    let (readers, writers) = (st.cpu_readers, st.cpu_writers);
+fn windows_busy(w: Windows, access: &DeviceAccess<'_>) -> Error {
+    let (readers, writers) = (w.readers(), w.writers());
     let what = if writers > 0 {
         format!("an open CPU write window ({writers} write, {readers} read windows open)")
     } else {
@@ -752,6 +971,148 @@ mod tests {
             "the transfer published its fence while a window was open"
         );
         assert_eq!(res.fences_for(Access::Read).len(), 1);
+    }
+
+    #[test]
+    fn a_window_registered_without_the_lock_just_before_a_publish_holds_the_transfer() {
+        let res = Arc::new(Reservation::default());
+        let closed = Arc::new(AtomicBool::new(false));
+        let fast = Arc::new(AtomicBool::new(false));
+        let (r, c, f) = (res.clone(), closed.clone(), fast.clone());
+        let mut once = true;
+        BEFORE_PUBLISH.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                if !std::mem::take(&mut once) {
+                    return;
+                }
+                // No fence: the window takes the lock-free path (the
+                // transfer holds the lock right now).
+                f.store(!r.windows().has(Windows::FENCES), Ordering::SeqCst);
+                r.cpu_begin(Access::Read, false, None, &|| "w".into(), &|_| false)
+                    .unwrap();
+                let (r, c) = (r.clone(), c.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    c.store(true, Ordering::SeqCst);
+                    r.cpu_end(Access::Read);
+                });
+            }));
+        });
+        let mine = UserFence::new().unwrap();
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        res.begin_device(Fence::User(mine.clone()), device(Access::Write, deadline))
+            .unwrap();
+        BEFORE_PUBLISH.with(|h| *h.borrow_mut() = None);
+        assert!(
+            fast.load(Ordering::SeqCst),
+            "the window took the lock-free path"
+        );
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "the transfer published its fence while a window was open"
+        );
+        assert_eq!(res.fences_for(Access::Read).len(), 1);
+        assert_eq!(res.cpu_windows(), (0, 0));
+        mine.signal().unwrap();
+    }
+
+    #[test]
+    fn windows_and_transfers_never_overlap_under_contention() {
+        // Two threads open and close windows as fast as they can while a
+        // third publishes write transfers: no window is ever open while a
+        // transfer's fence is active.
+        let res = Arc::new(Reservation::default());
+        let active = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let windows: Vec<_> = [Access::Read, Access::Write]
+            .into_iter()
+            .map(|access| {
+                let (res, active, stop) = (res.clone(), active.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut opened = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        res.cpu_begin(access, false, None, &|| "w".into(), &|_| false)
+                            .unwrap();
+                        assert!(
+                            !active.load(Ordering::SeqCst),
+                            "a {access} window opened during a transfer"
+                        );
+                        opened += 1;
+                        res.cpu_end(access);
+                    }
+                    opened
+                })
+            })
+            .collect();
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        for _ in 0..300 {
+            let f = UserFence::new().unwrap();
+            res.begin_device(Fence::User(f.clone()), device(Access::Write, deadline))
+                .unwrap();
+            active.store(true, Ordering::SeqCst);
+            assert_eq!(res.cpu_windows(), (0, 0), "a window open during a transfer");
+            std::thread::yield_now();
+            assert_eq!(
+                res.cpu_windows(),
+                (0, 0),
+                "a window opened during a transfer"
+            );
+            active.store(false, Ordering::SeqCst);
+            f.signal().unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in windows {
+            assert!(t.join().unwrap() > 0, "windows were opened meanwhile");
+        }
+    }
+
+    #[test]
+    fn the_fence_flag_is_up_exactly_while_fences_may_be_listed() {
+        let res = Reservation::default();
+        assert!(!res.windows().has(Windows::FENCES));
+        let f = UserFence::new().unwrap();
+        res.add(Fence::User(f.clone()), Usage::Read);
+        assert!(res.windows().has(Windows::FENCES), "raised with a fence");
+        // A read window does not wait for a read fence: it registers
+        // under the lock, and the fence stays.
+        res.cpu_begin(Access::Read, false, None, &|| "w".into(), &|_| false)
+            .unwrap();
+        res.cpu_end(Access::Read);
+        assert!(res.windows().has(Windows::FENCES));
+        f.signal().unwrap();
+        // The next window prunes the signalled fence and lowers the flag:
+        // the one after registers without the lock.
+        res.cpu_begin(Access::Write, false, None, &|| "w".into(), &|_| false)
+            .unwrap();
+        assert!(!res.windows().has(Windows::FENCES), "lowered once empty");
+        assert_eq!(res.cpu_windows(), (0, 1));
+        res.cpu_end(Access::Write);
+        // A signalled fence added is pruned at once: the flag comes down.
+        res.add(Fence::Signalled, Usage::Write);
+        assert!(!res.windows().has(Windows::FENCES));
+    }
+
+    #[test]
+    fn window_counts_stop_at_their_limit_and_never_go_below_zero() {
+        let w = Windows::default();
+        let rw = w.opened(Access::ReadWrite).unwrap();
+        assert_eq!((rw.readers(), rw.writers(), rw.read_writers()), (0, 1, 1));
+        assert_eq!(rw.closed(Access::ReadWrite), w);
+        assert_eq!(w.closed(Access::Read), w, "no count below zero");
+        let full = Windows(Windows::MAX << Windows::WRITERS | Windows::FENCES);
+        assert_eq!(full.writers(), Windows::MAX as usize);
+        assert!(full.opened(Access::Write).is_none());
+        assert!(full.opened(Access::ReadWrite).is_none());
+        assert_eq!(full.opened(Access::Read).unwrap().readers(), 1);
+        let e = open_window(full, Access::Write, false, &|| "buf".into()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert!(e.to_string().contains("the most there may be"), "{e}");
+        assert!(full.has(Windows::FENCES) && !full.has(Windows::WAITERS));
+        assert!(full.block(Access::Read) && rw.block(Access::Read));
+        assert!(!Windows::default()
+            .opened(Access::Read)
+            .unwrap()
+            .block(Access::Read));
     }
 
     #[test]

@@ -21,6 +21,18 @@
 //! recorded under the locks of every object it touches, held together
 //! (taken in a fixed order): a borrow spanning several objects is atomic,
 //! and a borrow of one plain object takes that object's lock alone.
+//!
+//! One case takes no lock: a borrow of a whole plain object (no backing)
+//! through a mapping of all of it, while the object's list is empty — the
+//! borrow a window on a whole buffer makes. It is a *claim* on the
+//! object's atomic word ([`Claims`]): one compare-and-swap to take it, one
+//! atomic operation to give it back. A claim counts as covering every
+//! byte of the object. The list's borrows raise a flag in the same word,
+//! under the lock, before the first record goes in (the answer shows the
+//! claims held at that moment, which the new borrow is checked against)
+//! and lower it, under the lock, once the list is empty again: while the
+//! flag is up no claim is granted, so a claim and a recorded borrow are
+//! always checked against each other.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -74,6 +86,9 @@ pub struct MemoryObject {
     key: ObjectKey,
     /// Live borrows, in the object's offsets.
     borrows: Mutex<Vec<Borrow>>,
+    /// Claims of the whole object taken without the lock, and whether
+    /// the list may hold borrows (see [`Claims`]).
+    claims: AtomicU64,
     /// The current mapping (the widest one made: writable wins).
     region: Mutex<Weak<Region>>,
     /// The memfd pages this object is made of, if this process made it
@@ -101,6 +116,80 @@ struct Borrow {
     start: u64,
     end: u64,
     exclusive: bool,
+}
+
+/// The word of an object's lock-free claims: shared claims counted in
+/// the low bits, an exclusive claim in [`Claims::EXCLUSIVE`], and
+/// [`Claims::LISTED`] raised while the list may hold borrows (see the
+/// module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Claims(u64);
+
+impl Claims {
+    /// The most shared claims at once (more borrows go to the list).
+    const MAX_SHARED: u64 = u32::MAX as u64;
+    const EXCLUSIVE: u64 = 1 << 62;
+    const LISTED: u64 = 1 << 63;
+
+    fn shared(self) -> u64 {
+        self.0 & Self::MAX_SHARED
+    }
+
+    fn exclusive(self) -> bool {
+        self.0 & Self::EXCLUSIVE != 0
+    }
+
+    fn listed(self) -> bool {
+        self.0 & Self::LISTED != 0
+    }
+
+    /// The word with one more claim of this kind, if one may be granted
+    /// without the lock.
+    fn claimed(self, exclusive: bool) -> Option<Claims> {
+        if self.listed() || self.exclusive() {
+            return None;
+        }
+        match exclusive {
+            true if self.shared() == 0 => Some(Claims(Self::EXCLUSIVE)),
+            false if self.shared() < Self::MAX_SHARED => Some(Claims(self.0 + 1)),
+            _ => None,
+        }
+    }
+
+    /// The word with one claim of this kind given back.
+    fn released(self, exclusive: bool) -> Claims {
+        if exclusive {
+            Claims(self.0 & !Self::EXCLUSIVE)
+        } else {
+            Claims(self.0 - self.shared().min(1))
+        }
+    }
+
+    /// `Ok` if no claim conflicts with a borrow of `start..end` of the
+    /// object (`exclusive` or not): claims cover every byte.
+    fn check(
+        self,
+        start: u64,
+        end: u64,
+        exclusive: bool,
+        backing: Option<ObjectKey>,
+    ) -> Result<(), BorrowError> {
+        let conflict = |with_exclusive| BorrowError::Conflict {
+            with_exclusive,
+            overlap: start..end,
+            backing,
+        };
+        if start >= end {
+            return Ok(());
+        }
+        if self.exclusive() {
+            return Err(conflict(true));
+        }
+        if exclusive && self.shared() > 0 {
+            return Err(conflict(false));
+        }
+        Ok(())
+    }
 }
 
 /// Why a borrow was refused.
@@ -141,6 +230,7 @@ impl MemoryObject {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             key,
             borrows: Mutex::new(Vec::new()),
+            claims: AtomicU64::new(0),
             region: Mutex::new(Weak::new()),
             backing,
         });
@@ -205,7 +295,43 @@ impl MemoryObject {
 
     /// Number of live borrows of this object itself.
     pub fn live_borrows(&self) -> usize {
-        self.lock().len()
+        let listed = self.lock().len();
+        let c = self.claims();
+        listed + c.shared() as usize + usize::from(c.exclusive())
+    }
+
+    fn claims(&self) -> Claims {
+        Claims(self.claims.load(Ordering::Acquire))
+    }
+
+    /// Raises [`Claims::LISTED`] (the caller holds the list's lock and is
+    /// about to record a borrow) and returns the claims held now.
+    fn list(&self) -> Claims {
+        Claims(self.claims.fetch_or(Claims::LISTED, Ordering::AcqRel))
+    }
+
+    /// Lowers [`Claims::LISTED`] if `live` (this object's list, locked by
+    /// the caller) is empty.
+    fn unlist_if_empty(&self, live: &[Borrow]) {
+        if live.is_empty() {
+            self.claims.fetch_and(!Claims::LISTED, Ordering::AcqRel);
+        }
+    }
+
+    /// Takes a claim of the whole object without the lock, if the list is
+    /// empty and no claim is in the way.
+    fn try_claim(&self, exclusive: bool) -> bool {
+        let claimed = |c| Claims(c).claimed(exclusive).map(|n| n.0);
+        self.claims
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, claimed)
+            .is_ok()
+    }
+
+    fn release_claim(&self, exclusive: bool) {
+        let released = |c| Some(Claims(c).released(exclusive).0);
+        let _ = self
+            .claims
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, released);
     }
 
     /// The object's mapping for `len` bytes from `fd` (which must refer to
@@ -272,7 +398,7 @@ impl MemoryObject {
             end,
             exclusive,
         };
-        let view = |own: Borrow, backing: Vec<(&'a MemoryObject, Borrow)>| View {
+        let view = |own: Option<Borrow>, backing: Vec<(&'a MemoryObject, Borrow)>| View {
             region,
             range: range.clone(),
             exclusive,
@@ -281,14 +407,25 @@ impl MemoryObject {
             backing,
         };
         if via().next().is_none() {
+            // The whole of a plain object, nothing listed: a claim, no lock.
+            if start == 0 && range.end == region.len() && end > 0 && self.try_claim(exclusive) {
+                return Ok(view(None, Vec::new()));
+            }
             // One object: its own lock makes the check and the record one
             // step.
             let mut live = self.lock();
-            check_free(&live, start, end, exclusive, None)?;
+            let checked = self
+                .list()
+                .check(start, end, exclusive, None)
+                .and_then(|()| check_free(&live, start, end, exclusive, None));
+            if let Err(e) = checked {
+                self.unlist_if_empty(&live);
+                return Err(e);
+            }
             let own = new(start, end);
             live.push(own);
             drop(live);
-            return Ok(view(own, Vec::new()));
+            return Ok(view(Some(own), Vec::new()));
         }
         // Several objects: hold the lock of each (once, taken in id order,
         // so that two such borrows cannot deadlock) while everything is
@@ -307,10 +444,26 @@ impl MemoryObject {
                 .position(|(k, _)| *k == id)
                 .expect("every object of the borrow is locked")
         };
-        check_free(&locked[at(&locked, self.id)].1, start, end, exclusive, None)?;
-        for (obj, s, e) in via() {
-            let i = at(&locked, obj.id);
-            check_free(&locked[i].1, s, e, exclusive, Some(obj.key))?;
+        // Every object's flag goes up before its claims are read: no claim
+        // is granted on any of them from here until the lists are settled.
+        // (`objects`, `locked` and `claims` are in the same order.)
+        let claims: Vec<Claims> = objects.iter().map(|o| o.list()).collect();
+        let checked = (|| {
+            let i = at(&locked, self.id);
+            claims[i].check(start, end, exclusive, None)?;
+            check_free(&locked[i].1, start, end, exclusive, None)?;
+            for (obj, s, e) in via() {
+                let i = at(&locked, obj.id);
+                claims[i].check(s, e, exclusive, Some(obj.key))?;
+                check_free(&locked[i].1, s, e, exclusive, Some(obj.key))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = checked {
+            for (o, (_, live)) in objects.iter().zip(&locked) {
+                o.unlist_if_empty(live);
+            }
+            return Err(e);
         }
         let own = new(start, end);
         let i = at(&locked, self.id);
@@ -322,8 +475,12 @@ impl MemoryObject {
             locked[i].1.push(b);
             backing.push((&**obj, b));
         }
+        // An object whose range was empty got no record: settle its flag.
+        for (o, (_, live)) in objects.iter().zip(&locked) {
+            o.unlist_if_empty(live);
+        }
         drop(locked);
-        Ok(view(own, backing))
+        Ok(view(Some(own), backing))
     }
 
     /// Removes the live borrow `b`.
@@ -332,6 +489,7 @@ impl MemoryObject {
         if let Some(i) = live.iter().position(|x| x == b) {
             live.swap_remove(i);
         }
+        self.unlist_if_empty(&live);
     }
 }
 
@@ -370,7 +528,8 @@ pub struct View<'a> {
     /// The object borrowed and its record; the records on the objects
     /// backing it (empty unless this process made it from memfds).
     object: &'a MemoryObject,
-    own: Borrow,
+    /// `None`: a claim of the whole object (no record).
+    own: Option<Borrow>,
     backing: Vec<(&'a MemoryObject, Borrow)>,
 }
 
@@ -417,7 +576,10 @@ impl Drop for View<'_> {
         // Each list on its own: a borrow that sees some of these records
         // gone and others not yet is refused, as it would be had it come
         // before this drop.
-        self.object.forget(&self.own);
+        match &self.own {
+            Some(b) => self.object.forget(b),
+            None => self.object.release_claim(self.exclusive),
+        }
         for (obj, b) in self.backing.drain(..) {
             obj.forget(&b);
         }
@@ -471,6 +633,131 @@ mod tests {
             (f, o)
         });
         (m, mo, made)
+    }
+
+    #[test]
+    fn whole_borrows_are_claims_and_meet_recorded_borrows_both_ways() {
+        let page = super::super::mem::page_size();
+        let fd = memfd(2 * page as u64);
+        let o = MemoryObject::intern(&fd).unwrap();
+        let r = o.region(&fd, 2 * page, true).unwrap();
+        let whole = 0..2 * page;
+        let conflict = |with_exclusive, overlap: Range<u64>| BorrowError::Conflict {
+            with_exclusive,
+            overlap,
+            backing: None,
+        };
+        // Whole and nothing listed: claims, in the word only.
+        let a = o.borrow(&r, whole.clone(), false).unwrap();
+        let b = o.borrow(&r, whole.clone(), false).unwrap();
+        assert_eq!((o.claims().shared(), o.lock().len()), (2, 0));
+        assert_eq!(o.live_borrows(), 2);
+        // A claim covers every byte: a partial writer is refused, a
+        // partial reader recorded (and the flag raised with it).
+        let e = o.borrow(&r, 10..20, true).unwrap_err();
+        assert_eq!(e, conflict(false, 10..20));
+        assert!(!o.claims().listed(), "a refusal leaves nothing listed");
+        let c = o.borrow(&r, page..page + 1, false).unwrap();
+        assert!(o.claims().listed());
+        // Listed borrows: a whole borrow is no claim now, and is checked
+        // against both.
+        let d = o.borrow(&r, whole.clone(), false).unwrap();
+        assert_eq!((o.claims().shared(), o.lock().len()), (2, 2));
+        let e = o.borrow(&r, whole.clone(), true).unwrap_err();
+        assert_eq!(e, conflict(false, 0..2 * page as u64));
+        drop((a, b, c, d));
+        assert_eq!(o.claims(), Claims(0), "all given back, flag down");
+        assert_eq!(o.live_borrows(), 0);
+        // An exclusive claim refuses everything, whole or partial.
+        let w = o.borrow(&r, whole.clone(), true).unwrap();
+        assert!(o.claims().exclusive());
+        let e = o.borrow(&r, whole.clone(), false).unwrap_err();
+        assert_eq!(e, conflict(true, 0..2 * page as u64));
+        let e = o.borrow(&r, 5..6, false).unwrap_err();
+        assert_eq!(e, conflict(true, 5..6));
+        // An empty range overlaps nothing.
+        let empty = o.borrow(&r, 7..7, true).unwrap();
+        drop((w, empty));
+        assert_eq!(o.claims(), Claims(0));
+    }
+
+    #[test]
+    fn a_claim_on_a_memfd_meets_borrows_of_what_is_made_of_it() {
+        let page = super::super::mem::page_size() as u64;
+        let (m, mo, [(u1f, u1), _]) = overlapping_pair(page);
+        let rm = mo.region(&m, (4 * page) as usize, true).unwrap();
+        let r1 = u1.region(&u1f, (2 * page) as usize, true).unwrap();
+        // The memfd's whole writer is a claim; a reader of the made-of
+        // object meets it on the memfd's pages 1..3.
+        let w = mo.borrow(&rm, 0..(4 * page) as usize, true).unwrap();
+        assert!(w.own.is_none(), "a claim");
+        let e = u1.borrow(&r1, 0..10, false).unwrap_err();
+        assert_eq!(
+            e,
+            BorrowError::Conflict {
+                with_exclusive: true,
+                overlap: page..page + 10,
+                backing: Some(mo.key()),
+            }
+        );
+        assert!(!mo.claims().listed() && !u1.claims().listed());
+        drop(w);
+        // The other way: a made-of reader is recorded on the memfd, so the
+        // memfd's whole writer is no claim and is refused.
+        let r = u1.borrow(&r1, 0..10, false).unwrap();
+        assert!(mo.claims().listed());
+        let e = mo.borrow(&rm, 0..(4 * page) as usize, true).unwrap_err();
+        assert_eq!(
+            e,
+            BorrowError::Conflict {
+                with_exclusive: false,
+                overlap: page..page + 10,
+                backing: None,
+            }
+        );
+        drop(r);
+        assert_eq!((mo.claims(), u1.claims()), (Claims(0), Claims(0)));
+    }
+
+    #[test]
+    fn claims_and_recorded_borrows_of_one_object_never_alias_under_contention() {
+        // Three threads take exclusive borrows of one object: the whole
+        // of it (a claim) or its first page (a record). Every range holds
+        // byte 0, so two exclusive borrows at once would be a double
+        // `&mut`: the mark counts holders.
+        use std::sync::atomic::AtomicU32;
+        let page = super::super::mem::page_size();
+        let fd = memfd(2 * page as u64);
+        let o = MemoryObject::intern(&fd).unwrap();
+        let r = o.region(&fd, 2 * page, true).unwrap();
+        let mark = AtomicU32::new(0);
+        let (claimed, recorded) = (AtomicU32::new(0), AtomicU32::new(0));
+        std::thread::scope(|sc| {
+            for t in 0..3 {
+                let (o, r, mark, claimed, recorded) = (&o, &r, &mark, &claimed, &recorded);
+                sc.spawn(move || {
+                    for i in 0..30_000 {
+                        let whole = (t + i) % 2 == 0;
+                        let range = if whole { 0..2 * page } else { 0..page };
+                        let Ok(view) = o.borrow(r, range, true) else {
+                            continue;
+                        };
+                        assert_eq!(mark.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                        if view.own.is_none() {
+                            claimed.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            recorded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        mark.fetch_sub(1, Ordering::SeqCst);
+                        drop(view);
+                    }
+                });
+            }
+        });
+        let (c, r) = (claimed.into_inner(), recorded.into_inner());
+        assert!(c > 0 && r > 0, "claimed {c}, recorded {r}");
+        assert_eq!(o.live_borrows(), 0);
+        assert_eq!(o.claims(), Claims(0));
     }
 
     #[test]

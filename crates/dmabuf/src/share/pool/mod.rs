@@ -24,7 +24,9 @@
 //!   up, an item costs no socket message and no system call (each side
 //!   looks again for a few microseconds before it sleeps — the consumer
 //!   only while its items come less than [`SPIN_GAP`] apart — and wakes
-//!   the other only if it sleeps). A signalled fence costs nothing; a real
+//!   the other only if it sleeps), and the producer takes releases off
+//!   the rings in batches ([`RELEASE_BATCH`]). A signalled fence costs
+//!   nothing; a real
 //!   fence is sent over the socket as a tagged fence message, named by the
 //!   descriptor. The socket carries the handshake, real fences, bye, and
 //!   tells a peer's death.
@@ -123,6 +125,13 @@ use crate::fence::RECHECK;
 
 /// Most buffers a pool may have.
 pub const MAX_POOL_BUFFERS: usize = 1024;
+
+/// [`Producer::acquire`] takes the consumers' releases off their rings
+/// only once at most one buffer in `RELEASE_BATCH` is free (or none can
+/// be leased): a steady stream reads each consumer's release head once
+/// per batch of releases instead of twice per item. Until then a
+/// released buffer still counts in [`Producer::in_flight`].
+pub const RELEASE_BATCH: usize = 4;
 
 /// How long a consumer that said bye may keep buffers it still reads, and
 /// release fences that have not signalled, before the producer takes them

@@ -6,7 +6,9 @@ use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use super::transport::{Incoming, ProducerTransport};
-use super::{past, poll_any, protocol, slice, timed_out, LEAVE_GRACE, MAX_POOL_BUFFERS};
+use super::{
+    past, poll_any, protocol, slice, timed_out, LEAVE_GRACE, MAX_POOL_BUFFERS, RELEASE_BATCH,
+};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
@@ -208,7 +210,8 @@ impl Producer {
         }
     }
 
-    /// How many buffers are leased or held by consumers.
+    /// How many buffers are leased or held by consumers, as far as this
+    /// producer has read their releases (see [`RELEASE_BATCH`]).
     pub fn in_flight(&self) -> usize {
         self.slots.iter().filter(|s| s.busy).count()
     }
@@ -405,30 +408,31 @@ impl Producer {
     /// Consumer `i` gives back `buffer` (item `seq`), to be reused once
     /// `fence` signals.
     pub(super) fn release(&mut self, i: usize, buffer: u64, seq: u64, fence: Fence) -> Result<()> {
-        let peer = self.peers[i].channel.peer().to_string();
+        // The peer is named only in an error: nothing formatted per release.
+        let peer = |this: &Self| this.peers[i].channel.peer().to_string();
         let s = usize::try_from(buffer)
             .ok()
             .filter(|s| *s < self.slots.len())
             .ok_or_else(|| {
                 protocol(
                     "pool release",
-                    &peer,
+                    &peer(self),
                     format!(
                         "release of buffer {buffer}, but the pool has {} buffers",
                         self.slots.len()
                     ),
                 )
             })?;
-        let slot = &mut self.slots[s];
-        if !slot.holders[i] || slot.seq != seq {
+        if !self.slots[s].holders[i] || self.slots[s].seq != seq {
             return Err(protocol(
                 "pool release",
-                &peer,
+                &peer(self),
                 format!(
                     "release of buffer {buffer} (item {seq}), which this consumer does not hold"
                 ),
             ));
         }
+        let slot = &mut self.slots[s];
         slot.holders[i] = false;
         if fence.status() == FenceStatus::Active {
             slot.releases.push(fence);
@@ -574,7 +578,9 @@ impl Producer {
     }
 
     /// A free buffer, waiting at most `timeout` (`None`: as long as it
-    /// takes) while every buffer is in flight (back-pressure).
+    /// takes) while every buffer is in flight (back-pressure). Releases
+    /// waiting on the consumers' rings are taken once at most one buffer
+    /// in [`RELEASE_BATCH`] is free, or none can be leased.
     pub fn acquire(&mut self, timeout: Option<Duration>) -> Result<Lease<'_>> {
         // The clock is read (for the spin and the deadline) only once no
         // buffer is free at once.
@@ -585,8 +591,18 @@ impl Producer {
             // again for a few microseconds before going to the sockets.
             let mut free = None;
             if self.consumers() > 0 {
-                self.pump_ring()?;
+                // Releases are taken off the rings in batches, once few
+                // buffers are free: a steady stream then reads each
+                // consumer's release head about once per batch, not
+                // twice per item.
+                if self.free.len() <= self.slots.len() / RELEASE_BATCH {
+                    self.pump_ring()?;
+                }
                 free = self.pick();
+                if free.is_none() {
+                    self.pump_ring()?;
+                    free = self.pick();
+                }
                 if free.is_none() {
                     let now = Instant::now();
                     start.begin_at(now);
