@@ -256,6 +256,42 @@ fn every_validation_failure_is_refused_with_a_clear_message() {
 }
 
 #[test]
+fn the_producer_takes_releases_in_batches() {
+    let _g = lock();
+    let (p, c) = Channel::pair().unwrap();
+    let n = 2 * dmabuf::share::pool::RELEASE_BATCH;
+    let bufs = (0..n).map(|i| portable(4096, &format!("b{i}"))).collect();
+    let mut producer = Producer::new(bufs, vec![p]).unwrap();
+    let mut consumer = Consumer::new(c, T).unwrap();
+    let send = |producer: &mut Producer| {
+        let lease = producer.acquire(T).unwrap();
+        let slot = lease.slot();
+        lease.submit(16, Fence::Signalled).unwrap();
+        slot
+    };
+    let first = send(&mut producer);
+    let item = consumer.next(T).unwrap().unwrap();
+    // Dropped: released on the ring.
+    drop(item);
+    // While more than one buffer in RELEASE_BATCH is free, acquire leaves
+    // the release on the ring: the buffer still counts as in flight, and
+    // is not leased again.
+    let mut sent = vec![first];
+    while n - sent.len() > n / dmabuf::share::pool::RELEASE_BATCH {
+        sent.push(send(&mut producer));
+        assert_eq!(producer.in_flight(), sent.len(), "release not read yet");
+    }
+    let mut all: Vec<usize> = sent.clone();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), sent.len(), "no buffer leased twice: {sent:?}");
+    // Now few are free: the next acquire reads the releases first (the
+    // first buffer came back, one more went out).
+    send(&mut producer);
+    assert_eq!(producer.in_flight(), sent.len(), "the release was read");
+}
+
+#[test]
 fn pool_streams_with_back_pressure() {
     let _g = lock();
     let before = open_fds();
