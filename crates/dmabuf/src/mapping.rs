@@ -209,7 +209,8 @@ impl Mapping {
     /// way: the library's, then, for dma-bufs, the kernel's (polled before
     /// `START`, which would wait for them without limit). A
     /// [`ErrorKind::Busy`] error names the fence still active at the
-    /// deadline.
+    /// deadline; one is also returned, at once, for a window past the
+    /// 1 048 575th of its kind (read, or writing) open on one buffer.
     pub fn window<M: WindowMode>(
         &self,
         range: Range<usize>,
