@@ -307,6 +307,27 @@ fn a_producer_that_wakes_the_consumer_for_nothing_does_not_make_it_spin() {
 }
 
 #[test]
+fn a_producer_whose_count_of_messages_lies_does_not_make_the_consumer_spin() {
+    // The count of messages sent, on the ring, says many messages wait;
+    // the socket has none. The consumer looks once, stops believing the
+    // count, and sleeps: its CPU stays a fraction of the wait.
+    let _g = lock();
+    let (c, raw, ring, _bufs) = consumer_of_raw(4);
+    ring.set(R_SENT, 1_000_000);
+    let (_c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
+        let mut c = c;
+        c.set_word_sleep(Duration::from_secs(10));
+        let (c0, t0) = (thread_cpu(), Instant::now());
+        let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
+        (c, e, thread_cpu() - c0, t0.elapsed())
+    });
+    drop(raw);
+    assert_err(&e, ErrorKind::TimedOut, "no item within");
+    assert!(wall < Duration::from_secs(5));
+    assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
+}
+
+#[test]
 fn a_producer_that_dies_while_the_consumer_sleeps_on_its_word_is_found() {
     let _g = lock();
     let (c, raw, ring, _bufs) = consumer_of_raw(4);

@@ -119,6 +119,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -251,6 +252,14 @@ pub struct Channel {
     send_timeout: Mutex<Option<Duration>>,
     /// The peer said bye: its going away later is orderly.
     said_bye: std::sync::atomic::AtomicBool,
+    /// Messages sent whole, and datagrams received, on this channel since
+    /// it was made (the pool's ring carries the producer's count, so
+    /// that a consumer looks at its socket only when a message waits).
+    sent: AtomicU64,
+    taken: AtomicU64,
+    /// Calls of `try_recv` (tests count the system calls they cost).
+    #[cfg(test)]
+    pub(crate) recv_calls: AtomicU64,
 }
 
 impl Channel {
@@ -322,7 +331,22 @@ impl Channel {
             received: Mutex::new(Vec::new()),
             send_timeout: Mutex::new(Some(DEFAULT_SEND_TIMEOUT)),
             said_bye: std::sync::atomic::AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            #[cfg(test)]
+            recv_calls: AtomicU64::new(0),
         }
+    }
+
+    /// Messages sent whole on this channel since it was made.
+    pub(crate) fn messages_sent(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    /// Datagrams received on this channel since it was made (whatever
+    /// they held: a hostile one counts too).
+    pub(crate) fn messages_received(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
     }
 
     /// How long a send may wait for room in the socket buffer (`None`:
@@ -499,7 +523,9 @@ impl Channel {
                 ),
             ));
         }
-        self.send_bytes(timeout, &bytes, &fds)
+        self.send_bytes(timeout, &bytes, &fds)?;
+        self.sent.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Sends `frame` with the sender's `id` for it: its layout and each of
@@ -608,6 +634,8 @@ impl Channel {
     /// Receives a message if one is waiting, without blocking.
     pub fn try_recv(&self) -> Result<Option<Message>> {
         let op = "receive message";
+        #[cfg(test)]
+        self.recv_calls.fetch_add(1, Ordering::Relaxed);
         let mut bytes = [0u8; HEADER_LEN + MAX_BODY + 1];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS + 1))];
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
@@ -638,6 +666,9 @@ impl Channel {
                 Err(e) => return Err(Error::os(op, self.peer.clone(), e)),
             }
         };
+        if res.bytes > 0 {
+            self.taken.fetch_add(1, Ordering::AcqRel);
+        }
         // Own every fd first, whatever happens next.
         let mut fds: Vec<OwnedFd> = Vec::new();
         for m in cmsg.drain() {

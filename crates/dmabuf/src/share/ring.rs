@@ -72,6 +72,7 @@
 //! | 0      | 8    | producer   | magic `"DMBRING2"`                      |
 //! | 8      | 8    | producer   | capacity                                |
 //! | 64     | 8    | producer   | item head                               |
+//! | 72     | 8    | producer   | messages sent on the socket (a hint)    |
 //! | 128    | 8    | producer   | release tail                            |
 //! | 192    | 4    | producer   | producer waiting (futex word)           |
 //! | 256    | 8    | consumer   | item tail                               |
@@ -90,6 +91,16 @@
 //! has taken, so the releases up to there need no read): in a steady
 //! stream the other side's words are read about once per batch of items,
 //! not once per item.
+//!
+//! The count of messages sent is the number of messages the producer's
+//! end of the socket has sent whole, written after each send that the
+//! consumer must see while it may sleep on the word (before the wake-up
+//! that follows). It shares the item head's line, as both are written
+//! by the producer and read by the consumer before it sleeps; it changes
+//! only when a message is sent. A consumer compares it with the messages
+//! it has received: it only tells it whether to look at the socket
+//! before sleeping, and a count that lies costs one look (see the pool's
+//! consumer). A ring from a producer that never writes it reads 0 there.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -111,6 +122,7 @@ pub const MAX_RING_CAPACITY: usize = super::pool::MAX_POOL_BUFFERS;
 const W_MAGIC: usize = 0;
 const W_CAPACITY: usize = 1;
 const W_ITEM_HEAD: usize = 8; // byte 64
+const W_SENT: usize = 9; // byte 72
 const W_REL_TAIL: usize = 16; // byte 128
 const H_PRODUCER_WAITING: usize = 48; // 32-bit index: byte 192
 const W_ITEM_TAIL: usize = 32; // byte 256
@@ -481,6 +493,15 @@ impl ProducerRing {
         self.s.wake_peer(H_CONSUMER_WAITING)
     }
 
+    /// Publishes `sent`, the messages this side's socket has sent whole
+    /// so far, then wakes the consumer if it sleeps: a consumer about to
+    /// sleep on the word sees either the count or the wake-up (see the
+    /// layout).
+    pub fn publish_sent(&self, sent: u64) -> Result<()> {
+        self.s.w(W_SENT).store(sent, Ordering::Release);
+        self.wake_consumer()
+    }
+
     /// The fd to poll for a wake-up while waiting for releases (with
     /// [`Wake::EventFd`]).
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
@@ -792,6 +813,16 @@ impl ConsumerSleep {
     /// [`ConsumerRing::wait_fd`].
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.mine.as_ref().map(|f| f.as_fd())
+    }
+
+    /// The producer's count of messages sent on the socket, as written
+    /// on the ring ([`ProducerRing::publish_sent`]): a hint, never trusted
+    /// for more than whether to look at the socket before sleeping (see
+    /// the layout).
+    pub fn messages_sent(&self) -> u64 {
+        self.mem
+            .word(W_SENT)
+            .map_or(0, |w| w.load(Ordering::Acquire))
     }
 
     /// Sleeps in `FUTEX_WAIT` on the consumer's waiting word while it

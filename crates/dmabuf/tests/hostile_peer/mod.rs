@@ -364,6 +364,8 @@ pub struct RawRing {
 
 /// Word indices of the ring layout.
 pub const R_ITEM_HEAD: u64 = 8;
+/// The producer's count of messages sent on the socket (a hint).
+pub const R_SENT: u64 = 9;
 pub const R_REL_TAIL: u64 = 16;
 pub const R_ITEM_TAIL: u64 = 32;
 pub const R_REL_HEAD: u64 = 40;

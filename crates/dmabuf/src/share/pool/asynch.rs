@@ -206,6 +206,11 @@ impl AsyncProducer {
                     .is_err()
             {
                 self.inner.drop_peer(i);
+            } else if self.inner.peers[i].live() {
+                // As `Producer::finish`: a blocking consumer asleep on
+                // its ring's word looks at its socket now.
+                let p = &self.inner.peers[i];
+                let _ = p.items.publish_sent(p.channel.messages_sent());
             }
         }
         loop {

@@ -41,6 +41,11 @@ pub struct Consumer {
     /// The last two items were ready less than [`SPIN_GAP`] apart: look
     /// at the ring again for a while before sleeping.
     pub(super) busy: bool,
+    /// The producer's count of messages sent, on the ring, is believed:
+    /// before a sleep on the word the socket is looked at only when the
+    /// count is past the messages received. Cleared for good the first
+    /// time the count says a message waits and the socket has none.
+    pub(super) trust_sent: bool,
 }
 
 /// What a consumer shares with its items.
@@ -218,6 +223,7 @@ impl Consumer {
             word_sleep: WORD_SLEEP,
             last_ready_ns: 0,
             busy: false,
+            trust_sent: true,
         })
     }
 
@@ -333,9 +339,28 @@ impl Consumer {
         }
     }
 
+    /// Whether the producer's count of messages sent, on the ring, says
+    /// a message waits on the socket (believed or not).
+    pub(super) fn count_says_message(&self) -> bool {
+        self.sleeper.messages_sent() > self.shared.channel.messages_received()
+    }
+
     /// One step of `next` that needs no waiting: `Ok(true)` if it made
-    /// progress (call again), `Ok(false)` if the caller must sleep.
+    /// progress (call again), `Ok(false)` if the caller must sleep. Looks
+    /// at the socket too (see [`step_before_word_sleep`](Self::step_before_word_sleep)).
     pub(super) fn step(&mut self) -> Result<bool> {
+        self.step_with(true)
+    }
+
+    /// [`step`](Self::step) before a sleep on the ring's word, which
+    /// looks at the producer's count of messages sent after raising the
+    /// word: the socket is looked at (a system call) only if that count
+    /// says a message waits, or once it is no longer believed.
+    pub(super) fn step_before_word_sleep(&mut self) -> Result<bool> {
+        self.step_with(false)
+    }
+
+    fn step_with(&mut self, socket: bool) -> Result<bool> {
         if let Some(item) = self.take_item()? {
             self.waiting = Some(item);
             return Ok(true);
@@ -359,9 +384,17 @@ impl Consumer {
                 }
             }
         }
-        if let Some(m) = self.shared.channel.try_recv()? {
-            self.take_message(m)?;
-            return Ok(true);
+        let says = self.count_says_message();
+        if socket || !self.trust_sent || says {
+            if let Some(m) = self.shared.channel.try_recv()? {
+                self.take_message(m)?;
+                return Ok(true);
+            }
+            // A message was sent before its count was written: a count
+            // past the messages received with none waiting is a lie.
+            if says {
+                self.trust_sent = false;
+            }
         }
         Ok(false)
     }
@@ -428,7 +461,15 @@ impl Consumer {
             if self.ended {
                 return Ok(None);
             }
-            if self.step()? {
+            // Coming from a sleep that ended for nothing, or one on the
+            // socket, look at it; before a sleep on the word, the count
+            // on the ring says whether to.
+            let progress = if woken || calm {
+                self.step()?
+            } else {
+                self.step_before_word_sleep()?
+            };
+            if progress {
                 woken = false;
                 continue;
             }
@@ -452,6 +493,13 @@ impl Consumer {
                 // (a release from another thread goes through), and
                 // lowered under it again.
                 if self.transport().begin_word_sleep()? {
+                    continue;
+                }
+                // The word is raised: a message sent from here on comes
+                // with a wake-up, one sent before shows in the count.
+                if self.trust_sent && self.count_says_message() {
+                    self.transport().end_word_sleep()?;
+                    woken = true;
                     continue;
                 }
                 let slept = self.sleeper.sleep_on_word(end - now);
@@ -680,5 +728,66 @@ mod tests {
         std::thread::sleep(SPIN_GAP * 4);
         one(&mut consumer);
         assert_eq!(consumer.spin(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_consumer_sleeping_between_items_looks_at_its_socket_only_when_a_message_waits() {
+        use std::sync::atomic::Ordering;
+        let (p, c) = Channel::pair().unwrap();
+        let bufs = (0..4)
+            .map(|i| Portable.allocate(4096, &format!("look{i}")).unwrap())
+            .collect();
+        let mut producer = Producer::new(bufs, vec![p]).unwrap();
+        let mut consumer = Consumer::new(c, T).unwrap();
+        let calls = |c: &Consumer| c.shared.channel.recv_calls.load(Ordering::Relaxed);
+        let items = 20;
+        let t = std::thread::spawn(move || {
+            for _ in 0..items {
+                // The consumer is asleep on its ring's word by then.
+                std::thread::sleep(Duration::from_millis(5));
+                let lease = producer.acquire(T).unwrap();
+                lease.submit(16, Fence::Signalled).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            producer.finish(T).unwrap();
+        });
+        let before = calls(&consumer);
+        let mut got = 0;
+        while let Some(item) = consumer.next(T).unwrap() {
+            got += 1;
+            drop(item);
+        }
+        t.join().unwrap();
+        assert_eq!(got, items);
+        // The bye was seen through the count; nothing else needed a look
+        // (before, every sleep between items cost one `recvmsg`).
+        let looks = calls(&consumer) - before;
+        assert!(looks <= 3, "{looks} socket looks for {items} items");
+        assert!(consumer.trust_sent, "the count was never found lying");
+    }
+
+    #[test]
+    fn a_count_of_messages_that_lies_once_is_not_believed_again() {
+        let (p, c) = Channel::pair().unwrap();
+        let bufs = (0..4)
+            .map(|i| Portable.allocate(4096, &format!("lie{i}")).unwrap())
+            .collect();
+        let mut producer = Producer::new(bufs, vec![p]).unwrap();
+        let mut consumer = Consumer::new(c, T).unwrap();
+        // Many messages, says the count; the socket has none.
+        producer.peers[0].items.publish_sent(1_000_000).unwrap();
+        let e = consumer.next(Some(Duration::from_millis(50))).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(!consumer.trust_sent, "the lie was noticed");
+        // The stream goes on as without the count: items and the bye.
+        producer
+            .acquire(T)
+            .unwrap()
+            .submit(16, Fence::Signalled)
+            .unwrap();
+        assert_eq!(consumer.next(T).unwrap().unwrap().seq(), 1);
+        producer.finish(T).unwrap();
+        assert!(consumer.next(T).unwrap().is_none());
+        assert!(!consumer.trust_sent);
     }
 }

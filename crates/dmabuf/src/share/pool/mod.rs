@@ -72,7 +72,13 @@
 //!   nothing blocks forever on a peer that is gone: a blocking
 //!   [`Consumer::next`] first sleeps on its ring's waiting word (the
 //!   cheapest wake-up, which cannot watch the socket) for at most
-//!   [`WORD_SLEEP`] in all, then on its eventfd and socket together; a
+//!   [`WORD_SLEEP`] in all, then on its eventfd and socket together.
+//!   Before a sleep on the word it looks at its socket (a system call)
+//!   only when the producer's count of messages sent, which the producer
+//!   writes on the ring after the handshake and after its bye (then wakes
+//!   the word), is past the messages the consumer has received; a count
+//!   found past them with no message waiting is not believed again, and
+//!   the socket is then looked at before every such sleep. A
 //!   wake-up that brings nothing to do (no item, no socket message) ends
 //!   the word and eventfd sleeps of that call: it then sleeps on the
 //!   socket alone in [`CALM_SLICE`] slices, looking at the ring between

@@ -150,11 +150,13 @@ impl Producer {
             }
             let t = ProducerTransport::new(&sizes, c.peer())?;
             c.send(&t.ring_message(c.peer())?)?;
-            items.push(t);
             c.send(&Message::PoolReady {
                 buffers: buffers.len() as u32,
                 consumer: i as u32,
             })?;
+            // From here on the ring carries the count of messages sent.
+            t.publish_sent(c.messages_sent())?;
+            items.push(t);
         }
         Ok(Producer {
             peers: consumers
@@ -702,8 +704,10 @@ impl Producer {
                 self.drop_peer(i);
             } else if self.peers[i].live() {
                 // A consumer asleep on its ring's word does not watch the
-                // socket: wake it to see the bye now.
-                let _ = self.peers[i].items.wake_consumer();
+                // socket: the count of messages sent, then a wake-up, make
+                // it look now.
+                let p = &self.peers[i];
+                let _ = p.items.publish_sent(p.channel.messages_sent());
             }
         }
         loop {

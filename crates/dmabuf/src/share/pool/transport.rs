@@ -245,9 +245,9 @@ impl ProducerTransport {
         self.ring.end_wait()
     }
 
-    /// See [`ProducerRing::wake_consumer`].
-    pub(super) fn wake_consumer(&self) -> Result<()> {
-        self.ring.wake_consumer()
+    /// See [`ProducerRing::publish_sent`].
+    pub(super) fn publish_sent(&self, sent: u64) -> Result<()> {
+        self.ring.publish_sent(sent)
     }
 
     /// The fd that becomes readable when the consumer wakes this side.
