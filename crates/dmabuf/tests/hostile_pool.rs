@@ -289,19 +289,32 @@ fn a_producer_that_wakes_the_consumer_for_nothing_does_not_make_it_spin() {
             std::thread::yield_now();
         }
     });
+    // Word sleeps allowed for the whole wait: only the rule "a word sleep
+    // that ends early with no item ends them" keeps it calm.
+    let (e, cpu, wall) = wait_for_nothing(c);
+    stop.store(true, Ordering::Relaxed);
+    waker.join().unwrap();
+    drop(raw);
+    assert_calm(&e, cpu, wall);
+}
+
+/// `next` on `c` for 400 ms with word sleeps allowed for 10 s, bounded:
+/// its error, the CPU it used and the time it took.
+fn wait_for_nothing(c: Consumer) -> (dmabuf::Error, Duration, Duration) {
     let (_c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
         let mut c = c;
-        // Word sleeps allowed for the whole wait: only the rule "a word
-        // sleep that ends early with no item ends them" keeps it calm.
         c.set_word_sleep(Duration::from_secs(10));
         let (c0, t0) = (thread_cpu(), Instant::now());
         let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
         (c, e, thread_cpu() - c0, t0.elapsed())
     });
-    stop.store(true, Ordering::Relaxed);
-    waker.join().unwrap();
-    drop(raw);
-    assert_err(&e, ErrorKind::TimedOut, "no item within");
+    (e, cpu, wall)
+}
+
+/// The wait timed out with no item, in time, using under a quarter of
+/// its wall time in CPU.
+fn assert_calm(e: &dmabuf::Error, cpu: Duration, wall: Duration) {
+    assert_err(e, ErrorKind::TimedOut, "no item within");
     assert!(wall < Duration::from_secs(5));
     assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
 }
@@ -314,17 +327,9 @@ fn a_producer_whose_count_of_messages_lies_does_not_make_the_consumer_spin() {
     let _g = lock();
     let (c, raw, ring, _bufs) = consumer_of_raw(4);
     ring.set(R_SENT, 1_000_000);
-    let (_c, e, cpu, wall) = bounded(Duration::from_secs(10), move || {
-        let mut c = c;
-        c.set_word_sleep(Duration::from_secs(10));
-        let (c0, t0) = (thread_cpu(), Instant::now());
-        let e = c.next(Some(Duration::from_millis(400))).unwrap_err();
-        (c, e, thread_cpu() - c0, t0.elapsed())
-    });
+    let (e, cpu, wall) = wait_for_nothing(c);
     drop(raw);
-    assert_err(&e, ErrorKind::TimedOut, "no item within");
-    assert!(wall < Duration::from_secs(5));
-    assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
+    assert_calm(&e, cpu, wall);
 }
 
 #[test]

@@ -690,14 +690,19 @@ mod tests {
 
     const T: Option<Duration> = Some(Duration::from_secs(10));
 
-    #[test]
-    fn the_consumer_looks_again_before_sleeping_only_while_items_come_close_together() {
+    /// A producer and its one consumer over 4 portable buffers of 4 KiB.
+    fn pool(tag: &str) -> (Producer, Consumer) {
         let (p, c) = Channel::pair().unwrap();
         let bufs = (0..4)
-            .map(|i| Portable.allocate(4096, &format!("spin{i}")).unwrap())
+            .map(|i| Portable.allocate(4096, &format!("{tag}{i}")).unwrap())
             .collect();
-        let mut producer = Producer::new(bufs, vec![p]).unwrap();
-        let mut consumer = Consumer::new(c, T).unwrap();
+        let producer = Producer::new(bufs, vec![p]).unwrap();
+        (producer, Consumer::new(c, T).unwrap())
+    }
+
+    #[test]
+    fn the_consumer_looks_again_before_sleeping_only_while_items_come_close_together() {
+        let (mut producer, mut consumer) = pool("spin");
         let mut one = |consumer: &mut Consumer| {
             let lease = producer.acquire(T).unwrap();
             lease.submit(4096, Fence::Signalled).unwrap();
@@ -733,12 +738,7 @@ mod tests {
     #[test]
     fn a_consumer_sleeping_between_items_looks_at_its_socket_only_when_a_message_waits() {
         use std::sync::atomic::Ordering;
-        let (p, c) = Channel::pair().unwrap();
-        let bufs = (0..4)
-            .map(|i| Portable.allocate(4096, &format!("look{i}")).unwrap())
-            .collect();
-        let mut producer = Producer::new(bufs, vec![p]).unwrap();
-        let mut consumer = Consumer::new(c, T).unwrap();
+        let (mut producer, mut consumer) = pool("look");
         let calls = |c: &Consumer| c.shared.channel.recv_calls.load(Ordering::Relaxed);
         let items = 20;
         let t = std::thread::spawn(move || {
@@ -768,12 +768,7 @@ mod tests {
 
     #[test]
     fn a_count_of_messages_that_lies_once_is_not_believed_again() {
-        let (p, c) = Channel::pair().unwrap();
-        let bufs = (0..4)
-            .map(|i| Portable.allocate(4096, &format!("lie{i}")).unwrap())
-            .collect();
-        let mut producer = Producer::new(bufs, vec![p]).unwrap();
-        let mut consumer = Consumer::new(c, T).unwrap();
+        let (mut producer, mut consumer) = pool("lie");
         // Many messages, says the count; the socket has none.
         producer.peers[0].items.publish_sent(1_000_000).unwrap();
         let e = consumer.next(Some(Duration::from_millis(50))).unwrap_err();
