@@ -278,6 +278,24 @@ impl Shared {
         Ok(h)
     }
 
+    /// Reads the peer's tail word `word` (named `what` in errors) and
+    /// checks it against what this side knows: never behind the tail seen
+    /// before, never past what this side published. A tail outside that
+    /// breaks the ring with a Protocol error.
+    fn peer_tail(&mut self, word: usize, what: &str, seen: u64, published: u64) -> Result<u64> {
+        let t = self.w(word).load(Ordering::Acquire);
+        if t < seen || t > published {
+            let e = protocol(
+                &self.name,
+                format!(
+                    "{what} tail {t} is outside {seen}..={published} (taken before .. published)"
+                ),
+            );
+            return Err(self.fail(e));
+        }
+        Ok(t)
+    }
+
     /// Wakes the peer if its waiting word (32-bit index `flag`) is raised.
     fn wake_peer(&self, flag: usize) -> Result<()> {
         // Pairs with the fence in `wait`: either the peer sees what we
@@ -540,17 +558,9 @@ impl ProducerRing {
 
     /// Refreshes the consumer's item tail, validated.
     fn refresh_tail(&mut self) -> Result<u64> {
-        let t = self.s.w(W_ITEM_TAIL).load(Ordering::Acquire);
-        if t < self.tail_seen || t > self.head {
-            let e = protocol(
-                &self.s.name,
-                format!(
-                    "item tail {t} is outside {}..={} (taken before .. published)",
-                    self.tail_seen, self.head
-                ),
-            );
-            return Err(self.s.fail(e));
-        }
+        let t = self
+            .s
+            .peer_tail(W_ITEM_TAIL, "item", self.tail_seen, self.head)?;
         self.tail_seen = t;
         Ok(t)
     }
@@ -1210,17 +1220,9 @@ impl ConsumerRing {
         }
         // The producer's tail is read only when the ring may be full.
         if self.rel_head - self.rel_tail_seen >= self.s.cap as u64 {
-            let t = self.s.w(W_REL_TAIL).load(Ordering::Acquire);
-            if t < self.rel_tail_seen || t > self.rel_head {
-                let e = protocol(
-                    &self.s.name,
-                    format!(
-                        "release tail {t} is outside {}..={} (taken before .. published)",
-                        self.rel_tail_seen, self.rel_head
-                    ),
-                );
-                return Err(self.s.fail(e));
-            }
+            let t = self
+                .s
+                .peer_tail(W_REL_TAIL, "release", self.rel_tail_seen, self.rel_head)?;
             self.rel_tail_seen = t;
             if self.rel_head - t >= self.s.cap as u64 {
                 let e = protocol(

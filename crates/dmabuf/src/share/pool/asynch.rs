@@ -198,21 +198,7 @@ impl AsyncProducer {
     /// Sends a bye and awaits every buffer's return (as
     /// [`Producer::finish`]).
     pub async fn finish(mut self) -> Result<()> {
-        for i in 0..self.inner.peers.len() {
-            if self.inner.peers[i].live()
-                && self.inner.peers[i]
-                    .channel
-                    .send(&crate::share::Message::Bye)
-                    .is_err()
-            {
-                self.inner.drop_peer(i);
-            } else if self.inner.peers[i].live() {
-                // As `Producer::finish`: a blocking consumer asleep on
-                // its ring's word looks at its socket now.
-                let p = &self.inner.peers[i];
-                let _ = p.items.publish_sent(p.channel.messages_sent());
-            }
-        }
+        self.inner.say_bye();
         loop {
             let _ = self.inner.pump();
             let pending = self

@@ -390,7 +390,7 @@ impl Consumer {
                 self.take_message(m)?;
                 return Ok(true);
             }
-            // A message was sent before its count was written: a count
+            // The producer writes its count only after the send: a count
             // past the messages received with none waiting is a lie.
             if says {
                 self.trust_sent = false;

@@ -694,22 +694,30 @@ impl Producer {
         }
     }
 
+    /// Sends a bye to every live consumer (one whose socket refuses it is
+    /// dropped). A consumer asleep on its ring's word does not watch the
+    /// socket: the count of messages sent, then a wake-up, make it look
+    /// now.
+    pub(super) fn say_bye(&mut self) {
+        for i in 0..self.peers.len() {
+            if !self.peers[i].live() {
+                continue;
+            }
+            let p = &self.peers[i];
+            if p.channel.send(&Message::Bye).is_err() {
+                self.drop_peer(i);
+            } else {
+                let _ = p.items.publish_sent(p.channel.messages_sent());
+            }
+        }
+    }
+
     /// Sends a bye to every consumer and waits at most `timeout` for every
     /// buffer to come back. Consumers that go away meanwhile are not an
     /// error here: the stream is over.
     pub fn finish(mut self, timeout: Option<Duration>) -> Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        for i in 0..self.peers.len() {
-            if self.peers[i].live() && self.peers[i].channel.send(&Message::Bye).is_err() {
-                self.drop_peer(i);
-            } else if self.peers[i].live() {
-                // A consumer asleep on its ring's word does not watch the
-                // socket: the count of messages sent, then a wake-up, make
-                // it look now.
-                let p = &self.peers[i];
-                let _ = p.items.publish_sent(p.channel.messages_sent());
-            }
-        }
+        self.say_bye();
         loop {
             let _ = self.pump();
             let pending = self.slots.iter().any(|s| s.holders.iter().any(|h| *h));
