@@ -700,6 +700,35 @@ impl Helper {
 
 #[cfg(feature = "tokio")]
 #[test]
+fn an_async_producers_bye_wakes_a_blocking_consumer_asleep_on_its_word() {
+    let _g = lock();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _in_rt = rt.enter();
+    let (p, c) = Channel::pair().unwrap();
+    let bufs = vec![portable(4096, "a"), portable(4096, "b")];
+    let producer = dmabuf::share::pool::AsyncProducer::new(bufs, vec![p]).unwrap();
+    let mut consumer = Consumer::new(c, T).unwrap();
+    // Word sleeps for the whole wait: a bye that did not wake the word
+    // would be seen only after 10 s.
+    consumer.set_word_sleep(Duration::from_secs(10));
+    let t = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let end = consumer.next(Some(Duration::from_secs(20))).unwrap();
+        (end.is_none(), t0.elapsed())
+    });
+    // Let the consumer fall asleep first.
+    std::thread::sleep(Duration::from_millis(50));
+    rt.block_on(producer.finish()).unwrap();
+    let (ended, took) = t.join().unwrap();
+    assert!(ended, "the stream ended");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[cfg(feature = "tokio")]
+#[test]
 fn async_pool_streams() {
     let _g = lock();
     let before = open_fds();
