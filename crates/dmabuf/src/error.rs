@@ -99,14 +99,35 @@ impl ErrorKind {
 ///
 /// Display form: `"<operation>: <object>: <cause> (<ERRNO>)"`, for example
 /// `udmabuf: memfd 5: offset 100 is not a multiple of the page size 4096 (EINVAL)`.
-#[derive(Debug, Clone)]
-pub struct Error {
+///
+/// One pointer wide (its parts live on the heap, made only when an error
+/// is): a `Result` of this library is returned in registers on the paths
+/// that succeed, which is every call of a stream's per-item path.
+#[derive(Clone)]
+pub struct Error(Box<Parts>);
+
+#[derive(Clone)]
+struct Parts {
     op: &'static str,
     object: String,
     cause: String,
     kind: ErrorKind,
     errno: Option<Errno>,
     source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.0;
+        f.debug_struct("Error")
+            .field("op", &p.op)
+            .field("object", &p.object)
+            .field("cause", &p.cause)
+            .field("kind", &p.kind)
+            .field("errno", &p.errno)
+            .field("source", &p.source)
+            .finish()
+    }
 }
 
 impl Error {
@@ -117,14 +138,14 @@ impl Error {
         object: impl Into<String>,
         cause: impl Into<String>,
     ) -> Self {
-        Error {
+        Error(Box::new(Parts {
             op,
             object: object.into(),
             cause: cause.into(),
             kind,
             errno: None,
             source: None,
-        }
+        }))
     }
 
     /// Input rejected by the library on the user side; carries EINVAL, the
@@ -166,52 +187,52 @@ impl Error {
     /// Sets the failure this error was made from (its
     /// [`source`](std::error::Error::source)).
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Arc::new(source));
+        self.0.source = Some(Arc::new(source));
         self
     }
 
     /// The same error with `cause` in other words (the kind, errno and
     /// source stay).
     pub(crate) fn with_cause(mut self, cause: impl Into<String>) -> Self {
-        self.cause = cause.into();
+        self.0.cause = cause.into();
         self
     }
 
     /// Sets the errno this error carries.
     pub fn with_errno(mut self, errno: Errno) -> Self {
-        self.errno = Some(errno);
+        self.0.errno = Some(errno);
         self
     }
 
     /// Replaces the kind (when the errno alone would mislead).
     pub fn with_kind(mut self, kind: ErrorKind) -> Self {
-        self.kind = kind;
+        self.0.kind = kind;
         self
     }
 
     /// The operation that failed, such as `"udmabuf"` or `"mmap"`.
     pub fn operation(&self) -> &'static str {
-        self.op
+        self.0.op
     }
 
     /// The object it was applied to, such as `"memfd 5"`.
     pub fn object(&self) -> &str {
-        &self.object
+        &self.0.object
     }
 
     /// The cause in words.
     pub fn cause(&self) -> &str {
-        &self.cause
+        &self.0.cause
     }
 
     /// What kind of failure this is.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The errno from the kernel (or the one it would have given).
     pub fn errno(&self) -> Option<Errno> {
-        self.errno
+        self.0.errno
     }
 }
 
@@ -263,12 +284,12 @@ pub fn errno_name(errno: Errno) -> String {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.op)?;
-        if !self.object.is_empty() {
-            write!(f, ": {}", self.object)?;
+        f.write_str(self.0.op)?;
+        if !self.0.object.is_empty() {
+            write!(f, ": {}", self.0.object)?;
         }
-        write!(f, ": {}", self.cause)?;
-        if let Some(errno) = self.errno {
+        write!(f, ": {}", self.0.cause)?;
+        if let Some(errno) = self.0.errno {
             write!(f, " ({})", errno_name(errno))?;
         }
         Ok(())
@@ -277,7 +298,8 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
+        self.0
+            .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
     }
@@ -285,7 +307,7 @@ impl std::error::Error for Error {
 
 impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
-        let kind = match e.kind {
+        let kind = match e.0.kind {
             ErrorKind::InvalidInput | ErrorKind::Protocol => io::ErrorKind::InvalidInput,
             ErrorKind::NotSupported => io::ErrorKind::Unsupported,
             ErrorKind::NotFound => io::ErrorKind::NotFound,
@@ -295,7 +317,7 @@ impl From<Error> for io::Error {
             ErrorKind::PeerGone => io::ErrorKind::BrokenPipe,
             _ => io::ErrorKind::Other,
         };
-        match e.errno {
+        match e.0.errno {
             // std keeps an errno only in its OS form, which has no room
             // for a message: the errno wins (`raw_os_error()`, and the
             // kind std derives from it).
@@ -310,6 +332,13 @@ impl From<Error> for io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_is_two_words() {
+        // What the per-item paths return: in registers, not through memory.
+        assert_eq!(std::mem::size_of::<Error>(), 8);
+        assert!(std::mem::size_of::<Result<u64>>() <= 16);
+    }
 
     #[test]
     fn display_names_operation_object_cause_and_errno() {
