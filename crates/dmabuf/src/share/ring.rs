@@ -412,6 +412,16 @@ impl Shared {
     }
 }
 
+/// The descriptor index after `i` in a ring of `cap` (no division per
+/// descriptor).
+fn next_index(i: usize, cap: usize) -> usize {
+    if i + 1 == cap {
+        0
+    } else {
+        i + 1
+    }
+}
+
 fn eventfd(name: &str) -> Result<OwnedFd> {
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
         .map_err(|e| Error::os("eventfd", name.to_string(), e))
@@ -424,8 +434,12 @@ pub struct ProducerRing {
     memfd: OwnedFd,
     sizes: Vec<u64>,
     head: u64,
+    /// `head % capacity`: the next item descriptor's index.
+    head_at: usize,
     tail_seen: u64,
     rel_tail: u64,
+    /// `rel_tail % capacity`: the next release descriptor's index.
+    rel_tail_at: usize,
     rel_head_seen: u64,
     seq: u64,
     fence_out: u64,
@@ -484,8 +498,10 @@ impl ProducerRing {
             memfd,
             sizes: sizes.to_vec(),
             head: 0,
+            head_at: 0,
             tail_seen: 0,
             rel_tail: 0,
+            rel_tail_at: 0,
             rel_head_seen: 0,
             seq: 0,
             fence_out: 0,
@@ -626,7 +642,7 @@ impl ProducerRing {
             sent_ns,
             fence,
         };
-        let base = W_ITEMS + (self.head % self.s.cap as u64) as usize * ITEM_WORDS;
+        let base = W_ITEMS + self.head_at * ITEM_WORDS;
         for (i, v) in [slot as u64, len, d.seq, sent_ns, fence.word()]
             .into_iter()
             .enumerate()
@@ -634,6 +650,7 @@ impl ProducerRing {
             self.s.w(base + i).store(v, Ordering::Relaxed);
         }
         self.head += 1;
+        self.head_at = next_index(self.head_at, self.s.cap);
         self.s.w(W_ITEM_HEAD).store(self.head, Ordering::Release);
         self.in_flight[slot] = d.seq;
         self.s.wake_peer(H_CONSUMER_WAITING)?;
@@ -645,15 +662,14 @@ impl ProducerRing {
         if !self.release_pending()? {
             return Ok(None);
         }
-        let base = W_ITEMS
-            + self.s.cap * ITEM_WORDS
-            + (self.rel_tail % self.s.cap as u64) as usize * REL_WORDS;
+        let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_tail_at * REL_WORDS;
         // One copy; every check below is on it.
         let [slot, seq, fref] = [0, 1, 2].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
         let r = self.check_release(slot, seq, fref);
         let d = r.map_err(|e| self.s.fail(e))?;
         self.in_flight[d.slot] = 0;
         self.rel_tail += 1;
+        self.rel_tail_at = next_index(self.rel_tail_at, self.s.cap);
         self.s.w(W_REL_TAIL).store(self.rel_tail, Ordering::Release);
         Ok(Some(d))
     }
@@ -777,8 +793,12 @@ pub struct ConsumerRing {
     s: Shared,
     sizes: Vec<u64>,
     tail: u64,
+    /// `tail % capacity`: the next item descriptor's index.
+    tail_at: usize,
     head_seen: u64,
     rel_head: u64,
+    /// `rel_head % capacity`: the next release descriptor's index.
+    rel_head_at: usize,
     rel_tail_seen: u64,
     seq: u64,
     fence_in: u64,
@@ -944,8 +964,10 @@ impl ConsumerRing {
             },
             sizes: sizes.to_vec(),
             tail: 0,
+            tail_at: 0,
             head_seen: 0,
             rel_head: 0,
+            rel_head_at: 0,
             rel_tail_seen: 0,
             seq: 0,
             fence_in: 0,
@@ -987,7 +1009,7 @@ impl ConsumerRing {
         if !self.item_pending()? {
             return Ok(None);
         }
-        let base = W_ITEMS + (self.tail % self.s.cap as u64) as usize * ITEM_WORDS;
+        let base = W_ITEMS + self.tail_at * ITEM_WORDS;
         // One copy; every check below is on it.
         let [slot, len, seq, sent_ns, fref] =
             [0, 1, 2, 3, 4].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
@@ -1000,6 +1022,7 @@ impl ConsumerRing {
         }
         self.held[d.slot] = d.seq;
         self.tail += 1;
+        self.tail_at = next_index(self.tail_at, self.s.cap);
         self.s.w(W_ITEM_TAIL).store(self.tail, Ordering::Release);
         Ok(Some(d))
     }
@@ -1241,13 +1264,12 @@ impl ConsumerRing {
         } else {
             FenceRef::Signalled
         };
-        let base = W_ITEMS
-            + self.s.cap * ITEM_WORDS
-            + (self.rel_head % self.s.cap as u64) as usize * REL_WORDS;
+        let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_head_at * REL_WORDS;
         for (i, v) in [slot as u64, seq, fence.word()].into_iter().enumerate() {
             self.s.w(base + i).store(v, Ordering::Relaxed);
         }
         self.rel_head += 1;
+        self.rel_head_at = next_index(self.rel_head_at, self.s.cap);
         self.s.w(W_REL_HEAD).store(self.rel_head, Ordering::Release);
         self.held[slot] = 0;
         self.s.wake_peer(H_PRODUCER_WAITING)?;

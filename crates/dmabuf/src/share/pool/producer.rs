@@ -361,12 +361,13 @@ impl Producer {
     /// A consumer that breaks the protocol is dropped, and its error
     /// returned.
     pub(super) fn drain_ring(&mut self, i: usize) -> Result<()> {
+        let mut other = Vec::new();
         while self.peers[i].alive {
-            let mut other = Vec::new();
             let p = &mut self.peers[i];
             let got = p.items.recv_release(&p.channel, &mut other);
             let mut r = Ok(());
-            for m in other {
+            // Messages met while looking for a release's fence (rare).
+            for m in other.drain(..) {
                 r = r.and_then(|_| self.handle(i, m));
             }
             let r = match (r, got) {
@@ -445,6 +446,13 @@ impl Producer {
 
     /// A free slot whose release fences have all signalled.
     pub(super) fn pick(&mut self) -> Option<usize> {
+        // The common case first: the oldest free slot came back with no
+        // fence to wait for.
+        let &first = self.free.front()?;
+        if self.slots[first].releases.is_empty() {
+            self.free.pop_front();
+            return Some(first);
+        }
         let pos = self.free.iter().position(|&s| {
             self.slots[s]
                 .releases
