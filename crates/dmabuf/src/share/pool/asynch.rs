@@ -262,6 +262,7 @@ impl AsyncConsumer {
     /// The next item once its ready fence has signalled; `Ok(None)` at the
     /// end of the stream.
     pub async fn next(&mut self) -> Result<Option<Item>> {
+        self.inner.asked_ns = 0;
         let r = self.next_inner().await;
         self.inner.note_gone(&r);
         r

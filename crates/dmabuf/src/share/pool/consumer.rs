@@ -41,6 +41,9 @@ pub struct Consumer {
     /// The last two items were ready less than [`SPIN_GAP`] apart: look
     /// at the ring again for a while before sleeping.
     pub(super) busy: bool,
+    /// When the current call to `next` found no item to take and began
+    /// to wait (CLOCK_MONOTONIC ns; 0: it has not waited).
+    pub(super) asked_ns: u64,
     /// The producer's count of messages sent, on the ring, is believed:
     /// before a sleep on the word the socket is looked at only when the
     /// count is past the messages received. Cleared for good the first
@@ -177,6 +180,7 @@ pub struct Item {
     pub(super) seq: u64,
     pub(super) len: u64,
     pub(super) sent_ns: u64,
+    pub(super) asked_ns: u64,
     pub(super) ready_ns: u64,
     pub(super) ready: Fence,
     pub(super) released: bool,
@@ -223,6 +227,7 @@ impl Consumer {
             word_sleep: WORD_SLEEP,
             last_ready_ns: 0,
             busy: false,
+            asked_ns: 0,
             trust_sent: true,
         })
     }
@@ -313,17 +318,32 @@ impl Consumer {
             seq: d.seq,
             len: d.len,
             sent_ns: d.sent_ns,
+            asked_ns: 0,
             ready_ns: 0,
             ready,
             released: false,
         }))
     }
 
-    /// Stamps `item` ready now, and notes whether items come close
-    /// together (see [`spin`](Self::spin)).
+    /// Notes that this call to `next` found nothing to take and waits
+    /// from now on (the first time in the call only: see
+    /// [`Item::asked_ns`]).
+    pub(super) fn note_waiting(&mut self) {
+        if self.asked_ns == 0 {
+            self.asked_ns = monotonic_ns();
+        }
+    }
+
+    /// Stamps `item` ready now (and asked: when this call began to wait
+    /// for it, or now if it did not wait), and notes whether items come
+    /// close together (see [`spin`](Self::spin)).
     pub(super) fn mark_ready(&mut self, item: &mut Item) {
         let now = monotonic_ns();
         item.ready_ns = now;
+        item.asked_ns = match std::mem::take(&mut self.asked_ns) {
+            0 => now,
+            asked => asked.min(now),
+        };
         self.busy = now.saturating_sub(self.last_ready_ns) < SPIN_GAP.as_nanos() as u64;
         self.last_ready_ns = now;
     }
@@ -373,6 +393,7 @@ impl Consumer {
         // A busy producer publishes soon: while items come close together,
         // look at the ring again for a few microseconds before going to
         // the socket (see `SPIN_GAP` for why not on a sparse stream).
+        self.note_waiting();
         let spin = self.spin();
         if !spin.is_zero() {
             let spin_until = Instant::now() + spin;
@@ -411,6 +432,24 @@ impl Consumer {
     /// The next item once its ready fence has signalled, waiting at most
     /// `timeout`; `Ok(None)` once the producer has finished the stream.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
+        self.asked_ns = 0;
+        // The common case first: nothing left from an earlier call, and an
+        // item on the ring whose ready fence has signalled.
+        if self.waiting.is_none() && !self.ended {
+            match self.take_item() {
+                Ok(Some(mut item)) if matches!(item.ready, Fence::Signalled) => {
+                    self.mark_ready(&mut item);
+                    return Ok(Some(item));
+                }
+                Ok(Some(item)) => self.waiting = Some(item),
+                Ok(None) => {}
+                Err(e) => {
+                    let r = Err(e);
+                    self.note_gone(&r);
+                    return r;
+                }
+            }
+        }
         let r = self.next_inner(timeout);
         self.note_gone(&r);
         r
@@ -650,6 +689,17 @@ impl Item {
         self.ready_ns
     }
 
+    /// When this consumer asked for it (CLOCK_MONOTONIC ns): the moment
+    /// the call to `next` that returned it found nothing to take and began
+    /// to wait; if the item was on the ring already, its
+    /// [`ready_ns`](Self::ready_ns) (the call did not wait). From
+    /// [`sent_ns`](Self::sent_ns) to the later of `sent_ns` and this, the
+    /// item waited behind earlier items (queueing); the rest of the
+    /// handoff is delivery (wake-up and transport). Never past `ready_ns`.
+    pub fn asked_ns(&self) -> u64 {
+        self.asked_ns
+    }
+
     /// Time from the producer's submit to the item being ready here (the
     /// handoff latency).
     pub fn handoff(&self) -> Duration {
@@ -733,6 +783,43 @@ mod tests {
         std::thread::sleep(SPIN_GAP * 4);
         one(&mut consumer);
         assert_eq!(consumer.spin(), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_item_is_asked_for_when_next_began_to_wait_or_when_it_was_taken_at_once() {
+        let (mut producer, mut consumer) = pool("asked");
+        // On the ring before the call: asked when it was taken.
+        producer
+            .acquire(T)
+            .unwrap()
+            .submit(16, Fence::Signalled)
+            .unwrap();
+        let item = consumer.next(T).unwrap().unwrap();
+        assert_eq!(item.asked_ns(), item.ready_ns());
+        assert!(item.sent_ns() <= item.asked_ns());
+        drop(item);
+        // Submitted while the call waits: asked when it began to wait,
+        // well before the item came.
+        let before = monotonic_ns();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            producer
+                .acquire(T)
+                .unwrap()
+                .submit(16, Fence::Signalled)
+                .unwrap();
+            producer
+        });
+        let item = consumer.next(T).unwrap().unwrap();
+        let _producer = t.join().unwrap();
+        assert!(item.asked_ns() >= before, "asked before the call");
+        assert!(
+            item.sent_ns() >= item.asked_ns() + 20_000_000,
+            "asked {} sent {}: the wait began when the call did",
+            item.asked_ns(),
+            item.sent_ns()
+        );
+        assert!(item.asked_ns() <= item.ready_ns());
     }
 
     #[test]
