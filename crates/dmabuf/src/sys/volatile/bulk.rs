@@ -352,7 +352,9 @@ pub(super) mod avx2 {
         // `i + LANE * k <= n` by the loop bounds; stores to `dst` are
         // unaligned-tolerant.
         unsafe {
-            words::load(src, dst, h);
+            if h > 0 {
+                words::load(src, dst, h);
+            }
             let mut i = h;
             while i + 4 * LANE <= n {
                 let s = src.add(i).cast::<__m256i>();
@@ -374,7 +376,9 @@ pub(super) mod avx2 {
                 dst.add(i).cast::<__m256i>().write_unaligned(v);
                 i += LANE;
             }
-            words::load(src.add(i), dst.add(i), n - i);
+            if i < n {
+                words::load(src.add(i), dst.add(i), n - i);
+            }
         }
     }
 
@@ -389,7 +393,9 @@ pub(super) mod avx2 {
         // SAFETY: (whole body) as in `load`, with the aligned volatile
         // side being `dst` and the unaligned plain side `src`.
         unsafe {
-            words::store(src, dst, h);
+            if h > 0 {
+                words::store(src, dst, h);
+            }
             let mut i = h;
             while i + 4 * LANE <= n {
                 let s = src.add(i).cast::<__m256i>();
@@ -411,7 +417,9 @@ pub(super) mod avx2 {
                 dst.add(i).cast::<__m256i>().write_volatile(v);
                 i += LANE;
             }
-            words::store(src.add(i), dst.add(i), n - i);
+            if i < n {
+                words::store(src.add(i), dst.add(i), n - i);
+            }
         }
     }
 
@@ -425,7 +433,9 @@ pub(super) mod avx2 {
         let h = head(dst, n);
         // SAFETY: (whole body) as in `store`; the source is a register.
         unsafe {
-            words::fill(dst, value, h);
+            if h > 0 {
+                words::fill(dst, value, h);
+            }
             let v = _mm256_set1_epi8(value as i8);
             let mut i = h;
             while i + 4 * LANE <= n {
@@ -440,7 +450,9 @@ pub(super) mod avx2 {
                 dst.add(i).cast::<__m256i>().write_volatile(v);
                 i += LANE;
             }
-            words::fill(dst.add(i), value, n - i);
+            if i < n {
+                words::fill(dst.add(i), value, n - i);
+            }
         }
     }
 
@@ -474,8 +486,12 @@ pub(super) mod avx2 {
         // side being `shared`; each shared lane is loaded once, and a
         // difference is located in the XOR already computed.
         unsafe {
-            if let Some(at) = words::mismatch(shared, plain, h) {
-                return Some(at);
+            // The narrow path only for bytes before the first lane (none
+            // on an aligned view) and after the last.
+            if h > 0 {
+                if let Some(at) = words::mismatch(shared, plain, h) {
+                    return Some(at);
+                }
             }
             let mut i = h;
             while i + 4 * LANE <= n {
@@ -506,6 +522,9 @@ pub(super) mod avx2 {
                     return Some(i + j);
                 }
                 i += LANE;
+            }
+            if i == n {
+                return None;
             }
             words::mismatch(shared.add(i), plain.add(i), n - i).map(|at| i + at)
         }
