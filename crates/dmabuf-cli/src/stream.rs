@@ -192,9 +192,11 @@ pub enum Limit {
 /// Reads the clock for a time limit, less often while items come fast:
 /// every `stride` items, the stride doubling (up to [`MAX_STRIDE`]) while
 /// a stride's items take less than [`FAST`], and back to every item when
-/// they take longer, so the limit is overshot by a few hundred
-/// microseconds at most, and a fast stream pays for a clock read every
-/// few dozen items rather than every item.
+/// they take longer. A fast stream pays for a clock read every few dozen
+/// items rather than every item, and overshoots its limit by less than
+/// [`FAST`] while its pace holds; one that slows down all at once can
+/// overshoot by up to `MAX_STRIDE - 1` of its slower items before the
+/// next read sees it.
 #[derive(Debug)]
 struct TimeCheck {
     start: Instant,
@@ -290,15 +292,18 @@ pub fn produce(
         error: None,
     };
     let mut bar = Progress::new(opts.progress, limit);
-    let mut time = match limit {
-        Limit::Time(d) => Some(TimeCheck::new(d)),
-        Limit::Count(_) => None,
+    enum Stop {
+        After(u64),
+        At(TimeCheck),
+    }
+    let mut stop = match limit {
+        Limit::Count(n) => Stop::After(n),
+        Limit::Time(d) => Stop::At(TimeCheck::new(d)),
     };
     loop {
-        let done = match (limit, &mut time) {
-            (Limit::Count(n), _) => report.items >= n,
-            (Limit::Time(_), Some(t)) => t.done(report.items),
-            (Limit::Time(_), None) => true,
+        let done = match &mut stop {
+            Stop::After(n) => report.items >= *n,
+            Stop::At(t) => t.done(report.items),
         };
         if done {
             break;
