@@ -459,27 +459,26 @@ impl MemoryObject {
             }
             Ok(())
         })();
-        if let Err(e) = checked {
-            for (o, (_, live)) in objects.iter().zip(&locked) {
-                o.unlist_if_empty(live);
+        let recorded = checked.map(|()| {
+            let own = new(start, end);
+            let i = at(&locked, self.id);
+            locked[i].1.push(own);
+            let mut backing = Vec::new();
+            for (obj, s, e) in via() {
+                let b = new(s, e);
+                let i = at(&locked, obj.id);
+                locked[i].1.push(b);
+                backing.push((&**obj, b));
             }
-            return Err(e);
-        }
-        let own = new(start, end);
-        let i = at(&locked, self.id);
-        locked[i].1.push(own);
-        let mut backing = Vec::new();
-        for (obj, s, e) in via() {
-            let b = new(s, e);
-            let i = at(&locked, obj.id);
-            locked[i].1.push(b);
-            backing.push((&**obj, b));
-        }
-        // An object whose range was empty got no record: settle its flag.
+            (own, backing)
+        });
+        // Settle every flag: a refused borrow recorded nothing, and an
+        // object whose range was empty got no record.
         for (o, (_, live)) in objects.iter().zip(&locked) {
             o.unlist_if_empty(live);
         }
         drop(locked);
+        let (own, backing) = recorded?;
         Ok(view(Some(own), backing))
     }
 
