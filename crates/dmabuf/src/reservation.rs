@@ -518,16 +518,18 @@ impl Reservation {
         loop {
             let mut st = self.lock();
             #[cfg(feature = "tracing")]
-            if self.windows().block(device) {
+            {
                 let w = self.windows();
-                trace_event!(
-                    DEBUG,
-                    op = access.op,
-                    object = access.object,
-                    cpu_readers = w.readers(),
-                    cpu_writers = w.writers(),
-                    "device access waits for open CPU windows"
-                );
+                if w.block(device) {
+                    trace_event!(
+                        DEBUG,
+                        op = access.op,
+                        object = access.object,
+                        cpu_readers = w.readers(),
+                        cpu_writers = w.writers(),
+                        "device access waits for open CPU windows"
+                    );
+                }
             }
             st = self.wait_for_windows(st, &access)?;
             if let Some(f) = st.conflicting_fence(device, access.skip) {
