@@ -12,15 +12,23 @@
 //!    and a futex wake-up only when the other side sleeps, written with
 //!    `rustix` alone (see `bench::ideal`). Every throughput is reported as
 //!    a ratio to it.
-//! 2. **dmabuf** — this library's streaming pool (zero copy);
-//! 3. **pipe** — a named pipe (1 MiB pipe buffer);
-//! 4. **unix** — a Unix stream socket;
-//! 5. **iceoryx2** — publish-subscribe with a loaned sample and an event
+//! 2. **ideal-kind** — the same bare ring, with its buffers of the kind
+//!    the stream uses: one buffer of the backend per slot (system heap,
+//!    udmabuf or memfd), allocated as the stream allocates its own, each
+//!    mapped by the bench itself and, on dma-bufs, every write and every
+//!    check bracketed by `DMA_BUF_IOCTL_SYNC` START and END as the kernel's
+//!    CPU-access rule asks. What the memory kind costs beyond `ideal` is
+//!    the kernel's; what `dmabuf` costs beyond `ideal-kind` is the
+//!    stream's own (the per-item table shows both).
+//! 3. **dmabuf** — this library's streaming pool (zero copy);
+//! 4. **pipe** — a named pipe (1 MiB pipe buffer);
+//! 5. **unix** — a Unix stream socket;
+//! 6. **iceoryx2** — publish-subscribe with a loaned sample and an event
 //!    notification per item (feature `iceoryx2`);
-//! 6. **touch** — one process writing then checking the same bytes (4
+//! 7. **touch** — one process writing then checking the same bytes (4
 //!    rotating buffers): what touching the bytes costs, with no transfer.
 //!
-//! **Buffers.** The pool and the ideal ring get the same number of
+//! **Buffers.** The pool and the ideal rings get the same number of
 //! buffers at each size: enough to hold as many bytes in flight as the
 //! pipe's buffer (1 MiB, `--in-flight`), and at least 4 — 256 at 4 KiB,
 //! 64 at 16 KiB, 16 at 64 KiB, 4 from 256 KiB up. A pipe lets its writer
@@ -91,8 +99,8 @@ pub struct Args {
     /// Also show the project's performance targets against the results.
     #[arg(long)]
     pub targets: bool,
-    /// Bytes the pool and the ideal ring hold in flight: each gets
-    /// max(4, BYTES / item size) buffers, the same count for both
+    /// Bytes the pool and the ideal rings hold in flight: each gets
+    /// max(4, BYTES / item size) buffers, the same count for all
     /// (default: the pipe's buffer, 1048576; 0: 4 buffers at every size;
     /// at most 1048576).
     #[arg(long, value_name = "BYTES", default_value_t = cases::PIPE_BYTES, value_parser = clap::value_parser!(u64).range(0..=cases::PIPE_BYTES))]
@@ -119,7 +127,15 @@ pub struct Args {
 }
 
 /// The throughput cases, reference first.
-pub const CASES: [&str; 6] = ["ideal", "dmabuf", "pipe", "unix", "iceoryx2", "touch"];
+pub const CASES: [&str; 7] = [
+    "ideal",
+    "ideal-kind",
+    "dmabuf",
+    "pipe",
+    "unix",
+    "iceoryx2",
+    "touch",
+];
 const LATENCY_CASES: [&str; 5] = ["dmabuf", "dmabuf-poll", "ideal", "unix", "iceoryx2"];
 const LATENCY_SIZE: u64 = 4096;
 const LATENCY_GAP: Duration = Duration::from_micros(500);
@@ -131,7 +147,7 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
 pub struct Cell {
     case: &'static str,
     size: u64,
-    /// Buffers of the pool or ring of this cell (ideal and dmabuf; 4 for
+    /// Buffers of the pool or ring of this cell (ideal, ideal-kind and dmabuf; 4 for
     /// touch; None for the others, which buffer on their own).
     buffers: Option<usize>,
     /// Median GiB/s, or None with the reason in `missing`.
@@ -144,6 +160,11 @@ pub struct Cell {
     /// Runs that produced a number.
     runs: usize,
     ratio_to_ideal: Option<f64>,
+    /// Ratio to `ideal-kind` at the same size (the ring on buffers of the
+    /// stream's kind).
+    ratio_to_ideal_kind: Option<f64>,
+    /// Nanoseconds per item at the median throughput.
+    ns_per_item: Option<f64>,
     /// Items moved in the median run.
     items: u64,
     missing: Option<String>,
@@ -250,6 +271,8 @@ fn cell(
             .map(|(m, (lo, hi))| (hi - lo) / m.max(1e-12) * 100.0),
         runs: g.len(),
         ratio_to_ideal: None,
+        ratio_to_ideal_kind: None,
+        ns_per_item: med.map(|m| size as f64 / (m * (1u64 << 30) as f64) * 1e9),
         items,
         missing: runs
             .iter()
@@ -300,11 +323,11 @@ fn latency_once(
 }
 
 /// Buffers of `case` at `size`: the in-flight rule for the pool and the
-/// ideal ring, 4 for touch; none for pipe, unix and iceoryx2, which
+/// ideal rings, 4 for touch; none for pipe, unix and iceoryx2, which
 /// buffer on their own.
 fn cell_buffers(case: &str, size: u64, in_flight: u64) -> Option<usize> {
     match case {
-        "ideal" | "dmabuf" => Some(cases::buffers_for(size, in_flight)),
+        "ideal" | "ideal-kind" | "dmabuf" => Some(cases::buffers_for(size, in_flight)),
         "touch" => Some(cases::MIN_BUFFERS),
         _ => None,
     }
@@ -391,9 +414,11 @@ pub fn run(args: Args) -> crate::CliResult {
                 cell(case, size, buffers, &tp[si * CASES.len() + ci])
             })
             .collect();
-        let ideal = row.iter().find(|c| c.case == "ideal").and_then(|c| c.gib_s);
+        let rate_of = |case: &str| row.iter().find(|c| c.case == case).and_then(|c| c.gib_s);
+        let (ideal, ideal_kind) = (rate_of("ideal"), rate_of("ideal-kind"));
         for c in &mut row {
             c.ratio_to_ideal = c.gib_s.zip(ideal).map(|(a, b)| a / b);
+            c.ratio_to_ideal_kind = c.gib_s.zip(ideal_kind).map(|(a, b)| a / b);
         }
         cells.extend(row);
     }
@@ -474,6 +499,7 @@ mod tests {
         let pipe = cases::PIPE_BYTES;
         for (size, want) in [(4096, 256), (16 << 10, 64), (64 << 10, 16), (256 << 10, 4)] {
             assert_eq!(cell_buffers("ideal", size, pipe), Some(want), "{size}");
+            assert_eq!(cell_buffers("ideal-kind", size, pipe), Some(want), "{size}");
             assert_eq!(cell_buffers("dmabuf", size, pipe), Some(want), "{size}");
         }
         // At least 4, whatever the size; 4 everywhere with no in-flight rule.

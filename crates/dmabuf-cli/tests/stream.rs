@@ -154,8 +154,8 @@ fn bench_quick_reports_every_case() {
         .unwrap();
     let v = json(&out);
     let cells = v["throughput"].as_array().unwrap();
-    assert_eq!(cells.len(), 2 * 6);
-    assert_eq!(v["schema_version"], 3);
+    assert_eq!(cells.len(), 2 * 7);
+    assert_eq!(v["schema_version"], 4);
     assert_eq!(v["repeat"], 2);
     // The pool and the ideal ring hold the pipe's bytes in flight: the
     // same buffers for both, at least 4.
@@ -178,8 +178,8 @@ fn bench_quick_reports_every_case() {
         assert!(c["items"].as_u64().unwrap() > 0);
         assert_eq!(c["runs"], 2, "{case}");
         let want = match (case, c["size"].as_u64().unwrap()) {
-            ("ideal" | "dmabuf", 4096) => serde_json::json!(256),
-            ("ideal" | "dmabuf" | "touch", _) => serde_json::json!(4),
+            ("ideal" | "ideal-kind" | "dmabuf", 4096) => serde_json::json!(256),
+            ("ideal" | "ideal-kind" | "dmabuf" | "touch", _) => serde_json::json!(4),
             _ => serde_json::Value::Null,
         };
         assert_eq!(c["buffers"], want, "{case}");
@@ -188,7 +188,22 @@ fn bench_quick_reports_every_case() {
         if case == "ideal" {
             assert_eq!(c["ratio_to_ideal"].as_f64(), Some(1.0));
         }
+        // And to the ideal ring on buffers of the stream's kind, with the
+        // time per item behind every throughput.
+        assert!(c["ratio_to_ideal_kind"].as_f64().unwrap() > 0.0, "{case}");
+        if case == "ideal-kind" {
+            assert_eq!(c["ratio_to_ideal_kind"].as_f64(), Some(1.0));
+        }
+        let ns = c["ns_per_item"].as_f64().unwrap();
+        let gib_s = c["gib_s"].as_f64().unwrap();
+        let size = c["size"].as_f64().unwrap();
+        assert!(
+            (ns * gib_s * (1u64 << 30) as f64 / 1e9 / size - 1.0).abs() < 1e-9,
+            "{c}"
+        );
     }
+    // 256 buffers at 4 KiB: the ideal-kind ring's fds reach its consumer in
+    // more than one message, and it ran (checked above).
     let lat = v["latency"].as_array().unwrap();
     let names: Vec<&str> = lat.iter().map(|l| l["case"].as_str().unwrap()).collect();
     assert_eq!(
@@ -231,6 +246,8 @@ fn bench_table_shows_ratios_and_targets_only_when_asked() {
     let plain = run(&[]);
     assert!(plain.contains("ratio to ideal"), "{plain}");
     assert!(plain.contains("wake-futex"), "{plain}");
+    assert!(plain.contains("time per item (portable buffers"), "{plain}");
+    assert!(plain.contains("stream adds"), "{plain}");
     assert!(plain.contains("/s"), "{plain}");
     assert!(!plain.contains("targets"), "{plain}");
     let with = run(&["--targets"]);

@@ -8,20 +8,20 @@ use std::time::{Duration, Instant};
 
 use dmabuf::share::Listener;
 
-use super::ideal::{self, Shm, WakeKind, WakeRig};
+use super::ideal::{self, Ring, WakeKind, WakeRig};
 use super::BoxResult;
 use crate::pattern;
 use crate::stream::{self, Limit};
 
-/// Fewest buffers of the pool and of the ideal ring (also the buffers of
+/// Fewest buffers of the pool and of the ideal rings (also the buffers of
 /// `touch` and of the latency runs).
 pub const MIN_BUFFERS: usize = 4;
 
 /// The pipe's buffer (`F_SETPIPE_SZ`), and by default the bytes the pool
-/// and the ideal ring hold in flight (see [`buffers_for`]).
+/// and the ideal rings hold in flight (see [`buffers_for`]).
 pub const PIPE_BYTES: u64 = 1 << 20;
 
-/// Buffers of the pool and of the ideal ring (the same count for both)
+/// Buffers of the pool and of the ideal rings (the same count for all)
 /// for items of `size` bytes: enough to hold `in_flight` bytes, as the
 /// pipe holds [`PIPE_BYTES`] before its writer blocks, and at least
 /// [`MIN_BUFFERS`] (at most the pool's bound). With `in_flight` 0,
@@ -183,9 +183,14 @@ pub fn worker(kind: &str, path: &str, size: u64, buffers: usize) -> BoxResult<Be
             })
         }
         "ideal" => {
-            let shm = Shm::open(path, ideal::ring_len(size, buffers))?;
+            let ring = Ring::open(path, size, buffers)?;
             ready()?;
-            ideal::consume(&shm, size, buffers)
+            ideal::consume(&ring, size, buffers)
+        }
+        "ideal-kind" => {
+            let ring = Ring::fetch(path, size, buffers)?;
+            ready()?;
+            ideal::consume(&ring, size, buffers)
         }
         "wake-futex" => ideal::pong(path, WakeKind::Futex, size),
         "wake-eventfd" => ideal::pong(path, WakeKind::EventFd, size),
@@ -291,7 +296,7 @@ pub struct Run {
 }
 
 /// Runs `case` once with items of `size` until `limit`, pausing `gap`
-/// after each item; the stream's `buffers` (and the ideal ring's) come
+/// after each item; the stream's `buffers` (and those of `ideal-kind`) come
 /// from `alloc`.
 pub fn run_case(
     alloc: &dmabuf::Allocator,
@@ -328,11 +333,34 @@ pub fn run_case(
             })
         }
         "ideal" => {
-            let shm = Shm::create(ideal::ring_len(size, buffers))?;
-            ideal::prepare(&shm);
-            let mut w = Worker::spawn("ideal", &shm.handle(), size, buffers)?;
+            let ring = Ring::create(size, buffers)?;
+            ideal::prepare(&ring);
+            let mut w = Worker::spawn("ideal", &ring.handle(), size, buffers)?;
             w.wait_ready()?;
-            let (start_ns, items) = ideal::produce(&shm, size, buffers, limit, gap)?;
+            let (start_ns, items) = ideal::produce(&ring, size, buffers, limit, gap)?;
+            Ok(Run {
+                start_ns,
+                items,
+                report: w.report()?,
+            })
+        }
+        "ideal-kind" => {
+            // The backend's buffers, allocated as the stream allocates its
+            // own; from here on nothing of the library is used.
+            let bufs = (0..buffers)
+                .map(|i| alloc.allocate(size, &format!("bench-ideal-{i}")))
+                .collect::<dmabuf::Result<Vec<_>>>()?;
+            let (ring, hand_over) = Ring::over(&bufs, size)?;
+            ideal::prepare(&ring);
+            let path = scratch("ideal-kind", size);
+            let _ = std::fs::remove_file(&path);
+            let l = std::os::unix::net::UnixListener::bind(&path)?;
+            let mut w = Worker::spawn("ideal-kind", &path.to_string_lossy(), size, buffers)?;
+            hand_over.send(&l, PEER_TIMEOUT)?;
+            drop(hand_over);
+            let _ = std::fs::remove_file(&path);
+            w.wait_ready()?;
+            let (start_ns, items) = ideal::produce(&ring, size, buffers, limit, gap)?;
             Ok(Run {
                 start_ns,
                 items,
@@ -432,7 +460,7 @@ pub fn run_wake(kind: WakeKind, n: u64, gap: Duration) -> BoxResult<LatSummary> 
     let dir = crate::tempdir::PrivateDir::new()?;
     let rig = WakeRig::new(dir.join(&format!("{name}-{n}")))?;
     let mut w = Worker::spawn(name, &rig.handle(), n, MIN_BUFFERS)?;
-    rig.hand_over()?;
+    rig.hand_over(PEER_TIMEOUT)?;
     w.wait_ready()?;
     ideal::ping(&rig, kind, n, gap)?;
     w.report()?

@@ -13,6 +13,15 @@
 //! `FUTEX_WAKE` only when it sees that word raised. No descriptors, no
 //! validation, no fences: what zero-copy with wake-ups costs here.
 //!
+//! **ideal-kind**: the same ring with its control page alone in the memfd
+//! and one buffer of the bench's backend per slot (a system-heap dma-buf,
+//! a udmabuf, or a memfd), handed to the consumer over a Unix socket
+//! (`SCM_RIGHTS`) and mapped by each side itself. On dma-bufs every write
+//! and every check is bracketed by `DMA_BUF_IOCTL_SYNC` START and END
+//! (WRITE for the producer, READ for the consumer), as the kernel's
+//! CPU-access rule asks of any program: what the kind of memory costs,
+//! with nothing of the library.
+//!
 //! **wake**: the raw wake-up, at the pace of the latency runs: every
 //! 500 µs the parent stamps CLOCK_MONOTONIC into shared memory and wakes
 //! the sleeping child, through a futex word or an eventfd, with nothing
@@ -22,11 +31,13 @@
 //!
 //! Shared atomics cannot be reached without `mmap`, which `rustix` marks
 //! `unsafe`, and the library's own mapping layer is deliberately not used
-//! (the reference must not depend on the code it measures). [`Shm`] holds
-//! the only `unsafe` blocks of the CLI: the mapping, the atomic words of its
-//! control page, and the byte slices of its buffers, which are only formed
-//! by the side that owns the buffer under the head/tail protocol above (both
-//! sides are this program).
+//! (the reference must not depend on the code it measures; `ideal-kind`
+//! takes its buffers from the library's allocator, and nothing of it after
+//! that). [`Shm`] and [`sync`] hold the only `unsafe` blocks of the CLI:
+//! the mapping, the atomic words of its control page, the byte slices of
+//! its buffers, which are only formed by the side that owns the buffer
+//! under the head/tail protocol above (both sides are this program), and
+//! the raw `DMA_BUF_IOCTL_SYNC`.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -64,7 +75,8 @@ const PONG: usize = 96; // u32 index (byte 384)
 const STAMP: usize = 56; // u64 word index (byte 448)
 const NO_END: u64 = u64::MAX;
 
-/// A shared mapping of a memfd.
+/// A shared mapping of a memfd (the ring's control page, or the whole
+/// `ideal` ring), or of one buffer of `ideal-kind`.
 pub struct Shm {
     fd: OwnedFd,
     ptr: NonNull<u8>,
@@ -89,14 +101,31 @@ impl Shm {
         Shm::map(f.into(), len)
     }
 
+    /// Maps memfd `fd`, which must hold exactly `len` bytes (at least a
+    /// page: the control words live in the first).
     fn map(fd: OwnedFd, len: usize) -> BoxResult<Shm> {
         let size = rustix::fs::fstat(&fd)?.st_size;
         if len < PAGE || size != len as i64 {
             return Err(format!("shared memory of {size} bytes, expected {len}").into());
         }
+        Shm::map_raw(fd, len)
+    }
+
+    /// Maps the first `len` bytes of buffer `fd` (a dma-buf or a memfd of
+    /// at least `len` bytes).
+    fn map_buffer(fd: OwnedFd, len: usize) -> BoxResult<Shm> {
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if len == 0 || size < len as i64 {
+            return Err(format!("a buffer of {size} bytes, expected {len}").into());
+        }
+        Shm::map_raw(fd, len)
+    }
+
+    fn map_raw(fd: OwnedFd, len: usize) -> BoxResult<Shm> {
         // SAFETY: a new shared mapping at an address the kernel picks
-        // overlaps no Rust object; the memfd is ours and never truncated,
-        // and the mapping is unmapped only in `Drop`.
+        // overlaps no Rust object; the file is never truncated while the
+        // bench runs (memfds are ours; dma-bufs cannot shrink), and the
+        // mapping is unmapped only in `Drop`.
         let p = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -117,7 +146,7 @@ impl Shm {
     }
 
     fn w64(&self, i: usize) -> &AtomicU64 {
-        assert!(i * 8 + 8 <= PAGE);
+        assert!(i * 8 + 8 <= PAGE.min(self.len));
         // SAFETY: inside the control page (checked), 8-byte aligned (the
         // mapping is page-aligned), alive as long as `self`, and only ever
         // accessed atomically by both processes.
@@ -125,18 +154,17 @@ impl Shm {
     }
 
     fn w32(&self, i: usize) -> &AtomicU32 {
-        assert!(i * 4 + 4 <= PAGE);
+        assert!(i * 4 + 4 <= PAGE.min(self.len));
         // SAFETY: as in `w64`, 4-byte aligned.
         unsafe { &*self.ptr.as_ptr().add(i * 4).cast::<AtomicU32>() }
     }
 
-    /// Runs `f` on buffer `slot` of `size` bytes, which the caller owns
+    /// Runs `f` on bytes `start..start + size`, which the caller owns
     /// under the ring protocol.
-    fn with_slot<R>(&self, slot: usize, size: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-        let start = PAGE + slot * size;
-        assert!(start + size <= self.len);
+    fn with_bytes<R>(&self, start: usize, size: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        assert!(start.checked_add(size).is_some_and(|e| e <= self.len));
         // SAFETY: the range is inside the mapping (checked). The protocol
-        // gives buffer `slot` to one side at a time (the producer while
+        // gives a buffer to one side at a time (the producer while
         // `head - tail < N` says it is free, the consumer from the head's
         // publication until it publishes its tail), with release/acquire
         // ordering at each handoff, so no other access to these bytes
@@ -148,10 +176,254 @@ impl Shm {
 
 impl Drop for Shm {
     fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`; every reference into it
-        // borrows `self`.
+        // SAFETY: exactly the mapping made in `map_raw`; every reference
+        // into it borrows `self`.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+// ---- the CPU-access rule, raw ------------------------------------------
+
+const DMA_BUF_SYNC_READ: u64 = 1;
+const DMA_BUF_SYNC_WRITE: u64 = 2;
+const DMA_BUF_SYNC_END: u64 = 4; // START is 0
+const DMA_BUF_IOCTL_SYNC: rustix::ioctl::Opcode = rustix::ioctl::opcode::write::<u64>(b'b', 0);
+
+/// `DMA_BUF_IOCTL_SYNC` with `flags` on dma-buf `fd`, again while the
+/// kernel answers EINTR or EAGAIN.
+fn sync(fd: &OwnedFd, flags: u64) -> BoxResult<()> {
+    loop {
+        // SAFETY: DMA_BUF_IOCTL_SYNC is _IOW('b', 0, struct dma_buf_sync),
+        // whose only field is a u64 of flags; the kernel reads it and keeps
+        // no pointer.
+        let r = unsafe {
+            rustix::ioctl::ioctl(
+                fd,
+                rustix::ioctl::Setter::<DMA_BUF_IOCTL_SYNC, u64>::new(flags),
+            )
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => continue,
+            Err(e) => return Err(format!("DMA_BUF_IOCTL_SYNC (flags {flags:#x}): {e}").into()),
+        }
+    }
+}
+
+// ---- the ring ------------------------------------------------------------
+
+/// Where the ring's buffers are.
+enum Slots {
+    /// After the control page, in the same memfd (`ideal`).
+    InRing,
+    /// One buffer of the bench's backend per slot, each mapped here
+    /// (`ideal-kind`); with `bracket`, every access to a dma-buf between
+    /// `DMA_BUF_IOCTL_SYNC` START and END, as the CPU-access rule asks.
+    Own { maps: Vec<Shm>, bracket: bool },
+}
+
+/// A ring: the control page (head, tail, end, waiting words) and its
+/// buffers.
+pub struct Ring {
+    ctl: Shm,
+    slots: Slots,
+}
+
+impl Ring {
+    /// A new `ideal` ring of `buffers` buffers of `size` bytes in one memfd.
+    pub fn create(size: u64, buffers: usize) -> BoxResult<Ring> {
+        Ok(Ring {
+            ctl: Shm::create(ring_len(size, buffers))?,
+            slots: Slots::InRing,
+        })
+    }
+
+    /// The `ideal` ring made by our parent ([`Ring::handle`]).
+    pub fn open(handle: &str, size: u64, buffers: usize) -> BoxResult<Ring> {
+        Ok(Ring {
+            ctl: Shm::open(handle, ring_len(size, buffers))?,
+            slots: Slots::InRing,
+        })
+    }
+
+    /// `PID:FD` of an `ideal` ring, for [`Ring::open`].
+    pub fn handle(&self) -> String {
+        self.ctl.handle()
+    }
+
+    /// A new `ideal-kind` ring over `buffers` (the backend's, at least
+    /// `size` bytes each), bracketed if they are dma-bufs; and the fds
+    /// its consumer needs, in the order [`Ring::fetch`] expects.
+    pub fn over(buffers: &[dmabuf::Buffer], size: u64) -> BoxResult<(Ring, HandOver)> {
+        let bracket = buffers.iter().any(|b| b.dma_buf().is_some());
+        let ctl = Shm::create(PAGE)?;
+        let mut fds = vec![ctl.fd.try_clone()?];
+        let mut maps = Vec::with_capacity(buffers.len());
+        for b in buffers {
+            let fd = b.fd().try_clone_to_owned()?;
+            fds.push(fd.try_clone()?);
+            maps.push(Shm::map_buffer(fd, size as usize)?);
+        }
+        let tag = if bracket { TAG_BRACKET } else { TAG_PLAIN };
+        Ok((
+            Ring {
+                ctl,
+                slots: Slots::Own { maps, bracket },
+            },
+            HandOver { tag, fds },
+        ))
+    }
+
+    /// The consumer's side of [`Ring::over`]: the fds from the socket at
+    /// `path`, mapped.
+    pub fn fetch(path: &str, size: u64, buffers: usize) -> BoxResult<Ring> {
+        let (tag, fds) = fetch_fds(path, 1 + buffers)?;
+        let mut fds = fds.into_iter();
+        let ctl = Shm::map(fds.next().ok_or("missing fds")?, PAGE)?;
+        let maps = fds
+            .map(|fd| Shm::map_buffer(fd, size as usize))
+            .collect::<BoxResult<Vec<Shm>>>()?;
+        let bracket = match tag {
+            TAG_BRACKET => true,
+            TAG_PLAIN => false,
+            t => return Err(format!("unknown ring tag {t}").into()),
+        };
+        Ok(Ring {
+            ctl,
+            slots: Slots::Own { maps, bracket },
+        })
+    }
+
+    /// Runs `f` on buffer `slot` of `size` bytes (for writing if `write`),
+    /// which the caller owns under the ring protocol.
+    fn with_slot<R>(
+        &self,
+        slot: usize,
+        size: usize,
+        write: bool,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> BoxResult<R> {
+        match &self.slots {
+            Slots::InRing => Ok(self.ctl.with_bytes(PAGE + slot * size, size, f)),
+            Slots::Own { maps, bracket } => {
+                let m = maps.get(slot).ok_or("ring slot out of range")?;
+                let dir = if write {
+                    DMA_BUF_SYNC_WRITE
+                } else {
+                    DMA_BUF_SYNC_READ
+                };
+                if *bracket {
+                    sync(&m.fd, dir)?;
+                }
+                let r = m.with_bytes(0, size, f);
+                if *bracket {
+                    sync(&m.fd, DMA_BUF_SYNC_END | dir)?;
+                }
+                Ok(r)
+            }
+        }
+    }
+}
+
+// ---- handing fds to the worker -------------------------------------------
+
+const TAG_PLAIN: u8 = b'p';
+const TAG_BRACKET: u8 = b'b';
+const TAG_WAKE: u8 = b'w';
+/// Fds per `SCM_RIGHTS` message (the kernel takes at most 253).
+const FDS_PER_MESSAGE: usize = 128;
+
+/// Fds for a worker, sent once it connects to a socket ([`send_fds`]).
+pub struct HandOver {
+    tag: u8,
+    fds: Vec<OwnedFd>,
+}
+
+impl HandOver {
+    /// Waits (at most `timeout`) for the worker to connect to `listener`,
+    /// then sends it the fds.
+    pub fn send(
+        &self,
+        listener: &std::os::unix::net::UnixListener,
+        timeout: Duration,
+    ) -> BoxResult<()> {
+        let fds: Vec<_> = self.fds.iter().map(|f| f.as_fd()).collect();
+        send_fds(listener, self.tag, &fds, timeout)
+    }
+}
+
+/// Accepts one connection on `listener` (waiting at most `timeout`) and
+/// sends it `fds` in messages of one byte, `tag`, and at most
+/// [`FDS_PER_MESSAGE`] fds each.
+fn send_fds(
+    listener: &std::os::unix::net::UnixListener,
+    tag: u8,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+    timeout: Duration,
+) -> BoxResult<()> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut p = [rustix::event::PollFd::new(
+        listener,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::time::Timespec::try_from(timeout)?;
+    if rustix::event::poll(&mut p, Some(&ts))? == 0 {
+        return Err("the bench worker did not connect".into());
+    }
+    let (s, _) = listener.accept()?;
+    for chunk in fds.chunks(FDS_PER_MESSAGE) {
+        let mut space =
+            [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+        let mut anc = SendAncillaryBuffer::new(&mut space);
+        if !anc.push(SendAncillaryMessage::ScmRights(chunk)) {
+            return Err("too many fds for one message".into());
+        }
+        rustix::net::sendmsg(
+            &s,
+            &[std::io::IoSlice::new(&[tag])],
+            &mut anc,
+            SendFlags::empty(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The worker's side of [`send_fds`]: connects to `path` and receives
+/// `want` fds; their tag.
+fn fetch_fds(path: &str, want: usize) -> BoxResult<(u8, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let s = std::os::unix::net::UnixStream::connect(path)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut fds = Vec::with_capacity(want);
+    let mut tag = None;
+    while fds.len() < want {
+        let mut space =
+            [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
+        let mut anc = RecvAncillaryBuffer::new(&mut space);
+        let mut b = [0u8; 1];
+        let got = rustix::net::recvmsg(
+            &s,
+            &mut [std::io::IoSliceMut::new(&mut b)],
+            &mut anc,
+            RecvFlags::CMSG_CLOEXEC,
+        )?;
+        if got.bytes == 0 {
+            return Err(format!("the parent sent {} of {want} fds", fds.len()).into());
+        }
+        if tag.is_some_and(|t| t != b[0]) {
+            return Err("the parent's fd messages disagree".into());
+        }
+        tag = Some(b[0]);
+        for m in anc.drain() {
+            if let RecvAncillaryMessage::ScmRights(r) = m {
+                fds.extend(r);
+            }
+        }
+    }
+    if fds.len() != want {
+        return Err(format!("got {} fds from the parent, expected {want}", fds.len()).into());
+    }
+    Ok((tag.unwrap_or(0), fds))
 }
 
 /// Bytes of the ideal ring's memfd.
@@ -206,14 +478,14 @@ fn wake(shm: &Shm, flag: usize) {
 
 /// Makes a new ring ready for its consumer (before the consumer starts:
 /// until the producer says how many items there were, there is no end).
-pub fn prepare(shm: &Shm) {
-    shm.w64(END).store(NO_END, Ordering::Release);
+pub fn prepare(ring: &Ring) {
+    ring.ctl.w64(END).store(NO_END, Ordering::Release);
 }
 
 /// The producer of the ideal ring (after [`prepare`]): writes stamped pattern items until
 /// `limit`, pausing `gap` after each; the first write's time and the count.
 pub fn produce(
-    shm: &Shm,
+    ring: &Ring,
     size: u64,
     buffers: usize,
     limit: Limit,
@@ -221,6 +493,7 @@ pub fn produce(
 ) -> BoxResult<(u64, u64)> {
     let start = Instant::now();
     let start_ns = now_ns();
+    let shm = &ring.ctl;
     let mut head = 0u64;
     let n = buffers as u64;
     while !super::cases::done(limit, head, start) {
@@ -228,10 +501,10 @@ pub fn produce(
         wait(shm, P_WAIT, SPIN, Duration::from_secs(30), || {
             head - tail.load(Ordering::Acquire) < n
         })?;
-        shm.with_slot((head % n) as usize, size as usize, |b| {
+        ring.with_slot((head % n) as usize, size as usize, true, |b| {
             pattern::fill(&mut b[8..], head + 1);
             b[..8].copy_from_slice(&now_ns().to_le_bytes());
-        });
+        })?;
         head += 1;
         shm.w64(HEAD).store(head, Ordering::Release);
         wake(shm, C_WAIT);
@@ -245,7 +518,8 @@ pub fn produce(
 }
 
 /// The consumer of the ideal ring (in the worker process).
-pub fn consume(shm: &Shm, size: u64, buffers: usize) -> BoxResult<BenchReport> {
+pub fn consume(ring: &Ring, size: u64, buffers: usize) -> BoxResult<BenchReport> {
+    let shm = &ring.ctl;
     let mut rep = BenchReport::default();
     let mut lat = Lat::new()?;
     let n = buffers as u64;
@@ -266,7 +540,7 @@ pub fn consume(shm: &Shm, size: u64, buffers: usize) -> BoxResult<BenchReport> {
         }
         while tail < h {
             let seq = tail + 1;
-            let r = shm.with_slot((tail % n) as usize, size as usize, |b| {
+            let r = ring.with_slot((tail % n) as usize, size as usize, false, |b| {
                 let arrived = now_ns();
                 if let Some(at) = pattern::check(&b[8..], seq) {
                     return Err(format!("item {seq}: byte {} breaks the pattern", at + 8));
@@ -274,7 +548,7 @@ pub fn consume(shm: &Shm, size: u64, buffers: usize) -> BoxResult<BenchReport> {
                 let mut t = [0u8; 8];
                 t.copy_from_slice(&b[..8]);
                 Ok(arrived.saturating_sub(u64::from_le_bytes(t)))
-            })?;
+            })??;
             // The same warm-up as every other case's histogram.
             if tail >= super::cases::WARM_UP {
                 lat.record(r);
@@ -335,47 +609,14 @@ impl WakeRig {
         self.path.to_string_lossy().into_owned()
     }
 
-    /// Hands the memfd and the eventfds to the child that connects.
-    pub fn hand_over(&self) -> BoxResult<()> {
-        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-        let (s, _) = self.listener.accept()?;
-        let _ = std::fs::remove_file(&self.path);
+    /// Hands the memfd and the eventfds to the child that connects
+    /// (waiting for it at most `timeout`).
+    pub fn hand_over(&self, timeout: Duration) -> BoxResult<()> {
         let fds = [self.shm.fd.as_fd(), self.ping.as_fd(), self.pong.as_fd()];
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-        let mut anc = SendAncillaryBuffer::new(&mut space);
-        anc.push(SendAncillaryMessage::ScmRights(&fds));
-        rustix::net::sendmsg(
-            &s,
-            &[std::io::IoSlice::new(b"w")],
-            &mut anc,
-            SendFlags::empty(),
-        )?;
-        Ok(())
+        let r = send_fds(&self.listener, TAG_WAKE, &fds, timeout);
+        let _ = std::fs::remove_file(&self.path);
+        r
     }
-}
-
-fn fetch_fds(path: &str) -> BoxResult<Vec<OwnedFd>> {
-    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
-    let s = std::os::unix::net::UnixStream::connect(path)?;
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut anc = RecvAncillaryBuffer::new(&mut space);
-    let mut b = [0u8; 1];
-    rustix::net::recvmsg(
-        &s,
-        &mut [std::io::IoSliceMut::new(&mut b)],
-        &mut anc,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for m in anc.drain() {
-        if let RecvAncillaryMessage::ScmRights(r) = m {
-            fds.extend(r);
-        }
-    }
-    if fds.len() != 3 {
-        return Err(format!("got {} fds from the parent, expected 3", fds.len()).into());
-    }
-    Ok(fds)
 }
 
 fn ev_wait(fd: &OwnedFd) -> BoxResult<()> {
@@ -441,7 +682,11 @@ pub fn ping(rig: &WakeRig, kind: WakeKind, n: u64, gap: Duration) -> BoxResult<(
 /// The child's side of [`ping`]: sleeps until woken, and records the time
 /// from the stamp to being awake.
 pub fn pong(handle: &str, kind: WakeKind, n: u64) -> BoxResult<BenchReport> {
-    let mut fds = fetch_fds(handle)?.into_iter();
+    let (tag, fds) = fetch_fds(handle, 3)?;
+    if tag != TAG_WAKE {
+        return Err(format!("unknown wake-up tag {tag}").into());
+    }
+    let mut fds = fds.into_iter();
     let (Some(m), Some(ping), Some(_pong)) = (fds.next(), fds.next(), fds.next()) else {
         return Err("missing fds".into());
     };

@@ -4,7 +4,11 @@
 use super::{get, BoxResult, Cell, Latency, Results, CASES, LATENCY_GAP, LATENCY_SIZE};
 
 /// The JSON schema version of `dmabuf bench --json`.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
+
+/// The columns of the throughput table (`ideal-kind` has its own, the
+/// per-item table).
+const TABLE_CASES: [&str; 6] = ["ideal", "dmabuf", "pipe", "unix", "iceoryx2", "touch"];
 
 /// The machine the bench ran on.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -112,13 +116,13 @@ pub fn table(r: &Results, with_targets: bool) -> BoxResult<()> {
         r.seconds
     )?;
     out!("{:>8}", "size")?;
-    for c in CASES {
+    for c in TABLE_CASES {
         out!(" {c:>24}")?;
     }
     outln!()?;
     for &s in &r.sizes {
         out!("{:>8}", dmabuf::units::human_size(s))?;
-        for c in CASES {
+        for c in TABLE_CASES {
             match get(&r.cells, c, s) {
                 Some(cell @ Cell { gib_s: Some(g), .. }) => {
                     let ratio = cell
@@ -148,7 +152,7 @@ pub fn table(r: &Results, with_targets: bool) -> BoxResult<()> {
         })
         .collect();
     outln!(
-        "  buffers of dmabuf and ideal (the same): {} ({} bytes in flight, at least 4)",
+        "  buffers of dmabuf and the ideal rings (the same): {} ({} bytes in flight, at least 4)",
         counts.join(", "),
         r.in_flight
     )?;
@@ -161,6 +165,7 @@ pub fn table(r: &Results, with_targets: bool) -> BoxResult<()> {
     for x in reasons {
         outln!("  missing {x}")?;
     }
+    per_item_table(r)?;
     outln!(
         "handoff latency of a {} item every {} µs (from the producer's stamp to the",
         dmabuf::units::human_size(LATENCY_SIZE),
@@ -189,6 +194,49 @@ pub fn table(r: &Results, with_targets: bool) -> BoxResult<()> {
             outln!("  {k}: {v} (goal {cmp} {})", t[goal])?;
         }
     }
+    Ok(())
+}
+
+/// Time per item of `ideal`, `ideal-kind` and `dmabuf` at each size: what
+/// the buffers' kind costs beyond the bare ring, and what the stream adds
+/// beyond that.
+fn per_item_table(r: &Results) -> BoxResult<()> {
+    outln!(
+        "time per item ({} buffers; medians, ns): the kind's cost beyond ideal, the stream's beyond ideal-kind:",
+        r.backend
+    )?;
+    outln!(
+        "{:>8} {:>10} {:>10} {:>10} {:>11} {:>11} {:>12}",
+        "size",
+        "ideal",
+        "ideal-kind",
+        "dmabuf",
+        "kind adds",
+        "stream adds",
+        "dmabuf/kind"
+    )?;
+    let ns = |case: &str, s: u64| get(&r.cells, case, s).and_then(|c| c.ns_per_item);
+    let show = |v: Option<f64>| v.map_or("missing".to_string(), |v| format!("{v:.0}"));
+    for &s in &r.sizes {
+        let (ideal, kind, ours) = (ns("ideal", s), ns("ideal-kind", s), ns("dmabuf", s));
+        let ratio = get(&r.cells, "dmabuf", s)
+            .and_then(|c| c.ratio_to_ideal_kind)
+            .map_or("missing".to_string(), |x| format!("{x:.2}×"));
+        outln!(
+            "{:>8} {:>10} {:>10} {:>10} {:>11} {:>11} {:>12}",
+            dmabuf::units::human_size(s),
+            show(ideal),
+            show(kind),
+            show(ours),
+            show(kind.zip(ideal).map(|(a, b)| a - b)),
+            show(ours.zip(kind).map(|(a, b)| a - b)),
+            ratio
+        )?;
+    }
+    outln!("  (ideal-kind: the bare ring on one buffer of this backend per slot, each write and")?;
+    outln!(
+        "   check bracketed by DMA_BUF_IOCTL_SYNC on dma-bufs; differences of medians can be < 0)"
+    )?;
     Ok(())
 }
 
@@ -228,7 +276,7 @@ pub fn svg(sizes: &[u64], cells: &[Cell]) -> String {
     let x = |i: usize| l + (w - l - r) * i as f64 / n;
     let y = |v: f64| h - b - (h - t - b) * v / max;
     let colors = [
-        "#000000", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f",
+        "#000000", "#8c564b", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#7f7f7f",
     ];
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{l}\" y=\"18\">throughput between two processes (GiB/s) by item size</text>\n"

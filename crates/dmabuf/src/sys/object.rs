@@ -942,4 +942,75 @@ mod tests {
             .unwrap();
         assert!(u2.borrow(&r2, 0..1, false).is_err());
     }
+
+    #[test]
+    fn a_borrow_over_several_backing_ranges_records_on_each_or_on_none() {
+        // An object of four pages made of two pieces of memfd `a` (its
+        // pages 0 and 2) and one of memfd `b` (its page 1): a borrow of it
+        // touches three objects and three backing ranges.
+        let page = super::super::mem::page_size() as u64;
+        let (a, b) = (memfd(4 * page), memfd(2 * page));
+        let (ao, bo) = (
+            MemoryObject::intern(&a).unwrap(),
+            MemoryObject::intern(&b).unwrap(),
+        );
+        let uf = memfd(4 * page);
+        let u = MemoryObject::intern(&uf).unwrap();
+        let seg = |offset, target: &Arc<MemoryObject>, target_offset| Segment {
+            offset,
+            len: page,
+            target: target.clone(),
+            target_offset,
+        };
+        u.set_backing(vec![
+            seg(0, &ao, 0),
+            seg(page, &ao, 2 * page),
+            seg(2 * page, &bo, page),
+        ])
+        .unwrap();
+        let ru = u.region(&uf, (4 * page) as usize, true).unwrap();
+        let ra = ao.region(&a, (4 * page) as usize, true).unwrap();
+        let rb = bo.region(&b, (2 * page) as usize, true).unwrap();
+        let p = page as usize;
+        // Pages 0..3 of u: records on u, twice on a, once on b.
+        let w = u.borrow(&ru, 0..3 * p, true).unwrap();
+        assert_eq!(
+            (u.live_borrows(), ao.live_borrows(), bo.live_borrows()),
+            (1, 2, 1)
+        );
+        for (o, r, at) in [(&ao, &ra, 0), (&ao, &ra, 2 * p), (&bo, &rb, p)] {
+            assert_eq!(
+                o.borrow(r, at..at + 1, false).unwrap_err(),
+                BorrowError::Conflict {
+                    with_exclusive: true,
+                    overlap: at as u64..at as u64 + 1,
+                    backing: None,
+                },
+                "{at}"
+            );
+        }
+        // Pages not under it are free.
+        drop(ao.borrow(&ra, p..2 * p, true).unwrap());
+        drop(bo.borrow(&rb, 0..p, true).unwrap());
+        drop(w);
+        assert_eq!(
+            (u.live_borrows(), ao.live_borrows(), bo.live_borrows()),
+            (0, 0, 0)
+        );
+        // Refused on its last range (b's page 1 held): nothing recorded
+        // anywhere, and every list flag down again.
+        let held = bo.borrow(&rb, p..p + 1, false).unwrap();
+        assert_eq!(
+            u.borrow(&ru, 0..3 * p, true).unwrap_err(),
+            BorrowError::Conflict {
+                with_exclusive: false,
+                overlap: page..page + 1,
+                backing: Some(bo.key()),
+            }
+        );
+        assert_eq!((u.live_borrows(), ao.live_borrows()), (0, 0));
+        assert!(!u.claims().listed() && !ao.claims().listed());
+        drop(held);
+        assert!(!bo.claims().listed());
+    }
 }
