@@ -42,6 +42,10 @@
 //! to the consumer's last check. With `--repeat N` every cell runs N times
 //! (the repeats taken in turns, so that a noisy moment hits every case);
 //! the median is reported, with the spread (max − min) over the median.
+//! A ratio to a reference is the median of the rounds' ratios: in each
+//! round the cases of a size run one after the other, the references
+//! first, so each ratio is taken side by side, and a machine whose speed
+//! drifts between rounds moves both of its terms.
 //!
 //! Handoff latency is measured for a small item sent every 500 µs, so
 //! nothing queues and each item costs one wake-up plus the transport: from
@@ -159,9 +163,11 @@ pub struct Cell {
     spread_pct: Option<f64>,
     /// Runs that produced a number.
     runs: usize,
+    /// Ratio to `ideal` at the same size: the median of the rounds'
+    /// ratios (see the module documentation).
     ratio_to_ideal: Option<f64>,
     /// Ratio to `ideal-kind` at the same size (the ring on buffers of the
-    /// stream's kind).
+    /// stream's kind), taken the same way.
     ratio_to_ideal_kind: Option<f64>,
     /// Nanoseconds per item at the median throughput.
     ns_per_item: Option<f64>,
@@ -279,6 +285,23 @@ fn cell(
             .find_map(|r| r.as_ref().err().cloned())
             .filter(|_| g.is_empty()),
     }
+}
+
+/// The median over the rounds of `runs[i] / reference[i]`, the rounds
+/// where both have a number (see the module documentation).
+fn paired_ratio(
+    runs: &[Result<(f64, u64), String>],
+    reference: &[Result<(f64, u64), String>],
+) -> Option<f64> {
+    let mut q: Vec<f64> = runs
+        .iter()
+        .zip(reference)
+        .filter_map(|(a, b)| match (a, b) {
+            (Ok((a, _)), Ok((b, _))) if *b > 0.0 => Some(a / b),
+            _ => None,
+        })
+        .collect();
+    median(&mut q)
 }
 
 fn latency_row(case: &'static str, runs: &[Result<cases::LatSummary, String>]) -> Latency {
@@ -414,11 +437,14 @@ pub fn run(args: Args) -> crate::CliResult {
                 cell(case, size, buffers, &tp[si * CASES.len() + ci])
             })
             .collect();
-        let rate_of = |case: &str| row.iter().find(|c| c.case == case).and_then(|c| c.gib_s);
-        let (ideal, ideal_kind) = (rate_of("ideal"), rate_of("ideal-kind"));
-        for c in &mut row {
-            c.ratio_to_ideal = c.gib_s.zip(ideal).map(|(a, b)| a / b);
-            c.ratio_to_ideal_kind = c.gib_s.zip(ideal_kind).map(|(a, b)| a / b);
+        let runs_of = |case: &str| {
+            let ci = CASES.iter().position(|c| *c == case).unwrap_or(0);
+            &tp[si * CASES.len() + ci]
+        };
+        for (ci, c) in row.iter_mut().enumerate() {
+            let own = &tp[si * CASES.len() + ci];
+            c.ratio_to_ideal = paired_ratio(own, runs_of("ideal"));
+            c.ratio_to_ideal_kind = paired_ratio(own, runs_of("ideal-kind"));
         }
         cells.extend(row);
     }
@@ -492,6 +518,20 @@ mod tests {
         assert_eq!(c.missing, None);
         let c = cell("pipe", 4096, None, &[Err("gone".into())]);
         assert_eq!((c.gib_s, c.missing.as_deref()), (None, Some("gone")));
+    }
+
+    #[test]
+    fn ratios_are_medians_of_the_rounds_side_by_side() {
+        // The machine's speed moving between rounds: two rounds of three
+        // say 0.5, the medians of each side alone (4 and 4) would say 1.
+        let reference = [Ok((2.0, 1)), Ok((8.0, 1)), Ok((4.0, 1))];
+        let runs = [Ok((1.0, 1)), Ok((4.0, 1)), Ok((8.0, 1))];
+        assert_eq!(paired_ratio(&runs, &reference), Some(0.5));
+        // Rounds where either side has no number are left out.
+        let runs = [Ok((1.0, 1)), Err("x".into()), Ok((3.0, 1))];
+        let reference = [Err("y".into()), Ok((1.0, 1)), Ok((2.0, 1))];
+        assert_eq!(paired_ratio(&runs, &reference), Some(1.5));
+        assert_eq!(paired_ratio(&runs[..1], &reference[..1]), None);
     }
 
     #[test]

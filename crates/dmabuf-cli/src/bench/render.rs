@@ -111,7 +111,7 @@ pub fn table(r: &Results, with_targets: bool) -> BoxResult<()> {
         r.backend
     )?;
     outln!(
-        "throughput, median of {} run(s) of {} s (ratio to ideal; ± half the spread in %):",
+        "throughput, median of {} run(s) of {} s (ratio to ideal: the median of the rounds' ratios;\n± the spread, (max − min) / median, in %):",
         r.repeat,
         r.seconds
     )?;
@@ -235,8 +235,9 @@ fn per_item_table(r: &Results) -> BoxResult<()> {
     }
     outln!("  (ideal-kind: the bare ring on one buffer of this backend per slot, each write and")?;
     outln!(
-        "   check bracketed by DMA_BUF_IOCTL_SYNC on dma-bufs; differences of medians can be < 0)"
+        "   check bracketed by DMA_BUF_IOCTL_SYNC on dma-bufs; differences of medians can be < 0;"
     )?;
+    outln!("   dmabuf/kind: the median of the rounds' ratios)")?;
     Ok(())
 }
 
