@@ -335,14 +335,8 @@ pub fn run_case(
         "ideal" => {
             let ring = Ring::create(size, buffers)?;
             ideal::prepare(&ring);
-            let mut w = Worker::spawn("ideal", &ring.handle(), size, buffers)?;
-            w.wait_ready()?;
-            let (start_ns, items) = ideal::produce(&ring, size, buffers, limit, gap)?;
-            Ok(Run {
-                start_ns,
-                items,
-                report: w.report()?,
-            })
+            let w = Worker::spawn("ideal", &ring.handle(), size, buffers)?;
+            produce_ideal(&ring, w, size, buffers, limit, gap)
         }
         "ideal-kind" => {
             // The backend's buffers, allocated as the stream allocates its
@@ -355,17 +349,11 @@ pub fn run_case(
             let path = scratch("ideal-kind", size);
             let _ = std::fs::remove_file(&path);
             let l = std::os::unix::net::UnixListener::bind(&path)?;
-            let mut w = Worker::spawn("ideal-kind", &path.to_string_lossy(), size, buffers)?;
+            let w = Worker::spawn("ideal-kind", &path.to_string_lossy(), size, buffers)?;
             hand_over.send(&l, PEER_TIMEOUT)?;
             drop(hand_over);
             let _ = std::fs::remove_file(&path);
-            w.wait_ready()?;
-            let (start_ns, items) = ideal::produce(&ring, size, buffers, limit, gap)?;
-            Ok(Run {
-                start_ns,
-                items,
-                report: w.report()?,
-            })
+            produce_ideal(&ring, w, size, buffers, limit, gap)
         }
         "pipe" => {
             let path = scratch("fifo", size);
@@ -449,6 +437,24 @@ pub fn run_case(
         }
         c => Err(format!("unknown case {c}").into()),
     }
+}
+
+/// Runs the producer of an ideal ring, once its consumer `w` is ready.
+fn produce_ideal(
+    ring: &Ring,
+    mut w: Worker,
+    size: u64,
+    buffers: usize,
+    limit: Limit,
+    gap: Option<Duration>,
+) -> BoxResult<Run> {
+    w.wait_ready()?;
+    let (start_ns, items) = ideal::produce(ring, size, buffers, limit, gap)?;
+    Ok(Run {
+        start_ns,
+        items,
+        report: w.report()?,
+    })
 }
 
 /// Runs the raw wake-up reference: `n` ping-pongs, one every `gap`.
