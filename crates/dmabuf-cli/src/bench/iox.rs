@@ -117,6 +117,7 @@ pub fn consume(name: &str, size: u64) -> BoxResult<BenchReport> {
         }
         if end {
             rep.end_ns = now_ns();
+            rep.latency = Some(lat.summary());
             return Ok(rep);
         }
     }
