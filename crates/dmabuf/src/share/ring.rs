@@ -412,13 +412,20 @@ impl Shared {
     }
 }
 
-/// The descriptor index after `i` in a ring of `cap` (no division per
-/// descriptor).
-fn next_index(i: usize, cap: usize) -> usize {
-    if i + 1 == cap {
-        0
-    } else {
-        i + 1
+/// A count of descriptors written or taken on one side of a ring, with
+/// the index of the next one (`count % capacity`, kept beside the count
+/// so that no descriptor costs a division).
+#[derive(Debug, Clone, Copy, Default)]
+struct Position {
+    count: u64,
+    at: usize,
+}
+
+impl Position {
+    /// One descriptor further, in a ring of `cap`.
+    fn advance(&mut self, cap: usize) {
+        self.count += 1;
+        self.at = if self.at + 1 == cap { 0 } else { self.at + 1 };
     }
 }
 
@@ -433,13 +440,9 @@ pub struct ProducerRing {
     s: Shared,
     memfd: OwnedFd,
     sizes: Vec<u64>,
-    head: u64,
-    /// `head % capacity`: the next item descriptor's index.
-    head_at: usize,
+    head: Position,
     tail_seen: u64,
-    rel_tail: u64,
-    /// `rel_tail % capacity`: the next release descriptor's index.
-    rel_tail_at: usize,
+    rel_tail: Position,
     rel_head_seen: u64,
     seq: u64,
     fence_out: u64,
@@ -497,11 +500,9 @@ impl ProducerRing {
             },
             memfd,
             sizes: sizes.to_vec(),
-            head: 0,
-            head_at: 0,
+            head: Position::default(),
             tail_seen: 0,
-            rel_tail: 0,
-            rel_tail_at: 0,
+            rel_tail: Position::default(),
             rel_head_seen: 0,
             seq: 0,
             fence_out: 0,
@@ -569,14 +570,14 @@ impl ProducerRing {
     pub fn untaken(&mut self) -> Result<(u64, u64)> {
         self.s.check()?;
         let t = self.refresh_tail()?;
-        Ok((t, self.head - t))
+        Ok((t, self.head.count - t))
     }
 
     /// Refreshes the consumer's item tail, validated.
     fn refresh_tail(&mut self) -> Result<u64> {
         let t = self
             .s
-            .peer_tail(W_ITEM_TAIL, "item", self.tail_seen, self.head)?;
+            .peer_tail(W_ITEM_TAIL, "item", self.tail_seen, self.head.count)?;
         self.tail_seen = t;
         Ok(t)
     }
@@ -615,14 +616,14 @@ impl ProducerRing {
             ));
         }
         // The consumer's tail is read only when the ring may be full.
-        if self.head - self.tail_seen >= self.s.cap as u64 {
+        if self.head.count - self.tail_seen >= self.s.cap as u64 {
             let tail = self.refresh_tail()?;
-            if self.head - tail >= self.s.cap as u64 {
+            if self.head.count - tail >= self.s.cap as u64 {
                 let e = protocol(
                     &self.s.name,
                     format!(
                         "item ring full ({} items not taken) although slot {slot} is free",
-                        self.head - tail
+                        self.head.count - tail
                     ),
                 );
                 return Err(self.s.fail(e));
@@ -642,16 +643,17 @@ impl ProducerRing {
             sent_ns,
             fence,
         };
-        let base = W_ITEMS + self.head_at * ITEM_WORDS;
+        let base = W_ITEMS + self.head.at * ITEM_WORDS;
         for (i, v) in [slot as u64, len, d.seq, sent_ns, fence.word()]
             .into_iter()
             .enumerate()
         {
             self.s.w(base + i).store(v, Ordering::Relaxed);
         }
-        self.head += 1;
-        self.head_at = next_index(self.head_at, self.s.cap);
-        self.s.w(W_ITEM_HEAD).store(self.head, Ordering::Release);
+        self.head.advance(self.s.cap);
+        self.s
+            .w(W_ITEM_HEAD)
+            .store(self.head.count, Ordering::Release);
         self.in_flight[slot] = d.seq;
         self.s.wake_peer(H_CONSUMER_WAITING)?;
         Ok(d)
@@ -662,15 +664,16 @@ impl ProducerRing {
         if !self.release_pending()? {
             return Ok(None);
         }
-        let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_tail_at * REL_WORDS;
+        let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_tail.at * REL_WORDS;
         // One copy; every check below is on it.
         let [slot, seq, fref] = [0, 1, 2].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
         let r = self.check_release(slot, seq, fref);
         let d = r.map_err(|e| self.s.fail(e))?;
         self.in_flight[d.slot] = 0;
-        self.rel_tail += 1;
-        self.rel_tail_at = next_index(self.rel_tail_at, self.s.cap);
-        self.s.w(W_REL_TAIL).store(self.rel_tail, Ordering::Release);
+        self.rel_tail.advance(self.s.cap);
+        self.s
+            .w(W_REL_TAIL)
+            .store(self.rel_tail.count, Ordering::Release);
         Ok(Some(d))
     }
 
@@ -678,13 +681,16 @@ impl ProducerRing {
     /// release head when every release seen was taken).
     fn release_pending(&mut self) -> Result<bool> {
         self.s.check()?;
-        if self.rel_tail == self.rel_head_seen {
-            let h = self
-                .s
-                .peer_head(W_REL_HEAD, "release", self.rel_head_seen, self.rel_tail)?;
+        if self.rel_tail.count == self.rel_head_seen {
+            let h = self.s.peer_head(
+                W_REL_HEAD,
+                "release",
+                self.rel_head_seen,
+                self.rel_tail.count,
+            )?;
             self.rel_head_seen = h;
         }
-        Ok(self.rel_head_seen > self.rel_tail)
+        Ok(self.rel_head_seen > self.rel_tail.count)
     }
 
     /// For a caller that sleeps outside the ring (polling [`wait_fd`]
@@ -792,13 +798,9 @@ impl ProducerRing {
 pub struct ConsumerRing {
     s: Shared,
     sizes: Vec<u64>,
-    tail: u64,
-    /// `tail % capacity`: the next item descriptor's index.
-    tail_at: usize,
+    tail: Position,
     head_seen: u64,
-    rel_head: u64,
-    /// `rel_head % capacity`: the next release descriptor's index.
-    rel_head_at: usize,
+    rel_head: Position,
     rel_tail_seen: u64,
     seq: u64,
     fence_in: u64,
@@ -963,11 +965,9 @@ impl ConsumerRing {
                 spin: DEFAULT_SPIN,
             },
             sizes: sizes.to_vec(),
-            tail: 0,
-            tail_at: 0,
+            tail: Position::default(),
             head_seen: 0,
-            rel_head: 0,
-            rel_head_at: 0,
+            rel_head: Position::default(),
             rel_tail_seen: 0,
             seq: 0,
             fence_in: 0,
@@ -1009,7 +1009,7 @@ impl ConsumerRing {
         if !self.item_pending()? {
             return Ok(None);
         }
-        let base = W_ITEMS + self.tail_at * ITEM_WORDS;
+        let base = W_ITEMS + self.tail.at * ITEM_WORDS;
         // One copy; every check below is on it.
         let [slot, len, seq, sent_ns, fref] =
             [0, 1, 2, 3, 4].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
@@ -1021,9 +1021,10 @@ impl ConsumerRing {
             self.fence_in = t;
         }
         self.held[d.slot] = d.seq;
-        self.tail += 1;
-        self.tail_at = next_index(self.tail_at, self.s.cap);
-        self.s.w(W_ITEM_TAIL).store(self.tail, Ordering::Release);
+        self.tail.advance(self.s.cap);
+        self.s
+            .w(W_ITEM_TAIL)
+            .store(self.tail.count, Ordering::Release);
         Ok(Some(d))
     }
 
@@ -1031,10 +1032,10 @@ impl ConsumerRing {
     /// head when every item seen was taken).
     fn item_pending(&mut self) -> Result<bool> {
         self.s.check()?;
-        if self.tail == self.head_seen {
+        if self.tail.count == self.head_seen {
             let h = self
                 .s
-                .peer_head(W_ITEM_HEAD, "item", self.head_seen, self.tail)?;
+                .peer_head(W_ITEM_HEAD, "item", self.head_seen, self.tail.count)?;
             if let Some(limit) = self.limit.filter(|&l| h > l) {
                 let e = protocol(
                     &self.s.name,
@@ -1047,7 +1048,7 @@ impl ConsumerRing {
             }
             self.head_seen = h;
         }
-        Ok(self.head_seen > self.tail)
+        Ok(self.head_seen > self.tail.count)
     }
 
     /// The producer said it is done (its bye, sent after its last item was
@@ -1057,7 +1058,7 @@ impl ConsumerRing {
         self.s.check()?;
         let h = self
             .s
-            .peer_head(W_ITEM_HEAD, "item", self.head_seen, self.tail)?;
+            .peer_head(W_ITEM_HEAD, "item", self.head_seen, self.tail.count)?;
         self.head_seen = h;
         self.limit = Some(h);
         Ok(())
@@ -1242,17 +1243,20 @@ impl ConsumerRing {
             ));
         }
         // The producer's tail is read only when the ring may be full.
-        if self.rel_head - self.rel_tail_seen >= self.s.cap as u64 {
-            let t = self
-                .s
-                .peer_tail(W_REL_TAIL, "release", self.rel_tail_seen, self.rel_head)?;
+        if self.rel_head.count - self.rel_tail_seen >= self.s.cap as u64 {
+            let t = self.s.peer_tail(
+                W_REL_TAIL,
+                "release",
+                self.rel_tail_seen,
+                self.rel_head.count,
+            )?;
             self.rel_tail_seen = t;
-            if self.rel_head - t >= self.s.cap as u64 {
+            if self.rel_head.count - t >= self.s.cap as u64 {
                 let e = protocol(
                     &self.s.name,
                     format!(
                         "release ring full: the producer took none of {} releases",
-                        self.rel_head - t
+                        self.rel_head.count - t
                     ),
                 );
                 return Err(self.s.fail(e));
@@ -1264,13 +1268,14 @@ impl ConsumerRing {
         } else {
             FenceRef::Signalled
         };
-        let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_head_at * REL_WORDS;
+        let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_head.at * REL_WORDS;
         for (i, v) in [slot as u64, seq, fence.word()].into_iter().enumerate() {
             self.s.w(base + i).store(v, Ordering::Relaxed);
         }
-        self.rel_head += 1;
-        self.rel_head_at = next_index(self.rel_head_at, self.s.cap);
-        self.s.w(W_REL_HEAD).store(self.rel_head, Ordering::Release);
+        self.rel_head.advance(self.s.cap);
+        self.s
+            .w(W_REL_HEAD)
+            .store(self.rel_head.count, Ordering::Release);
         self.held[slot] = 0;
         self.s.wake_peer(H_PRODUCER_WAITING)?;
         Ok(ReleaseDesc { slot, seq, fence })
