@@ -715,3 +715,68 @@ pub fn pong(handle: &str, kind: WakeKind, n: u64) -> BoxResult<BenchReport> {
         ..BenchReport::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memfd(len: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("ideal-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        fd
+    }
+
+    /// `Ring::fetch` against a parent that sends `tag` and `fds` (then
+    /// closes the socket): its error.
+    fn fetch_from(tag: u8, fds: Vec<OwnedFd>, size: u64, buffers: usize) -> String {
+        let dir = crate::tempdir::PrivateDir::new().unwrap();
+        let path = dir.join("ring");
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let parent = std::thread::spawn(move || {
+            let b: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            send_fds(&l, tag, &b, Duration::from_secs(10)).unwrap();
+        });
+        let e = Ring::fetch(&path.to_string_lossy(), size, buffers).err();
+        parent.join().unwrap();
+        e.map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_ring_handed_over_wrongly_is_refused_with_the_cause() {
+        let page = PAGE as u64;
+        let good = || {
+            (0..3)
+                .map(|i| memfd(if i == 0 { page } else { 8192 }))
+                .collect()
+        };
+        // Fewer fds than the ring needs, then the end of the socket.
+        let e = fetch_from(TAG_PLAIN, good(), 8192, 4);
+        assert!(e.contains("the parent sent 3 of 5 fds"), "{e}");
+        // A tag that is neither plain nor bracketed.
+        let e = fetch_from(b'x', good(), 8192, 2);
+        assert!(e.contains("unknown ring tag 120"), "{e}");
+        // Buffers smaller than the items.
+        let e = fetch_from(TAG_PLAIN, good(), 16384, 2);
+        assert!(e.contains("a buffer of 8192 bytes, expected 16384"), "{e}");
+        // A control page of the wrong size.
+        let fds = vec![memfd(2 * page), memfd(8192), memfd(8192)];
+        let e = fetch_from(TAG_PLAIN, fds, 8192, 2);
+        assert!(e.contains("expected 4096"), "{e}");
+        // And the right ones are taken, in more than one message.
+        let fds: Vec<OwnedFd> = (0..=2 * FDS_PER_MESSAGE)
+            .map(|i| memfd(if i == 0 { page } else { 4096 }))
+            .collect();
+        assert_eq!(fetch_from(TAG_BRACKET, fds, 4096, 2 * FDS_PER_MESSAGE), "");
+    }
+
+    #[test]
+    fn a_worker_that_never_connects_is_not_waited_for_without_limit() {
+        let dir = crate::tempdir::PrivateDir::new().unwrap();
+        let l = std::os::unix::net::UnixListener::bind(dir.join("ring")).unwrap();
+        let fd = memfd(4096);
+        let t = Instant::now();
+        let e = send_fds(&l, TAG_PLAIN, &[fd.as_fd()], Duration::from_millis(100)).unwrap_err();
+        assert!(e.to_string().contains("did not connect"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
