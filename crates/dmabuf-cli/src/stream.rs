@@ -16,8 +16,8 @@
 //!   the same way. The socket file is removed when the producer ends,
 //!   also on SIGTERM, SIGINT and SIGHUP.
 //! * **Peers are untrusted.** Every wait is bounded by `--timeout`
-//!   (default 30 s): for consumers to connect, for a free buffer, for an
-//!   item, for the end. A consumer that goes away or breaks the protocol
+//!   (default 30 s): for consumers to connect, for them to ask for items,
+//!   for a free buffer, for an item, for the end. A consumer that goes away or breaks the protocol
 //!   is dropped and the stream carries on with the others; a consumer
 //!   that stops reading holds its buffers, and the producer then fails
 //!   with a timeout naming the wait. In spawn mode the producer then
@@ -34,8 +34,12 @@
 //!
 //! The producer writes every byte of each item inside a write window; each
 //! consumer reads every byte inside a read window and checks the pattern
-//! (see `pattern`). The handoff latency is the time from the producer's
-//! submit to the item being ready in the consumer (CLOCK_MONOTONIC,
+//! (see `pattern`). The stream's time, and so its throughput, starts once
+//! every consumer has mapped its buffers and asked for its first item (the
+//! library's `Producer::wait_ready`, within `--timeout`; a consumer that
+//! goes away meanwhile is dropped as any other): the consumers' setup,
+//! which differs with the kind of buffer, is not counted. The handoff
+//! latency is the time from the producer's submit to the item being ready in the consumer (CLOCK_MONOTONIC,
 //! measured by the consumer), split in two: **queueing**, the time the
 //! item waited on the ring while the consumer was still busy with earlier
 //! items (from the submit to the consumer asking for it, 0 if it was
@@ -246,7 +250,8 @@ pub struct ProduceOptions {
     pub progress: bool,
     /// Pause after each item (for latency runs).
     pub gap: Option<Duration>,
-    /// Longest wait for a free buffer and for the end.
+    /// Longest wait for the consumers to ask for items, for a free buffer
+    /// and for the end.
     pub timeout: Duration,
 }
 
@@ -281,6 +286,18 @@ pub fn produce(
         .map(|b| b.map())
         .collect::<Result<Vec<_>, _>>()?;
     let mut producer = Producer::new(bufs, channels)?;
+    // The clock starts once every consumer has its buffers mapped and
+    // asks for items: their setup is not the stream's throughput. One
+    // that goes away meanwhile is dropped, as while streaming.
+    let mut dropped = Vec::new();
+    loop {
+        let before = producer.consumers();
+        match producer.wait_ready(Some(opts.timeout)) {
+            Ok(()) => break,
+            Err(e) if (1..before).contains(&producer.consumers()) => dropped.push(e.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+    }
     let start = Instant::now();
     let mut report = ProducerReport {
         backend: alloc.backend().to_string(),
@@ -288,7 +305,7 @@ pub fn produce(
         items: 0,
         bytes: 0,
         start_ns: dmabuf::fence::monotonic_ns(),
-        dropped: Vec::new(),
+        dropped,
         error: None,
     };
     let mut bar = Progress::new(opts.progress, limit);
@@ -1000,6 +1017,44 @@ fn print_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_starts_when_the_consumers_ask_and_one_gone_before_asking_is_dropped() {
+        let limit = Duration::from_secs(5);
+        let (p1, c1) = Channel::pair().unwrap();
+        let (p2, c2) = Channel::pair().unwrap();
+        let good = std::thread::spawn(move || {
+            // A slow setup before its first `next`: not the stream's time.
+            std::thread::sleep(Duration::from_millis(300));
+            let began = dmabuf::fence::monotonic_ns();
+            (began, consume(c2, limit, 0, None))
+        });
+        let gone = std::thread::spawn(move || {
+            // Takes the whole handshake, never asks for an item, and
+            // closes its socket without a bye.
+            while !matches!(
+                c1.recv(Some(limit)),
+                Ok(dmabuf::share::Message::PoolReady { .. })
+            ) {}
+        });
+        let opts = ProduceOptions {
+            progress: false,
+            gap: None,
+            timeout: limit,
+        };
+        let alloc = Allocator::new(&dmabuf::Backend::Portable).unwrap();
+        let r = produce(vec![p1, p2], &alloc, 4096, 4, Limit::Count(3), opts).unwrap();
+        gone.join().unwrap();
+        let (began, c) = good.join().unwrap();
+        assert_eq!(r.error, None);
+        assert_eq!((r.items, c.items, c.error), (3, 3, None));
+        assert_eq!(r.dropped.len(), 1, "{:?}", r.dropped);
+        assert!(
+            r.start_ns >= began,
+            "the clock started {} ns before the consumer's setup was over",
+            began - r.start_ns
+        );
+    }
 
     #[test]
     fn a_time_limit_reads_the_clock_less_often_only_while_items_come_fast() {

@@ -615,6 +615,67 @@ fn healthy(ch: Channel) -> std::thread::JoinHandle<dmabuf::Result<u64>> {
 }
 
 #[test]
+fn a_consumer_lying_in_its_pool_ready_is_dropped_with_the_cause() {
+    let _g = lock();
+    let cases: [(&[Vec<u8>], &str); 3] = [
+        (
+            &[pool_ready_body(3, 0)],
+            "pool-ready names 3 buffers and consumer 0; the pool has 2 buffers and this is consumer 0",
+        ),
+        (&[pool_ready_body(2, 5)], "consumer 5"),
+        (
+            &[pool_ready_body(2, 0), pool_ready_body(2, 0)],
+            "a second pool-ready",
+        ),
+    ];
+    for (bodies, words) in cases {
+        let (p, raw) = pair();
+        let raw = std::thread::spawn(move || {
+            raw.take_handshake();
+            raw
+        });
+        let mut producer = Producer::new(portables(2), vec![p]).unwrap();
+        let raw = raw.join().unwrap();
+        for b in bodies {
+            raw.send(&msg(T_POOL_READY, b, 0), &[]).unwrap();
+        }
+        let e = producer.wait_ready(T).unwrap_err();
+        assert_err(&e, ErrorKind::Protocol, words);
+        assert_eq!(producer.consumers(), 0, "{words}");
+    }
+}
+
+#[test]
+fn a_consumer_gone_before_asking_is_not_waited_for() {
+    let _g = lock();
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, raw) = pair();
+    let good = healthy(c1);
+    let raw = std::thread::spawn(move || {
+        raw.take_handshake();
+        // Gone without asking for an item.
+        drop(raw);
+    });
+    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
+    raw.join().unwrap();
+    let t0 = Instant::now();
+    let e = producer.wait_ready(T).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PeerGone, "{e}");
+    producer.wait_ready(T).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(producer.consumers(), 1);
+    for _ in 0..3 {
+        producer
+            .acquire(T)
+            .unwrap()
+            .submit(8, Fence::Signalled)
+            .unwrap();
+    }
+    producer.finish(T).unwrap();
+    assert_eq!(good.join().unwrap().unwrap(), 3);
+}
+
+#[test]
 fn a_consumer_speaking_garbage_is_dropped_and_the_others_are_served() {
     let _g = lock();
     let (p1, c1) = Channel::pair().unwrap();

@@ -285,7 +285,7 @@ fn a_frame_whose_plane_does_not_fit_stops_the_handshake() {
         body.extend_from_slice(&[1, 0, 5, 0]);
         body.extend_from_slice(b"short");
         let mut bytes = b"DMBS".to_vec();
-        bytes.extend_from_slice(&1u16.to_le_bytes());
+        bytes.extend_from_slice(&dmabuf::share::VERSION.to_le_bytes());
         bytes.extend_from_slice(&8u16.to_le_bytes());
         bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&1u16.to_le_bytes());

@@ -4,9 +4,9 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use dmabuf::share::pool::{Consumer, Producer};
+use dmabuf::share::pool::{AsyncConsumer, AsyncProducer, Consumer, Producer};
 use dmabuf::share::{Channel, Message};
 use dmabuf::{Allocate, Buffer, ErrorKind, Fence, Portable, UserFence};
 
@@ -45,6 +45,12 @@ fn pool() -> (Producer, Consumer, OwnedFd, OwnedFd) {
 #[test]
 fn a_steady_stream_sends_no_socket_message() {
     let (mut producer, mut consumer, to_producer, to_consumer) = pool();
+    // The consumer's first call for an item tells the producer, once (the
+    // only message of a steady stream).
+    let e = consumer.next(Some(Duration::ZERO)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(readable(to_producer.as_fd()));
+    producer.wait_ready(T).unwrap();
     for round in 0..50u64 {
         for _ in 0..3 {
             let lease = producer.acquire(T).unwrap();
@@ -205,4 +211,85 @@ fn an_item_released_while_the_consumer_sleeps_does_not_wait_for_the_sleep() {
         // The release reached the producer.
         let _ = producer.acquire(T).unwrap();
     }
+}
+
+#[test]
+fn a_consumer_says_once_that_it_asks_for_items_and_the_producer_can_wait_for_that() {
+    let (mut producer, mut consumer, to_producer, _cw) = pool();
+    // Before the consumer asks: a bounded wait, and an error saying so.
+    let t0 = Instant::now();
+    let e = producer
+        .wait_ready(Some(Duration::from_millis(100)))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(
+        e.to_string()
+            .contains("1 of 1 consumers had not asked for an item after 100ms"),
+        "{e}"
+    );
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // The consumer asks from another thread; the producer's wait ends
+    // then, before any item exists.
+    let t = std::thread::spawn(move || {
+        let item = consumer.next(T).unwrap().unwrap();
+        assert_eq!(item.seq(), 1);
+        item.release(Fence::Signalled).unwrap();
+        consumer
+    });
+    producer.wait_ready(T).unwrap();
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(4096, Fence::Signalled)
+        .unwrap();
+    let mut consumer = t.join().unwrap();
+    // Only once: later calls put nothing on the producer's socket.
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(4096, Fence::Signalled)
+        .unwrap();
+    consumer
+        .next(T)
+        .unwrap()
+        .unwrap()
+        .release(Fence::Signalled)
+        .unwrap();
+    assert!(!readable(to_producer.as_fd()));
+    producer.wait_ready(Some(Duration::ZERO)).unwrap();
+    producer.finish(T).unwrap();
+    assert!(consumer.next(T).unwrap().is_none());
+}
+
+#[test]
+fn the_async_producer_awaits_the_async_consumers_first_call() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (p, c) = Channel::pair().unwrap();
+        let bufs = (0..2).map(|i| portable(4096, &format!("a{i}"))).collect();
+        let mut producer = AsyncProducer::new(bufs, vec![p]).unwrap();
+        let mut consumer = AsyncConsumer::new(c).await.unwrap();
+        let short = Duration::from_millis(100);
+        assert!(
+            tokio::time::timeout(short, producer.wait_ready())
+                .await
+                .is_err(),
+            "the producer did not wait for a consumer that had not asked"
+        );
+        // The consumer asks (and, with no item, is given up on); the
+        // producer's wait ends meanwhile.
+        let (waited, asked) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(10), producer.wait_ready()),
+            tokio::time::timeout(Duration::from_millis(300), consumer.next()),
+        );
+        waited.expect("wait_ready ended").unwrap();
+        assert!(asked.is_err(), "no item was there to take");
+    });
 }

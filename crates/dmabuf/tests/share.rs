@@ -42,7 +42,7 @@ fn memfd(size: u64, seals: SealFlags) -> OwnedFd {
 /// A hand-made message: header + body (the format of the module docs).
 fn raw(ty: u16, body: &[u8], fds: u16) -> Vec<u8> {
     let mut out = b"DMBS".to_vec();
-    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&dmabuf::share::VERSION.to_le_bytes());
     out.extend_from_slice(&ty.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&fds.to_le_bytes());
@@ -249,10 +249,16 @@ fn every_validation_failure_is_refused_with_a_clear_message() {
     assert!(e.contains("bad magic"), "{e}");
     let e = refused(&vec![0u8; 4000], &[]);
     assert!(e.contains("message longer than"), "{e}");
-    let mut v2 = raw(6, &[], 0);
-    v2[4] = 2;
-    let e = refused(&v2, &[]);
-    assert!(e.contains("protocol version 2 is not supported"), "{e}");
+    // Another version, older or newer, is refused by number.
+    for v in [dmabuf::share::VERSION - 1, dmabuf::share::VERSION + 1] {
+        let mut other = raw(6, &[], 0);
+        other[4..6].copy_from_slice(&v.to_le_bytes());
+        let e = refused(&other, &[]);
+        assert!(
+            e.contains(&format!("protocol version {v} is not supported")),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -42,7 +42,7 @@ fn pending_kernel_fences_pass_the_kind_check_and_travel() {
 
     // The dma-buf itself announced as a sync file: refused by what it is.
     let mut bytes = b"DMBS".to_vec();
-    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&dmabuf::share::VERSION.to_le_bytes());
     bytes.extend_from_slice(&2u16.to_le_bytes());
     bytes.extend_from_slice(&10u32.to_le_bytes());
     bytes.extend_from_slice(&1u16.to_le_bytes());

@@ -76,7 +76,7 @@
 //!   that does not read: then an error of kind [`ErrorKind::TimedOut`]
 //!   naming the peer.
 //!
-//! ## Message format (version 1, little-endian)
+//! ## Message format (version 2, little-endian)
 //!
 //! Every message is one seqpacket datagram: a 16-byte header, then the
 //! body, with the header's fd count of fds attached.
@@ -84,7 +84,7 @@
 //! | offset | size | field                                              |
 //! |-------:|-----:|----------------------------------------------------|
 //! | 0      | 4    | magic `"DMBS"`                                     |
-//! | 4      | 2    | version (1)                                        |
+//! | 4      | 2    | version (2)                                        |
 //! | 6      | 2    | type (below)                                       |
 //! | 8      | 4    | body length in bytes (at most 1024)                |
 //! | 12     | 2    | number of fds attached                             |
@@ -94,7 +94,7 @@
 //! |-----:|-------------|--------------------------------------------------------------------------------------------------------|---------------------|
 //! | 1    | buffer      | id u64, size u64, kind u8 (1 portable, 2 udmabuf, 3 heap, 4 other dma-buf), detail length u8, name length u8, 0 u8, detail (heap or exporter name), name (≤ 31 bytes) | 1: the buffer       |
 //! | 2    | fence       | tag u64, fence list                                                                                    | per fence list      |
-//! | 3    | pool ready  | buffer count u32, consumer index u32                                                                   | 0                   |
+//! | 3    | pool ready  | buffer count u32, consumer index u32 (producer to consumer: the handshake is over; back, once: the consumer asks for items) | 0 |
 //! | 4    | item        | buffer id u64, sequence u64, length u64, sent at u64 (CLOCK_MONOTONIC ns), fence list (ready fence)    | per fence list      |
 //! | 5    | release     | buffer id u64, sequence u64, fence list (release fence)                                                | per fence list      |
 //! | 6    | bye         | empty: orderly end of the stream                                                                       | 0                   |
@@ -105,6 +105,11 @@
 //! fence: 1 a kernel sync file (1 fd), 2 a user fence (2 fds: its state
 //! memfd, then its eventfd). An empty list is a signalled fence. Fds are
 //! attached in the order of the list.
+//!
+//! Version 2 differs from version 1 only in that a pool's consumer sends
+//! the pool-ready message back when it first asks for an item; a side of
+//! version 1 would take that for a protocol error mid-stream, so the two
+//! refuse each other at the first message instead.
 
 mod inherit;
 pub mod pool;
@@ -171,11 +176,13 @@ pub enum Message {
         /// The fence ([`Fence::Signalled`] travels as no fd at all).
         fence: Fence,
     },
-    /// Pool handshake: every buffer has been sent.
+    /// Pool handshake: every buffer has been sent (producer to consumer).
+    /// Sent back once by a consumer, the same two numbers: it asks for its
+    /// first item.
     PoolReady {
-        /// How many buffer messages preceded this one.
+        /// How many buffer messages preceded this one (the pool's slots).
         buffers: u32,
-        /// The receiver's index among the pool's consumers.
+        /// The consumer's index among the pool's consumers.
         consumer: u32,
     },
     /// Pool: buffer `buffer` holds an item of `len` bytes, readable once

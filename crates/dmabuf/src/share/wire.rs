@@ -12,8 +12,9 @@ use crate::frame::FrameLayout;
 
 /// The four magic bytes that open every message.
 pub const MAGIC: [u8; 4] = *b"DMBS";
-/// The protocol version this library speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this library speaks (see the `share` module's
+/// message format).
+pub const VERSION: u16 = 2;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 16;
 /// Largest message body accepted.

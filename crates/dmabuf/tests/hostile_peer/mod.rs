@@ -94,7 +94,7 @@ impl Raw {
 /// Header + body, with `fds` announced.
 pub fn msg(ty: u16, body: &[u8], fds: u16) -> Vec<u8> {
     let mut out = b"DMBS".to_vec();
-    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&dmabuf::share::VERSION.to_le_bytes());
     out.extend_from_slice(&ty.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&fds.to_le_bytes());

@@ -146,6 +146,22 @@ impl AsyncProducer {
         &mut self.inner
     }
 
+    /// Awaits every consumer still getting items having asked for its
+    /// first one (as [`Producer::wait_ready`], with no limit of its own:
+    /// bound it with `tokio::time::timeout`, which loses nothing).
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        loop {
+            self.inner.pump()?;
+            if self.inner.consumers() == 0 {
+                return Err(self.inner.no_consumers("pool wait ready"));
+            }
+            if self.inner.not_ready().is_empty() {
+                return Ok(());
+            }
+            self.wait("pool wait ready").await?;
+        }
+    }
+
     /// A free buffer, awaiting one while every buffer is in flight.
     pub async fn acquire(&mut self) -> Result<Lease<'_>> {
         loop {
@@ -263,6 +279,7 @@ impl AsyncConsumer {
     /// end of the stream.
     pub async fn next(&mut self) -> Result<Option<Item>> {
         self.inner.asked_ns = 0;
+        self.inner.say_ready()?;
         let r = self.next_inner().await;
         self.inner.note_gone(&r);
         r

@@ -49,6 +49,8 @@ pub struct Consumer {
     /// count is past the messages received. Cleared for good the first
     /// time the count says a message waits and the socket has none.
     pub(super) trust_sent: bool,
+    /// Its pool-ready has gone to the producer (the first `next`).
+    pub(super) said_ready: bool,
 }
 
 /// What a consumer shares with its items.
@@ -229,6 +231,7 @@ impl Consumer {
             busy: false,
             asked_ns: 0,
             trust_sent: true,
+            said_ready: false,
         })
     }
 
@@ -433,6 +436,7 @@ impl Consumer {
     /// `timeout`; `Ok(None)` once the producer has finished the stream.
     pub fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Item>> {
         self.asked_ns = 0;
+        self.say_ready()?;
         // The common case first: nothing left from an earlier call, and an
         // item on the ring whose ready fence has signalled.
         if self.waiting.is_none() && !self.ended {
@@ -453,6 +457,26 @@ impl Consumer {
         let r = self.next_inner(timeout);
         self.note_gone(&r);
         r
+    }
+
+    /// On the first call for an item, tells the producer so (a pool-ready
+    /// message back, echoing the pool's buffer count and this consumer's
+    /// index; see the module documentation, "Ready"). A producer already
+    /// gone is not an error here: items it left on the ring are still
+    /// taken, and its absence is found as before.
+    pub(super) fn say_ready(&mut self) -> Result<()> {
+        if self.said_ready {
+            return Ok(());
+        }
+        self.said_ready = true;
+        let ready = Message::PoolReady {
+            buffers: self.shared.buffers.len() as u32,
+            consumer: self.index,
+        };
+        match self.shared.channel.send(&ready) {
+            Err(e) if e.kind() != ErrorKind::PeerGone => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Remembers a peer-gone error, so that releases fail from now on.

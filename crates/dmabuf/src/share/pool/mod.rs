@@ -8,6 +8,16 @@
 //!   message (that consumer's descriptor rings, [`super::ring`]), then a
 //!   pool-ready message; [`Consumer::new`] receives and checks them all
 //!   (see the `share` module's rules).
+//! * **Ready.** A consumer's first call for an item ([`Consumer::next`],
+//!   or the async one) sends the pool-ready message back, once, with the
+//!   same two numbers (the pool's buffer count and its own index): it has
+//!   every buffer and now takes items, its own setup done.
+//!   [`Producer::wait_ready`] waits for that from every consumer still
+//!   getting items, within a timeout. A producer that starts a clock, or
+//!   does not want to fill the pool before anyone reads, calls it before
+//!   its first `acquire`; one that does not loses nothing (the message is
+//!   read with the others). A second pool-ready, or one with other
+//!   numbers, is an [`ErrorKind::Protocol`] error and drops the consumer.
 //! * **Frames.** A pool's slots may be frames instead of buffers
 //!   ([`Producer::new_frames`]): each frame travels once, at setup, as a
 //!   frame message (its layout and each of its buffers once, checked on

@@ -26,6 +26,8 @@ pub(super) struct Peer {
     pub(super) leaving: Option<Instant>,
     /// The per-item path to this consumer (its descriptor rings).
     pub(super) items: ProducerTransport,
+    /// It has sent its pool-ready: it asks for items.
+    pub(super) ready: bool,
 }
 
 impl Peer {
@@ -167,6 +169,7 @@ impl Producer {
                     alive: true,
                     leaving: None,
                     items,
+                    ready: false,
                 })
                 .collect(),
             free: (0..buffers.len()).collect(),
@@ -216,6 +219,62 @@ impl Producer {
     /// producer has read their releases (see [`RELEASE_BATCH`]).
     pub fn in_flight(&self) -> usize {
         self.slots.iter().filter(|s| s.busy).count()
+    }
+
+    /// Consumers still getting items that have not yet asked for one
+    /// (their indices).
+    pub(super) fn not_ready(&self) -> Vec<usize> {
+        (0..self.peers.len())
+            .filter(|&i| self.peers[i].live() && !self.peers[i].ready)
+            .collect()
+    }
+
+    /// Waits at most `timeout` (`None`: as long as it takes) until every
+    /// consumer still getting items has asked for its first one (see the
+    /// module documentation, "Ready"), reading their sockets and rings
+    /// meanwhile. A consumer that goes away or says bye meanwhile is not
+    /// waited for; the call returns its error, as [`Producer::acquire`]
+    /// would, and may be called again for the others. Calling it before
+    /// the first [`acquire`](Producer::acquire) keeps the consumers'
+    /// setup out of what the producer then measures or fills.
+    pub fn wait_ready(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let op = "pool wait ready";
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            self.pump()?;
+            if self.consumers() == 0 {
+                return Err(self.no_consumers(op));
+            }
+            let waiting = self.not_ready();
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            let obj = self.object();
+            let woke = {
+                let fds: Vec<BorrowedFd<'_>> = waiting
+                    .iter()
+                    .map(|&i| self.peers[i].channel.fd())
+                    .collect();
+                poll_any(&fds, slice(deadline, false), op, &obj)
+            };
+            if !woke? && past(deadline) {
+                let names: Vec<String> = waiting
+                    .iter()
+                    .map(|&i| self.peers[i].channel.peer().to_string())
+                    .collect();
+                return Err(timed_out(
+                    op,
+                    obj,
+                    format!(
+                        "{} of {} consumers had not asked for an item after {:?}: {}",
+                        waiting.len(),
+                        self.consumers(),
+                        timeout.unwrap_or_default(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 
     pub(super) fn object(&self) -> String {
@@ -390,6 +449,25 @@ impl Producer {
             Incoming::Other(m) => m,
         };
         match msg {
+            Message::PoolReady { buffers, consumer } => {
+                // The consumer asks for items (see the module
+                // documentation): once, echoing what it was told.
+                if self.peers[i].ready {
+                    return Err(protocol("pool", &peer, "a second pool-ready".to_string()));
+                }
+                if buffers as usize != self.slots.len() || consumer as usize != i {
+                    return Err(protocol(
+                        "pool",
+                        &peer,
+                        format!(
+                            "pool-ready names {buffers} buffers and consumer {consumer}; the pool has {} buffers and this is consumer {i}",
+                            self.slots.len()
+                        ),
+                    ));
+                }
+                self.peers[i].ready = true;
+                Ok(())
+            }
             Message::Bye => {
                 // A clean departure: the consumer's buffers come back as
                 // it releases them (it may still be reading some), within
