@@ -646,6 +646,32 @@ fn a_consumer_lying_in_its_pool_ready_is_dropped_with_the_cause() {
 }
 
 #[test]
+fn a_consumer_saying_bye_before_asking_is_not_waited_for() {
+    let _g = lock();
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, raw) = pair();
+    let good = healthy(c1);
+    let raw = std::thread::spawn(move || {
+        raw.take_handshake();
+        raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
+        raw
+    });
+    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
+    let raw = raw.join().unwrap();
+    // No error: a bye is a clean departure; only the other one is waited for.
+    producer.wait_ready(T).unwrap();
+    assert_eq!(producer.consumers(), 1);
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(8, Fence::Signalled)
+        .unwrap();
+    drop(raw);
+    producer.finish(T).unwrap();
+    assert_eq!(good.join().unwrap().unwrap(), 1);
+}
+
+#[test]
 fn a_consumer_gone_before_asking_is_not_waited_for() {
     let _g = lock();
     let (p1, c1) = Channel::pair().unwrap();

@@ -232,9 +232,10 @@ impl Producer {
     /// Waits at most `timeout` (`None`: as long as it takes) until every
     /// consumer still getting items has asked for its first one (see the
     /// module documentation, "Ready"), reading their sockets and rings
-    /// meanwhile. A consumer that goes away or says bye meanwhile is not
-    /// waited for; the call returns its error, as [`Producer::acquire`]
-    /// would, and may be called again for the others. Calling it before
+    /// meanwhile. A consumer that says bye meanwhile is not waited for;
+    /// one that goes away or breaks the protocol is dropped and the call
+    /// returns its error, as [`Producer::acquire`] would, and may be
+    /// called again for the others. Calling it before
     /// the first [`acquire`](Producer::acquire) keeps the consumers'
     /// setup out of what the producer then measures or fills.
     pub fn wait_ready(&mut self, timeout: Option<Duration>) -> Result<()> {
