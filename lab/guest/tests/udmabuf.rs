@@ -466,3 +466,43 @@ fn a_second_handle_on_a_dma_buf_is_the_same_buffer() {
         assert!(mh.write().is_ok(), "{how}");
     }
 }
+
+#[test]
+fn an_allocated_udmabuf_keeps_no_memfd_open_and_guards_its_own_windows() {
+    use dmabuf::Allocate;
+    let dev = dev();
+    let name = "alone-in-its-memfd";
+    let b = dev.allocate(3 * PAGE, name).unwrap();
+    assert_eq!(b.kind(), &BufferKind::Udmabuf);
+    // The memfd the pages came from is closed: nothing in this process
+    // names those pages but the buffer (so no record of them is needed).
+    let open: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        open.iter()
+            .any(|p| p.starts_with("/dmabuf:") && p.contains(name)),
+        "the buffer's own fd is listed: {open:?}"
+    );
+    assert!(
+        !open
+            .iter()
+            .any(|p| p.starts_with("/memfd:") && p.contains(name)),
+        "a memfd of the buffer is still open: {open:?}"
+    );
+    // Its windows are still exclusive through every handle.
+    let other = Buffer::from_fd(b.try_clone_fd().unwrap(), "").unwrap();
+    let (mb, mo) = (b.map().unwrap(), other.map().unwrap());
+    let mut w = mb.write().unwrap();
+    w.fill(0x3c);
+    let e = mo.read().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    let e = mo
+        .window::<dmabuf::mapping::ReadOnly>(PAGE as usize..2 * PAGE as usize, None)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    drop(w);
+    assert!(mo.read().unwrap().to_vec().iter().all(|&x| x == 0x3c));
+}

@@ -50,6 +50,13 @@
 //! recent udmabufs this process made (older records are dropped once no
 //! handle on them is left).
 //!
+//! A buffer from [`Allocate::allocate`] is made of a memfd of its own,
+//! which the library creates and closes before `allocate` returns (the
+//! kernel keeps the pages pinned, not the memfd): no other name for those
+//! pages is left in this process, so there is nothing to record, and a
+//! window on such a buffer costs what a window on any dma-buf costs (no
+//! second registry to update per window).
+//!
 //! What the library cannot see, and so cannot guard: udmabufs made by
 //! other processes or received from them (their memfd pages are unknown
 //! here), udmabufs made with the raw ioctl, memory mapped outside the
@@ -246,21 +253,24 @@ impl Udmabuf {
     /// A dma-buf of `size` bytes of `memfd` from `offset`
     /// (`UDMABUF_CREATE`).
     pub fn create(&self, memfd: impl AsFd, offset: u64, size: u64) -> Result<DmaBuf> {
-        let memfd = memfd.as_fd();
-        let range = [Range {
-            memfd,
-            offset,
-            size,
-        }];
-        validate(&range, &self.limits)?;
+        let range = [Range::new(&memfd, offset, size)];
+        record_backing(self.create_unrecorded(&range[0])?, &range)
+    }
+
+    /// `UDMABUF_CREATE` of `range`, with no record of its memfd pages: for
+    /// a memfd that nothing else will ever map (the one `allocate` makes
+    /// for a buffer alone, see the module documentation).
+    fn create_unrecorded(&self, range: &Range<'_>) -> Result<DmaBuf> {
+        let ranges = std::slice::from_ref(range);
+        validate(ranges, &self.limits)?;
         let arg = UdmabufCreate {
-            memfd: memfd.as_raw_fd() as u32,
+            memfd: range.memfd.as_raw_fd() as u32,
             flags: self.flags(),
-            offset,
-            size,
+            offset: range.offset,
+            size: range.size,
         };
-        let fd = sys::udmabuf::create(&self.dev, &arg).map_err(|e| kernel_error(e, &range))?;
-        record_backing(DmaBuf::from_fd(fd)?, &range)
+        let fd = sys::udmabuf::create(&self.dev, &arg).map_err(|e| kernel_error(e, ranges))?;
+        DmaBuf::from_fd(fd)
     }
 
     /// A dma-buf of several ranges in order (`UDMABUF_CREATE_LIST`).
@@ -516,8 +526,13 @@ impl Allocate for Udmabuf {
     fn allocate(&self, size: u64, name: &str) -> Result<Buffer> {
         let obj = format!("udmabuf '{name}'");
         let size = allocation_size(size, &obj)?;
+        // The memfd is this buffer's alone and is closed before returning:
+        // its pages have no other name left, so there is nothing for a
+        // window to conflict with but windows on the buffer itself, and no
+        // record is made (see the module documentation).
         let memfd = Memfd::new(&format!("dmabuf-udmabuf:{name}"), size)?;
-        let d = self.create(&memfd, 0, size)?;
+        let d = self.create_unrecorded(&Range::new(&memfd, 0, size))?;
+        drop(memfd);
         named_buffer(d, BufferKind::Udmabuf, name)
     }
 }
