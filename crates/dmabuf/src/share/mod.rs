@@ -76,7 +76,7 @@
 //!   that does not read: then an error of kind [`ErrorKind::TimedOut`]
 //!   naming the peer.
 //!
-//! ## Message format (version 2, little-endian)
+//! ## Message format (version 3, little-endian)
 //!
 //! Every message is one seqpacket datagram: a 16-byte header, then the
 //! body, with the header's fd count of fds attached.
@@ -84,7 +84,7 @@
 //! | offset | size | field                                              |
 //! |-------:|-----:|----------------------------------------------------|
 //! | 0      | 4    | magic `"DMBS"`                                     |
-//! | 4      | 2    | version (2)                                        |
+//! | 4      | 2    | version (3)                                        |
 //! | 6      | 2    | type (below)                                       |
 //! | 8      | 4    | body length in bytes (at most 1024)                |
 //! | 12     | 2    | number of fds attached                             |
@@ -109,7 +109,11 @@
 //! Version 2 differs from version 1 only in that a pool's consumer sends
 //! the pool-ready message back when it first asks for an item; a side of
 //! version 1 would take that for a protocol error mid-stream, so the two
-//! refuse each other at the first message instead.
+//! refuse each other at the first message instead. Version 3 differs from
+//! version 2 only in the layout of the pool's descriptor rings
+//! (`"DMBRING3"`: descriptors carry marks, releases the consumer's count
+//! of items taken; see [`ring`]), which a side of version 2 would refuse
+//! when it opens the ring.
 
 mod inherit;
 pub mod pool;

@@ -11,9 +11,11 @@
 //! descriptors each, `capacity` being the number of buffers of the pool:
 //!
 //! * **items**, producer → consumer: slot, length, sequence number, the
-//!   producer's CLOCK_MONOTONIC time of sending, and a fence reference;
+//!   producer's CLOCK_MONOTONIC time of sending, a fence reference and
+//!   the descriptor's mark;
 //! * **releases**, consumer → producer: slot, sequence number of the item
-//!   given back, and a fence reference.
+//!   given back, a fence reference, the consumer's count of items taken
+//!   off the ring when it wrote the release, and the descriptor's mark.
 //!
 //! A fence reference is 0 for a signalled fence (it costs nothing), or
 //! the tag of a fence that travels over the socket, numbered 1, 2, 3… in
@@ -28,6 +30,19 @@
 //!   empty at `head == tail` and full at `head - tail == capacity`.
 //!   Descriptors are written and read with atomic accesses only, and a
 //!   head is published with release ordering after its descriptors.
+//! * **A descriptor's mark says it is there.** The last word a side
+//!   writes in a descriptor, with release ordering, is its mark: the
+//!   count of descriptors published in that direction with this one (1
+//!   for the first), before the head says the same. A reader finds the
+//!   next descriptor by its mark alone — the count it expects next, read
+//!   with acquire ordering — without reading the peer's head, whose cache
+//!   line the peer writes at every descriptor; it reads the head only
+//!   when the mark is not the expected one (not written yet, from the
+//!   last lap, or wrong). A mark is only a hint: a wrong one sends the
+//!   reader to the head, a head behind what the marks showed is not yet
+//!   written, and the descriptor is validated the same way however it was
+//!   found. Once the producer has said bye, its consumer goes by the item
+//!   head alone ([`ConsumerRing::close`]).
 //! * **Everything read from the peer is validated before use, and used
 //!   from a private copy.** A peer's head or tail must move forward and
 //!   stay within `capacity` of what this side published or took; a
@@ -35,8 +50,10 @@
 //!   size, length at most the slot's buffer size, sequence exactly one
 //!   past the previous one (no replay, no gap), an item never in a slot
 //!   this consumer still holds, a release only of an item this consumer
-//!   took off the ring and still has in flight, fence tags exactly one
-//!   past the previous one. Every breach is an [`ErrorKind::Protocol`]
+//!   took off the ring and still has in flight (by the release's count of
+//!   items taken, which never goes back, covers the item released, and
+//!   does not pass what was published), fence tags exactly one past the
+//!   previous one. Every breach is an [`ErrorKind::Protocol`]
 //!   error (errno `EPROTO`) naming the field and its value, after which
 //!   the ring refuses every further call with the same error. The peer's
 //!   later writes never change a decision taken on a copy.
@@ -78,19 +95,18 @@
 //! | 256    | 8    | consumer   | item tail                               |
 //! | 320    | 8    | consumer   | release head                            |
 //! | 384    | 4    | consumer   | consumer waiting (futex word)           |
-//! | 512    | 64 × capacity | producer | items: slot, length, sequence, sent at, fence |
-//! | 512 + 64 × capacity | 32 × capacity | consumer | releases: slot, sequence, fence |
+//! | 512    | 64 × capacity | producer | items: slot, length, sequence, sent at, fence, mark |
+//! | 512 + 64 × capacity | 64 × capacity | consumer | releases: slot, sequence, fence, items taken, mark |
 //!
 //! The length of the memfd is that, rounded up to a page. Each head, tail
 //! and waiting word has a 64-byte cache line of its own: a word written
 //! per item never shares a line with one the other side reads per item
 //! (the waiting words, read at every publish, are written only around a
 //! sleep). A side reads the other's tail only when its own count says
-//! the ring may be full, or, for the producer, when a release names an
-//! item it has not yet seen taken (it then learns how far the consumer
-//! has taken, so the releases up to there need no read): in a steady
-//! stream the other side's words are read about once per batch of items,
-//! not once per item.
+//! the ring may be full (the producer also learns how far the consumer
+//! has taken from each release), and the other's head only when a mark
+//! is not the expected one: in a steady stream a side reads, per item,
+//! the descriptor lines the other side wrote and no head or tail.
 //!
 //! The count of messages sent is the number of messages the producer's
 //! end of the socket has sent whole, written after each send that the
@@ -113,9 +129,10 @@ use rustix::fs::{MemfdFlags, SealFlags};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys::futex::{self, SharedWords};
 
-/// The magic word at offset 0: `"DMBRING2"` (the layout above; version 1
-/// kept the heads, tails and waiting words of a side on one cache line).
-pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"DMBRING2");
+/// The magic word at offset 0: `"DMBRING3"` (the layout above; version 2
+/// had no marks and 32-byte releases, version 1 kept the heads, tails and
+/// waiting words of a side on one cache line).
+pub const RING_MAGIC: u64 = u64::from_le_bytes(*b"DMBRING3");
 /// Most descriptors a ring holds in each direction (the pool's limit).
 pub const MAX_RING_CAPACITY: usize = super::pool::MAX_POOL_BUFFERS;
 
@@ -130,7 +147,13 @@ const W_REL_HEAD: usize = 40; // byte 320
 const H_CONSUMER_WAITING: usize = 96; // 32-bit index: byte 384
 const W_ITEMS: usize = 64; // byte 512
 const ITEM_WORDS: usize = 8;
-const REL_WORDS: usize = 4;
+/// Word of an item descriptor that holds its mark.
+const ITEM_MARK: usize = 5;
+const REL_WORDS: usize = 8;
+/// Word of a release descriptor that holds the consumer's items taken.
+const REL_TAKEN: usize = 3;
+/// Word of a release descriptor that holds its mark.
+const REL_MARK: usize = 4;
 /// Waiting-word value of a side asleep in `FUTEX_WAIT` on the word itself
 /// in a ring with eventfds ([`ConsumerRing::sleep_on_word`]); 1 is a side
 /// asleep on its eventfd (or, without eventfds, on the word).
@@ -262,10 +285,11 @@ impl Shared {
     /// Reads the peer's head word `word` (named `what` in errors) and
     /// checks it against what this side knows: never behind the head seen
     /// before, never more than the capacity ahead of what was taken. A head
-    /// outside that breaks the ring with a Protocol error.
+    /// outside that breaks the ring with a Protocol error. (It may be
+    /// behind what was taken: the marks are written before the head.)
     fn peer_head(&mut self, word: usize, what: &str, seen: u64, taken: u64) -> Result<u64> {
         let h = self.w(word).load(Ordering::Acquire);
-        if h < seen || h - taken > self.cap as u64 {
+        if h < seen || h.saturating_sub(taken) > self.cap as u64 {
             let e = protocol(
                 &self.name,
                 format!(
@@ -294,6 +318,13 @@ impl Shared {
             return Err(self.fail(e));
         }
         Ok(t)
+    }
+
+    /// Whether the descriptor at word `base` carries mark `expected` in
+    /// its word `mark` (read with acquire ordering: its other words, written
+    /// before, are then seen).
+    fn marked(&self, base: usize, mark: usize, expected: u64) -> bool {
+        self.w(base + mark).load(Ordering::Acquire) == expected
     }
 
     /// Wakes the peer if its waiting word (32-bit index `flag`) is raised.
@@ -444,6 +475,8 @@ pub struct ProducerRing {
     tail_seen: u64,
     rel_tail: Position,
     rel_head_seen: u64,
+    /// Items taken, as the last release said.
+    rel_taken: u64,
     seq: u64,
     fence_out: u64,
     rel_fence_in: u64,
@@ -504,6 +537,7 @@ impl ProducerRing {
             tail_seen: 0,
             rel_tail: Position::default(),
             rel_head_seen: 0,
+            rel_taken: 0,
             seq: 0,
             fence_out: 0,
             rel_fence_in: 0,
@@ -652,6 +686,9 @@ impl ProducerRing {
         }
         self.head.advance(self.s.cap);
         self.s
+            .w(base + ITEM_MARK)
+            .store(self.head.count, Ordering::Release);
+        self.s
             .w(W_ITEM_HEAD)
             .store(self.head.count, Ordering::Release);
         self.in_flight[slot] = d.seq;
@@ -664,10 +701,11 @@ impl ProducerRing {
         if !self.release_pending()? {
             return Ok(None);
         }
-        let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_tail.at * REL_WORDS;
+        let base = self.release_base();
         // One copy; every check below is on it.
-        let [slot, seq, fref] = [0, 1, 2].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
-        let r = self.check_release(slot, seq, fref);
+        let [slot, seq, fref, taken] =
+            [0, 1, 2, REL_TAKEN].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
+        let r = self.check_release(slot, seq, fref, taken);
         let d = r.map_err(|e| self.s.fail(e))?;
         self.in_flight[d.slot] = 0;
         self.rel_tail.advance(self.s.cap);
@@ -677,11 +715,23 @@ impl ProducerRing {
         Ok(Some(d))
     }
 
-    /// Whether a release is waiting (reads and validates the consumer's
-    /// release head when every release seen was taken).
+    /// The first word of the next release descriptor.
+    fn release_base(&self) -> usize {
+        W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_tail.at * REL_WORDS
+    }
+
+    /// Whether a release is waiting: its mark says so, or else the
+    /// consumer's release head, read and validated when every release it
+    /// showed before was taken.
     fn release_pending(&mut self) -> Result<bool> {
         self.s.check()?;
-        if self.rel_tail.count == self.rel_head_seen {
+        if self
+            .s
+            .marked(self.release_base(), REL_MARK, self.rel_tail.count + 1)
+        {
+            return Ok(true);
+        }
+        if self.rel_tail.count >= self.rel_head_seen {
             let h = self.s.peer_head(
                 W_REL_HEAD,
                 "release",
@@ -716,7 +766,7 @@ impl ProducerRing {
         self.s.end_wait(H_PRODUCER_WAITING);
     }
 
-    fn check_release(&mut self, slot: u64, seq: u64, fref: u64) -> Result<ReleaseDesc> {
+    fn check_release(&mut self, slot: u64, seq: u64, fref: u64, taken: u64) -> Result<ReleaseDesc> {
         // The ring's name is copied only into an error: nothing per release.
         if slot >= self.s.cap as u64 {
             return Err(protocol(
@@ -741,13 +791,23 @@ impl ProducerRing {
                 ),
             ));
         }
-        // The consumer's tail is read only for an item not yet seen taken.
-        let taken = if seq > self.tail_seen {
-            self.refresh_tail()?
-        } else {
-            self.tail_seen
-        };
+        // The consumer's count of items taken, as it wrote it in the
+        // release: it must not go back or pass what was published, and it
+        // covers the item given back. It is what the producer knows of the
+        // consumer's tail from then on (read from the tail word itself
+        // only when the ring may be full).
+        // (Against the count of the release before: the tail word, read
+        // meanwhile, may be ahead of a release written before it.)
         let name = &self.s.name;
+        if taken < self.rel_taken || taken > self.head.count {
+            return Err(protocol(
+                name,
+                format!(
+                    "release of slot {slot} says {taken} items taken, outside {}..={} (the release before .. published)",
+                    self.rel_taken, self.head.count
+                ),
+            ));
+        }
         if seq > taken {
             return Err(protocol(
                 name,
@@ -772,6 +832,8 @@ impl ProducerRing {
                 ))
             }
         };
+        self.rel_taken = taken;
+        self.tail_seen = self.tail_seen.max(taken);
         Ok(ReleaseDesc {
             slot: slot as usize,
             seq,
@@ -1009,7 +1071,7 @@ impl ConsumerRing {
         if !self.item_pending()? {
             return Ok(None);
         }
-        let base = W_ITEMS + self.tail.at * ITEM_WORDS;
+        let base = self.item_base();
         // One copy; every check below is on it.
         let [slot, len, seq, sent_ns, fref] =
             [0, 1, 2, 3, 4].map(|i| self.s.w(base + i).load(Ordering::Relaxed));
@@ -1028,11 +1090,24 @@ impl ConsumerRing {
         Ok(Some(d))
     }
 
-    /// Whether an item is waiting (reads and validates the producer's item
-    /// head when every item seen was taken).
+    /// The first word of the next item descriptor.
+    fn item_base(&self) -> usize {
+        W_ITEMS + self.tail.at * ITEM_WORDS
+    }
+
+    /// Whether an item is waiting: its mark says so (until the producer's
+    /// bye), or else the producer's item head, read and validated when
+    /// every item it showed before was taken.
     fn item_pending(&mut self) -> Result<bool> {
         self.s.check()?;
-        if self.tail.count == self.head_seen {
+        if self.limit.is_none()
+            && self
+                .s
+                .marked(self.item_base(), ITEM_MARK, self.tail.count + 1)
+        {
+            return Ok(true);
+        }
+        if self.tail.count >= self.head_seen {
             let h = self
                 .s
                 .peer_head(W_ITEM_HEAD, "item", self.head_seen, self.tail.count)?;
@@ -1269,10 +1344,18 @@ impl ConsumerRing {
             FenceRef::Signalled
         };
         let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_head.at * REL_WORDS;
-        for (i, v) in [slot as u64, seq, fence.word()].into_iter().enumerate() {
+        for (i, v) in [
+            (0, slot as u64),
+            (1, seq),
+            (2, fence.word()),
+            (REL_TAKEN, self.tail.count),
+        ] {
             self.s.w(base + i).store(v, Ordering::Relaxed);
         }
         self.rel_head.advance(self.s.cap);
+        self.s
+            .w(base + REL_MARK)
+            .store(self.rel_head.count, Ordering::Release);
         self.s
             .w(W_REL_HEAD)
             .store(self.rel_head.count, Ordering::Release);

@@ -14,7 +14,7 @@ use crate::frame::FrameLayout;
 pub const MAGIC: [u8; 4] = *b"DMBS";
 /// The protocol version this library speaks (see the `share` module's
 /// message format).
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 16;
 /// Largest message body accepted.

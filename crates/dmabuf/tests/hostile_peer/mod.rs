@@ -374,7 +374,7 @@ const R_ITEMS: u64 = 64;
 impl RawRing {
     /// A ring of `cap` slots, as a producer makes it.
     pub fn new(cap: usize) -> RawRing {
-        let raw = R_ITEMS * 8 + cap as u64 * 12 * 8;
+        let raw = R_ITEMS * 8 + cap as u64 * 16 * 8;
         let len = raw.div_ceil(4096) * 4096;
         let r = RawRing {
             memfd: memfd(len, SealFlags::SHRINK | SealFlags::GROW),
@@ -382,7 +382,7 @@ impl RawRing {
             wake_producer: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
             cap: cap as u64,
         };
-        r.set(0, u64::from_le_bytes(*b"DMBRING2"));
+        r.set(0, u64::from_le_bytes(*b"DMBRING3"));
         r.set(1, cap as u64);
         r
     }
@@ -421,7 +421,8 @@ impl RawRing {
     }
 
     /// Publishes an item descriptor (slot, length, sequence, fence
-    /// reference) at the item head, moves the head and wakes the consumer.
+    /// reference) at the item head, moves the head (no mark) and wakes
+    /// the consumer.
     pub fn item(&self, slot: u64, seq: u64, len: u64, fence_ref: u64) {
         let head = self.get(R_ITEM_HEAD);
         let base = R_ITEMS + (head % self.cap) * 8;
@@ -467,12 +468,14 @@ impl RawRing {
         }
     }
 
-    /// Publishes a release descriptor (slot, sequence, fence reference)
-    /// and wakes the producer.
+    /// Publishes a release descriptor (slot, sequence, fence reference,
+    /// and the items taken as the item tail says) by the release head
+    /// (no mark) and wakes the producer.
     pub fn release(&self, slot: u64, seq: u64, fence_ref: u64) {
         let head = self.get(R_REL_HEAD);
-        let base = R_ITEMS + self.cap * 8 + (head % self.cap) * 4;
-        for (k, v) in [slot, seq, fence_ref].into_iter().enumerate() {
+        let base = R_ITEMS + self.cap * 8 + (head % self.cap) * 8;
+        let taken = self.get(R_ITEM_TAIL);
+        for (k, v) in [slot, seq, fence_ref, taken].into_iter().enumerate() {
             self.set(base + k as u64, v);
         }
         self.set(R_REL_HEAD, head + 1);

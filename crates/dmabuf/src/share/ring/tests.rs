@@ -37,20 +37,45 @@ fn rel_word(raw: &SharedWords, index: usize, field: usize) -> &AtomicU64 {
     )
 }
 
-/// Writes item descriptor `index` and publishes head `head`, as a
-/// (possibly hostile) producer would.
-fn forge_item(raw: &SharedWords, index: usize, d: [u64; 5], head: u64) {
+/// How a forged descriptor is published: by the head word alone, or by
+/// the descriptor's mark alone.
+#[derive(Debug, Clone, Copy)]
+enum By {
+    Head,
+    Mark,
+}
+
+/// Writes item descriptor `index` (slot, length, sequence, sent at,
+/// fence) and publishes `count` items by head or by mark, as a (possibly
+/// hostile) producer would.
+fn forge_item_by(raw: &SharedWords, by: By, index: usize, d: [u64; 5], count: u64) {
     for (i, v) in d.into_iter().enumerate() {
         item_word(raw, index, i).store(v, Ordering::Relaxed);
     }
-    w(raw, W_ITEM_HEAD).store(head, Ordering::Release);
+    match by {
+        By::Head => w(raw, W_ITEM_HEAD).store(count, Ordering::Release),
+        By::Mark => item_word(raw, index, ITEM_MARK).store(count, Ordering::Release),
+    }
 }
 
-fn forge_release(raw: &SharedWords, index: usize, d: [u64; 3], head: u64) {
-    for (i, v) in d.into_iter().enumerate() {
+fn forge_item(raw: &SharedWords, index: usize, d: [u64; 5], head: u64) {
+    forge_item_by(raw, By::Head, index, d, head)
+}
+
+/// Writes release descriptor `index` (slot, sequence, fence, items
+/// taken) and publishes `count` releases by head or by mark.
+fn forge_release_by(raw: &SharedWords, by: By, index: usize, d: [u64; 4], count: u64) {
+    for (i, v) in [0, 1, 2, REL_TAKEN].into_iter().zip(d) {
         rel_word(raw, index, i).store(v, Ordering::Relaxed);
     }
-    w(raw, W_REL_HEAD).store(head, Ordering::Release);
+    match by {
+        By::Head => w(raw, W_REL_HEAD).store(count, Ordering::Release),
+        By::Mark => rel_word(raw, index, REL_MARK).store(count, Ordering::Release),
+    }
+}
+
+fn forge_release(raw: &SharedWords, index: usize, d: [u64; 4], head: u64) {
+    forge_release_by(raw, By::Head, index, d, head)
 }
 
 #[track_caller]
@@ -282,11 +307,63 @@ fn an_item_head_that_moves_back_or_wraps_is_refused() {
     // Still one seen and not taken: taken without reading the head again.
     c.try_recv_item().unwrap().unwrap();
     assert_protocol(c.try_recv_item(), "item head 18446744073709551615");
+    // Back behind a head read before (the honest producer's item was
+    // found by its mark; the empty ring's next look reads the head).
     let (mut p, mut c, raw) = pair(Wake::Futex);
     p.send_item(0, 1, 0, false).unwrap();
     c.try_recv_item().unwrap().unwrap();
+    assert_eq!(c.try_recv_item().unwrap(), None);
     w(&raw, W_ITEM_HEAD).store(0, Ordering::Release);
     assert_protocol(c.try_recv_item(), "item head 0 is outside 1..=5");
+}
+
+#[test]
+fn a_mark_only_says_where_to_look_and_a_head_behind_the_marks_is_not_yet_written() {
+    // Items published by their marks alone are taken, the head never
+    // written; a head behind them later is not an error.
+    let (_p, mut c, raw) = pair(Wake::Futex);
+    forge_item_by(&raw, By::Mark, 0, [0, 1, 1, 0, 0], 1);
+    forge_item_by(&raw, By::Mark, 1, [1, 1, 2, 0, 0], 2);
+    assert_eq!(c.try_recv_item().unwrap().unwrap().seq, 1);
+    assert_eq!(c.try_recv_item().unwrap().unwrap().seq, 2);
+    assert_eq!(c.try_recv_item().unwrap(), None);
+    w(&raw, W_ITEM_HEAD).store(1, Ordering::Release);
+    assert_eq!(c.try_recv_item().unwrap(), None);
+    // A mark other than the next count (ahead, from the last lap, or
+    // any value) is not taken: the head decides, and nothing is there.
+    for mark in [4, 2, u64::MAX, 0] {
+        forge_item_by(&raw, By::Mark, 2, [2, 1, 3, 0, 0], mark);
+        assert_eq!(c.try_recv_item().unwrap(), None, "mark {mark}");
+    }
+    // The head says it is there: taken, whatever its mark.
+    w(&raw, W_ITEM_HEAD).store(3, Ordering::Release);
+    assert_eq!(c.try_recv_item().unwrap().unwrap().seq, 3);
+    assert_eq!(c.held(), 3);
+    // After the producer's bye the head alone counts: an item past it,
+    // marked as the next, is not taken.
+    c.close().unwrap();
+    forge_item_by(&raw, By::Mark, 3, [3, 1, 4, 0, 0], 4);
+    assert_eq!(c.try_recv_item().unwrap(), None);
+
+    // The same for releases, on the producer's side.
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    p.send_item(1, 1, 0, false).unwrap();
+    c.recv_item(SHORT).unwrap();
+    c.recv_item(SHORT).unwrap();
+    forge_release_by(&raw, By::Mark, 0, [1, 2, 0, 2], 2);
+    assert_eq!(p.try_recv_release().unwrap(), None, "a mark ahead");
+    forge_release_by(&raw, By::Mark, 0, [1, 2, 0, 2], 1);
+    assert_eq!(p.try_recv_release().unwrap().unwrap().seq, 2);
+    w(&raw, W_REL_HEAD).store(0, Ordering::Release);
+    assert_eq!(
+        p.try_recv_release().unwrap(),
+        None,
+        "a head behind the marks"
+    );
+    forge_release(&raw, 1, [0, 1, 0, 2], 2);
+    assert_eq!(p.try_recv_release().unwrap().unwrap().seq, 1);
+    assert_eq!(p.in_flight(), 0);
 }
 
 #[test]
@@ -303,11 +380,14 @@ fn forged_item_fields_are_named() {
         ([0, 1, 2, 0, 0], "item sequence 2, expected 1 (skipped)"),
         ([0, 1, 1, 0, 2], "item fence reference 2, expected 0 or 1"),
     ];
+    // Found by the head or by the mark, a descriptor is checked alike.
     for (d, needle) in cases {
-        let (_p, mut c, raw) = pair(Wake::Futex);
-        forge_item(&raw, 0, d, 1);
-        assert_protocol(c.try_recv_item(), needle);
-        assert_eq!(c.held(), 0, "{needle}: nothing taken");
+        for by in [By::Head, By::Mark] {
+            let (_p, mut c, raw) = pair(Wake::Futex);
+            forge_item_by(&raw, by, 0, d, 1);
+            assert_protocol(c.try_recv_item(), needle);
+            assert_eq!(c.held(), 0, "{needle} ({by:?}): nothing taken");
+        }
     }
 }
 
@@ -467,50 +547,72 @@ fn a_corrupt_release_tail_or_a_ring_never_drained_is_refused() {
 
 #[test]
 fn forged_releases_are_named() {
-    type Case = (fn(&SharedWords), &'static str);
-    let cases: [Case; 7] = [
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    c.recv_item(SHORT).unwrap();
+    w(&raw, W_REL_HEAD).store(5, Ordering::Release);
+    assert_protocol(p.try_recv_release(), "release head 5 is outside 0..=4");
+    assert_protocol(p.send_item(1, 1, 0, false), "release head 5");
+    // Slot, sequence, fence, items taken; found by the head or by the
+    // mark, a release is checked alike.
+    let cases: [([u64; 4], &str); 8] = [
+        ([4, 1, 0, 1], "release slot 4 is not below the pool size 4"),
         (
-            |r| w(r, W_REL_HEAD).store(5, Ordering::Release),
-            "release head 5 is outside 0..=4",
-        ),
-        (
-            |r| forge_release(r, 0, [4, 1, 0], 1),
-            "release slot 4 is not below the pool size 4",
-        ),
-        (
-            |r| forge_release(r, 0, [1, 1, 0], 1),
+            [1, 1, 0, 1],
             "release sequence 1 of slot 1: that slot has no item in flight",
         ),
         (
-            |r| forge_release(r, 0, [0, 2, 0], 1),
+            [0, 2, 0, 1],
             "release sequence 2 of slot 0: its item in flight is sequence 1",
         ),
-        (
-            |r| forge_release(r, 0, [0, 0, 0], 1),
-            "release sequence 0 of slot 0",
-        ),
-        (
-            |r| forge_release(r, 0, [0, 1, 2], 1),
-            "release fence reference 2, expected 0 or 1",
-        ),
+        ([0, 0, 0, 1], "release sequence 0 of slot 0"),
+        ([0, 1, 2, 1], "release fence reference 2, expected 0 or 1"),
         // Released before it was taken off the ring.
         (
-            |r| {
-                w(r, W_ITEM_TAIL).store(0, Ordering::Release);
-                forge_release(r, 0, [0, 1, 0], 1)
-            },
+            [0, 1, 0, 0],
             "release sequence 1 of an item not yet taken off the ring (0 taken)",
         ),
+        // More taken than was ever published.
+        (
+            [0, 1, 0, 2],
+            "release of slot 0 says 2 items taken, outside 0..=1",
+        ),
+        ([0, 1, 0, u64::MAX], "says 18446744073709551615 items taken"),
     ];
-    for (forge, needle) in cases {
-        let (mut p, mut c, raw) = pair(Wake::Futex);
-        p.send_item(0, 1, 0, false).unwrap();
-        c.recv_item(SHORT).unwrap();
-        forge(&raw);
-        assert_protocol(p.try_recv_release(), needle);
-        assert_eq!(p.in_flight(), 1, "{needle}: nothing released");
-        assert_protocol(p.send_item(1, 1, 0, false), needle);
+    for (d, needle) in cases {
+        for by in [By::Head, By::Mark] {
+            let (mut p, mut c, raw) = pair(Wake::Futex);
+            p.send_item(0, 1, 0, false).unwrap();
+            c.recv_item(SHORT).unwrap();
+            forge_release_by(&raw, by, 0, d, 1);
+            assert_protocol(p.try_recv_release(), needle);
+            assert_eq!(p.in_flight(), 1, "{needle} ({by:?}): nothing released");
+            assert_protocol(p.send_item(1, 1, 0, false), needle);
+        }
     }
+    // The count of items taken never goes back.
+    let (mut p, mut c, raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    p.send_item(1, 1, 0, false).unwrap();
+    c.recv_item(SHORT).unwrap();
+    c.recv_item(SHORT).unwrap();
+    forge_release(&raw, 0, [1, 2, 0, 2], 1);
+    assert_eq!(p.try_recv_release().unwrap().unwrap().seq, 2);
+    forge_release(&raw, 1, [0, 1, 0, 1], 2);
+    assert_protocol(
+        p.try_recv_release(),
+        "release of slot 0 says 1 items taken, outside 2..=2",
+    );
+    // A tail read meanwhile may be ahead of a release written before it:
+    // not an error.
+    let (mut p, mut c, _raw) = pair(Wake::Futex);
+    p.send_item(0, 1, 0, false).unwrap();
+    p.send_item(1, 1, 0, false).unwrap();
+    let d = c.recv_item(SHORT).unwrap();
+    c.send_release(d.slot, d.seq, false).unwrap();
+    c.recv_item(SHORT).unwrap();
+    assert_eq!(p.untaken().unwrap(), (2, 0));
+    assert_eq!(p.try_recv_release().unwrap().unwrap().seq, 1);
 }
 
 #[test]
@@ -520,7 +622,7 @@ fn a_replayed_release_is_refused() {
     let d = c.recv_item(SHORT).unwrap();
     c.send_release(d.slot, d.seq, false).unwrap();
     p.recv_release(SHORT).unwrap();
-    forge_release(&raw, 1, [0, 1, 0], 2);
+    forge_release(&raw, 1, [0, 1, 0, 1], 2);
     assert_protocol(
         p.try_recv_release(),
         "release sequence 1 of slot 0: that slot has no item in flight",
@@ -539,19 +641,20 @@ fn a_corrupt_item_tail_is_refused_where_it_is_read() {
         assert_protocol(p.untaken(), &why);
         assert_protocol(p.send_item(1, 1, 0, false), &why);
     }
-    // …and when a release names an item it has not seen taken (here the
-    // tail moved back). (Its read when its count says the item ring may
-    // be full cannot be reached through a slot that is free: a release
-    // refreshes the tail to at least the item it gives back.)
+    // …never behind what a release said was taken. (Its read when its
+    // count says the item ring may be full cannot be reached through a
+    // slot that is free: every release says at least the item it gives
+    // back was taken, so every item not yet given back that the count
+    // holds is one in flight.)
     let (mut p, mut c, raw) = pair(Wake::Futex);
     p.send_item(0, 1, 0, false).unwrap();
-    c.recv_item(SHORT).unwrap();
-    assert_eq!(p.untaken().unwrap(), (1, 0));
     p.send_item(1, 1, 0, false).unwrap();
+    c.recv_item(SHORT).unwrap();
     let d = c.recv_item(SHORT).unwrap();
     c.send_release(d.slot, d.seq, false).unwrap();
-    w(&raw, W_ITEM_TAIL).store(0, Ordering::Release);
-    assert_protocol(p.try_recv_release(), "item tail 0 is outside 1..=2");
+    assert_eq!(p.try_recv_release().unwrap().unwrap().seq, 2);
+    w(&raw, W_ITEM_TAIL).store(1, Ordering::Release);
+    assert_protocol(p.untaken(), "item tail 1 is outside 2..=2");
 }
 
 #[test]
