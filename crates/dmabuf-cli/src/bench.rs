@@ -64,7 +64,10 @@
 //! consumer asleep; the ideal's consumer and the library's go to sleep at
 //! once after a pause (each spins 5 µs first only while its items come
 //! close together), like the raw reference's child.
-//! Latencies are reported as ratios to the faster of the two.
+//! Latencies are reported as ratios to the faster of the two (by its
+//! median p50), each the median of the rounds' ratios: a round's latency
+//! against the same round's wake-up. The targets' ratios of the stream to
+//! `pipe` and `unix` are taken the same way, round by round.
 //!
 //! The project's own targets are shown only with `--targets` (and in
 //! `docs/benchmarks.md`); nothing here asserts performance.
@@ -189,11 +192,24 @@ pub struct Latency {
     /// Smallest and largest p50 of the runs, µs.
     p50_us_min: Option<f64>,
     p50_us_max: Option<f64>,
-    /// Ratios to the raw wake-up's p50 and p99.
+    /// Ratios to the raw wake-up's p50 and p99 (medians of the rounds'
+    /// ratios).
     p50_to_wake: Option<f64>,
     p99_to_wake: Option<f64>,
     missing: Option<String>,
 }
+
+/// The stream's throughput against a copying peer (`pipe`, `unix`) at
+/// one size: the median of the rounds' ratios, as for `ideal`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerRatio {
+    size: u64,
+    peer: &'static str,
+    ratio: Option<f64>,
+}
+
+/// The copying peers the targets compare the stream with.
+const PEERS: [&str; 2] = ["pipe", "unix"];
 
 /// Everything one `dmabuf bench` measured.
 pub struct Results {
@@ -204,6 +220,8 @@ pub struct Results {
     in_flight: u64,
     sizes: Vec<u64>,
     cells: Vec<Cell>,
+    /// `dmabuf` against each of [`PEERS`] at each size.
+    peer_ratios: Vec<PeerRatio>,
     latency: Vec<Latency>,
     wake: Vec<Latency>,
 }
@@ -298,6 +316,48 @@ fn paired_ratio(
         .zip(reference)
         .filter_map(|(a, b)| match (a, b) {
             (Ok((a, _)), Ok((b, _))) if *b > 0.0 => Some(a / b),
+            _ => None,
+        })
+        .collect();
+    median(&mut q)
+}
+
+/// `dmabuf` against each of [`PEERS`] at each size, from the runs of
+/// every cell (`tp`, laid out as in [`run`]: size-major, [`CASES`] order).
+fn peer_ratios(sizes: &[u64], tp: &[Vec<Result<(f64, u64), String>>]) -> Vec<PeerRatio> {
+    let runs = |si: usize, case: &str| {
+        CASES
+            .iter()
+            .position(|c| *c == case)
+            .and_then(|ci| tp.get(si * CASES.len() + ci))
+            .map_or(&[][..], Vec::as_slice)
+    };
+    let mut v = Vec::new();
+    for (si, &size) in sizes.iter().enumerate() {
+        for peer in PEERS {
+            v.push(PeerRatio {
+                size,
+                peer,
+                ratio: paired_ratio(runs(si, "dmabuf"), runs(si, peer)),
+            });
+        }
+    }
+    v
+}
+
+/// The median over the rounds of `value(runs[i]) / value(reference[i])`,
+/// the rounds where both have a number: a latency against the raw
+/// wake-up, side by side in each round.
+fn paired_latency_ratio(
+    runs: &[Result<cases::LatSummary, String>],
+    reference: &[Result<cases::LatSummary, String>],
+    value: fn(&cases::LatSummary) -> u64,
+) -> Option<f64> {
+    let mut q: Vec<f64> = runs
+        .iter()
+        .zip(reference)
+        .filter_map(|(a, b)| match (a, b) {
+            (Ok(a), Ok(b)) if value(b) > 0 => Some(value(a) as f64 / value(b) as f64),
             _ => None,
         })
         .collect();
@@ -453,26 +513,28 @@ pub fn run(args: Args) -> crate::CliResult {
         .zip(&lat)
         .map(|(c, r)| latency_row(c, r))
         .collect();
-    let reference = wake
-        .iter()
-        .filter(|w| w.p50_us.is_some())
-        .min_by(|a, b| {
-            a.p50_us
+    // The reference is the faster raw wake-up (by its median p50); each
+    // ratio is the median of the rounds' ratios to it.
+    let reference = (0..wake.len())
+        .filter(|&k| wake[k].p50_us.is_some())
+        .min_by(|&a, &b| {
+            wake[a]
+                .p50_us
                 .unwrap_or(f64::MAX)
-                .total_cmp(&b.p50_us.unwrap_or(f64::MAX))
-        })
-        .map(|w| (w.p50_us, w.p99_us));
+                .total_cmp(&wake[b].p50_us.unwrap_or(f64::MAX))
+        });
     let mut latency: Vec<Latency> = LATENCY_CASES
         .iter()
         .zip(&lat[2..])
         .map(|(c, r)| latency_row(c, r))
         .collect();
-    if let Some((w50, w99)) = reference {
-        for l in &mut latency {
-            l.p50_to_wake = l.p50_us.zip(w50).map(|(a, b)| a / b);
-            l.p99_to_wake = l.p99_us.zip(w99).map(|(a, b)| a / b);
+    if let Some(k) = reference {
+        for (l, runs) in latency.iter_mut().zip(&lat[2..]) {
+            l.p50_to_wake = paired_latency_ratio(runs, &lat[k], |s| s.p50_ns);
+            l.p99_to_wake = paired_latency_ratio(runs, &lat[k], |s| s.p99_ns);
         }
     }
+    let peer_ratios = peer_ratios(&sizes, &tp);
     let results = Results {
         machine: render::Machine::this(),
         backend: backend.backend().to_string(),
@@ -481,6 +543,7 @@ pub fn run(args: Args) -> crate::CliResult {
         in_flight: args.in_flight,
         sizes,
         cells,
+        peer_ratios,
         latency,
         wake,
     };
@@ -532,6 +595,51 @@ mod tests {
         let reference = [Err("y".into()), Ok((1.0, 1)), Ok((2.0, 1))];
         assert_eq!(paired_ratio(&runs, &reference), Some(1.5));
         assert_eq!(paired_ratio(&runs[..1], &reference[..1]), None);
+    }
+
+    #[test]
+    fn ratios_to_the_copying_peers_and_the_wake_up_are_taken_side_by_side() {
+        // Two sizes; at 4 KiB the machine's speed drifts between rounds
+        // and dmabuf is half of pipe in each of them (the medians alone
+        // would say 1), at 1 MiB unix has no number.
+        let sizes = [4096, 1 << 20];
+        let mut tp: Vec<Vec<Result<(f64, u64), String>>> = vec![Vec::new(); 2 * CASES.len()];
+        let at = |si: usize, case: &str| {
+            si * CASES.len() + CASES.iter().position(|c| *c == case).unwrap()
+        };
+        tp[at(0, "dmabuf")] = vec![Ok((1.0, 1)), Ok((4.0, 1)), Ok((8.0, 1))];
+        tp[at(0, "pipe")] = vec![Ok((2.0, 1)), Ok((8.0, 1)), Ok((4.0, 1))];
+        tp[at(0, "unix")] = vec![Ok((0.5, 1)), Ok((2.0, 1)), Ok((4.0, 1))];
+        tp[at(1, "dmabuf")] = vec![Ok((3.0, 1))];
+        tp[at(1, "unix")] = vec![Err("gone".into())];
+        let r = peer_ratios(&sizes, &tp);
+        let get = |size, peer| {
+            r.iter()
+                .find(|p| p.size == size && p.peer == peer)
+                .unwrap()
+                .ratio
+        };
+        assert_eq!(get(4096, "pipe"), Some(0.5));
+        assert_eq!(get(4096, "unix"), Some(2.0));
+        assert_eq!(get(1 << 20, "unix"), None);
+        assert_eq!(get(1 << 20, "pipe"), None);
+        // Latency: the same, per round, against the wake-up's same round.
+        let lat = |p50, p99| {
+            Ok(cases::LatSummary {
+                count: 1,
+                p50_ns: p50,
+                p99_ns: p99,
+                max_ns: p99,
+            })
+        };
+        let wake = [lat(10, 20), lat(40, 80), lat(20, 40)];
+        let ours = [lat(15, 10), lat(60, 40), lat(30, 20)];
+        assert_eq!(paired_latency_ratio(&ours, &wake, |s| s.p50_ns), Some(1.5));
+        assert_eq!(paired_latency_ratio(&ours, &wake, |s| s.p99_ns), Some(0.5));
+        assert_eq!(
+            paired_latency_ratio(&ours[..1], &[Err("x".into())], |s| s.p50_ns),
+            None
+        );
     }
 
     #[test]

@@ -63,16 +63,21 @@ pub fn targets(r: &Results) -> serde_json::Value {
             .iter()
             .filter(move |c| c.case == "dmabuf" && pred(c.size))
     }
-    let vs = |c: &Cell, other: &str| Some(c.gib_s? / get(&r.cells, other, c.size)?.gib_s?);
+    let vs = |size: u64, peer: &str| {
+        r.peer_ratios
+            .iter()
+            .find(|p| p.size == size && p.peer == peer)
+            .and_then(|p| p.ratio)
+    };
     let lat = r.latency.iter().find(|l| l.case == "dmabuf");
     serde_json::json!({
         "ideal_ratio_from_64KiB_min": min_of(ours(r, |s| s >= 64 << 10).filter_map(|c| c.ratio_to_ideal)),
         "ideal_ratio_from_64KiB_goal": 0.9,
         "ideal_ratio_at_4KiB": ours(r, |s| s == 4 << 10).find_map(|c| c.ratio_to_ideal),
         "ideal_ratio_at_4KiB_goal": 0.8,
-        "pipe_ratio_at_4KiB": ours(r, |s| s == 4 << 10).find_map(|c| vs(c, "pipe")),
+        "pipe_ratio_at_4KiB": vs(4 << 10, "pipe"),
         "pipe_ratio_at_4KiB_goal": 1.0,
-        "unix_ratio_from_1MiB_min": min_of(ours(r, |s| s >= 1 << 20).filter_map(|c| vs(c, "unix"))),
+        "unix_ratio_from_1MiB_min": min_of(ours(r, |s| s >= 1 << 20).filter_map(|c| vs(c.size, "unix"))),
         "unix_ratio_from_1MiB_goal": 2.0,
         "handoff_p50_to_wake": lat.and_then(|l| l.p50_to_wake),
         "handoff_p50_to_wake_goal": 1.5,
