@@ -232,8 +232,9 @@ impl Mapping {
         let access = M::ACCESS;
         let op = "open CPU window";
         let obj = || self.buffer.describe();
+        // The clock is read for the event only when it will be recorded.
         #[cfg(feature = "tracing")]
-        let started = Instant::now();
+        let started = tracing::enabled!(tracing::Level::TRACE).then(Instant::now);
         if range.start > range.end || range.end > self.len() {
             return Err(Error::invalid(
                 op,
@@ -287,7 +288,7 @@ impl Mapping {
             buffer = %obj(),
             access = %access,
             range = ?abs,
-            waited_us = started.elapsed().as_micros() as u64,
+            waited_us = started.map_or(0, |s| s.elapsed().as_micros() as u64),
             "CPU window opened"
         );
         Ok(window)
