@@ -33,7 +33,9 @@
 //!   as its ready fence: the consumer reads it only once the device wrote
 //!   it. The format must have a DRM frame layout.
 //! * `--share SOCKET --role consumer` is the other side: it connects to
-//!   SOCKET, checks the producer runs as this user, receives the frames
+//!   SOCKET and checks the producer runs as this user (or, with `--share
+//!   -`, takes the connected socket on its standard input, as `dmabuf
+//!   stream --role consumer --socket -` does), receives the frames
 //!   (checked as the library checks any frame from a peer), and for each
 //!   item reads every plane in a read window, prints
 //!   `item N: NV12 1280x720 (LINEAR), 2 planes` and writes the planes
@@ -92,7 +94,7 @@ pub struct Args {
     /// Seconds to wait for each frame (and, with --share, for the peer) before giving up.
     #[arg(long, default_value = "10", value_name = "SECONDS", allow_hyphen_values = true, value_parser = crate::seconds::positive)]
     pub timeout: Duration,
-    /// Stream the frames to another process over the streaming pool: listen at SOCKET (or, with --role consumer, connect to it).
+    /// Stream the frames to another process over the streaming pool: listen at SOCKET (or, with --role consumer, connect to it; `-` is then a connected socket on standard input).
     #[arg(long, value_name = "SOCKET")]
     pub share: Option<PathBuf>,
     /// With --share: producer (capture and share; the default) or consumer (receive the frames).
@@ -458,7 +460,7 @@ fn share(
 /// reads every plane of every item.
 fn receive(socket: &Path, out: Option<&Path>, timeout: Duration) -> crate::CliResult {
     let mut sink = Sink::open(out)?;
-    let channel = crate::stream::connect(socket, timeout)?;
+    let channel = crate::stream::consumer_channel(socket, timeout, "capture: --share -")?;
     let mut consumer = Consumer::new(channel, Some(timeout))?;
     if consumer.frames().is_empty() {
         return Err(format!(

@@ -509,6 +509,25 @@ fn consume_into(
     Ok(())
 }
 
+/// A consumer's channel to its producer: with `-`, the connected socket
+/// on standard input (made by whoever started this process, as `dmabuf
+/// stream` does for its consumers); else [`connect`]. `dash` names the
+/// option in the error for `-` (`"stream: --socket -"`).
+pub fn consumer_channel(
+    socket: &Path,
+    timeout: Duration,
+    dash: &str,
+) -> Result<Channel, Box<dyn std::error::Error>> {
+    if socket != Path::new("-") {
+        return connect(socket, timeout);
+    }
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| format!("{dash} (standard input): {e}"))?;
+    Ok(Channel::from_fd(fd).map_err(|e| format!("{dash} (standard input): {e}"))?)
+}
+
 /// Connects to the producer at `socket` (waiting up to `timeout` for it
 /// to appear) and checks that it runs as this user.
 pub fn connect(socket: &Path, timeout: Duration) -> Result<Channel, Box<dyn std::error::Error>> {
@@ -772,13 +791,7 @@ pub fn run(args: Args) -> crate::CliResult {
                 .socket
                 .as_deref()
                 .ok_or("--role consumer needs --socket")?;
-            let channel = if socket == Path::new("-") {
-                let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
-                Channel::from_fd(fd)
-                    .map_err(|e| format!("stream: --socket - (standard input): {e}"))?
-            } else {
-                connect(socket, args.timeout)?
-            };
+            let channel = consumer_channel(socket, args.timeout, "stream: --socket -")?;
             let r = consume(channel, args.timeout, 0, None);
             if args.json {
                 crate::out::json(&r, false)?;

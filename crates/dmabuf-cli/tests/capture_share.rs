@@ -105,6 +105,72 @@ fn the_consumer_side_receives_every_plane_of_every_frame() {
 }
 
 #[test]
+fn the_consumer_side_takes_a_connected_socket_on_standard_input() {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let dir = scratch("stdin");
+    let out = dir.join("frames.raw");
+    let (mine, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let child = dmabuf()
+        .args([
+            "capture",
+            "--share",
+            "-",
+            "--role",
+            "consumer",
+            "--timeout",
+            "20",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .stdin(std::process::Stdio::from(theirs))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ch = dmabuf::share::Channel::from_fd(mine).unwrap();
+    let mut producer = Producer::new_frames(vec![frame(Placement::Contiguous)], vec![ch]).unwrap();
+    let lease = producer.acquire(T).unwrap();
+    let want = paint(lease.frame().unwrap(), 1);
+    lease.submit_all(Fence::Signalled).unwrap();
+    producer.finish(T).unwrap();
+    let o = finish(child);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
+    assert!(stdout.contains("frames: 1\n"), "{stdout}");
+    assert_eq!(std::fs::read(&out).unwrap(), want);
+
+    // Standard input that is no socket: refused at once, naming it.
+    let t0 = std::time::Instant::now();
+    let o = dmabuf()
+        .args([
+            "capture",
+            "--share",
+            "-",
+            "--role",
+            "consumer",
+            "--timeout",
+            "20",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("capture: --share - (standard input)"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "no wait for a path named -"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_consumer_side_refuses_a_pool_of_plain_buffers() {
     let dir = scratch("buffers");
     let socket = dir.join("sock");
