@@ -50,13 +50,23 @@ fn paint(f: &Frame, seq: u64) -> Vec<u8> {
 }
 
 fn consumer(socket: &std::path::Path, out: &std::path::Path) -> std::process::Child {
+    consumer_on(socket.as_os_str(), out, std::process::Stdio::null())
+}
+
+/// `dmabuf capture --share SHARE --role consumer --out OUT`, with `stdin`.
+fn consumer_on(
+    share: &std::ffi::OsStr,
+    out: &std::path::Path,
+    stdin: std::process::Stdio,
+) -> std::process::Child {
     dmabuf()
         .arg("capture")
         .arg("--share")
-        .arg(socket)
+        .arg(share)
         .args(["--role", "consumer", "--timeout", "20"])
         .arg("--out")
         .arg(out)
+        .stdin(stdin)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -65,6 +75,21 @@ fn consumer(socket: &std::path::Path, out: &std::path::Path) -> std::process::Ch
 
 fn finish(child: std::process::Child) -> Output {
     child.wait_with_output().unwrap()
+}
+
+/// Shares `frames` with the consumer at the other end of `ch`, sends
+/// `items` painted items and finishes: the bytes of every plane sent, in
+/// order.
+fn serve(ch: dmabuf::share::Channel, frames: Vec<Frame>, items: u64) -> Vec<u8> {
+    let mut producer = Producer::new_frames(frames, vec![ch]).unwrap();
+    let mut want = Vec::new();
+    for seq in 1..=items {
+        let lease = producer.acquire(T).unwrap();
+        want.extend(paint(lease.frame().unwrap(), seq));
+        assert_eq!(lease.submit_all(Fence::Signalled).unwrap(), seq);
+    }
+    producer.finish(T).unwrap();
+    want
 }
 
 #[test]
@@ -76,14 +101,7 @@ fn the_consumer_side_receives_every_plane_of_every_frame() {
     let child = consumer(&socket, &out);
     let ch = listener.accept(T).unwrap();
     let frames = vec![frame(Placement::Contiguous), frame(Placement::PerPlane)];
-    let mut producer = Producer::new_frames(frames, vec![ch]).unwrap();
-    let mut want = Vec::new();
-    for seq in 1..=3u64 {
-        let lease = producer.acquire(T).unwrap();
-        want.extend(paint(lease.frame().unwrap(), seq));
-        assert_eq!(lease.submit_all(Fence::Signalled).unwrap(), seq);
-    }
-    producer.finish(T).unwrap();
+    let want = serve(ch, frames, 3);
     let o = finish(child);
     let stdout = text(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
@@ -116,29 +134,9 @@ fn the_consumer_side_takes_a_connected_socket_on_standard_input() {
         None,
     )
     .unwrap();
-    let child = dmabuf()
-        .args([
-            "capture",
-            "--share",
-            "-",
-            "--role",
-            "consumer",
-            "--timeout",
-            "20",
-        ])
-        .arg("--out")
-        .arg(&out)
-        .stdin(std::process::Stdio::from(theirs))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = consumer_on("-".as_ref(), &out, std::process::Stdio::from(theirs));
     let ch = dmabuf::share::Channel::from_fd(mine).unwrap();
-    let mut producer = Producer::new_frames(vec![frame(Placement::Contiguous)], vec![ch]).unwrap();
-    let lease = producer.acquire(T).unwrap();
-    let want = paint(lease.frame().unwrap(), 1);
-    lease.submit_all(Fence::Signalled).unwrap();
-    producer.finish(T).unwrap();
+    let want = serve(ch, vec![frame(Placement::Contiguous)], 1);
     let o = finish(child);
     let stdout = text(&o.stdout);
     assert!(o.status.success(), "{stdout}\n{}", text(&o.stderr));
@@ -147,19 +145,7 @@ fn the_consumer_side_takes_a_connected_socket_on_standard_input() {
 
     // Standard input that is no socket: refused at once, naming it.
     let t0 = std::time::Instant::now();
-    let o = dmabuf()
-        .args([
-            "capture",
-            "--share",
-            "-",
-            "--role",
-            "consumer",
-            "--timeout",
-            "20",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let o = finish(consumer_on("-".as_ref(), &out, std::process::Stdio::null()));
     assert!(!o.status.success());
     let err = text(&o.stderr);
     assert!(err.contains("capture: --share - (standard input)"), "{err}");
