@@ -327,6 +327,18 @@ impl Shared {
         self.w(base + mark).load(Ordering::Acquire) == expected
     }
 
+    /// Publishes the descriptor at word `base`: its `fields` (word in the
+    /// descriptor, value), then `count` as its mark (word `mark`) and in
+    /// the head word `head`, both with release ordering and in that order
+    /// (see "Marks" in the module documentation).
+    fn publish(&self, base: usize, fields: &[(usize, u64)], mark: usize, head: usize, count: u64) {
+        for &(i, v) in fields {
+            self.w(base + i).store(v, Ordering::Relaxed);
+        }
+        self.w(base + mark).store(count, Ordering::Release);
+        self.w(head).store(count, Ordering::Release);
+    }
+
     /// Wakes the peer if its waiting word (32-bit index `flag`) is raised.
     fn wake_peer(&self, flag: usize) -> Result<()> {
         // Pairs with the fence in `wait`: either the peer sees what we
@@ -678,19 +690,16 @@ impl ProducerRing {
             fence,
         };
         let base = W_ITEMS + self.head.at * ITEM_WORDS;
-        for (i, v) in [slot as u64, len, d.seq, sent_ns, fence.word()]
-            .into_iter()
-            .enumerate()
-        {
-            self.s.w(base + i).store(v, Ordering::Relaxed);
-        }
         self.head.advance(self.s.cap);
+        let fields = [
+            (0, slot as u64),
+            (1, len),
+            (2, d.seq),
+            (3, sent_ns),
+            (4, fence.word()),
+        ];
         self.s
-            .w(base + ITEM_MARK)
-            .store(self.head.count, Ordering::Release);
-        self.s
-            .w(W_ITEM_HEAD)
-            .store(self.head.count, Ordering::Release);
+            .publish(base, &fields, ITEM_MARK, W_ITEM_HEAD, self.head.count);
         self.in_flight[slot] = d.seq;
         self.s.wake_peer(H_CONSUMER_WAITING)?;
         Ok(d)
@@ -1344,21 +1353,15 @@ impl ConsumerRing {
             FenceRef::Signalled
         };
         let base = W_ITEMS + self.s.cap * ITEM_WORDS + self.rel_head.at * REL_WORDS;
-        for (i, v) in [
+        self.rel_head.advance(self.s.cap);
+        let fields = [
             (0, slot as u64),
             (1, seq),
             (2, fence.word()),
             (REL_TAKEN, self.tail.count),
-        ] {
-            self.s.w(base + i).store(v, Ordering::Relaxed);
-        }
-        self.rel_head.advance(self.s.cap);
+        ];
         self.s
-            .w(base + REL_MARK)
-            .store(self.rel_head.count, Ordering::Release);
-        self.s
-            .w(W_REL_HEAD)
-            .store(self.rel_head.count, Ordering::Release);
+            .publish(base, &fields, REL_MARK, W_REL_HEAD, self.rel_head.count);
         self.held[slot] = 0;
         self.s.wake_peer(H_PRODUCER_WAITING)?;
         Ok(ReleaseDesc { slot, seq, fence })
