@@ -600,6 +600,16 @@ fn a_producer_that_keeps_writing_the_async_consumers_eventfd_does_not_make_it_sp
 
 // ---- hostile consumers ----------------------------------------------------
 
+/// Leases a buffer and submits an 8-byte item with a signalled fence; its
+/// sequence number.
+fn send(producer: &mut Producer) -> u64 {
+    producer
+        .acquire(T)
+        .unwrap()
+        .submit(8, Fence::Signalled)
+        .unwrap()
+}
+
 /// A well-behaved consumer on a thread: takes and releases every item;
 /// returns how many it got.
 fn healthy(ch: Channel) -> std::thread::JoinHandle<dmabuf::Result<u64>> {
@@ -661,11 +671,7 @@ fn a_consumer_saying_bye_before_asking_is_not_waited_for() {
     // No error: a bye is a clean departure; only the other one is waited for.
     producer.wait_ready(T).unwrap();
     assert_eq!(producer.consumers(), 1);
-    producer
-        .acquire(T)
-        .unwrap()
-        .submit(8, Fence::Signalled)
-        .unwrap();
+    send(&mut producer);
     drop(raw);
     producer.finish(T).unwrap();
     assert_eq!(good.join().unwrap().unwrap(), 1);
@@ -691,11 +697,7 @@ fn a_consumer_gone_before_asking_is_not_waited_for() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(producer.consumers(), 1);
     for _ in 0..3 {
-        producer
-            .acquire(T)
-            .unwrap()
-            .submit(8, Fence::Signalled)
-            .unwrap();
+        send(&mut producer);
     }
     producer.finish(T).unwrap();
     assert_eq!(good.join().unwrap().unwrap(), 3);
@@ -750,11 +752,7 @@ fn a_noisy_pending_release_fence_neither_spins_nor_crashes_the_producer() {
     });
     let mut producer = Producer::new(portables(1), vec![p]).unwrap();
     let (raw, ring) = raw.join().unwrap();
-    let seq = producer
-        .acquire(T)
-        .unwrap()
-        .submit(8, Fence::Signalled)
-        .unwrap();
+    let seq = send(&mut producer);
     let got = ring.wait_item(Duration::from_secs(5)).unwrap();
     assert_eq!((got.0, got.2), (0, seq));
     let fake = FakeFence::pending();
@@ -871,11 +869,7 @@ fn a_clean_bye_waits_for_the_consumers_releases() {
     let mut producer = Producer::new(portables(1), vec![p1, p2]).unwrap();
     let mut a = Consumer::new(c1, T).unwrap();
     let mut b = Consumer::new(c2, T).unwrap();
-    producer
-        .acquire(T)
-        .unwrap()
-        .submit(8, Fence::Signalled)
-        .unwrap();
+    send(&mut producer);
     drop(b.next(T).unwrap().unwrap());
     // A is still reading its item when it says bye.
     let reading = a.next(T).unwrap().unwrap();
@@ -906,11 +900,7 @@ fn a_consumer_that_says_bye_but_keeps_its_buffers_loses_them_after_the_grace() {
     let mut producer = Producer::new(portables(1), vec![p1, p2]).unwrap();
     let mut a = Consumer::new(c1, T).unwrap();
     let b = healthy(c2);
-    producer
-        .acquire(T)
-        .unwrap()
-        .submit(8, Fence::Signalled)
-        .unwrap();
+    send(&mut producer);
     let kept = a.next(T).unwrap().unwrap();
     a.leave().unwrap();
     let t0 = Instant::now();
@@ -937,11 +927,7 @@ fn a_consumer_dying_at_every_stage_is_reported_once_and_the_pool_carries_on() {
         });
         let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
         let (raw, ring) = raw.join().unwrap();
-        let seq = producer
-            .acquire(T)
-            .unwrap()
-            .submit(8, Fence::Signalled)
-            .unwrap();
+        let seq = send(&mut producer);
         let fake = FakeFence::pending();
         match stage {
             0 => {}
