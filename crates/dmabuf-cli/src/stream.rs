@@ -17,10 +17,10 @@
 //!   also on SIGTERM, SIGINT and SIGHUP.
 //! * **Peers are untrusted.** Every wait is bounded by `--timeout`
 //!   (default 30 s): for consumers to connect, for them to ask for items,
-//!   for a free buffer, for an item, for the end. A consumer that goes away or breaks the protocol
-//!   is dropped and the stream carries on with the others; a consumer
-//!   that stops reading holds its buffers, and the producer then fails
-//!   with a timeout naming the wait. In spawn mode the producer then
+//!   for a free buffer, for an item, for the end. A consumer that goes
+//!   away or breaks the protocol is dropped and the stream carries on
+//!   with the others; a consumer that stops reading holds its buffers,
+//!   and the producer then fails with a timeout naming the wait. In spawn mode the producer then
 //!   waits at most `--timeout` for each consumer process to exit, kills
 //!   it past that, and reports per consumer what it checked (items,
 //!   bytes) and how it ended (its own error message, its exit status or
@@ -39,10 +39,10 @@
 //! library's `Producer::wait_ready`, within `--timeout`; a consumer that
 //! goes away meanwhile is dropped as any other): the consumers' setup,
 //! which differs with the kind of buffer, is not counted. The handoff
-//! latency is the time from the producer's submit to the item being ready in the consumer (CLOCK_MONOTONIC,
-//! measured by the consumer), split in two: **queueing**, the time the
-//! item waited on the ring while the consumer was still busy with earlier
-//! items (from the submit to the consumer asking for it, 0 if it was
+//! latency is the time from the producer's submit to the item being ready
+//! in the consumer (CLOCK_MONOTONIC, measured by the consumer), split in
+//! two: **queueing**, the time the item waited on the ring while the
+//! consumer was still busy with earlier items (from the submit to the consumer asking for it, 0 if it was
 //! already asking; the library's `Item::asked_ns`: when the call to
 //! `next` found nothing to take and began to wait, or the ready time if
 //! the item had queued, so asking costs no clock read of its own), and
