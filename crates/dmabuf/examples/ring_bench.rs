@@ -12,30 +12,30 @@
 
 use std::time::{Duration, Instant};
 
-use dmabuf::share::ring::{ConsumerRing, ProducerRing, Wake, DEFAULT_SPIN};
+use dmabuf::share::ring::{ConsumerReleases, ConsumerRing, ProducerRing, Wake, DEFAULT_SPIN};
 
 const SIZES: [u64; 4] = [4096; 4];
 const T: Duration = Duration::from_secs(10);
 
-fn pair(wake: Wake, spin: Duration) -> (ProducerRing, ConsumerRing) {
+fn pair(wake: Wake, spin: Duration) -> (ProducerRing, ConsumerRing, ConsumerReleases) {
     let mut p = ProducerRing::create(&SIZES, wake, "consumer").expect("ring");
     let fds = p
         .shared_fds()
         .into_iter()
         .map(|f| f.try_clone_to_owned().expect("dup"))
         .collect();
-    let mut c = ConsumerRing::open(fds, &SIZES, "producer").expect("open");
+    let (mut c, r) = ConsumerRing::open(fds, &SIZES, "producer").expect("open");
     p.set_spin(spin);
     c.set_spin(spin);
-    (p, c)
+    (p, c, r)
 }
 
 fn stream(wake: Wake, spin: Duration, n: u64) -> f64 {
-    let (mut p, mut c) = pair(wake, spin);
+    let (mut p, mut c, mut r) = pair(wake, spin);
     let t = std::thread::spawn(move || {
         for _ in 0..n {
             let d = c.recv_item(T).expect("item");
-            c.send_release(d.slot, d.seq, false).expect("release");
+            r.send_release(d.slot, d.seq, false).expect("release");
         }
     });
     let start = Instant::now();
@@ -52,11 +52,11 @@ fn stream(wake: Wake, spin: Duration, n: u64) -> f64 {
 }
 
 fn ping_pong(wake: Wake, spin: Duration, n: u64) -> (f64, f64) {
-    let (mut p, mut c) = pair(wake, spin);
+    let (mut p, mut c, mut r) = pair(wake, spin);
     let t = std::thread::spawn(move || {
         for _ in 0..n {
             let d = c.recv_item(T).expect("item");
-            c.send_release(d.slot, d.seq, false).expect("release");
+            r.send_release(d.slot, d.seq, false).expect("release");
         }
     });
     let mut half = Vec::with_capacity(n as usize);

@@ -78,9 +78,14 @@
 //!   ([`ConsumerRing::begin_wait`], [`ProducerRing::begin_wait`]), or
 //!   sleep on the word in bounded slices with
 //!   [`ConsumerRing::sleep_on_word`] and look at the socket in between.
-//!   A caller that keeps the consumer's ring behind a lock sleeps without
-//!   the lock through a [`ConsumerSleep`] (the word and the eventfd apart
-//!   from the ring).
+//!   A caller can also sleep through a [`ConsumerSleep`] (the word and
+//!   the eventfd apart from the ring), which borrows neither half.
+//! * **The consumer's end has two halves.** [`ConsumerRing`] takes items
+//!   and [`ConsumerReleases`] gives them back, so that items can be
+//!   released from any thread (behind the caller's lock) while the
+//!   thread that takes them takes no lock. They share, within this
+//!   process, which items are held and how many were taken; a protocol
+//!   error found by either breaks both.
 //!
 //! ## Layout (little-endian, offsets in bytes)
 //!
@@ -120,7 +125,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
@@ -251,8 +256,9 @@ struct Shared {
     mine: Option<Arc<OwnedFd>>,
     theirs: Option<OwnedFd>,
     name: String,
-    /// Set on the first protocol error; every later call returns it.
-    broken: Option<Error>,
+    /// Set on the first protocol error; every later call returns it (on
+    /// the consumer's side, through either half: they share it).
+    broken: Arc<OnceLock<Error>>,
     /// How long to look again before sleeping.
     spin: Duration,
 }
@@ -269,15 +275,16 @@ impl Shared {
     }
 
     fn check(&self) -> Result<()> {
-        match &self.broken {
+        match self.broken.get() {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
     }
 
-    fn fail(&mut self, e: Error) -> Error {
+    fn fail(&self, e: Error) -> Error {
         if e.kind() == ErrorKind::Protocol {
-            self.broken = Some(e.clone());
+            // The first error stays: a later one is the same ring broken.
+            let _ = self.broken.set(e.clone());
         }
         e
     }
@@ -540,7 +547,7 @@ impl ProducerRing {
                 mine,
                 theirs,
                 name: name.to_string(),
-                broken: None,
+                broken: Arc::default(),
                 spin: DEFAULT_SPIN,
             },
             memfd,
@@ -864,25 +871,59 @@ impl ProducerRing {
     }
 }
 
-/// The consumer's end of a ring. See the module documentation.
+/// The consumer's end of a ring, the half that takes items (see the
+/// module documentation). The other half, [`ConsumerReleases`], gives
+/// them back; [`ConsumerRing::open`] makes both.
 #[derive(Debug)]
 pub struct ConsumerRing {
     s: Shared,
     sizes: Vec<u64>,
     tail: Position,
     head_seen: u64,
-    rel_head: Position,
-    rel_tail_seen: u64,
     seq: u64,
     fence_in: u64,
-    rel_fence_out: u64,
-    /// Per slot: the sequence number held, 0 if none.
-    held: Vec<u64>,
+    taken: Arc<Taken>,
     /// The producer's item head when it said it was done ([`close`]):
     /// no item may be published past it.
     ///
     /// [`close`]: ConsumerRing::close
     limit: Option<u64>,
+}
+
+/// The consumer's end of a ring, the half that gives items back: it
+/// writes the release descriptors, the release head, and wakes the
+/// producer. It is apart from [`ConsumerRing`] so that items can be
+/// released from other threads (behind the caller's lock) while the
+/// thread that takes them does so without one.
+#[derive(Debug)]
+pub struct ConsumerReleases {
+    s: Shared,
+    rel_head: Position,
+    rel_tail_seen: u64,
+    rel_fence_out: u64,
+    taken: Arc<Taken>,
+}
+
+/// What the consumer's two halves share, written by this process only:
+/// the items held and the count of items taken.
+#[derive(Debug)]
+struct Taken {
+    /// Per slot: the sequence number held, 0 if none. The taking half
+    /// sets it when it takes an item, the releasing half clears it just
+    /// before it publishes the release (so an item the producer puts in
+    /// the slot after reading that release is never taken for one still
+    /// held).
+    held: Box<[AtomicU64]>,
+    /// Items taken off the ring (the item tail), which the releasing half
+    /// writes into each release: a release is written only for an item
+    /// taken before, so the count covers it, and it never goes back.
+    count: AtomicU64,
+}
+
+impl Taken {
+    fn held(&self, slot: usize) -> u64 {
+        self.held.get(slot).map_or(0, |h| h.load(Ordering::Acquire))
+    }
 }
 
 /// The waiting word's value of a consumer asleep on the word itself.
@@ -896,14 +937,12 @@ fn word_sleep_value(mine: &Option<Arc<OwnedFd>>) -> u32 {
 
 /// A consumer's means of sleeping, apart from its ring: the waiting word
 /// (the ring's mapping, shared) and the wake-up eventfd. It holds no
-/// state of the ring, so a caller that keeps the ring behind a lock
-/// (other threads release items through it) sleeps without holding the
-/// lock: [`ConsumerRing::begin_wait`] or
-/// [`ConsumerRing::begin_word_sleep`] under the lock, then
-/// [`wait_fd`](Self::wait_fd) polled or
-/// [`sleep_on_word`](Self::sleep_on_word) without it, then
-/// [`ConsumerRing::end_wait`] or [`ConsumerRing::end_word_sleep`] under it
-/// again.
+/// state of the ring and borrows neither half, so a caller can keep it
+/// beside the ring (or register its fd with an event loop):
+/// [`ConsumerRing::begin_wait`] or [`ConsumerRing::begin_word_sleep`],
+/// then [`wait_fd`](Self::wait_fd) polled or
+/// [`sleep_on_word`](Self::sleep_on_word), then
+/// [`ConsumerRing::end_wait`] or [`ConsumerRing::end_word_sleep`].
 #[derive(Debug, Clone)]
 pub struct ConsumerSleep {
     mem: Arc<SharedWords>,
@@ -964,9 +1003,14 @@ fn is_eventfd(fd: &OwnedFd) -> bool {
 impl ConsumerRing {
     /// Opens the ring from the fds the producer sent
     /// ([`ProducerRing::shared_fds`]), for a pool whose buffer `i` holds
-    /// `sizes[i]` bytes (as this side received them). Checks the memfd's
-    /// seals, size, magic and capacity, and that wake fds are eventfds.
-    pub fn open(fds: Vec<OwnedFd>, sizes: &[u64], name: &str) -> Result<ConsumerRing> {
+    /// `sizes[i]` bytes (as this side received them): the half that takes
+    /// items and the half that gives them back. Checks the memfd's seals,
+    /// size, magic and capacity, and that wake fds are eventfds.
+    pub fn open(
+        fds: Vec<OwnedFd>,
+        sizes: &[u64],
+        name: &str,
+    ) -> Result<(ConsumerRing, ConsumerReleases)> {
         let cap = sizes.len();
         if cap == 0 || cap > MAX_RING_CAPACITY {
             return Err(Error::invalid(
@@ -1025,27 +1069,46 @@ impl ConsumerRing {
                 format!("ring capacity {c}, expected {cap} (the pool size)"),
             ));
         }
-        Ok(ConsumerRing {
-            s: Shared {
-                mem: Arc::new(mem),
-                cap,
-                mine: mine.map(Arc::new),
-                theirs,
-                name: name.to_string(),
-                broken: None,
-                spin: DEFAULT_SPIN,
-            },
+        let items = Shared {
+            mem: Arc::new(mem),
+            cap,
+            mine: mine.map(Arc::new),
+            theirs: None,
+            name: name.to_string(),
+            broken: Arc::default(),
+            spin: DEFAULT_SPIN,
+        };
+        let releases = Shared {
+            mem: items.mem.clone(),
+            cap,
+            mine: None,
+            theirs,
+            name: name.to_string(),
+            broken: items.broken.clone(),
+            spin: DEFAULT_SPIN,
+        };
+        let taken = Arc::new(Taken {
+            held: (0..cap).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+        });
+        let ring = ConsumerRing {
+            s: items,
             sizes: sizes.to_vec(),
             tail: Position::default(),
             head_seen: 0,
-            rel_head: Position::default(),
-            rel_tail_seen: 0,
             seq: 0,
             fence_in: 0,
-            rel_fence_out: 0,
-            held: vec![0; cap],
+            taken: taken.clone(),
             limit: None,
-        })
+        };
+        let releases = ConsumerReleases {
+            s: releases,
+            rel_head: Position::default(),
+            rel_tail_seen: 0,
+            rel_fence_out: 0,
+            taken,
+        };
+        Ok((ring, releases))
     }
 
     /// The fd to poll for a wake-up while waiting for items (with
@@ -1060,11 +1123,6 @@ impl ConsumerRing {
         self.s.spin = spin;
     }
 
-    /// The tag the next release's socket fence will carry.
-    pub fn next_fence_tag(&self) -> u64 {
-        self.rel_fence_out + 1
-    }
-
     /// Descriptors per direction (the pool size).
     pub fn capacity(&self) -> usize {
         self.s.cap
@@ -1072,7 +1130,7 @@ impl ConsumerRing {
 
     /// Items taken and not yet released.
     pub fn held(&self) -> usize {
-        self.held.iter().filter(|&&s| s != 0).count()
+        (0..self.s.cap).filter(|&s| self.taken.held(s) != 0).count()
     }
 
     /// The next item, if one is there (no waiting, no system call).
@@ -1091,8 +1149,9 @@ impl ConsumerRing {
         if let FenceRef::Socket(t) = d.fence {
             self.fence_in = t;
         }
-        self.held[d.slot] = d.seq;
+        self.taken.held[d.slot].store(d.seq, Ordering::Relaxed);
         self.tail.advance(self.s.cap);
+        self.taken.count.store(self.tail.count, Ordering::Release);
         self.s
             .w(W_ITEM_TAIL)
             .store(self.tail.count, Ordering::Release);
@@ -1184,8 +1243,7 @@ impl ConsumerRing {
     ///
     /// The same as [`begin_word_sleep`](Self::begin_word_sleep), then
     /// [`ConsumerSleep::sleep_on_word`], then
-    /// [`end_word_sleep`](Self::end_word_sleep); a caller that keeps the
-    /// ring behind a lock calls the middle step without the lock.
+    /// [`end_word_sleep`](Self::end_word_sleep).
     pub fn sleep_on_word(&mut self, max: Duration) -> Result<bool> {
         if self.begin_word_sleep()? {
             return Ok(true);
@@ -1266,7 +1324,7 @@ impl ConsumerRing {
                 ),
             ));
         }
-        let held = self.held[slot as usize];
+        let held = self.taken.held(slot as usize);
         if held != 0 {
             return Err(protocol(
                 name,
@@ -1307,6 +1365,13 @@ impl ConsumerRing {
             |c| c.try_recv_item(),
         )
     }
+}
+
+impl ConsumerReleases {
+    /// The tag the next release's socket fence will carry.
+    pub fn next_fence_tag(&self) -> u64 {
+        self.rel_fence_out + 1
+    }
 
     /// Gives back the item `seq` held in `slot`; `socket_fence` says
     /// whether its release fence travels over the socket (then the
@@ -1319,7 +1384,7 @@ impl ConsumerRing {
         socket_fence: bool,
     ) -> Result<ReleaseDesc> {
         self.s.check()?;
-        if self.held.get(slot).copied().unwrap_or(0) != seq || seq == 0 {
+        if self.taken.held(slot) != seq || seq == 0 {
             return Err(Error::invalid(
                 "ring send release",
                 self.s.name.clone(),
@@ -1358,11 +1423,13 @@ impl ConsumerRing {
             (0, slot as u64),
             (1, seq),
             (2, fence.word()),
-            (REL_TAKEN, self.tail.count),
+            (REL_TAKEN, self.taken.count.load(Ordering::Acquire)),
         ];
+        // Not held from here on: the producer may fill the slot again as
+        // soon as it reads the release (see `Taken::held`).
+        self.taken.held[slot].store(0, Ordering::Release);
         self.s
             .publish(base, &fields, REL_MARK, W_REL_HEAD, self.rel_head.count);
-        self.held[slot] = 0;
         self.s.wake_peer(H_PRODUCER_WAITING)?;
         Ok(ReleaseDesc { slot, seq, fence })
     }

@@ -333,14 +333,14 @@ impl AsyncConsumer {
                 },
             };
             let ring = self.ring.insert(ring);
-            if self.inner.transport().begin_wait()? {
-                self.inner.transport().end_wait();
+            if self.inner.items.begin_wait()? {
+                self.inner.items.end_wait();
                 continue;
             }
             let r = any_readable(&[&self.socket, ring], &[], false, op, &obj).await;
             // (A cancelled wait leaves the word raised: it costs the
             // producer one wake-up, and the next call lowers it.)
-            self.inner.transport().end_wait();
+            self.inner.items.end_wait();
             r?;
             woken = true;
         }

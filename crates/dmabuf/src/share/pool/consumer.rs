@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::transport::{ConsumerTransport, Incoming};
+use super::transport::{ConsumerTransport, Incoming, ReleaseTransport};
 use super::{
     past, poll_any, protocol, slice, timed_out, CALM_SLICE, MAX_POOL_BUFFERS, SPIN_GAP, WORD_SLEEP,
 };
@@ -18,12 +18,15 @@ use crate::share::{Channel, Message};
 /// The consuming end of a pool. See the module documentation.
 #[derive(Debug)]
 pub struct Consumer {
-    /// The channel, the ring and the pool, shared with the items (one
-    /// reference count per item).
+    /// The channel, the ring's releasing half and the pool, shared with
+    /// the items (one reference count per item).
     pub(super) shared: Arc<ConsumerShared>,
-    /// The ring's waiting word and wake-up fd, apart from the ring: every
-    /// sleep is taken with the ring unlocked, so that an item released
-    /// from another thread meanwhile never waits for it.
+    /// The ring's half that takes items: this consumer's alone, so taking
+    /// an item takes no lock (releases, from any thread, go through
+    /// the other half in `shared`).
+    pub(super) items: ConsumerTransport,
+    /// The ring's waiting word and wake-up fd, apart from the ring (a
+    /// sleep borrows neither half).
     pub(super) sleeper: ConsumerSleep,
     pub(super) index: u32,
     /// An item whose ready fence had not signalled when a wait ran out
@@ -57,9 +60,9 @@ pub struct Consumer {
 #[derive(Debug)]
 pub(super) struct ConsumerShared {
     pub(super) channel: Channel,
-    /// The per-item path from the producer (items release through it,
-    /// from any thread).
-    pub(super) items: Mutex<ConsumerTransport>,
+    /// The half of the per-item path that gives items back (items
+    /// release through it, from any thread).
+    pub(super) releases: Mutex<ReleaseTransport>,
     pub(super) buffers: Vec<Buffer>,
     /// In a pool of frames, the frames by slot (`buffers` holds each
     /// one's first buffer); empty otherwise.
@@ -67,10 +70,10 @@ pub(super) struct ConsumerShared {
 }
 
 impl ConsumerShared {
-    pub(super) fn transport(&self) -> std::sync::MutexGuard<'_, ConsumerTransport> {
+    pub(super) fn releases(&self) -> std::sync::MutexGuard<'_, ReleaseTransport> {
         // Every update under the lock is one ring operation, which leaves
         // the ring consistent even if a panic interrupted the holder.
-        self.items.lock().unwrap_or_else(|e| e.into_inner())
+        self.releases.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -212,12 +215,13 @@ impl Consumer {
         } else {
             hs.frames.iter().map(super::frame_bytes).collect()
         };
-        let items = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
+        let (items, releases) = ConsumerTransport::open(capacity, &fds, &sizes, &obj)?;
         Ok(Consumer {
             sleeper: items.sleeper(),
+            items,
             shared: Arc::new(ConsumerShared {
                 channel,
-                items: Mutex::new(items),
+                releases: Mutex::new(releases),
                 buffers: hs.buffers,
                 frames: hs.frames,
             }),
@@ -233,10 +237,6 @@ impl Consumer {
             trust_sent: true,
             said_ready: false,
         })
-    }
-
-    pub(super) fn transport(&self) -> std::sync::MutexGuard<'_, ConsumerTransport> {
-        self.shared.transport()
     }
 
     /// The pool's buffers, by slot (in a pool of frames, each frame's
@@ -281,14 +281,14 @@ impl Consumer {
                 format!("{} message after the producer's bye", msg.type_name()),
             ));
         }
-        let msg = match self.transport().incoming(msg, &obj)? {
+        let msg = match self.items.incoming(msg, &obj)? {
             Incoming::Kept => return Ok(()),
             Incoming::Other(m) => m,
         };
         match msg {
             Message::Bye => {
                 self.bye = true;
-                self.transport().close()
+                self.items.close()
             }
             other => Err(protocol(
                 "pool next",
@@ -302,10 +302,7 @@ impl Consumer {
     /// its ready fence travelled over the socket).
     pub(super) fn take_item(&mut self) -> Result<Option<Item>> {
         let mut other = Vec::new();
-        let got = {
-            let mut t = self.shared.transport();
-            t.recv_item(&self.shared.channel, &mut other)
-        };
+        let got = self.items.recv_item(&self.shared.channel, &mut other);
         for m in other {
             self.take_message(m)?;
         }
@@ -482,7 +479,7 @@ impl Consumer {
     /// Remembers a peer-gone error, so that releases fail from now on.
     pub(super) fn note_gone<T>(&self, r: &Result<T>) {
         if matches!(r, Err(e) if e.kind() == ErrorKind::PeerGone) {
-            self.transport().gone = true;
+            self.shared.releases().gone = true;
         }
     }
 
@@ -552,39 +549,37 @@ impl Consumer {
             }
             if now < word_until && !past(deadline) {
                 let end = deadline.map_or(word_until, |d| d.min(word_until));
-                // The word is raised under the lock, slept on without it
-                // (a release from another thread goes through), and
-                // lowered under it again.
-                if self.transport().begin_word_sleep()? {
+                // The word is raised, slept on through the sleeper, and
+                // lowered again.
+                if self.items.begin_word_sleep()? {
                     continue;
                 }
                 // The word is raised: a message sent from here on comes
                 // with a wake-up, one sent before shows in the count.
                 if self.trust_sent && self.count_says_message() {
-                    self.transport().end_word_sleep()?;
+                    self.items.end_word_sleep()?;
                     woken = true;
                     continue;
                 }
                 let slept = self.sleeper.sleep_on_word(end - now);
-                let got = self.transport().end_word_sleep();
+                let got = self.items.end_word_sleep();
                 slept?;
                 // Ended before its bound with nothing to take: a wake-up
                 // for nothing (or a peer that lowered the word).
                 woken = !got? && Instant::now() < end;
                 continue;
             }
-            if self.transport().begin_wait()? {
-                self.transport().end_wait();
+            if self.items.begin_wait()? {
+                self.items.end_wait();
                 continue;
             }
             let obj = self.shared.channel.peer().to_string();
             let woke = {
-                // Polled without the transport's lock (see `sleeper`).
                 let mut fds = vec![self.shared.channel.fd()];
                 fds.extend(self.sleeper.wait_fd());
                 poll_any(&fds, deadline, op, &obj)
             };
-            self.transport().end_wait();
+            self.items.end_wait();
             if !woke? {
                 return Err(no_item(obj));
             }
@@ -743,7 +738,7 @@ impl Item {
     }
 
     pub(super) fn send_release(&self, fence: &Fence) -> Result<()> {
-        let mut t = self.shared.transport();
+        let mut t = self.shared.releases();
         t.send_release(&self.shared.channel, self.slot as usize, self.seq, fence)
     }
 }

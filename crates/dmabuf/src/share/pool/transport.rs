@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{Fence, FenceStatus};
 use crate::share::ring::{
-    ConsumerRing, ConsumerSleep, FenceRef, ItemDesc, ProducerRing, ReleaseDesc, Wake,
+    ConsumerReleases, ConsumerRing, ConsumerSleep, FenceRef, ItemDesc, ProducerRing, ReleaseDesc,
+    Wake,
 };
 use crate::share::{Channel, Message};
 
@@ -256,24 +257,33 @@ impl ProducerTransport {
     }
 }
 
-/// The consumer's per-item transport from the producer.
+/// The consumer's per-item transport from the producer: the half that
+/// takes items, kept by the consumer itself (no lock).
 #[derive(Debug)]
 pub(super) struct ConsumerTransport {
     ring: ConsumerRing,
     stash: FenceStash,
+}
+
+/// The consumer's half of the transport that gives items back, shared
+/// with the items (behind a lock: they are released from any thread).
+#[derive(Debug)]
+pub(super) struct ReleaseTransport {
+    ring: ConsumerReleases,
     /// Set once the producer was found gone: releases then fail (found
     /// without a system call).
     pub(super) gone: bool,
 }
 
 impl ConsumerTransport {
-    /// Opens the ring of a ring message, for buffers of `sizes`.
+    /// Opens the ring of a ring message, for buffers of `sizes`: the half
+    /// that takes items and the half that gives them back.
     pub(super) fn open(
         capacity: u32,
         fds: &[std::os::fd::OwnedFd],
         sizes: &[u64],
         obj: &str,
-    ) -> Result<ConsumerTransport> {
+    ) -> Result<(ConsumerTransport, ReleaseTransport)> {
         if capacity as usize != sizes.len() {
             return Err(protocol(
                 "pool handshake",
@@ -296,11 +306,16 @@ impl ConsumerTransport {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(ConsumerTransport {
-            ring: ConsumerRing::open(fds, sizes, obj)?,
+        let (ring, releases) = ConsumerRing::open(fds, sizes, obj)?;
+        let items = ConsumerTransport {
+            ring,
             stash: FenceStash::default(),
+        };
+        let releases = ReleaseTransport {
+            ring: releases,
             gone: false,
-        })
+        };
+        Ok((items, releases))
     }
 
     /// Sorts a socket message: fences are kept for their descriptors.
@@ -329,6 +344,34 @@ impl ConsumerTransport {
         self.ring.close()
     }
 
+    /// See [`ConsumerRing::begin_wait`].
+    pub(super) fn begin_wait(&mut self) -> Result<bool> {
+        self.ring.begin_wait()
+    }
+
+    /// See [`ConsumerRing::end_wait`].
+    pub(super) fn end_wait(&mut self) {
+        self.ring.end_wait()
+    }
+
+    /// See [`ConsumerRing::begin_word_sleep`].
+    pub(super) fn begin_word_sleep(&mut self) -> Result<bool> {
+        self.ring.begin_word_sleep()
+    }
+
+    /// See [`ConsumerRing::end_word_sleep`].
+    pub(super) fn end_word_sleep(&mut self) -> Result<bool> {
+        self.ring.end_word_sleep()
+    }
+
+    /// The means to sleep apart from this transport (its wait fd and
+    /// waiting word).
+    pub(super) fn sleeper(&self) -> ConsumerSleep {
+        self.ring.sleeper()
+    }
+}
+
+impl ReleaseTransport {
     /// Gives item `seq` in `slot` back; a real release fence goes over
     /// `channel` first.
     pub(super) fn send_release(
@@ -355,32 +398,6 @@ impl ConsumerTransport {
             })?;
         }
         self.ring.send_release(slot, seq, real).map(|_| ())
-    }
-
-    /// See [`ConsumerRing::begin_wait`].
-    pub(super) fn begin_wait(&mut self) -> Result<bool> {
-        self.ring.begin_wait()
-    }
-
-    /// See [`ConsumerRing::end_wait`].
-    pub(super) fn end_wait(&mut self) {
-        self.ring.end_wait()
-    }
-
-    /// See [`ConsumerRing::begin_word_sleep`].
-    pub(super) fn begin_word_sleep(&mut self) -> Result<bool> {
-        self.ring.begin_word_sleep()
-    }
-
-    /// See [`ConsumerRing::end_word_sleep`].
-    pub(super) fn end_word_sleep(&mut self) -> Result<bool> {
-        self.ring.end_word_sleep()
-    }
-
-    /// The means to sleep without holding this transport's lock (its
-    /// wait fd and waiting word).
-    pub(super) fn sleeper(&self) -> ConsumerSleep {
-        self.ring.sleeper()
     }
 }
 

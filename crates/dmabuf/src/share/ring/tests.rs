@@ -8,9 +8,35 @@ use std::sync::Arc;
 const SIZES: [u64; 4] = [4096, 4096, 8192, 100];
 const SHORT: Duration = Duration::from_millis(50);
 
+/// Both halves of a consumer's end, used from one thread.
+#[derive(Debug)]
+struct Both {
+    items: ConsumerRing,
+    releases: ConsumerReleases,
+}
+
+impl std::ops::Deref for Both {
+    type Target = ConsumerRing;
+    fn deref(&self) -> &ConsumerRing {
+        &self.items
+    }
+}
+
+impl std::ops::DerefMut for Both {
+    fn deref_mut(&mut self) -> &mut ConsumerRing {
+        &mut self.items
+    }
+}
+
+impl Both {
+    fn send_release(&mut self, slot: usize, seq: u64, socket: bool) -> Result<ReleaseDesc> {
+        self.releases.send_release(slot, seq, socket)
+    }
+}
+
 /// A producer end, a consumer end, and a raw view of the shared memory
 /// for playing the hostile peer.
-fn pair(wake: Wake) -> (ProducerRing, ConsumerRing, SharedWords) {
+fn pair(wake: Wake) -> (ProducerRing, Both, SharedWords) {
     let p = ProducerRing::create(&SIZES, wake, "consumer 0").unwrap();
     let fds: Vec<OwnedFd> = p
         .shared_fds()
@@ -18,8 +44,8 @@ fn pair(wake: Wake) -> (ProducerRing, ConsumerRing, SharedWords) {
         .map(|f| f.try_clone_to_owned().unwrap())
         .collect();
     let raw = SharedWords::map(&fds[0], ring_len(SIZES.len()) / 8, true).unwrap();
-    let c = ConsumerRing::open(fds, &SIZES, "producer").unwrap();
-    (p, c, raw)
+    let (items, releases) = ConsumerRing::open(fds, &SIZES, "producer").unwrap();
+    (p, Both { items, releases }, raw)
 }
 
 fn w(raw: &SharedWords, i: usize) -> &AtomicU64 {
@@ -125,6 +151,61 @@ fn items_and_releases_round_trip_with_fence_tags() {
             }
         }
     }
+}
+
+#[test]
+fn items_are_taken_on_one_thread_and_given_back_on_another() {
+    // The producer, the taking half and the releasing half each on a
+    // thread of their own: every item comes in order, every release
+    // reaches the producer, and slots refilled as soon as their release
+    // is read are never taken for ones still held.
+    let (mut p, c, _raw) = pair(Wake::EventFd);
+    let Both {
+        mut items,
+        mut releases,
+    } = c;
+    const N: u64 = 20_000;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ItemDesc>(4);
+    let taker = std::thread::spawn(move || {
+        for n in 1..=N {
+            let d = items.recv_item(Duration::from_secs(10)).unwrap();
+            assert_eq!(d.seq, n);
+            tx.send(d).unwrap();
+        }
+        items
+    });
+    let giver = std::thread::spawn(move || {
+        for d in rx {
+            releases.send_release(d.slot, d.seq, false).unwrap();
+        }
+        releases
+    });
+    let mut free: Vec<usize> = (0..4).collect();
+    for n in 1..=N {
+        let slot = match free.pop() {
+            Some(s) => s,
+            None => p.recv_release(Duration::from_secs(10)).unwrap().slot,
+        };
+        p.send_item(slot, n % 100, 0, false).unwrap();
+    }
+    let items = taker.join().unwrap();
+    giver.join().unwrap();
+    for _ in 0..4 {
+        p.recv_release(SHORT).unwrap();
+    }
+    assert_eq!((items.held(), p.in_flight()), (0, 0));
+    // A breach the taking half finds breaks the releasing half too (and
+    // the other way round: `a_corrupt_release_tail_or_a_ring_never_drained_is_refused`).
+    let (mut p, c, raw) = pair(Wake::Futex);
+    let Both {
+        mut items,
+        releases: mut gives,
+    } = c;
+    p.send_item(0, 1, 0, false).unwrap();
+    let d = items.recv_item(SHORT).unwrap();
+    w(&raw, W_ITEM_HEAD).store(100, Ordering::Release);
+    assert_protocol(items.try_recv_item(), "item head 100");
+    assert_protocol(gives.send_release(d.slot, d.seq, false), "item head 100");
 }
 
 #[test]
@@ -541,6 +622,8 @@ fn a_corrupt_release_tail_or_a_ring_never_drained_is_refused() {
         c.send_release(d.slot, d.seq, false),
         "release ring full: the producer took none of 4 releases",
     );
+    // Found by the releasing half, it breaks the taking half too.
+    assert_protocol(c.try_recv_item(), "release ring full");
 }
 
 // ---- a hostile consumer -------------------------------------------------
