@@ -179,11 +179,62 @@ fn a_consumer_asleep_on_its_ring_word_is_woken_by_items_and_by_the_bye() {
 }
 
 #[test]
+fn items_taken_on_one_thread_are_released_on_others_with_their_fences() {
+    // The consumer takes items on its thread and hands them to two
+    // threads that release them, every fifth with a real release fence
+    // (signalled at once, from another thread again): the taking thread
+    // takes no lock of theirs, and every item and release arrives, in
+    // order, with its fence.
+    const N: u64 = 2_000;
+    let (mut producer, mut consumer, _pw, _cw) = pool();
+    let (tx, rx) = std::sync::mpsc::channel::<dmabuf::share::pool::Item>();
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let releasers: Vec<_> = (0..2)
+        .map(|_| {
+            let rx = rx.clone();
+            std::thread::spawn(move || loop {
+                let next = rx.lock().unwrap().recv();
+                let Ok(item) = next else { break };
+                if item.seq() % 5 == 0 {
+                    let f = UserFence::new().unwrap();
+                    item.release(f.clone().into()).unwrap();
+                    std::thread::spawn(move || f.signal().unwrap());
+                } else {
+                    item.release(Fence::Signalled).unwrap();
+                }
+            })
+        })
+        .collect();
+    let taker = std::thread::spawn(move || {
+        let mut last = 0;
+        while let Some(item) = consumer.next(T).unwrap() {
+            assert_eq!(item.seq(), last + 1);
+            last = item.seq();
+            tx.send(item).unwrap();
+        }
+        last
+    });
+    for n in 0..N {
+        producer
+            .acquire(T)
+            .unwrap()
+            .submit(n % 4096, Fence::Signalled)
+            .unwrap();
+    }
+    producer.finish(T).unwrap();
+    assert_eq!(taker.join().unwrap(), N);
+    for r in releasers {
+        r.join().unwrap();
+    }
+}
+
+#[test]
 fn an_item_released_while_the_consumer_sleeps_does_not_wait_for_the_sleep() {
     // The consumer's `next` sleeps for lack of items (on the ring's word,
     // then on its eventfd and socket); meanwhile another thread releases
-    // an item it holds. The release shares the consumer's transport: it
-    // must go through at once, not when the sleep ends.
+    // an item it holds. The release goes through the ring's releasing
+    // half, apart from the sleeping consumer: it must go through at once,
+    // not when the sleep ends.
     for word_sleep in [Duration::from_secs(3), Duration::ZERO] {
         let (mut producer, mut consumer, _pw, _cw) = pool();
         consumer.set_word_sleep(word_sleep);
