@@ -150,7 +150,9 @@ impl Object {
         map.retain(|_, w| w.strong_count() > 0);
         let o = Arc::new(Object {
             memory: memory.clone(),
-            reservation: Reservation::default(),
+            // In the memory object's word: a window on the whole buffer
+            // claims its bytes and counts itself open in one step.
+            reservation: Reservation::on(memory.clone()),
         });
         map.insert(memory.id(), Arc::downgrade(&o));
         o

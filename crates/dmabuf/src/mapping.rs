@@ -87,6 +87,7 @@ use crate::access::Access;
 use crate::buffer::Buffer;
 use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
+use crate::reservation::Reservation;
 use crate::sys;
 use crate::sys::mem::Region;
 use crate::sys::object::{BorrowError, View};
@@ -210,7 +211,7 @@ impl Mapping {
     /// `START`, which would wait for them without limit). A
     /// [`ErrorKind::Busy`] error names the fence still active at the
     /// deadline; one is also returned, at once, for a window past the
-    /// 1 048 575th of its kind (read, or writing) open on one buffer.
+    /// 16 383rd of its kind (read, or writing) open on one buffer.
     pub fn window<M: WindowMode>(
         &self,
         range: Range<usize>,
@@ -257,21 +258,34 @@ impl Mapping {
             .with_errno(Errno::ACCESS));
         }
         let abs = self.range.start + range.start..self.range.start + range.end;
-        // Ordering: check for fences and register the window in one step
-        // (see `begin_window`), before taking the bytes.
-        begin_window(&self.buffer, access, deadline, skip)?;
-        let bytes =
-            match self
-                .buffer
-                .memory_object()
-                .borrow(&self.region, abs.clone(), access.writes())
-            {
-                Ok(b) => b,
-                Err(e) => {
-                    self.buffer.reservation().cpu_end(access);
-                    return Err(borrow_error(e, op, obj(), &abs));
+        let memory = self.buffer.memory_object();
+        let reservation = self.buffer.reservation();
+        // A window on the whole of a plain buffer with no fence listed:
+        // its claim of the bytes and its count in the reservation in one
+        // compare-and-swap of the word they share (see `sys::object`).
+        // Anything else (or a claim in the way, or a rule that refuses it)
+        // takes the two steps below, which wait or name the cause.
+        let joint = if reservation.shares_word_of(memory) {
+            let opened = Reservation::window_opened(access, self.buffer.dma_buf().is_some());
+            memory.claim_whole_with(&self.region, abs.clone(), access.writes(), opened)
+        } else {
+            None
+        };
+        let bytes = match joint {
+            Some(b) => b,
+            None => {
+                // Ordering: check for fences and register the window in
+                // one step (see `begin_window`), before taking the bytes.
+                begin_window(&self.buffer, access, deadline, skip)?;
+                match memory.borrow(&self.region, abs.clone(), access.writes()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        reservation.cpu_end(access);
+                        return Err(borrow_error(e, op, obj(), &abs));
+                    }
                 }
-            };
+            }
+        };
         // From here on, dropping `window` undoes what was done.
         let mut window = Window {
             mapping: self,
@@ -579,8 +593,11 @@ impl<M: WindowMode> Window<'_, M> {
                 });
             }
         }
-        drop(bytes);
-        self.mapping.buffer.reservation().cpu_end(M::ACCESS);
+        // The bytes go back and the window is counted closed in one step
+        // (for a window opened in one: see `window_excluding`).
+        let reservation = self.mapping.buffer.reservation();
+        let old = bytes.release_with(Reservation::window_closed(M::ACCESS));
+        reservation.window_ended(old);
         trace_event!(
             TRACE,
             buffer = %self.mapping.buffer.describe(),
@@ -675,5 +692,124 @@ impl<M: Writable> Window<'_, M> {
 impl<M: WindowMode> Drop for Window<'_, M> {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::{portable::Portable, Allocate};
+    use crate::fence::{Fence, UserFence};
+    use crate::reservation::DeviceAccess;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn claims_and_window_counts_share_one_word_and_leave_it_as_they_found_it() {
+        let buffer = Portable.allocate(4096, "one-word").unwrap();
+        let map = buffer.map().unwrap();
+        let memory = buffer.memory_object().clone();
+        let res = buffer.reservation();
+        assert!(res.shares_word_of(&memory));
+        assert_eq!(memory.word().load(Ordering::SeqCst), 0);
+        // Whole windows (one step each): counted and claimed.
+        let r1 = map.read().unwrap();
+        let r2 = map.read().unwrap();
+        assert_eq!((res.cpu_windows(), memory.live_borrows()), ((2, 0), 2));
+        let e = map.write().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+        assert_eq!(res.cpu_windows(), (2, 0), "a refused window is not counted");
+        // A window on part of the buffer is recorded on the list, and a
+        // whole one then takes the two steps: all are counted alike.
+        let part = map.window::<ReadOnly>(0..100, None).unwrap();
+        let r3 = map.read().unwrap();
+        assert_eq!((res.cpu_windows(), memory.live_borrows()), ((4, 0), 4));
+        drop((r1, part));
+        drop(r2);
+        drop(r3);
+        assert_eq!((res.cpu_windows(), memory.live_borrows()), ((0, 0), 0));
+        // A write window, then nothing: every bit is back where it was.
+        let w = map.write().unwrap();
+        assert_eq!((res.cpu_windows(), memory.live_borrows()), ((0, 1), 1));
+        assert_ne!(memory.word().load(Ordering::SeqCst), 0);
+        assert_eq!(map.read().unwrap_err().kind(), ErrorKind::Busy);
+        drop(w);
+        assert_eq!(memory.word().load(Ordering::SeqCst), 0);
+        // A listed fence sends whole windows the usual way (they wait for
+        // it), and settles again once it has signalled.
+        let f = UserFence::new().unwrap();
+        res.add(Fence::User(f.clone()), crate::access::Usage::Write);
+        let e = map
+            .window::<ReadOnly>(0..4096, Some(Duration::from_millis(20)))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+        f.signal().unwrap();
+        drop(map.read().unwrap());
+        assert_eq!(memory.word().load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn whole_windows_and_device_transfers_never_overlap_under_contention() {
+        // Three threads open and close windows on the whole buffer (one
+        // compare-and-swap each way), two reading and one writing (their
+        // claims refuse each other now and then), as fast as they can
+        // while a fourth publishes write transfers on the buffer's
+        // reservation: no window is ever open while a transfer's fence is
+        // active.
+        let buffer = Portable.allocate(4096, "contention").unwrap();
+        let active = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = [false, false, true]
+            .into_iter()
+            .map(|write| {
+                let (buffer, active, stop) = (buffer.clone(), active.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let map = buffer.map().unwrap();
+                    let mut opened = 0u64;
+                    let long = Some(Duration::from_secs(10));
+                    while !stop.load(Ordering::SeqCst) {
+                        let check =
+                            || assert!(!active.load(Ordering::SeqCst), "open in a transfer");
+                        // The other kind's claim refuses a window now and
+                        // then (Busy): not counted.
+                        let got = if write {
+                            map.window::<WriteOnly>(0..4096, long)
+                                .map(|w| drop((check(), w)))
+                        } else {
+                            map.window::<ReadOnly>(0..4096, long)
+                                .map(|r| drop((check(), r)))
+                        };
+                        match got {
+                            Ok(()) => opened += 1,
+                            Err(e) => assert_eq!(e.kind(), ErrorKind::Busy, "{e}"),
+                        }
+                    }
+                    opened
+                })
+            })
+            .collect();
+        let res = buffer.reservation();
+        for _ in 0..300 {
+            let f = UserFence::new().unwrap();
+            let access = DeviceAccess {
+                op: "transfer",
+                object: "test",
+                access: Access::Write,
+                deadline: Some(Instant::now() + Duration::from_secs(10)),
+                dma_buf: None,
+                skip: &|_| false,
+            };
+            res.begin_device(Fence::User(f.clone()), access).unwrap();
+            active.store(true, Ordering::SeqCst);
+            assert_eq!(res.cpu_windows(), (0, 0), "a window open in a transfer");
+            std::thread::yield_now();
+            assert_eq!(res.cpu_windows(), (0, 0), "a window opened in a transfer");
+            active.store(false, Ordering::SeqCst);
+            f.signal().unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in threads {
+            assert!(t.join().unwrap() > 0, "windows were opened meanwhile");
+        }
+        assert_eq!(buffer.memory_object().word().load(Ordering::SeqCst), 0);
     }
 }

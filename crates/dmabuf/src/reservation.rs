@@ -88,6 +88,13 @@
 //! above. The rule is the same; a window costs no lock while no fence is
 //! there.
 //!
+//! A buffer's reservation keeps that word in the bits its memory object
+//! keeps for it (`sys::object`), beside the object's claims: a window on
+//! the whole buffer claims its bytes and registers in one
+//! compare-and-swap of the word, under the same condition (no fence
+//! flag), and closes with one. A reservation made on its own
+//! ([`Reservation::default`]) has a word of its own.
+//!
 //! **Deadlock freedom.** Nobody waits for anything while holding the
 //! lock except on the condition variable, which releases it. A
 //! registered window never waits for a fence of this reservation (it
@@ -114,13 +121,14 @@
 //! disjoint windows may coexist in any mode.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::access::{Access, Usage};
 use crate::dma_buf::DmaBuf;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::Fence;
+use crate::sys::object::{MemoryObject, RESERVED};
 
 /// A buffer's fences and CPU windows. See the module documentation.
 #[derive(Debug, Default)]
@@ -128,7 +136,24 @@ pub struct Reservation {
     state: Mutex<State>,
     changed: Condvar,
     /// The open CPU windows and two flags, in one word (see [`Windows`]).
-    windows: AtomicU64,
+    word: Word,
+}
+
+/// Where a reservation's word lives.
+#[derive(Debug)]
+enum Word {
+    /// Its own (a reservation made on its own).
+    Own(AtomicU64),
+    /// In the bits its buffer's memory object keeps for it
+    /// ([`RESERVED`]): a window on the whole buffer then takes its claim
+    /// of the bytes and counts itself open in one step (see `mapping`).
+    Object(Arc<MemoryObject>),
+}
+
+impl Default for Word {
+    fn default() -> Word {
+        Word::Own(AtomicU64::new(0))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -141,7 +166,8 @@ struct State {
 
 /// The reservation's atomic word: the CPU windows open now, in three
 /// counts of [`Windows::BITS`] bits (read-only windows, windows that
-/// write, and of those the read-write ones), and two flags:
+/// write, and of those the read-write ones) from bit [`Windows::BASE`]
+/// on, and two flags:
 ///
 /// * [`Windows::FENCES`] is raised, under the lock, before a fence is
 ///   added, and lowered, under the lock, only when the fence list is
@@ -162,14 +188,19 @@ struct Windows(u64);
 
 impl Windows {
     /// Bits of each count.
-    const BITS: u32 = 20;
+    const BITS: u32 = 14;
     /// The most windows of one kind open at once.
     const MAX: u64 = (1 << Self::BITS) - 1;
-    const READERS: u32 = 0;
-    const WRITERS: u32 = Self::BITS;
-    const READ_WRITERS: u32 = 2 * Self::BITS;
-    const FENCES: u64 = 1 << 60;
-    const WAITERS: u64 = 1 << 61;
+    /// The counts and flags start here, in the bits a memory object keeps
+    /// for its owner ([`RESERVED`]; checked below).
+    const BASE: u32 = 16;
+    const READERS: u32 = Self::BASE;
+    const WRITERS: u32 = Self::BASE + Self::BITS;
+    const READ_WRITERS: u32 = Self::BASE + 2 * Self::BITS;
+    const FENCES: u64 = 1 << (Self::BASE + 3 * Self::BITS);
+    const WAITERS: u64 = Self::FENCES << 1;
+    /// Every bit the reservation uses.
+    const ALL: u64 = (Self::WAITERS << 1) - (1 << Self::BASE);
 
     fn count(self, shift: u32) -> usize {
         ((self.0 >> shift) & Self::MAX) as usize
@@ -232,6 +263,10 @@ impl Windows {
         Windows(w)
     }
 }
+
+// The reservation's bits are the memory object's reserved bits, so that
+// claims and windows never change each other's.
+const _: () = assert!(Windows::ALL & !RESERVED == 0);
 
 impl State {
     fn prune(&mut self) {
@@ -337,22 +372,86 @@ impl Reservation {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A reservation that keeps its word in `memory`'s (see
+    /// [`MemoryObject::word`]): the buffer layer's, one per memory object.
+    pub(crate) fn on(memory: Arc<MemoryObject>) -> Reservation {
+        Reservation {
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            word: Word::Object(memory),
+        }
+    }
+
+    fn word(&self) -> &AtomicU64 {
+        match &self.word {
+            Word::Own(w) => w,
+            Word::Object(o) => o.word(),
+        }
+    }
+
+    /// Whether this reservation keeps its word in `memory`'s: a window on
+    /// the whole of it may then claim and register in one step.
+    pub(crate) fn shares_word_of(&self, memory: &MemoryObject) -> bool {
+        std::ptr::eq(self.word(), memory.word())
+    }
+
+    /// For a window that registers together with its claim (one
+    /// compare-and-swap of the shared word): the word with one more
+    /// window of `access` open, or `None` where [`Reservation::cpu_begin`]
+    /// would not register it without the lock (a fence may be listed, or
+    /// the rules refuse it: it then takes the usual path, which waits or
+    /// names the cause).
+    pub(crate) fn window_opened(
+        access: Access,
+        whole_buffer_sync: bool,
+    ) -> impl Fn(u64) -> Option<u64> {
+        move |w| {
+            let w = Windows(w);
+            if w.has(Windows::FENCES) {
+                return None;
+            }
+            open_window(w, access, whole_buffer_sync, &String::new)
+                .ok()
+                .map(|n| n.0)
+        }
+    }
+
+    /// The word with one window of `access` fewer (the counterpart of
+    /// [`Reservation::window_opened`] and of `cpu_begin`).
+    pub(crate) fn window_closed(access: Access) -> impl Fn(u64) -> u64 {
+        move |w| Windows(w).closed(access).0
+    }
+
+    /// After a window was counted closed, `old` being the word before:
+    /// wakes the device accesses waiting for windows to close, if any.
+    pub(crate) fn window_ended(&self, old: u64) {
+        // A waiter raises WAITERS, then looks at the windows again, then
+        // sleeps on the condition variable, all under the lock: either it
+        // saw this window closed, or this close sees the flag, and taking
+        // the lock here waits until it sleeps. With no waiter, no lock
+        // and no notify (a system call).
+        if Windows(old).has(Windows::WAITERS) {
+            drop(self.lock());
+            self.changed.notify_all();
+        }
+    }
+
     fn windows(&self) -> Windows {
-        Windows(self.windows.load(Ordering::Acquire))
+        Windows(self.word().load(Ordering::Acquire))
     }
 
     /// Lowers [`Windows::FENCES`] if the list (locked by the caller, who
     /// just pruned it) is empty.
     fn settle(&self, st: &State) {
         if st.fences.is_empty() && self.windows().has(Windows::FENCES) {
-            self.windows.fetch_and(!Windows::FENCES, Ordering::AcqRel);
+            self.word().fetch_and(!Windows::FENCES, Ordering::AcqRel);
         }
     }
 
     /// Adds `fence` to the list locked by the caller, raising
     /// [`Windows::FENCES`] first.
     fn add_locked(&self, st: &mut State, fence: Fence, usage: Usage) {
-        self.windows.fetch_or(Windows::FENCES, Ordering::AcqRel);
+        self.word().fetch_or(Windows::FENCES, Ordering::AcqRel);
         st.add(fence, usage);
         self.settle(st);
     }
@@ -463,7 +562,7 @@ impl Reservation {
     ) -> Result<bool> {
         let mut refused = None;
         let r = self
-            .windows
+            .word()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
                 let w = Windows(w);
                 if !fenced && w.has(Windows::FENCES) {
@@ -485,22 +584,14 @@ impl Reservation {
 
     /// Unregisters a window registered by [`Reservation::cpu_begin`].
     pub(crate) fn cpu_end(&self, access: Access) {
-        let closed = |w| Some(Windows(w).closed(access).0);
-        let w = match self
-            .windows
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, closed)
+        let closed = Reservation::window_closed(access);
+        let old = match self
+            .word()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| Some(closed(w)))
         {
-            Ok(w) | Err(w) => Windows(w),
+            Ok(w) | Err(w) => w,
         };
-        // A waiter raises WAITERS, then looks at the windows again, then
-        // sleeps on the condition variable, all under the lock: either it
-        // saw this window closed, or this close sees the flag, and taking
-        // the lock here waits until it sleeps. With no waiter, no lock
-        // and no notify (a system call).
-        if w.has(Windows::WAITERS) {
-            drop(self.lock());
-            self.changed.notify_all();
-        }
+        self.window_ended(old);
     }
 
     /// Waits for what a device access must wait for and publishes its
@@ -583,7 +674,7 @@ impl Reservation {
             // lock, then for the fence.
             #[cfg(test)]
             run_hook(&BEFORE_PUBLISH);
-            let now = Windows(self.windows.fetch_or(Windows::FENCES, Ordering::AcqRel));
+            let now = Windows(self.word().fetch_or(Windows::FENCES, Ordering::AcqRel));
             if now.block(device) {
                 drop(st);
                 continue;
@@ -614,7 +705,7 @@ impl Reservation {
             // Raised before the windows are looked at again (see
             // `cpu_end`): a window closing from here on wakes this wait.
             st.waiters += 1;
-            self.windows.fetch_or(Windows::WAITERS, Ordering::AcqRel);
+            self.word().fetch_or(Windows::WAITERS, Ordering::AcqRel);
             if self.windows().block(device) {
                 st = match left {
                     None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
@@ -628,7 +719,7 @@ impl Reservation {
             }
             st.waiters -= 1;
             if st.waiters == 0 {
-                self.windows.fetch_and(!Windows::WAITERS, Ordering::AcqRel);
+                self.word().fetch_and(!Windows::WAITERS, Ordering::AcqRel);
             }
         }
         Ok(st)

@@ -33,6 +33,13 @@
 //! and lower it, under the lock, once the list is empty again: while the
 //! flag is up no claim is granted, so a claim and a recorded borrow are
 //! always checked against each other.
+//!
+//! The word has room for its owner's bits ([`RESERVED`]): the buffer
+//! layer keeps its reservation's CPU-window counts and flags there, so
+//! that a window on a whole buffer takes its claim and counts itself open
+//! in one compare-and-swap ([`MemoryObject::claim_whole_with`]) and gives
+//! both back in one ([`View::release_with`]). Claims never change those
+//! bits, and those operations never change the claims' bits.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -118,16 +125,21 @@ struct Borrow {
     exclusive: bool,
 }
 
+/// The bits of an object's word that belong to its owner
+/// ([`MemoryObject::word`]): bits 16 to 61. Claims never change them.
+pub const RESERVED: u64 = ((1 << 46) - 1) << 16;
+
 /// The word of an object's lock-free claims: shared claims counted in
-/// the low bits, an exclusive claim in [`Claims::EXCLUSIVE`], and
+/// the low 16 bits, an exclusive claim in [`Claims::EXCLUSIVE`], and
 /// [`Claims::LISTED`] raised while the list may hold borrows (see the
-/// module documentation).
+/// module documentation); the bits of [`RESERVED`] are the owner's and
+/// are kept as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Claims(u64);
 
 impl Claims {
     /// The most shared claims at once (more borrows go to the list).
-    const MAX_SHARED: u64 = u32::MAX as u64;
+    const MAX_SHARED: u64 = 0xffff;
     const EXCLUSIVE: u64 = 1 << 62;
     const LISTED: u64 = 1 << 63;
 
@@ -150,7 +162,7 @@ impl Claims {
             return None;
         }
         match exclusive {
-            true if self.shared() == 0 => Some(Claims(Self::EXCLUSIVE)),
+            true if self.shared() == 0 => Some(Claims(self.0 | Self::EXCLUSIVE)),
             false if self.shared() < Self::MAX_SHARED => Some(Claims(self.0 + 1)),
             _ => None,
         }
@@ -318,6 +330,54 @@ impl MemoryObject {
         }
     }
 
+    /// The object's atomic word, whose [`RESERVED`] bits are its owner's
+    /// to keep (with atomic operations that leave every other bit as it
+    /// is); the rest are the claims' (see the module documentation).
+    pub fn word(&self) -> &AtomicU64 {
+        &self.claims
+    }
+
+    /// A borrow of `range` that is a claim of the whole plain object,
+    /// taken in one compare-and-swap together with `also`, a change of
+    /// the [`RESERVED`] bits (given the word with the claim taken, the new
+    /// word, or `None` to refuse): both are made, or neither. `None` if
+    /// the borrow is not such a claim (part of the object, or an object
+    /// with backing, or one whose list holds borrows), a claim is in the
+    /// way, or `also` refused: the caller then borrows the usual way.
+    /// Given back with [`View::release_with`] (or, dropped, without
+    /// `also`'s counterpart).
+    pub fn claim_whole_with<'a>(
+        &'a self,
+        region: &'a Region,
+        range: Range<usize>,
+        exclusive: bool,
+        also: impl Fn(u64) -> Option<u64>,
+    ) -> Option<View<'a>> {
+        let whole = range.start == 0 && range.end == region.len() && range.end > 0;
+        if !whole
+            || region.owner() != self.id
+            || (exclusive && !region.is_writable())
+            || !self.backing().is_empty()
+        {
+            return None;
+        }
+        self.claims
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                let claimed = Claims(c).claimed(exclusive)?.0;
+                Some((claimed & !RESERVED) | (also(claimed)? & RESERVED))
+            })
+            .ok()?;
+        Some(View {
+            region,
+            range,
+            exclusive,
+            object: self,
+            own: None,
+            backing: Vec::new(),
+            released: false,
+        })
+    }
+
     /// Takes a claim of the whole object without the lock, if the list is
     /// empty and no claim is in the way.
     fn try_claim(&self, exclusive: bool) -> bool {
@@ -405,6 +465,7 @@ impl MemoryObject {
             object: self,
             own,
             backing,
+            released: false,
         };
         if via().next().is_none() {
             // The whole of a plain object, nothing listed: a claim, no lock.
@@ -530,6 +591,8 @@ pub struct View<'a> {
     /// `None`: a claim of the whole object (no record).
     own: Option<Borrow>,
     backing: Vec<(&'a MemoryObject, Borrow)>,
+    /// Given back already ([`View::release_with`]).
+    released: bool,
 }
 
 impl View<'_> {
@@ -570,17 +633,55 @@ impl View<'_> {
     }
 }
 
-impl Drop for View<'_> {
-    fn drop(&mut self) {
+impl View<'_> {
+    /// Gives the borrow back and makes `also`, a change of the object's
+    /// [`RESERVED`] bits (given the word with the borrow given back), in
+    /// one atomic step for a claim ([`MemoryObject::claim_whole_with`]),
+    /// one after the other for a recorded borrow. Returns the word as it
+    /// was before `also`.
+    pub fn release_with(mut self, also: impl Fn(u64) -> u64) -> u64 {
+        self.released = true;
+        let exclusive = self.exclusive;
+        let with = |released: u64| (released & !RESERVED) | (also(released) & RESERVED);
+        let old = match self.own {
+            None => self
+                .object
+                .claims
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    Some(with(Claims(c).released(exclusive).0))
+                }),
+            Some(b) => {
+                self.release_records(&b);
+                self.object
+                    .claims
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| Some(with(c)))
+            }
+        };
+        match old {
+            Ok(w) | Err(w) => w,
+        }
+    }
+
+    /// Removes this borrow's records (its own and on its backing).
+    fn release_records(&mut self, own: &Borrow) {
         // Each list on its own: a borrow that sees some of these records
         // gone and others not yet is refused, as it would be had it come
         // before this drop.
-        match &self.own {
-            Some(b) => self.object.forget(b),
-            None => self.object.release_claim(self.exclusive),
-        }
+        self.object.forget(own);
         for (obj, b) in self.backing.drain(..) {
             obj.forget(&b);
+        }
+    }
+}
+
+impl Drop for View<'_> {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        match self.own {
+            Some(b) => self.release_records(&b),
+            None => self.object.release_claim(self.exclusive),
         }
     }
 }
