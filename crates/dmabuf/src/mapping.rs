@@ -593,11 +593,17 @@ impl<M: WindowMode> Window<'_, M> {
                 });
             }
         }
-        // The bytes go back and the window is counted closed in one step
-        // (for a window opened in one: see `window_excluding`).
+        // The bytes go back and the window is counted closed, in one step
+        // where the reservation's word is the memory object's (see
+        // `window_excluding`).
         let reservation = self.mapping.buffer.reservation();
-        let old = bytes.release_with(Reservation::window_closed(M::ACCESS));
-        reservation.window_ended(old);
+        if reservation.shares_word_of(self.mapping.buffer.memory_object()) {
+            let old = bytes.release_with(Reservation::window_closed(M::ACCESS));
+            reservation.window_ended(old);
+        } else {
+            drop(bytes);
+            reservation.cpu_end(M::ACCESS);
+        }
         trace_event!(
             TRACE,
             buffer = %self.mapping.buffer.describe(),
@@ -810,6 +816,8 @@ mod tests {
         for t in threads {
             assert!(t.join().unwrap() > 0, "windows were opened meanwhile");
         }
+        // Signalled fences stay listed (their flag up) until pruned.
+        assert!(res.is_empty());
         assert_eq!(buffer.memory_object().word().load(Ordering::SeqCst), 0);
     }
 }

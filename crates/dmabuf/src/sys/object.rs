@@ -638,7 +638,7 @@ impl View<'_> {
     /// [`RESERVED`] bits (given the word with the borrow given back), in
     /// one atomic step for a claim ([`MemoryObject::claim_whole_with`]),
     /// one after the other for a recorded borrow. Returns the word as it
-    /// was before `also`.
+    /// was just before the step that made `also`.
     pub fn release_with(mut self, also: impl Fn(u64) -> u64) -> u64 {
         self.released = true;
         let exclusive = self.exclusive;
