@@ -588,7 +588,9 @@ impl Consumer {
     }
 
     /// Waits for `item`'s ready fence, watching the socket so that a
-    /// producer that dies is noticed.
+    /// producer that dies is noticed. `deadline` is the call's: at its
+    /// end the error says how much of the call went to this fence (the
+    /// rest went to waiting for the item).
     pub(super) fn wait_ready(
         &mut self,
         item: &Item,
@@ -596,6 +598,7 @@ impl Consumer {
         timeout: Option<Duration>,
     ) -> Result<()> {
         let op = "pool next";
+        let began = Instant::now();
         loop {
             if item.ready.status() != FenceStatus::Active {
                 return self.check_ready(item);
@@ -609,9 +612,11 @@ impl Consumer {
                     op,
                     obj,
                     format!(
-                        "ready fence of item {} did not signal within {:?}",
+                        "ready fence of item {} did not signal within {:?} (the last {:?} \
+                         of them waiting for this fence, the rest for the item)",
                         item.seq,
-                        timeout.unwrap_or_default()
+                        timeout.unwrap_or_default(),
+                        began.elapsed()
                     ),
                 ));
             }
