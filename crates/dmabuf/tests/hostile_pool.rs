@@ -155,15 +155,10 @@ fn items_and_releases_on_the_socket_are_protocol_errors() {
     );
     // A consumer sending a release message: dropped by the producer, the
     // other consumer still served.
-    let (p1, c1) = Channel::pair().unwrap();
-    let (p2, raw) = pair();
-    let good = healthy(c1);
-    let raw = std::thread::spawn(move || {
+    let (mut producer, good, raw) = healthy_and_raw(2, |raw| {
         raw.take_handshake();
         raw
     });
-    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
-    let raw = raw.join().unwrap();
     raw.send(&msg(T_RELEASE, &release_body(0, 1, &[]), 0), &[])
         .unwrap();
     let mut errors = Vec::new();
@@ -630,6 +625,22 @@ fn healthy(ch: Channel) -> std::thread::JoinHandle<dmabuf::Result<u64>> {
     })
 }
 
+/// A producer of `n` portable buffers to two consumers: a healthy one (on
+/// a thread, see [`healthy`]) and a raw one played by `raw_side` (on a
+/// thread while the producer shares the pool, so it must take the
+/// handshake); what `raw_side` returns comes back with them.
+fn healthy_and_raw<R: Send + 'static>(
+    n: usize,
+    raw_side: impl FnOnce(Raw) -> R + Send + 'static,
+) -> (Producer, std::thread::JoinHandle<dmabuf::Result<u64>>, R) {
+    let (p1, c1) = Channel::pair().unwrap();
+    let (p2, raw) = pair();
+    let good = healthy(c1);
+    let raw = std::thread::spawn(move || raw_side(raw));
+    let producer = Producer::new(portables(n), vec![p1, p2]).unwrap();
+    (producer, good, raw.join().unwrap())
+}
+
 #[test]
 fn a_consumer_lying_in_its_pool_ready_is_dropped_with_the_cause() {
     let _g = lock();
@@ -664,16 +675,11 @@ fn a_consumer_lying_in_its_pool_ready_is_dropped_with_the_cause() {
 #[test]
 fn a_consumer_saying_bye_before_asking_is_not_waited_for() {
     let _g = lock();
-    let (p1, c1) = Channel::pair().unwrap();
-    let (p2, raw) = pair();
-    let good = healthy(c1);
-    let raw = std::thread::spawn(move || {
+    let (mut producer, good, raw) = healthy_and_raw(2, |raw| {
         raw.take_handshake();
         raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
         raw
     });
-    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
-    let raw = raw.join().unwrap();
     // No error: a bye is a clean departure; only the other one is waited for.
     producer.wait_ready(T).unwrap();
     assert_eq!(producer.consumers(), 1);
@@ -686,16 +692,11 @@ fn a_consumer_saying_bye_before_asking_is_not_waited_for() {
 #[test]
 fn a_consumer_gone_before_asking_is_not_waited_for() {
     let _g = lock();
-    let (p1, c1) = Channel::pair().unwrap();
-    let (p2, raw) = pair();
-    let good = healthy(c1);
-    let raw = std::thread::spawn(move || {
+    let (mut producer, good, ()) = healthy_and_raw(2, |raw| {
         raw.take_handshake();
         // Gone without asking for an item.
         drop(raw);
     });
-    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
-    raw.join().unwrap();
     let t0 = Instant::now();
     let e = producer.wait_ready(T).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PeerGone, "{e}");
@@ -712,15 +713,10 @@ fn a_consumer_gone_before_asking_is_not_waited_for() {
 #[test]
 fn a_consumer_speaking_garbage_is_dropped_and_the_others_are_served() {
     let _g = lock();
-    let (p1, c1) = Channel::pair().unwrap();
-    let (p2, raw) = pair();
-    let good = healthy(c1);
-    let raw_hs = std::thread::spawn(move || {
+    let (mut producer, good, raw) = healthy_and_raw(2, |raw| {
         raw.take_handshake();
         raw
     });
-    let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
-    let raw = raw_hs.join().unwrap();
     raw.send(b"garbage", &[]).unwrap();
     let mut errors = Vec::new();
     let mut submitted = 0;
@@ -828,16 +824,11 @@ fn the_async_producer_does_not_spin_on_a_noisy_release_fence() {
 fn a_consumer_that_stops_reading_is_dropped_without_hurting_the_others() {
     let _g = lock();
     const N: usize = 600;
-    let (p1, c1) = Channel::pair().unwrap();
-    let (p2, raw) = pair();
-    let good = healthy(c1);
-    let raw = std::thread::spawn(move || {
+    let (mut producer, good, _raw) = healthy_and_raw(N, |raw| {
         assert_eq!(raw.take_handshake(), N);
         raw // and never reads again
     });
-    let mut producer = Producer::new(portables(N), vec![p1, p2]).unwrap();
     producer.set_send_timeout(Some(Duration::from_millis(300)));
-    let _raw = raw.join().unwrap();
     let t0 = Instant::now();
     let mut errors = Vec::new();
     let mut submitted = 0u64;
@@ -924,15 +915,10 @@ fn a_consumer_that_says_bye_but_keeps_its_buffers_loses_them_after_the_grace() {
 fn a_consumer_dying_at_every_stage_is_reported_once_and_the_pool_carries_on() {
     let _g = lock();
     for stage in 0..3 {
-        let (p1, c1) = Channel::pair().unwrap();
-        let (p2, raw) = pair();
-        let good = healthy(c1);
-        let raw = std::thread::spawn(move || {
+        let (mut producer, good, (raw, ring)) = healthy_and_raw(2, |raw| {
             let (_, ring) = raw.take_handshake_ring();
             (raw, ring)
         });
-        let mut producer = Producer::new(portables(2), vec![p1, p2]).unwrap();
-        let (raw, ring) = raw.join().unwrap();
         let seq = send(&mut producer);
         let fake = FakeFence::pending();
         match stage {
