@@ -53,7 +53,7 @@
 //! consumer keeps it in a bounded histogram (hdrhistogram) and reports
 //! percentiles. The latency runs also time **dmabuf-poll**: the same
 //! stream with its consumer never sleeping on the ring's futex word
-//! (`Consumer::set_word_sleep(0)`), only on its eventfd and socket
+//! (`Consumer::set_word_sleep(0)`), only on its wake-up pipe and socket
 //! together, to show side by side what the word sleep saves. The raw
 //! wake-up reference (`wake-futex`, `wake-eventfd`) runs at the same pace
 //! with nothing else: the parent stamps the time into shared memory and

@@ -79,7 +79,7 @@ fn main() {
         .unwrap_or(200_000);
     println!("descriptor ring, two threads, {n} items per cell");
     for spin in [Duration::ZERO, DEFAULT_SPIN] {
-        for wake in [Wake::Futex, Wake::EventFd] {
+        for wake in [Wake::Futex, Wake::Pipe] {
             let rate = stream(wake, spin, n);
             let (p50, p99) = ping_pong(wake, spin, (n / 20).max(100));
             println!(

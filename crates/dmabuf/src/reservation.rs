@@ -864,7 +864,7 @@ mod tests {
     fn received(f: &UserFence) -> UserFence {
         UserFence::from_fds(
             f.state_fd().try_clone_to_owned().unwrap(),
-            f.event_fd().as_fd().try_clone_to_owned().unwrap(),
+            f.wake_fd().as_fd().try_clone_to_owned().unwrap(),
         )
         .unwrap()
     }

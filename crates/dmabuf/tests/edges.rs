@@ -66,7 +66,7 @@ fn fences_and_endpoints_lend_their_fds() {
     use dmabuf::{SyncFile, UserFence};
     // A user fence lends its eventfd: what an event loop waits on.
     let f = UserFence::new().unwrap();
-    assert_eq!(f.as_fd().as_raw_fd(), f.event_fd().as_raw_fd());
+    assert_eq!(f.as_fd().as_raw_fd(), f.wake_fd().as_raw_fd());
     // A sync file is made from an fd, checked.
     let not_a_sync_file: OwnedFd = std::fs::File::open("/proc/self/status").unwrap().into();
     let e = SyncFile::try_from(not_a_sync_file).unwrap_err();

@@ -77,7 +77,7 @@ fn dropping_the_owner_cancels_a_pending_fence() {
     let f = UserFence::new().unwrap();
     let received = UserFence::from_fds(
         f.state_fd().try_clone_to_owned().unwrap(),
-        f.event_fd().try_clone_to_owned().unwrap(),
+        f.wake_fd().try_clone_to_owned().unwrap(),
     )
     .unwrap();
     drop(f);
@@ -91,7 +91,7 @@ fn received_fences_wait_but_cannot_signal() {
     let f = UserFence::new().unwrap();
     let r = UserFence::from_fds(
         f.state_fd().try_clone_to_owned().unwrap(),
-        f.event_fd().try_clone_to_owned().unwrap(),
+        f.wake_fd().try_clone_to_owned().unwrap(),
     )
     .unwrap();
     assert!(!r.is_owner());
@@ -117,7 +117,7 @@ fn bad_fence_fds_are_refused() {
     let f = UserFence::new().unwrap();
     // Swapped fds.
     let e = UserFence::from_fds(
-        f.event_fd().try_clone_to_owned().unwrap(),
+        f.wake_fd().try_clone_to_owned().unwrap(),
         f.state_fd().try_clone_to_owned().unwrap(),
     )
     .unwrap_err();
@@ -134,11 +134,11 @@ fn bad_fence_fds_are_refused() {
         rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
     )
     .unwrap();
-    let e = UserFence::from_fds(m, f.event_fd().try_clone_to_owned().unwrap()).unwrap_err();
+    let e = UserFence::from_fds(m, f.wake_fd().try_clone_to_owned().unwrap()).unwrap_err();
     assert!(e.to_string().contains("bad magic"), "{e}");
     // An unsealed memfd.
     let m = rustix::fs::memfd_create("y", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    let e = UserFence::from_fds(m, f.event_fd().try_clone_to_owned().unwrap()).unwrap_err();
+    let e = UserFence::from_fds(m, f.wake_fd().try_clone_to_owned().unwrap()).unwrap_err();
     assert!(e.to_string().contains("not sealed"), "{e}");
 }
 

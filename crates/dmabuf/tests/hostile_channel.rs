@@ -33,7 +33,8 @@ fn fds_of_the_wrong_kind_are_refused_by_kind_before_any_ioctl() {
     {
         let (ch, raw) = pair();
         let fake = FakeFence::pending();
-        let (pr, _pw) = rustix::pipe::pipe().unwrap();
+        let (pr, pw) = rustix::pipe::pipe().unwrap();
+        let ev = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
         let sealed = memfd(4096, SealFlags::SHRINK | SealFlags::GROW);
         let sync = msg(T_FENCE, &fence_body(1, &[1]), 1);
         // An eventfd, a pipe, a memfd and a socket announced as sync files:
@@ -42,7 +43,7 @@ fn fds_of_the_wrong_kind_are_refused_by_kind_before_any_ioctl() {
             &ch,
             &raw,
             &sync,
-            &[fake.event.as_fd()],
+            &[ev.as_fd()],
             "it is 'anon_inode:[eventfd]'",
         );
         refused_then_ok(&ch, &raw, &sync, &[pr.as_fd()], "it is 'pipe:");
@@ -54,27 +55,34 @@ fn fds_of_the_wrong_kind_are_refused_by_kind_before_any_ioctl() {
             &ch,
             &raw,
             &user,
-            &[fake.event.as_fd(), fake.state.as_fd()],
+            &[fake.wake.as_fd(), fake.state.as_fd()],
             "state fd is not a memfd",
         );
         refused_then_ok(
             &ch,
             &raw,
             &user,
-            &[fake.state.as_fd(), pr.as_fd()],
-            "event fd is not an eventfd",
+            &[fake.state.as_fd(), pw.as_fd()],
+            "wake fd is not the read end of a pipe (it is 'pipe:",
         );
         refused_then_ok(
             &ch,
             &raw,
             &user,
-            &[sealed.as_fd(), fake.event.as_fd()],
+            &[fake.state.as_fd(), ev.as_fd()],
+            "wake fd is not the read end of a pipe (it is 'anon_inode:[eventfd]')",
+        );
+        refused_then_ok(
+            &ch,
+            &raw,
+            &user,
+            &[sealed.as_fd(), fake.wake.as_fd()],
             "bad magic",
         );
         // A buffer that is a pipe, a fence page, an eventfd.
         let buf = msg(T_BUFFER, &buffer_body(0, 4096, 1, "b"), 1);
         refused_then_ok(&ch, &raw, &buf, &[pr.as_fd()], "not a memfd");
-        refused_then_ok(&ch, &raw, &buf, &[fake.event.as_fd()], "not a memfd");
+        refused_then_ok(&ch, &raw, &buf, &[ev.as_fd()], "not a memfd");
     }
     assert_eq!(open_fds(), base);
 }
@@ -87,9 +95,9 @@ fn wrong_fd_counts_and_truncated_messages_are_refused() {
     let full = msg(T_FENCE, &fence_body(1, &[2, 2]), 4);
     let fds = [
         fake.state.as_fd(),
-        fake.event.as_fd(),
+        fake.wake.as_fd(),
         fake.state.as_fd(),
-        fake.event.as_fd(),
+        fake.wake.as_fd(),
     ];
     refused_then_ok(
         &ch,
@@ -105,7 +113,7 @@ fn wrong_fd_counts_and_truncated_messages_are_refused() {
         &[],
         "header announces 4 fds but 0 arrived",
     );
-    let many: Vec<BorrowedFd<'_>> = (0..40).map(|_| fake.event.as_fd()).collect();
+    let many: Vec<BorrowedFd<'_>> = (0..40).map(|_| fake.wake.as_fd()).collect();
     refused_then_ok(
         &ch,
         &raw,

@@ -1,5 +1,5 @@
-//! User fences against a peer that writes their pages and eventfds at any
-//! moment: no panic, no spin, no forgery, no stall, no cross-talk.
+//! User fences against a peer that writes their pages and wake-up pipes
+//! at any moment: no panic, no spin, no forgery, no stall, no cross-talk.
 
 mod hostile_peer;
 
@@ -81,37 +81,44 @@ fn final_states_are_latched_here() {
 }
 
 #[test]
-fn an_eventfd_written_while_pending_makes_no_wait_spin() {
-    let fake = FakeFence::pending();
-    fake.poke(); // readable from now on, the fence still pending
-    let r = fake.import();
-    let (e, cpu, wall) = bounded(Duration::from_secs(5), move || {
-        let (c0, t0) = (thread_cpu(), Instant::now());
-        let e = r.wait(Some(Duration::from_millis(400))).unwrap_err();
-        (e, thread_cpu() - c0, t0.elapsed())
-    });
-    assert_err(&e, ErrorKind::TimedOut, "did not signal within 400ms");
-    assert!(wall < Duration::from_secs(2), "{wall:?}");
-    assert!(
-        cpu < wall / 4,
-        "blocking wait used {cpu:?} of CPU in {wall:?}"
-    );
-
-    // Async: the same eventfd, awaited.
-    let r = fake.import();
-    let (res, cpu, wall) = bounded(Duration::from_secs(5), move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let (c0, t0) = (thread_cpu(), Instant::now());
-        let res = rt.block_on(async {
-            tokio::time::timeout(Duration::from_millis(400), Fence::from(r).wait_async()).await
+fn a_wake_up_pipe_written_or_hung_up_while_pending_makes_no_wait_spin() {
+    // Written by someone else, or hung up (every write end closed: the
+    // owner's process gone): readable from now on, the fence still
+    // pending.
+    let poked = FakeFence::pending();
+    poked.poke();
+    let hung_up = FakeFence::pending();
+    hung_up.hang_up();
+    for fake in [poked, hung_up] {
+        let r = fake.import();
+        let (e, cpu, wall) = bounded(Duration::from_secs(5), move || {
+            let (c0, t0) = (thread_cpu(), Instant::now());
+            let e = r.wait(Some(Duration::from_millis(400))).unwrap_err();
+            (e, thread_cpu() - c0, t0.elapsed())
         });
-        (res.is_err(), thread_cpu() - c0, t0.elapsed())
-    });
-    assert!(res, "the async wait ended though nothing signalled");
-    assert!(cpu < wall / 4, "async wait used {cpu:?} of CPU in {wall:?}");
+        assert_err(&e, ErrorKind::TimedOut, "did not signal within 400ms");
+        assert!(wall < Duration::from_secs(2), "{wall:?}");
+        assert!(
+            cpu < wall / 4,
+            "blocking wait used {cpu:?} of CPU in {wall:?}"
+        );
+
+        // Async: the same pipe, awaited.
+        let r = fake.import();
+        let (res, cpu, wall) = bounded(Duration::from_secs(5), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let (c0, t0) = (thread_cpu(), Instant::now());
+            let res = rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(400), Fence::from(r).wait_async()).await
+            });
+            (res.is_err(), thread_cpu() - c0, t0.elapsed())
+        });
+        assert!(res, "the async wait ended though nothing signalled");
+        assert!(cpu < wall / 4, "async wait used {cpu:?} of CPU in {wall:?}");
+    }
 }
 
 #[test]
@@ -170,7 +177,7 @@ fn a_wake_up_lost_to_someone_reading_the_counter_is_not_a_hang() {
     let f = UserFence::new().unwrap();
     let r = UserFence::from_fds(
         f.state_fd().try_clone_to_owned().unwrap(),
-        f.event_fd().try_clone_to_owned().unwrap(),
+        f.wake_fd().try_clone_to_owned().unwrap(),
     )
     .unwrap();
     let r2 = r.clone();
@@ -178,7 +185,7 @@ fn a_wake_up_lost_to_someone_reading_the_counter_is_not_a_hang() {
     let a = Fence::from(
         UserFence::from_fds(
             f.state_fd().try_clone_to_owned().unwrap(),
-            f.event_fd().try_clone_to_owned().unwrap(),
+            f.wake_fd().try_clone_to_owned().unwrap(),
         )
         .unwrap(),
     );
@@ -194,10 +201,35 @@ fn a_wake_up_lost_to_someone_reading_the_counter_is_not_a_hang() {
     f.signal().unwrap();
     // Someone drains the eventfd right away: readiness is gone.
     let mut buf = [0u8; 8];
-    let _ = rustix::io::read(f.event_fd(), &mut buf);
+    let _ = rustix::io::read(f.wake_fd(), &mut buf);
     bounded(Duration::from_secs(5), move || waiter.join().unwrap()).unwrap();
     bounded(Duration::from_secs(5), move || async_waiter.join().unwrap()).unwrap();
     within(t0, Duration::from_secs(2));
+}
+
+#[test]
+fn a_receiver_that_blocks_and_fills_the_wake_up_fd_cannot_stall_the_signaller() {
+    // A receiver holds the same file description as the owner: it can
+    // clear O_NONBLOCK on it and fill it, so that a plain write would
+    // block until someone reads (and the receiver never will).
+    let f = UserFence::new().unwrap();
+    let theirs = f.wake_fd().try_clone_to_owned().unwrap();
+    let r = UserFence::from_fds(
+        f.state_fd().try_clone_to_owned().unwrap(),
+        theirs.try_clone().unwrap(),
+    )
+    .unwrap();
+    let _filled = fill(theirs.as_fd());
+    make_blocking(theirs.as_fd());
+    let g = f.clone();
+    bounded(Duration::from_secs(5), move || g.signal()).unwrap();
+    assert_eq!(r.status(), FenceStatus::Signalled);
+    // Failing a fence wakes the same way.
+    let f = UserFence::new().unwrap();
+    let theirs = f.wake_fd().try_clone_to_owned().unwrap();
+    let _filled = fill(theirs.as_fd());
+    make_blocking(theirs.as_fd());
+    bounded(Duration::from_secs(5), move || f.fail(Errno::IO)).unwrap();
 }
 
 #[test]

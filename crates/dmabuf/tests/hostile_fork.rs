@@ -46,7 +46,7 @@ fn a_forked_child_does_not_cancel_or_signal_the_parents_fence() {
             // The child's drop did not cancel the parent's fence.
             let r = UserFence::from_fds(
                 f.state_fd().try_clone_to_owned().unwrap(),
-                f.event_fd().try_clone_to_owned().unwrap(),
+                f.wake_fd().try_clone_to_owned().unwrap(),
             )
             .unwrap();
             assert_eq!(r.status(), FenceStatus::Active);

@@ -211,7 +211,7 @@ fn corrupt_item_descriptors_are_refused_with_their_field_named() {
         (
             |_, r| {
                 r.set(R_ITEM_HEAD, 1000);
-                let _ = rustix::io::write(&r.wake_consumer, &1u64.to_ne_bytes());
+                r.wake_consumer();
             },
             "item head 1000 is outside",
         ),
@@ -270,7 +270,7 @@ fn a_producer_that_wakes_the_consumer_for_nothing_does_not_make_it_spin() {
         )
         .unwrap();
     }
-    let ring = ProducerRing::create(&[4096; 4], Wake::EventFd, "consumer 0").unwrap();
+    let ring = ProducerRing::create(&[4096; 4], Wake::Pipe, "consumer 0").unwrap();
     raw.send(&msg(T_RING, &4u32.to_le_bytes(), 3), &ring.shared_fds())
         .unwrap();
     raw.send(&msg(T_POOL_READY, &pool_ready_body(4, 0), 0), &[])
@@ -481,6 +481,12 @@ fn a_noisy_or_scribbled_ready_fence_neither_spins_nor_crashes_the_consumer() {
             .contains("of them waiting for this fence, the rest for the item"),
         "{e}"
     );
+    // And it names the fence and what its page says.
+    assert!(
+        e.to_string()
+            .contains("received user fence 0x1234#1, its page pending)"),
+        "{e}"
+    );
     assert!(cpu < wall / 4, "next used {cpu:?} of CPU in {wall:?}");
     // Now the page says failed with an impossible errno.
     fake.set_state(FAILED | (5000 << 32));
@@ -541,7 +547,7 @@ fn a_producer_that_keeps_writing_the_consumers_eventfd_does_not_make_it_spin() {
     // on the ring.
     let waker = std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            let _ = rustix::io::write(&r.wake_consumer, &1u64.to_ne_bytes());
+            r.wake_consumer();
             std::thread::yield_now();
         }
     });
@@ -574,7 +580,7 @@ fn a_producer_that_keeps_writing_the_async_consumers_eventfd_does_not_make_it_sp
     // eventfd is registered.
     let waker = std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            let _ = rustix::io::write(&r.wake_consumer, &1u64.to_ne_bytes());
+            r.wake_consumer();
             std::thread::yield_now();
         }
     });

@@ -126,7 +126,7 @@ fn a_pool_ready_without_a_ring_is_refused() {
 #[test]
 fn a_forged_ring_is_refused_with_its_cause() {
     // A ring message whose memfd is not sealed, and whose wake fds are
-    // pipes.
+    // eventfds.
     let (p, c) = Channel::pair().unwrap();
     p.send(&Message::Buffer {
         id: 0,
@@ -135,7 +135,8 @@ fn a_forged_ring_is_refused_with_its_cause() {
     .unwrap();
     let memfd = rustix::fs::memfd_create("forged", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&memfd, 4096).unwrap();
-    let (r, w) = rustix::pipe::pipe().unwrap();
+    let ev = || rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let (r, w) = (ev(), ev());
     p.send(&Message::Ring {
         capacity: 1,
         fds: Arc::new(vec![memfd, r, w]),
@@ -148,7 +149,11 @@ fn a_forged_ring_is_refused_with_its_cause() {
     .unwrap();
     let e = Consumer::new(c, T).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Protocol);
-    assert!(e.to_string().contains("not an eventfd"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("the consumer's wake-up fd is not the read end of a pipe"),
+        "{e}"
+    );
 }
 
 #[test]

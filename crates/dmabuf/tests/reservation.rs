@@ -214,7 +214,7 @@ fn a_received_fence_cannot_make_a_local_write_fence_disappear() {
     // What a peer would send: our context, a higher sequence number.
     let peer = UserFence::from_fds(
         later.state_fd().try_clone_to_owned().unwrap(),
-        later.event_fd().try_clone_to_owned().unwrap(),
+        later.wake_fd().try_clone_to_owned().unwrap(),
     )
     .unwrap();
     b.add_fence(mine.clone().into(), Usage::Write).unwrap();

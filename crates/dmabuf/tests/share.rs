@@ -228,15 +228,15 @@ fn every_validation_failure_is_refused_with_a_clear_message() {
         "{e}"
     );
 
-    // User fences: the eventfd must be an eventfd, the memfd a fence.
+    // User fences: the wake fd must be a pipe's read end, the memfd a fence.
     let mut fence_body = 3u64.to_le_bytes().to_vec();
     fence_body.extend_from_slice(&[1, 2]);
     let e = refused(&raw(2, &fence_body, 2), &[sealed.as_fd(), pw.as_fd()]);
-    assert!(e.contains("event fd is not an eventfd"), "{e}");
+    assert!(e.contains("wake fd is not the read end of a pipe"), "{e}");
     let f = UserFence::new().unwrap();
-    let e = refused(&raw(2, &fence_body, 2), &[sealed.as_fd(), f.event_fd()]);
+    let e = refused(&raw(2, &fence_body, 2), &[sealed.as_fd(), f.wake_fd()]);
     assert!(e.contains("bad magic"), "{e}");
-    let e = refused(&raw(2, &fence_body, 2), &[unsealed.as_fd(), f.event_fd()]);
+    let e = refused(&raw(2, &fence_body, 2), &[unsealed.as_fd(), f.wake_fd()]);
     assert!(e.contains("not sealed"), "{e}");
     // A sync file must be a sync file.
     let mut sync_body = 3u64.to_le_bytes().to_vec();
@@ -323,6 +323,12 @@ fn pool_streams_with_back_pressure() {
         assert_eq!(e.kind(), ErrorKind::TimedOut);
         assert!(
             e.to_string().contains("all 2 buffers still in flight"),
+            "{e}"
+        );
+        // It says where they are: with the consumer, untaken.
+        assert!(
+            e.to_string()
+                .contains("holds 2, 2 untaken; 0 back with a release fence pending)"),
             "{e}"
         );
         assert!(t0.elapsed() >= Duration::from_millis(50));

@@ -163,7 +163,7 @@ pub fn worker(kind: &str, path: &str, size: u64, buffers: usize) -> BoxResult<Be
             let channel = stream::connect(Path::new(path), PEER_TIMEOUT)?;
             // The stream's consumer keeps its own bounded histogram, after
             // the same warm-up; `dmabuf-poll` never sleeps on the ring's
-            // word, only on its eventfd and socket.
+            // word, only on its wake-up pipe and socket.
             let word_sleep = (kind == "dmabuf-poll").then_some(Duration::ZERO);
             let r = stream::consume(channel, PEER_TIMEOUT, WARM_UP, word_sleep);
             if let Some(e) = r.error {

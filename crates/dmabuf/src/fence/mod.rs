@@ -11,7 +11,7 @@
 //!   GPU driver. It becomes readable (`POLLIN`) once signalled; its error
 //!   is only visible through `SYNC_IOC_FILE_INFO`.
 //! * [`UserFence`] — signalled by a user-space producer, with the same
-//!   rules: one signal, optional error, timestamp, pollable eventfd,
+//!   rules: one signal, optional error, timestamp, pollable wake-up fd,
 //!   passable to another process. [`FenceContext`] hands out fences with
 //!   increasing sequence numbers; signalling one signals the earlier ones.
 //!
@@ -176,13 +176,13 @@ pub(crate) fn fd_kind(fd: BorrowedFd<'_>) -> String {
 }
 
 /// The fds worth polling to learn that `fence` may have signalled: kernel
-/// sync files, and user-fence eventfds that are not readable yet (a
-/// readable eventfd of a fence still active was written by someone else,
-/// and polling it would return at once, again and again). Returns whether
+/// sync files, and user-fence wake-up pipes that are not readable yet (a
+/// readable pipe of a fence still active was written or hung up by someone
+/// else, and polling it would return at once, again and again). Returns whether
 /// the caller must also re-check on its own within
 /// [`user::RECHECK`]: true while any user fence is active, since a user
 /// fence can change without any fd becoming readable (a local decision, a
-/// signaller stuck half-way, a counter someone read).
+/// signaller stuck half-way, a wake-up byte someone read).
 pub(crate) fn wake_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) -> bool {
     match fence {
         Fence::Signalled => false,
@@ -198,8 +198,8 @@ pub(crate) fn wake_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) -> b
             if u.status() != FenceStatus::Active {
                 return false;
             }
-            if !poll_readable(u.event_fd(), Some(Instant::now())).unwrap_or(true) {
-                out.push(u.event_fd());
+            if !poll_readable(u.wake_fd(), Some(Instant::now())).unwrap_or(true) {
+                out.push(u.wake_fd());
             }
             true
         }
@@ -242,6 +242,21 @@ impl std::fmt::Display for Fence {
 }
 
 impl Fence {
+    /// A description of an unsignalled fence for the message of a wait
+    /// that ran out: a user fence's says what its page says now.
+    pub(crate) fn describe_pending(&self) -> String {
+        match self {
+            Fence::User(u) => format!("{}, its page {}", u.describe(), u.page_now()),
+            Fence::All(v) => v
+                .iter()
+                .filter(|f| f.status() == FenceStatus::Active)
+                .map(Fence::describe_pending)
+                .collect::<Vec<_>>()
+                .join("; "),
+            f => f.describe(),
+        }
+    }
+
     /// A short description for messages.
     pub fn describe(&self) -> String {
         match self {
@@ -326,7 +341,7 @@ impl Fence {
     }
 
     /// Awaits the fence without a thread per wait (tokio `AsyncFd` on the
-    /// sync file or the user fence's eventfd).
+    /// sync file or the user fence's wake-up pipe).
     #[cfg(feature = "tokio")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn wait_async(&self) -> Result<()> {

@@ -17,22 +17,35 @@
 //!
 //! The signaller stores "signalling" with its pid, the timestamp, the final
 //! state, bumps the futex and wakes it (shared futex: waiters in every
-//! process), then writes the eventfd (for `poll` and async waiters).
+//! process), then writes one byte to its wake-up pipe (for `poll` and
+//! async waiters).
+//!
+//! # The wake-up pipe
+//!
+//! Receivers get the read end of a pipe; the owner alone keeps the write
+//! end, a file description it never sends, with `O_NONBLOCK` set, and
+//! writes it once, when the fence completes. No receiver can make that
+//! write wait: it can neither clear the flag on the owner's write end nor
+//! get hold of it (a receiver that opens the pipe again for writing, as
+//! `/proc/PID/fd` allows, and fills it only makes the owner's write find
+//! a full pipe, which is already readable). An eventfd, which every holder
+//! shares whole, would let a receiver clear `O_NONBLOCK` and fill its
+//! counter, and the owner's write would block until someone read it.
 //!
 //! The owner maps the page read-write, then seals the memfd with
 //! `F_SEAL_FUTURE_WRITE`: from then on no process that receives the memfd
 //! can write the page (a `write` or a writable mapping fails with
 //! `EPERM`), and receivers map it read-only. The owner itself (a hostile
 //! sender) can still write its page at any time, a fence made by other
-//! software may lack the seal, and any process holding the eventfd can
-//! write or read it, so a receiver treats both as hints: see [`UserFence`]
-//! for what it does with them.
+//! software may lack the seal, and any process holding the pipe's read
+//! end can read it (taking the readiness away) or open it again for
+//! writing (making it readable), so a receiver treats both as hints: see
+//! [`UserFence`] for what it does with them.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{
     fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, SealFlags,
 };
@@ -81,9 +94,11 @@ pub const RECEIVED_CONTEXT_BIT: u64 = 1 << 63;
 ///   it exactly once, records a CLOCK_MONOTONIC timestamp and wakes every
 ///   waiter, in this process or any other.
 /// * Its state lives in a one-page sealed memfd and its wake-up in a
-///   shared futex on that page (blocking waits) and an eventfd
-///   ([`UserFence::event_fd`], for `poll`, event loops and async waits);
-///   both fds pass to another process.
+///   shared futex on that page (blocking waits) and the read end of a
+///   pipe ([`UserFence::wake_fd`], for `poll`, event loops and async
+///   waits); both fds pass to another process. Signalling never waits on
+///   what a receiver does with them (see "The wake-up pipe" in the module
+///   documentation).
 /// * Fences made by a [`FenceContext`] carry increasing sequence numbers
 ///   and complete in that order (the kernel's timeline rule): signalling
 ///   one signals every earlier unsignalled fence of the context first, and
@@ -102,7 +117,7 @@ pub const RECEIVED_CONTEXT_BIT: u64 = 1 << 63;
 /// # What a received fence trusts
 ///
 /// The process that sent it can write the page, and any holder the
-/// eventfd, at any time. So a received fence:
+/// wake-up pipe, at any time. So a received fence:
 ///
 /// * takes its context and sequence number once, at import, and marks the
 ///   context with [`RECEIVED_CONTEXT_BIT`]: it never takes part in the
@@ -114,10 +129,11 @@ pub const RECEIVED_CONTEXT_BIT: u64 = 1 << 63;
 ///   "failed" with errno 0 or above 4095) as failed with `EPROTO`, and one
 ///   stuck "signalling" for [`STUCK_SIGNALLING`] as failed with
 ///   `EOWNERDEAD`, naming the cause in the wait's error;
-/// * takes the eventfd's readiness as a hint: waits re-check the state,
-///   never spin on a readable eventfd of an unsignalled fence, and re-check
-///   at least every [`RECHECK`] (blocking) or 100 ms (async) in case the
-///   wake-up was lost (someone read the counter);
+/// * takes the pipe's readiness as a hint: waits re-check the state,
+///   never spin on a readable pipe of an unsignalled fence (written by
+///   someone else, or hung up because every write end closed), and
+///   re-check at least every [`RECHECK`] (blocking) or 100 ms (async) in
+///   case the wake-up was lost (someone read the byte);
 /// * can be failed in this process only ([`UserFence::fail_received`],
 ///   used when the peer that sent it goes away), leaving the shared page —
 ///   and every other process's view — untouched.
@@ -146,7 +162,10 @@ struct Inner {
     /// Read-write for the owner, read-only for everyone else.
     words: SharedWords,
     state_fd: OwnedFd,
-    event: OwnedFd,
+    /// The read end of the wake-up pipe (sent to receivers, polled).
+    wake: OwnedFd,
+    /// Its write end, the owner's alone (`None`: received).
+    wake_write: Option<OwnedFd>,
     /// The pid of the process that made the fence (`None`: received).
     owner_pid: Option<u32>,
     /// Identity, taken once (made here, or read once at import).
@@ -300,12 +319,12 @@ impl UserFence {
         // receives the memfd can write it or map it writable.
         fcntl_add_seals(&state_fd, SealFlags::FUTURE_WRITE | SealFlags::SEAL)
             .map_err(fail("state memfd"))?;
-        let event =
-            eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(fail("eventfd"))?;
+        let (wake, wake_write) = crate::sys::wake::pipe().map_err(fail("wake-up pipe"))?;
         let inner = Inner {
             words,
             state_fd,
-            event,
+            wake,
+            wake_write: Some(wake_write),
             owner_pid: Some(my_pid()),
             context,
             seqno,
@@ -326,16 +345,17 @@ impl UserFence {
     }
 
     /// Rebuilds a fence received from another process from its state memfd
-    /// and eventfd, after checking both: the memfd is a memfd sealed
+    /// and the read end of its wake-up pipe, after checking both: the
+    /// memfd is a memfd sealed
     /// against shrinking and growing, at least a page long, carrying the
-    /// fence magic, and the eventfd is an eventfd. Its context (marked with
+    /// fence magic, and the wake fd is the read end of a pipe. Its context (marked with
     /// [`RECEIVED_CONTEXT_BIT`]) and sequence number are read once, now.
     /// The result can be waited for, not signalled.
-    pub fn from_fds(state: OwnedFd, event: OwnedFd) -> Result<UserFence> {
+    pub fn from_fds(state: OwnedFd, wake: OwnedFd) -> Result<UserFence> {
         let obj = format!(
-            "state fd {}, event fd {}",
+            "state fd {}, wake fd {}",
             state.as_raw_fd(),
-            event.as_raw_fd()
+            wake.as_raw_fd()
         );
         let op = "user fence import";
         let seals = fcntl_get_seals(&state)
@@ -358,12 +378,12 @@ impl UserFence {
                 ),
             ));
         }
-        let kind = fd_kind(event.as_fd());
-        if kind != "anon_inode:[eventfd]" {
+        if !crate::sys::wake::is_end(&wake, crate::sys::wake::End::Read).unwrap_or(false) {
+            let kind = fd_kind(wake.as_fd());
             return Err(Error::invalid(
                 op,
                 obj,
-                format!("event fd is not an eventfd (it is '{kind}')"),
+                format!("wake fd is not the read end of a pipe (it is '{kind}')"),
             ));
         }
         let words = SharedWords::map(&state, WORDS, false).map_err(|e| {
@@ -389,7 +409,8 @@ impl UserFence {
             inner: Arc::new(Inner {
                 words,
                 state_fd: state,
-                event,
+                wake,
+                wake_write: None,
                 owner_pid: None,
                 context,
                 seqno,
@@ -450,6 +471,18 @@ impl UserFence {
     /// Signals the fence with an error (`errno`, e.g. `Errno::IO`).
     pub fn fail(&self, errno: Errno) -> Result<()> {
         self.finish(Some(errno))
+    }
+
+    /// What its page says now, in words (for the message of a wait that
+    /// ran out): `pending`, `signalling (pid P)`, and so on.
+    pub(crate) fn page_now(&self) -> String {
+        match self.inner.read_page() {
+            Page::Pending => "pending".into(),
+            Page::Signalling(pid) => format!("signalling (pid {pid})"),
+            Page::Signalled(_) => "signalled".into(),
+            Page::Failed(e, _) => format!("failed ({})", errno_name(e)),
+            Page::Corrupt(why) => format!("corrupt ({why})"),
+        }
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -609,28 +642,30 @@ impl UserFence {
     }
 
     /// Waits without blocking a thread, through tokio's `AsyncFd` on the
-    /// eventfd, re-checking at least every 100 ms.
+    /// read end of the wake-up pipe, re-checking at least every 100 ms.
     #[cfg(feature = "tokio")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub async fn wait_async(&self) -> Result<()> {
         let io = |e: std::io::Error| Error::io("fence wait", self.describe(), e);
-        let fd = self.inner.event.try_clone().map_err(io)?;
+        let fd = self.inner.wake.try_clone().map_err(io)?;
         crate::sys::readiness::until_readable_and(fd, || self.is_signalled())
             .await
             .map_err(io)?;
         self.result("fence wait")
     }
 
-    /// The eventfd that becomes readable when the fence signals (for event
-    /// loops). Never read from it: its readiness is the signal. Anyone
-    /// holding it can write it, so readiness is a hint: check
-    /// [`UserFence::status`], and do not poll it again while it is
-    /// readable and the fence still active (that would spin).
-    pub fn event_fd(&self) -> BorrowedFd<'_> {
-        self.inner.event.as_fd()
+    /// The read end of the wake-up pipe, which becomes readable when the
+    /// fence signals (for event loops). Never read from it: its readiness
+    /// is the signal. Anyone holding it can make it readable (by opening
+    /// the pipe again for writing) or hang it up (the owner's process
+    /// gone), so readiness is a hint: check [`UserFence::status`], and do
+    /// not poll it again while it is readable and the fence still active
+    /// (that would spin).
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.inner.wake.as_fd()
     }
 
-    /// The memfd holding the fence's state (sent with [`Self::event_fd`]
+    /// The memfd holding the fence's state (sent with [`Self::wake_fd`]
     /// to another process).
     pub fn state_fd(&self) -> BorrowedFd<'_> {
         self.inner.state_fd.as_fd()
@@ -689,11 +724,11 @@ impl std::fmt::Display for UserFence {
     }
 }
 
-/// The eventfd ([`UserFence::event_fd`]): readable when the fence
+/// The wake-up pipe's read end ([`UserFence::wake_fd`]): readable when the fence
 /// signals, a hint to check [`UserFence::status`], as that method says.
 impl AsFd for UserFence {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.event_fd()
+        self.wake_fd()
     }
 }
 
@@ -812,9 +847,13 @@ impl Inner {
         let _ = self.words.store(W_TIMESTAMP, now);
         let _ = self.words.store(W_STATE, fin);
         let _ = self.words.bump_and_wake(H_FUTEX);
-        // Wake every poller; this library never reads the counter, so the
-        // eventfd stays readable from now on.
-        let _ = rustix::io::write(&self.event, &1u64.to_ne_bytes());
+        // Wake every poller; this library never reads the pipe, so it
+        // stays readable from now on. The write end is this process's
+        // alone, so the write never waits (a full pipe is readable
+        // already).
+        if let Some(w) = &self.wake_write {
+            let _ = crate::sys::wake::wake(w);
+        }
         true
     }
 }

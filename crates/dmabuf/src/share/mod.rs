@@ -17,18 +17,19 @@
 //!   refused (it is not taken for the peer's departure); the number of fds
 //!   received must equal the number the message implies. Every fd's kind
 //!   is checked before any ioctl is issued on it (a sync file must be what
-//!   the kernel names `anon_inode:sync_file`, an eventfd
-//!   `anon_inode:[eventfd]`). A buffer announced as a dma-buf must be one
+//!   the kernel names `anon_inode:sync_file`, a wake-up fd the read or
+//!   write end of a pipe, as the message needs). A buffer announced as a dma-buf must be one
 //!   (filesystem magic) from the announced exporter; a buffer announced as
 //!   portable must be a memfd sealed with `F_SEAL_SHRINK` and
 //!   `F_SEAL_GROW` (else the sender could truncate it and the receiver
 //!   would die of `SIGBUS` on its mapping), not opened write-only; the
 //!   announced size must be the fd's size; a user fence must be a sealed
-//!   fence memfd plus an eventfd, and what its page says later is handled
+//!   fence memfd plus the read end of a pipe, and what its page says later is handled
 //!   as [`UserFence`] documents (never a panic, never a spin). The 3 fds
 //!   of a ring message are checked by the pool consumer that opens the
 //!   ring (a memfd sealed against shrinking and growing, of the size its
-//!   capacity implies, then two eventfds; see [`ring::ConsumerRing::open`]),
+//!   capacity implies, then the read end and the write end of two pipes;
+//!   see [`ring::ConsumerRing::open`]),
 //!   and what the ring's memory says is validated on every read (see
 //!   [`ring`]). Anything
 //!   else is an error of kind [`ErrorKind::Protocol`] naming what was
@@ -76,7 +77,7 @@
 //!   that does not read: then an error of kind [`ErrorKind::TimedOut`]
 //!   naming the peer.
 //!
-//! ## Message format (version 3, little-endian)
+//! ## Message format (version 4, little-endian)
 //!
 //! Every message is one seqpacket datagram: a 16-byte header, then the
 //! body, with the header's fd count of fds attached.
@@ -98,12 +99,12 @@
 //! | 4    | item        | buffer id u64, sequence u64, length u64, sent at u64 (CLOCK_MONOTONIC ns), fence list (ready fence)    | per fence list      |
 //! | 5    | release     | buffer id u64, sequence u64, fence list (release fence)                                                | per fence list      |
 //! | 6    | bye         | empty: orderly end of the stream                                                                       | 0                   |
-//! | 7    | ring        | capacity u32 (descriptors per direction = pool size)                                                    | 3: ring memfd, consumer's eventfd, producer's eventfd |
+//! | 7    | ring        | capacity u32 (descriptors per direction = pool size)                                                    | 3: ring memfd, read end of the consumer's wake-up pipe, write end of the producer's |
 //! | 8    | frame       | id u64, layout length u8, 3 zero bytes, layout (the [`frame::wire`](crate::frame::wire) encoding, at most 124 bytes), then per buffer of the layout: size u64, kind u8, detail length u8, name length u8, 0 u8, detail, name (as in a buffer message) | 1 per buffer (1 to 4), in buffer order |
 //!
 //! A *fence list* is a count u8 (at most 8) followed by one kind u8 per
 //! fence: 1 a kernel sync file (1 fd), 2 a user fence (2 fds: its state
-//! memfd, then its eventfd). An empty list is a signalled fence. Fds are
+//! memfd, then the read end of its wake-up pipe). An empty list is a signalled fence. Fds are
 //! attached in the order of the list.
 //!
 //! Version 2 differs from version 1 only in that a pool's consumer sends
@@ -113,7 +114,11 @@
 //! version 2 only in the layout of the pool's descriptor rings
 //! (`"DMBRING3"`: descriptors carry marks, releases the consumer's count
 //! of items taken; see [`ring`]), which a side of version 2 would refuse
-//! when it opens the ring.
+//! when it opens the ring. Version 4 differs from version 3 only in the
+//! kind of the wake-up fds: a user fence and a ring carry pipes where they
+//! carried eventfds, so that no peer can make this side's wake-ups block
+//! (see [`ring`] and [`UserFence`]); a side of version 3 would refuse
+//! them.
 
 mod inherit;
 pub mod pool;
@@ -220,8 +225,9 @@ pub enum Message {
     Ring {
         /// Descriptors per direction (the pool size).
         capacity: u32,
-        /// The ring memfd, the consumer's eventfd, the producer's
-        /// eventfd (checked by [`ring::ConsumerRing::open`]).
+        /// The ring memfd, the read end of the consumer's wake-up pipe,
+        /// the write end of the producer's (checked by
+        /// [`ring::ConsumerRing::open`]).
         fds: std::sync::Arc<Vec<OwnedFd>>,
     },
     /// A frame: its layout and each of its buffers once (checked on
@@ -515,7 +521,7 @@ impl Channel {
                 Fence::Kernel(s) => fds.push(s.as_fd()),
                 Fence::User(u) => {
                     fds.push(u.state_fd());
-                    fds.push(u.event_fd());
+                    fds.push(u.wake_fd());
                 }
                 _ => {}
             }

@@ -60,11 +60,11 @@
 //! * **Wake-ups only when the other side sleeps.** A side that finds its
 //!   ring empty raises its *waiting* word, looks again, and only then
 //!   sleeps; a side that publishes wakes the other one only if that word
-//!   was raised (one `FUTEX_WAKE`, or one eventfd write). With
-//!   [`Wake::EventFd`] a consumer may still sleep on the word itself
+//!   was raised (one `FUTEX_WAKE`, or one byte written to a pipe). With
+//!   [`Wake::Pipe`] a consumer may still sleep on the word itself
 //!   ([`ConsumerRing::sleep_on_word`], the cheaper wake-up): it raises the
 //!   word to 2 instead of 1, and the producer, reading 2, wakes it with
-//!   `FUTEX_WAKE` rather than the eventfd. Items that queue
+//!   `FUTEX_WAKE` rather than the pipe. Items that queue
 //!   while the consumer is busy are taken in one batch with no system
 //!   call at all.
 //! * **Every wait has a deadline.** [`ConsumerRing::recv_item`] and
@@ -72,14 +72,14 @@
 //!   return [`ErrorKind::TimedOut`]; a peer that clears or spins the
 //!   waiting words costs wake-ups or spinning until then, never a hang.
 //!   A ring does not watch for the death of its peer: callers wait in
-//!   slices and check their socket, or, with [`Wake::EventFd`], raise
+//!   slices and check their socket, or, with [`Wake::Pipe`], raise
 //!   the waiting word with `begin_wait`, poll `wait_fd` together with the
 //!   socket (or register it with tokio), and lower it with `end_wait`
 //!   ([`ConsumerRing::begin_wait`], [`ProducerRing::begin_wait`]), or
 //!   sleep on the word in bounded slices with
 //!   [`ConsumerRing::sleep_on_word`] and look at the socket in between.
 //!   A caller can also sleep through a [`ConsumerSleep`] (the word and
-//!   the eventfd apart from the ring), which borrows neither half.
+//!   the pipe apart from the ring), which borrows neither half.
 //! * **The consumer's end has two halves.** [`ConsumerRing`] takes items
 //!   and [`ConsumerReleases`] gives them back, so that items can be
 //!   released from any thread (behind the caller's lock) while the
@@ -128,11 +128,12 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::event::{PollFd, PollFlags};
 use rustix::fs::{MemfdFlags, SealFlags};
 
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::sys::futex::{self, SharedWords};
+use crate::sys::wake;
 
 /// The magic word at offset 0: `"DMBRING3"` (the layout above; version 2
 /// had no marks and 32-byte releases, version 1 kept the heads, tails and
@@ -160,8 +161,8 @@ const REL_TAKEN: usize = 3;
 /// Word of a release descriptor that holds its mark.
 const REL_MARK: usize = 4;
 /// Waiting-word value of a side asleep in `FUTEX_WAIT` on the word itself
-/// in a ring with eventfds ([`ConsumerRing::sleep_on_word`]); 1 is a side
-/// asleep on its eventfd (or, without eventfds, on the word).
+/// in a ring with wake-up pipes ([`ConsumerRing::sleep_on_word`]); 1 is a
+/// side asleep on its pipe (or, without pipes, on the word).
 const SLEEPS_ON_WORD: u32 = 2;
 /// How long a side looks again before it sleeps, unless set otherwise
 /// ([`ProducerRing::set_spin`], [`ConsumerRing::set_spin`]).
@@ -179,9 +180,12 @@ pub fn ring_len(capacity: usize) -> usize {
 pub enum Wake {
     /// `FUTEX_WAIT`/`FUTEX_WAKE` on the waiting word itself (no extra fd).
     Futex,
-    /// One eventfd per direction, which the sleeper polls (so it can poll
-    /// a socket or register with tokio at the same time).
-    EventFd,
+    /// One pipe per direction: the sleeper polls its read end (so it can
+    /// poll a socket or register with tokio at the same time), the waker
+    /// writes one byte to its write end. Neither side's read or write can
+    /// be made to block by the other (see "Wake-up pipes" in the module
+    /// documentation).
+    Pipe,
 }
 
 /// A fence reference in a descriptor.
@@ -251,8 +255,8 @@ struct Shared {
     /// Shared with [`ConsumerSleep`], which sleeps on it without the ring.
     mem: Arc<SharedWords>,
     cap: usize,
-    /// Eventfds (EventFd mode): the one this side sleeps on, and the one
-    /// it writes to wake the peer.
+    /// Wake-up pipes (Pipe mode): the read end this side sleeps on, and
+    /// the write end it writes to wake the peer.
     mine: Option<Arc<OwnedFd>>,
     theirs: Option<OwnedFd>,
     name: String,
@@ -360,7 +364,7 @@ impl Shared {
             return Ok(());
         }
         // A peer asleep on the word itself says so with `SLEEPS_ON_WORD`
-        // (any other value: on its eventfd, if the ring has eventfds). A
+        // (any other value: on its pipe, if the ring has pipes). A
         // wrong value from a hostile peer only picks the wrong means: it
         // then sleeps until its own bound.
         match &self.theirs {
@@ -370,11 +374,10 @@ impl Shared {
             None => {
                 futex::wake(f, 1).map_err(|e| Error::os("ring wake", self.name.clone(), e))?;
             }
-            Some(fd) => match rustix::io::write(fd, &1u64.to_ne_bytes()) {
-                // A full counter means the peer has a wake-up pending.
-                Ok(_) | Err(Errno::AGAIN) => {}
-                Err(e) => return Err(Error::os("ring wake", self.name.clone(), e)),
-            },
+            // Never waits, whatever the peer did to the pipe (a full one
+            // has a wake-up pending).
+            Some(fd) => crate::sys::wake::wake(fd)
+                .map_err(|e| Error::os("ring wake", self.name.clone(), e))?,
         }
         Ok(())
     }
@@ -382,11 +385,12 @@ impl Shared {
     /// Sleeps on this side's waiting word (32-bit index `flag`), raised by
     /// the caller, for at most `left`.
     fn sleep(&self, flag: usize, left: Duration) -> Result<()> {
+        let on_word = || match futex::wait(self.h(flag), 1, left) {
+            Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => Ok(()),
+            Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
+        };
         match &self.mine {
-            None => match futex::wait(self.h(flag), 1, left) {
-                Ok(()) | Err(Errno::AGAIN) | Err(Errno::INTR) | Err(Errno::TIMEDOUT) => Ok(()),
-                Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
-            },
+            None => on_word(),
             Some(fd) => {
                 let ts = rustix::time::Timespec {
                     tv_sec: left.as_secs() as _,
@@ -397,21 +401,25 @@ impl Shared {
                     Ok(_) | Err(Errno::INTR) => {}
                     Err(e) => return Err(Error::os("ring wait", self.name.clone(), e)),
                 }
-                let mut b = [0u8; 8];
-                match rustix::io::read(fd, &mut b) {
-                    Ok(_) | Err(Errno::AGAIN) | Err(Errno::INTR) => Ok(()),
-                    Err(e) => Err(Error::os("ring wait", self.name.clone(), e)),
+                let got = crate::sys::wake::drain(&**fd)
+                    .map_err(|e| Error::os("ring wait", self.name.clone(), e))?;
+                // Hung up with nothing in it: every write end is closed
+                // (the peer's process is gone, or it closed its end), so
+                // the pipe polls ready for good. Sleep on the word instead,
+                // which still ends at the bound, rather than spin.
+                if got == 0 && p[0].revents().contains(PollFlags::HUP) {
+                    return on_word();
                 }
+                Ok(())
             }
         }
     }
 
-    /// Lowers waiting word `flag` and drains this side's eventfd.
+    /// Lowers waiting word `flag` and drains this side's pipe.
     fn end_wait(&self, flag: usize) {
         self.h(flag).store(0, Ordering::Relaxed);
         if let Some(fd) = &self.mine {
-            let mut b = [0u8; 8];
-            let _ = rustix::io::read(fd, &mut b);
+            let _ = crate::sys::wake::drain(&**fd);
         }
     }
 
@@ -479,9 +487,8 @@ impl Position {
     }
 }
 
-fn eventfd(name: &str) -> Result<OwnedFd> {
-    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-        .map_err(|e| Error::os("eventfd", name.to_string(), e))
+fn wake_pipe(name: &str) -> Result<(OwnedFd, OwnedFd)> {
+    crate::sys::wake::pipe().map_err(|e| Error::os("pipe", name.to_string(), e))
 }
 
 /// The producer's end of a ring. See the module documentation.
@@ -489,6 +496,11 @@ fn eventfd(name: &str) -> Result<OwnedFd> {
 pub struct ProducerRing {
     s: Shared,
     memfd: OwnedFd,
+    /// With [`Wake::Pipe`], the ends the consumer gets: the read end of its
+    /// wake-up pipe and the write end of this side's. Both are kept: the
+    /// write end so that this side's read end never reads as hung up
+    /// while the ring lives, whatever the consumer closes.
+    sent: Option<(OwnedFd, OwnedFd)>,
     sizes: Vec<u64>,
     head: Position,
     tail_seen: u64,
@@ -536,9 +548,17 @@ impl ProducerRing {
         mem.word(W_CAPACITY)
             .expect("inside")
             .store(cap as u64, Ordering::Release);
-        let (mine, theirs) = match wake {
-            Wake::Futex => (None, None),
-            Wake::EventFd => (Some(Arc::new(eventfd(name)?)), Some(eventfd(name)?)),
+        let (mine, theirs, sent) = match wake {
+            Wake::Futex => (None, None, None),
+            Wake::Pipe => {
+                let (consumer_read, consumer_write) = wake_pipe(name)?;
+                let (producer_read, producer_write) = wake_pipe(name)?;
+                (
+                    Some(Arc::new(producer_read)),
+                    Some(consumer_write),
+                    Some((consumer_read, producer_write)),
+                )
+            }
         };
         Ok(ProducerRing {
             s: Shared {
@@ -551,6 +571,7 @@ impl ProducerRing {
                 spin: DEFAULT_SPIN,
             },
             memfd,
+            sent,
             sizes: sizes.to_vec(),
             head: Position::default(),
             tail_seen: 0,
@@ -565,12 +586,13 @@ impl ProducerRing {
     }
 
     /// The fds the consumer needs, in order: the ring memfd, then (with
-    /// [`Wake::EventFd`]) the consumer's eventfd and the producer's.
+    /// [`Wake::Pipe`]) the read end of the consumer's wake-up pipe and the
+    /// write end of the producer's.
     pub fn shared_fds(&self) -> Vec<BorrowedFd<'_>> {
         let mut v = vec![self.memfd.as_fd()];
-        if let (Some(m), Some(t)) = (&self.s.mine, &self.s.theirs) {
-            v.push(t.as_fd());
-            v.push(m.as_fd());
+        if let Some((consumer_read, producer_write)) = &self.sent {
+            v.push(consumer_read.as_fd());
+            v.push(producer_write.as_fd());
         }
         v
     }
@@ -591,7 +613,7 @@ impl ProducerRing {
     }
 
     /// The fd to poll for a wake-up while waiting for releases (with
-    /// [`Wake::EventFd`]).
+    /// [`Wake::Pipe`]).
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.s.mine.as_ref().map(|f| f.as_fd())
     }
@@ -760,7 +782,7 @@ impl ProducerRing {
     }
 
     /// For a caller that sleeps outside the ring (polling [`wait_fd`]
-    /// together with other fds, with [`Wake::EventFd`]): raises the
+    /// together with other fds, with [`Wake::Pipe`]): raises the
     /// producer's waiting word and looks again. `Ok(true)`: a release is
     /// there, do not sleep (the word is lowered again). `Ok(false)`: sleep,
     /// then call [`end_wait`](Self::end_wait).
@@ -936,7 +958,7 @@ fn word_sleep_value(mine: &Option<Arc<OwnedFd>>) -> u32 {
 }
 
 /// A consumer's means of sleeping, apart from its ring: the waiting word
-/// (the ring's mapping, shared) and the wake-up eventfd. It holds no
+/// (the ring's mapping, shared) and the wake-up pipe. It holds no
 /// state of the ring and borrows neither half, so a caller can keep it
 /// beside the ring (or register its fd with an event loop):
 /// [`ConsumerRing::begin_wait`] or [`ConsumerRing::begin_word_sleep`],
@@ -951,7 +973,7 @@ pub struct ConsumerSleep {
 }
 
 impl ConsumerSleep {
-    /// The fd to poll for a wake-up (with [`Wake::EventFd`]); the same as
+    /// The fd to poll for a wake-up (with [`Wake::Pipe`]); the same as
     /// [`ConsumerRing::wait_fd`].
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.mine.as_ref().map(|f| f.as_fd())
@@ -993,11 +1015,34 @@ fn sleep_on_consumer_word(
     }
 }
 
-fn is_eventfd(fd: &OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .map(|p| p.as_os_str() == "anon_inode:[eventfd]")
-        .unwrap_or(false)
+/// Checks a wake-up fd the producer sent: a pipe end of the right
+/// direction, on which a read or write that never waits works (tried
+/// once: draining this side's read end, which holds nothing yet from an
+/// honest producer, or one byte to the producer's, a spurious wake-up it
+/// ignores). The producer made the pipe and may hold the same file
+/// description: only such calls keep it from blocking this side.
+fn check_wake_end(fd: &OwnedFd, end: wake::End, name: &str) -> Result<()> {
+    let what = match end {
+        wake::End::Read => "the consumer's wake-up fd",
+        wake::End::Write => "the producer's wake-up fd",
+    };
+    let want = match end {
+        wake::End::Read => "the read end of a pipe",
+        wake::End::Write => "the write end of a pipe",
+    };
+    if !wake::is_end(fd, end).unwrap_or(false) {
+        return Err(protocol(name, format!("{what} is not {want}")));
+    }
+    let tried = match end {
+        wake::End::Read => wake::drain(fd).map(drop),
+        wake::End::Write => wake::wake(fd),
+    };
+    tried.map_err(|e| {
+        protocol(
+            name,
+            format!("{what} does not take reads and writes that never wait (RWF_NOWAIT): {e}"),
+        )
+    })
 }
 
 impl ConsumerRing {
@@ -1005,7 +1050,9 @@ impl ConsumerRing {
     /// ([`ProducerRing::shared_fds`]), for a pool whose buffer `i` holds
     /// `sizes[i]` bytes (as this side received them): the half that takes
     /// items and the half that gives them back. Checks the memfd's seals,
-    /// size, magic and capacity, and that wake fds are eventfds.
+    /// size, magic and capacity, and that the wake-up fds are the read end
+    /// and the write end of pipes that take reads and writes that never
+    /// wait (`RWF_NOWAIT`).
     pub fn open(
         fds: Vec<OwnedFd>,
         sizes: &[u64],
@@ -1023,13 +1070,8 @@ impl ConsumerRing {
         let (memfd, mine, theirs) = match (fds.next(), fds.next(), fds.next(), fds.next()) {
             (Some(m), None, None, None) => (m, None, None),
             (Some(m), Some(a), Some(b), None) => {
-                for f in [&a, &b] {
-                    if !is_eventfd(f) {
-                        return Err(protocol(name, "a wake fd is not an eventfd".into()));
-                    }
-                    rustix::fs::fcntl_setfl(f, rustix::fs::OFlags::NONBLOCK)
-                        .map_err(|e| Error::os("fcntl", name.to_string(), e))?;
-                }
+                check_wake_end(&a, wake::End::Read, name)?;
+                check_wake_end(&b, wake::End::Write, name)?;
                 (m, Some(a), Some(b))
             }
             _ => return Err(protocol(name, "ring fds: expected 1 or 3".into())),
@@ -1112,7 +1154,7 @@ impl ConsumerRing {
     }
 
     /// The fd to poll for a wake-up while waiting for items (with
-    /// [`Wake::EventFd`]).
+    /// [`Wake::Pipe`]).
     pub fn wait_fd(&self) -> Option<BorrowedFd<'_>> {
         self.s.mine.as_ref().map(|f| f.as_fd())
     }
@@ -1209,7 +1251,7 @@ impl ConsumerRing {
 
     /// For a caller that sleeps outside the ring (polling [`wait_fd`]
     /// together with its socket, or through tokio, with
-    /// [`Wake::EventFd`]): raises the consumer's waiting word and looks
+    /// [`Wake::Pipe`]): raises the consumer's waiting word and looks
     /// again. `Ok(true)`: an item is there, do not sleep (the word is
     /// lowered again). `Ok(false)`: sleep, then call
     /// [`end_wait`](Self::end_wait).
@@ -1232,7 +1274,7 @@ impl ConsumerRing {
     }
 
     /// Sleeps on the consumer's waiting word itself (`FUTEX_WAIT`, the
-    /// cheapest wake-up; with [`Wake::EventFd`] too, where the producer
+    /// cheapest wake-up; with [`Wake::Pipe`] too, where the producer
     /// sees from the word's value that it must `FUTEX_WAKE` rather than
     /// write the eventfd) until the producer publishes, for at most
     /// `max`. `Ok(true)` if an item is there now. The socket is not

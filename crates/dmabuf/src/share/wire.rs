@@ -14,7 +14,7 @@ use crate::frame::FrameLayout;
 pub const MAGIC: [u8; 4] = *b"DMBS";
 /// The protocol version this library speaks (see the `share` module's
 /// message format).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 16;
 /// Largest message body accepted.
@@ -81,7 +81,7 @@ pub(crate) struct WireBuffer {
 pub(crate) enum WireFence {
     /// A kernel sync file: one fd.
     SyncFile,
-    /// A user fence: its state memfd, then its eventfd.
+    /// A user fence: its state memfd, then the read end of its wake-up pipe.
     User,
 }
 

@@ -39,6 +39,7 @@ pub mod udmabuf;
 pub mod v4l2;
 pub mod vgem;
 pub mod volatile;
+pub mod wake;
 
 #[cfg(feature = "tokio")]
 pub mod readiness;

@@ -18,36 +18,47 @@ pub const RECHECK_MAX: Duration = Duration::from_millis(100);
 /// Awaits, without blocking a thread, until `done()` is true, re-checking
 /// it each time `fd` polls readable and at least every [`RECHECK_MAX`]
 /// (a one-shot timerfd with doubling intervals): readiness is a hint, not
-/// proof, so a readable fd whose condition is not met (an eventfd written
-/// by someone else) costs one re-check per write and never a spin, and a
-/// condition that changes without readiness (an eventfd whose counter
-/// someone read, a local decision) is still seen. `fd` is owned for the
-/// duration (pass a dup).
+/// proof. A readable fd whose condition is not met (a pipe written by
+/// someone else, or hung up, which tokio reports ready for good) costs one
+/// re-check and is then not awaited again in this call: the re-checks go
+/// by the timer alone, so it never spins. A condition that changes without
+/// readiness (a wake-up byte someone read, a local decision) is still
+/// seen. `fd` is owned for the duration (pass a dup).
 pub async fn until_readable_and(fd: OwnedFd, mut done: impl FnMut() -> bool) -> io::Result<()> {
     if done() {
         return Ok(());
     }
-    let afd = register_readable(fd)?;
+    let mut afd = Some(register_readable(fd)?);
     let mut interval = RECHECK_MIN;
     loop {
         if done() {
             return Ok(());
         }
         let timer = register_readable(super::futex::oneshot_timer(interval)?)?;
-        poll_fn(|cx| {
-            for a in [&afd, &timer] {
+        let by_fd = poll_fn(|cx| {
+            if let Some(a) = &afd {
                 match a.poll_read_ready(cx) {
                     Poll::Ready(Ok(mut guard)) => {
                         guard.clear_ready();
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(true));
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {}
                 }
             }
-            Poll::Pending
+            match timer.poll_read_ready(cx) {
+                Poll::Ready(Ok(mut guard)) => {
+                    guard.clear_ready();
+                    Poll::Ready(Ok(false))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
         })
         .await?;
+        if by_fd && !done() {
+            afd = None;
+        }
         interval = (interval * 2).min(RECHECK_MAX);
     }
 }

@@ -11,12 +11,12 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rustix::event::{eventfd, EventfdFlags};
 use rustix::fs::{fcntl_add_seals, ftruncate, memfd_create, MemfdFlags, SealFlags};
 use rustix::net::{
     sendmsg, socketpair, AddressFamily, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
     SocketFlags, SocketType,
 };
+use rustix::pipe::PipeFlags;
 
 /// Message types of the wire format.
 pub const T_BUFFER: u16 = 1;
@@ -155,17 +155,21 @@ pub fn memfd(size: u64, seals: SealFlags) -> OwnedFd {
 
 /// A fence page made by the hostile peer (sealed against resizing only,
 /// so it can scribble on it with `pwrite` whenever it likes), and its
-/// eventfd.
+/// wake-up pipe (the read end is sent; the write end stays here, `None`
+/// once hung up).
 pub struct FakeFence {
     pub state: OwnedFd,
-    pub event: OwnedFd,
+    pub wake: OwnedFd,
+    pub wake_write: std::sync::Mutex<Option<OwnedFd>>,
 }
 
 impl FakeFence {
     pub fn new(state: u64, context: u64, seqno: u64) -> FakeFence {
+        let (wake, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).unwrap();
         let f = FakeFence {
             state: memfd(4096, SealFlags::SHRINK | SealFlags::GROW),
-            event: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
+            wake,
+            wake_write: std::sync::Mutex::new(Some(w)),
         };
         f.set(3, context);
         f.set(4, seqno);
@@ -195,20 +199,27 @@ impl FakeFence {
         rustix::io::pwrite(&self.state, &v.to_le_bytes(), 40).unwrap();
     }
 
-    /// Makes the eventfd readable without signalling anything.
+    /// Makes the wake-up pipe readable without signalling anything.
     pub fn poke(&self) {
-        rustix::io::write(&self.event, &1u64.to_ne_bytes()).unwrap();
+        let w = self.wake_write.lock().unwrap();
+        rustix::io::write(w.as_ref().expect("not hung up"), &[1]).unwrap();
+    }
+
+    /// Closes the write end: the read end polls as hung up (readable)
+    /// from now on, the fence still pending.
+    pub fn hang_up(&self) {
+        self.wake_write.lock().unwrap().take();
     }
 
     pub fn fds(&self) -> [BorrowedFd<'_>; 2] {
-        [self.state.as_fd(), self.event.as_fd()]
+        [self.state.as_fd(), self.wake.as_fd()]
     }
 
     /// Imports it directly (as a receiver would after the message).
     pub fn import(&self) -> dmabuf::UserFence {
         dmabuf::UserFence::from_fds(
             self.state.try_clone().unwrap(),
-            self.event.try_clone().unwrap(),
+            self.wake.try_clone().unwrap(),
         )
         .unwrap()
     }
@@ -355,10 +366,16 @@ impl Raw {
 /// per-item path.
 pub struct RawRing {
     pub memfd: OwnedFd,
-    /// The consumer's wake-up eventfd (written to wake the consumer).
-    pub wake_consumer: OwnedFd,
-    /// The producer's wake-up eventfd.
-    pub wake_producer: OwnedFd,
+    /// The read end of the consumer's wake-up pipe (sent to it).
+    pub consumer_read: OwnedFd,
+    /// The write end of the producer's wake-up pipe (sent to the
+    /// consumer, written to wake the producer).
+    pub producer_write: OwnedFd,
+    /// The write end of the consumer's wake-up pipe, when the ring was
+    /// made here (written to wake the consumer).
+    pub consumer_write: Option<OwnedFd>,
+    /// The read end of the producer's wake-up pipe, when made here.
+    pub producer_read: Option<OwnedFd>,
     pub cap: u64,
 }
 
@@ -376,10 +393,14 @@ impl RawRing {
     pub fn new(cap: usize) -> RawRing {
         let raw = R_ITEMS * 8 + cap as u64 * 16 * 8;
         let len = raw.div_ceil(4096) * 4096;
+        let pipe = || rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK).unwrap();
+        let ((consumer_read, consumer_write), (producer_read, producer_write)) = (pipe(), pipe());
         let r = RawRing {
             memfd: memfd(len, SealFlags::SHRINK | SealFlags::GROW),
-            wake_consumer: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
-            wake_producer: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap(),
+            consumer_read,
+            producer_write,
+            consumer_write: Some(consumer_write),
+            producer_read: Some(producer_read),
             cap: cap as u64,
         };
         r.set(0, u64::from_le_bytes(*b"DMBRING3"));
@@ -387,14 +408,24 @@ impl RawRing {
         r
     }
 
-    /// The ring a producer sent (memfd, consumer's eventfd, producer's).
+    /// The ring a producer sent (memfd, the read end of the consumer's
+    /// wake-up pipe, the write end of the producer's).
     pub fn from_fds(fds: Vec<OwnedFd>, cap: usize) -> RawRing {
         let mut it = fds.into_iter();
         RawRing {
             memfd: it.next().unwrap(),
-            wake_consumer: it.next().unwrap(),
-            wake_producer: it.next().unwrap(),
+            consumer_read: it.next().unwrap(),
+            producer_write: it.next().unwrap(),
+            consumer_write: None,
+            producer_read: None,
             cap: cap as u64,
+        }
+    }
+
+    /// Writes the consumer's wake-up pipe (a ring made here).
+    pub fn wake_consumer(&self) {
+        if let Some(w) = &self.consumer_write {
+            let _ = rustix::io::write(w, &[1]);
         }
     }
 
@@ -402,8 +433,8 @@ impl RawRing {
     pub fn fds(&self) -> [BorrowedFd<'_>; 3] {
         [
             self.memfd.as_fd(),
-            self.wake_consumer.as_fd(),
-            self.wake_producer.as_fd(),
+            self.consumer_read.as_fd(),
+            self.producer_write.as_fd(),
         ]
     }
 
@@ -433,7 +464,7 @@ impl RawRing {
             self.set(base + k as u64, v);
         }
         self.set(R_ITEM_HEAD, head + 1);
-        let _ = rustix::io::write(&self.wake_consumer, &1u64.to_ne_bytes());
+        self.wake_consumer();
     }
 
     /// Takes the next item descriptor off the ring, as a consumer:
@@ -479,7 +510,7 @@ impl RawRing {
             self.set(base + k as u64, v);
         }
         self.set(R_REL_HEAD, head + 1);
-        let _ = rustix::io::write(&self.wake_producer, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.producer_write, &[1]);
     }
 }
 
@@ -517,4 +548,41 @@ pub fn refused_then_ok(
     assert_eq!(open_fds(), before, "fds kept after: {e}");
     raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
     assert!(matches!(ch.recv(T).unwrap(), dmabuf::share::Message::Bye));
+}
+
+/// What a peer can do to a wake-up fd it shares with this process (an fd
+/// it sent, or one it was sent and kept): clear `O_NONBLOCK` on the file
+/// description both sides hold, so that a read or write that honours the
+/// flag blocks.
+pub fn make_blocking(fd: BorrowedFd<'_>) {
+    rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::empty()).unwrap();
+}
+
+/// Fills a shared wake-up fd to the brim, as a peer can: an eventfd's
+/// counter to its largest value, or a pipe to its capacity (a pipe's read
+/// end is opened again for writing through `/proc/self/fd`, which the
+/// kernel allows). Returns the write end opened for it, if any.
+pub fn fill(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    use rustix::fs::{fcntl_getfl, open, Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    let big = (u64::MAX - 1).to_ne_bytes();
+    let writable = fcntl_getfl(fd).unwrap() & OFlags::RWMODE != OFlags::RDONLY;
+    let reopened = (!writable).then(|| {
+        open(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    });
+    let w = reopened.as_ref().map_or(fd, |r| r.as_fd());
+    // An eventfd takes one write of the largest value; a pipe takes bytes
+    // until it is full. Either way the last write fails with EAGAIN.
+    let mut n = 0;
+    while rustix::io::write(w, &big).is_ok() {
+        n += 1;
+        assert!(n < 1 << 20, "the fd never filled up");
+    }
+    assert!(n > 0, "nothing could be written");
+    reopened
 }

@@ -3,18 +3,18 @@
 //! `AsyncFd` on the peer sockets and the fences' fds instead of `poll`.
 //! Sends stay the channels' `sendmsg` calls, bounded by their send
 //! timeout (a consumer that does not read is dropped, as in the blocking
-//! producer). Fence eventfds are hints here too: one that is readable
+//! producer). Fences' wake-up pipes are hints here too: one that is readable
 //! while its fence is still active is not awaited (it would wake the task
 //! at once, again and again); a one-shot timer re-checks every
 //! [`RECHECK`](crate::fence::RECHECK) instead.
 //!
 //! The consumer follows the blocking one's calm rule with the ring's
-//! eventfd: a wake-up that brings nothing to do (an empty ring, no socket
-//! message) deregisters the eventfd from tokio for the rest of that
+//! wake-up pipe: a wake-up that brings nothing to do (an empty ring, no socket
+//! message) deregisters the pipe from tokio for the rest of that
 //! `next`, which then waits on its socket alone in
 //! [`CALM_SLICE`](super::CALM_SLICE) slices, looking at the ring between
-//! them; the next call registers the eventfd again. A peer that keeps
-//! writing the eventfd then wakes nothing: a registered eventfd wakes
+//! them; the next call registers the pipe again. A peer that keeps
+//! writing the pipe then wakes nothing: a registered pipe wakes
 //! tokio's reactor at every write, whether or not a task awaits it.
 
 use std::future::poll_fn;
@@ -289,7 +289,7 @@ impl AsyncConsumer {
         let op = "pool next";
         // As in the blocking `next`: once a wake-up brought nothing to do,
         // wait on the socket alone in CALM_SLICE slices for the rest of
-        // this call, with the ring's eventfd deregistered.
+        // this call, with the ring's wake-up pipe deregistered.
         let mut woken = false;
         let mut calm = false;
         loop {

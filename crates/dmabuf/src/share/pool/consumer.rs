@@ -421,7 +421,7 @@ impl Consumer {
     }
 
     /// Sets how long a blocking [`next`](Self::next) sleeps on the ring's
-    /// waiting word before it sleeps on its eventfd and socket together
+    /// waiting word before it sleeps on its wake-up pipe and socket together
     /// (default [`WORD_SLEEP`]; zero: never on the word). Longer saves
     /// wake-up latency for items further apart, and lets a producer's
     /// death or socket message wait that long to be seen.
@@ -488,7 +488,7 @@ impl Consumer {
         let mut start = super::LazyStart::default();
         let op = "pool next";
         // First sleep on the ring's word (the cheapest wake-up), for at
-        // most WORD_SLEEP in all; then on the eventfd and the socket. Once
+        // most WORD_SLEEP in all; then on the wake-up pipe and the socket. Once
         // a wake-up brought nothing to do (an empty ring, no message: a
         // peer waking this side for nothing), sleep on the socket alone in
         // CALM_SLICE slices for the rest of the call, so that such a peer
@@ -613,10 +613,11 @@ impl Consumer {
                     obj,
                     format!(
                         "ready fence of item {} did not signal within {:?} (the last {:?} \
-                         of them waiting for this fence, the rest for the item)",
+                         of them waiting for this fence, the rest for the item; {})",
                         item.seq,
                         timeout.unwrap_or_default(),
-                        began.elapsed()
+                        began.elapsed(),
+                        item.ready.describe_pending()
                     ),
                 ));
             }

@@ -82,7 +82,7 @@
 //!   nothing blocks forever on a peer that is gone: a blocking
 //!   [`Consumer::next`] first sleeps on its ring's waiting word (the
 //!   cheapest wake-up, which cannot watch the socket) for at most
-//!   [`WORD_SLEEP`] in all, then on its eventfd and socket together.
+//!   [`WORD_SLEEP`] in all, then on its wake-up pipe and socket together.
 //!   Before a sleep on the word it looks at its socket (a system call)
 //!   only when the producer's count of messages sent, which the producer
 //!   writes on the ring after the handshake and after its bye (then wakes
@@ -90,7 +90,7 @@
 //!   found past them with no message waiting is not believed again, and
 //!   the socket is then looked at before every such sleep. A
 //!   wake-up that brings nothing to do (no item, no socket message) ends
-//!   the word and eventfd sleeps of that call: it then sleeps on the
+//!   the word and pipe sleeps of that call: it then sleeps on the
 //!   socket alone in [`CALM_SLICE`] slices, looking at the ring between
 //!   them, so a peer that keeps waking it or lowering its word cannot make
 //!   it spin. A message or descriptor that breaks
@@ -105,9 +105,10 @@
 //!   counts as done with that error: a failed release frees the buffer, a
 //!   failed ready fence is an error of `next` naming the cause. The waits
 //!   watch the fences' fds but re-check at least every
-//!   [`RECHECK`] and never poll a readable eventfd
-//!   of a fence still active, so a peer writing eventfds makes nothing
-//!   spin.
+//!   [`RECHECK`] and never poll a readable wake-up pipe
+//!   of a fence still active, so a peer writing (or hanging up) the pipes
+//!   makes nothing spin. No wake-up a side writes or drains can be made
+//!   to wait by its peer (see [`ring`](crate::share::ring)).
 //! * **Orderly end.** [`Producer::finish`] sends a bye and waits for
 //!   every buffer to come back; [`Consumer::next`] then returns
 //!   `Ok(None)`. A consumer leaving early sends a bye
@@ -126,9 +127,9 @@
 //! the same operations as `async fn`s, waiting through tokio's `AsyncFd`
 //! instead of `poll`. They do not sleep on the ring's word (a futex
 //! cannot be registered with tokio). `AsyncConsumer::next` follows the
-//! [`CALM_SLICE`] rule by deregistering its ring's eventfd from tokio
+//! [`CALM_SLICE`] rule by deregistering its ring's wake-up pipe from tokio
 //! for the rest of the call after a wake-up for nothing (a registered
-//! eventfd wakes tokio's reactor at every write, whether or not a task
+//! pipe wakes tokio's reactor at every write, whether or not a task
 //! awaits it), and waits on its socket alone in slices.
 
 use std::os::fd::BorrowedFd;
@@ -165,7 +166,7 @@ pub fn frame_bytes(frame: &crate::frame::Frame) -> u64 {
 
 /// How long, at most, a blocking [`Consumer::next`] sleeps on its ring's
 /// waiting word (`FUTEX_WAIT`, the cheapest wake-up) before it sleeps on
-/// its eventfd and its socket together; a producer that dies or sends a
+/// its wake-up pipe and its socket together; a producer that dies or sends a
 /// socket message meanwhile is seen at most this late (a producer's bye
 /// also wakes the word).
 pub const WORD_SLEEP: Duration = Duration::from_millis(20);

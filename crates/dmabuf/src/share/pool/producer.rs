@@ -319,6 +319,42 @@ impl Producer {
         self.slots.iter().filter(|s| s.holders[i]).count()
     }
 
+    /// Where the buffers in flight are, in words, for the message of a
+    /// wait that ran out: per live consumer, how many it holds and how
+    /// many of those it has not taken off its ring yet; and how many came
+    /// back with a release fence still pending.
+    pub(super) fn in_flight_note(&mut self) -> String {
+        let mut parts = Vec::new();
+        for i in 0..self.peers.len() {
+            if !self.peers[i].live() {
+                continue;
+            }
+            let held = self.holds(i);
+            let untaken = match self.peers[i].items.untaken() {
+                Ok((_, n)) => n.to_string(),
+                Err(e) => format!("? ({e})"),
+            };
+            parts.push(format!(
+                "{} holds {held}, {untaken} untaken",
+                self.peers[i].channel.peer()
+            ));
+        }
+        let fenced = self
+            .free
+            .iter()
+            .filter(|&&s| {
+                self.slots[s]
+                    .releases
+                    .iter()
+                    .any(|f| f.status() == FenceStatus::Active)
+            })
+            .count();
+        format!(
+            "{}; {fenced} back with a release fence pending",
+            parts.join("; ")
+        )
+    }
+
     /// A consumer that said bye is done once its buffers and release
     /// fences are all back; one that takes longer than [`LEAVE_GRACE`]
     /// loses them, with an error naming it.
@@ -730,9 +766,10 @@ impl Producer {
                     "pool acquire",
                     obj,
                     format!(
-                        "all {} buffers still in flight after {:?}",
+                        "all {} buffers still in flight after {:?} ({})",
                         self.slots.len(),
-                        timeout.unwrap_or_default()
+                        timeout.unwrap_or_default(),
+                        self.in_flight_note()
                     ),
                 ));
             }

@@ -137,7 +137,7 @@ impl ProducerTransport {
     /// A new ring for a pool of buffers of `sizes`.
     pub(super) fn new(sizes: &[u64], name: &str) -> Result<ProducerTransport> {
         Ok(ProducerTransport {
-            ring: ProducerRing::create(sizes, Wake::EventFd, name)?,
+            ring: ProducerRing::create(sizes, Wake::Pipe, name)?,
             stash: FenceStash::default(),
             stall: None,
         })
@@ -228,6 +228,12 @@ impl ProducerTransport {
                 Ok(Some((Duration::ZERO, waiting)))
             }
         }
+    }
+
+    /// The consumer's item tail and how many items wait untaken on the
+    /// ring (see [`ProducerRing::untaken`]).
+    pub(super) fn untaken(&mut self) -> Result<(u64, u64)> {
+        self.ring.untaken()
     }
 
     /// Whether items were last seen waiting untaken (see

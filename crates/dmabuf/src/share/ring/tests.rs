@@ -117,7 +117,7 @@ fn assert_protocol<T: std::fmt::Debug>(r: Result<T>, needle: &str) -> Error {
 
 #[test]
 fn items_and_releases_round_trip_with_fence_tags() {
-    for wake in [Wake::Futex, Wake::EventFd] {
+    for wake in [Wake::Futex, Wake::Pipe] {
         let (mut p, mut c, _raw) = pair(wake);
         assert_eq!(c.try_recv_item().unwrap(), None);
         let a = p.send_item(2, 8000, 11, false).unwrap();
@@ -159,7 +159,7 @@ fn items_are_taken_on_one_thread_and_given_back_on_another() {
     // thread of their own: every item comes in order, every release
     // reaches the producer, and slots refilled as soon as their release
     // is read are never taken for ones still held.
-    let (mut p, c, _raw) = pair(Wake::EventFd);
+    let (mut p, c, _raw) = pair(Wake::Pipe);
     let Both {
         mut items,
         mut releases,
@@ -228,7 +228,7 @@ fn local_misuse_is_invalid_input_not_protocol() {
 
 #[test]
 fn a_stream_between_threads_keeps_order_in_both_wake_modes() {
-    for wake in [Wake::Futex, Wake::EventFd] {
+    for wake in [Wake::Futex, Wake::Pipe] {
         let (mut p, mut c, _raw) = pair(wake);
         const N: u64 = 20_000;
         let t = std::thread::spawn(move || {
@@ -259,9 +259,82 @@ fn a_stream_between_threads_keeps_order_in_both_wake_modes() {
     }
 }
 
+/// Runs `f` on a thread; fails the test if it takes longer than `limit`.
+fn bounded<R: Send + 'static>(limit: Duration, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|e| panic!("did not finish within {limit:?} ({e}): a hang"))
+}
+
+#[test]
+fn a_producer_that_blocks_and_fills_the_wake_up_fds_cannot_stall_the_consumer() {
+    use rustix::fs::{fcntl_setfl, open, Mode, OFlags};
+    use std::os::fd::AsRawFd;
+    let (mut p, c, _raw) = pair(Wake::Pipe);
+    // The producer made both wake-up pipes and keeps the file descriptions
+    // it sent: it clears O_NONBLOCK on both, fills the pipe the consumer
+    // writes to wake it, and leaves empty the one the consumer drains.
+    let sent: Vec<OwnedFd> = p.shared_fds()[1..]
+        .iter()
+        .map(|f| f.try_clone_to_owned().unwrap())
+        .collect();
+    let filler = open(
+        format!("/proc/self/fd/{}", sent[1].as_raw_fd()),
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    let mut n = 0;
+    while rustix::io::write(&filler, &[0; 4096]).is_ok() {
+        n += 1;
+    }
+    assert!(n > 0);
+    for f in &sent {
+        fcntl_setfl(f, OFlags::empty()).unwrap();
+    }
+    p.send_item(0, 1, 0, false).unwrap();
+    // The producer sleeps: a release must wake it, through the full pipe.
+    assert!(!p.begin_wait().unwrap());
+    bounded(Duration::from_secs(5), move || {
+        let mut c = c;
+        let d = c.try_recv_item().unwrap().unwrap();
+        c.send_release(d.slot, d.seq, false).unwrap();
+        // The consumer's own sleep ends by draining its empty pipe.
+        assert!(!c.begin_wait().unwrap());
+        c.end_wait();
+        // And a sleep through the ring ends at its bound.
+        assert_eq!(
+            c.recv_item(Duration::from_millis(20)).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
+    });
+    p.end_wait();
+}
+
+#[test]
+fn a_wake_up_pipe_hung_up_by_the_producer_makes_no_wait_spin() {
+    let (p, mut c, _raw) = pair(Wake::Pipe);
+    // Every write end of the consumer's pipe closes with the producer's
+    // end: the read end polls ready for good, with nothing in it.
+    drop(p);
+    let cpu = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+        Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+    };
+    let (c0, t0) = (cpu(), Instant::now());
+    let e = c.recv_item(Duration::from_millis(300)).unwrap_err();
+    let (used, wall) = (cpu() - c0, t0.elapsed());
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+    assert!(wall < Duration::from_secs(2), "{wall:?}");
+    assert!(used < wall / 4, "the wait used {used:?} of CPU in {wall:?}");
+}
+
 #[test]
 fn no_wake_up_reaches_a_consumer_that_is_not_sleeping() {
-    let (mut p, mut c, raw) = pair(Wake::EventFd);
+    let (mut p, mut c, raw) = pair(Wake::Pipe);
     for slot in 0..3 {
         p.send_item(slot, 1, 0, false).unwrap();
     }
@@ -297,7 +370,7 @@ fn no_wake_up_reaches_a_consumer_that_is_not_sleeping() {
 
 #[test]
 fn waits_time_out() {
-    for wake in [Wake::Futex, Wake::EventFd] {
+    for wake in [Wake::Futex, Wake::Pipe] {
         let (mut p, mut c, _raw) = pair(wake);
         let t = Instant::now();
         let e = c.recv_item(SHORT).unwrap_err();
@@ -350,13 +423,49 @@ fn a_forged_ring_memfd_is_refused_with_a_named_cause() {
         ConsumerRing::open(vec![fd2], &SIZES[..1], "p"),
         "ring capacity 2, expected 1",
     );
-    // Wake fds that are not eventfds; a wrong number of fds.
+    // Wake fds that are not pipe ends of the right direction, or ends on
+    // which reads and writes could be made to wait; a wrong number of fds.
     let p = ProducerRing::create(&SIZES, Wake::Futex, "c").unwrap();
     let m = || p.shared_fds()[0].try_clone_to_owned().unwrap();
+    let ev = || rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    assert_protocol(
+        ConsumerRing::open(vec![m(), ev(), ev()], &SIZES, "p"),
+        "the consumer's wake-up fd is not the read end of a pipe",
+    );
     let (r, w) = rustix::pipe::pipe().unwrap();
     assert_protocol(
-        ConsumerRing::open(vec![m(), r, w], &SIZES, "p"),
-        "not an eventfd",
+        ConsumerRing::open(vec![m(), w, r], &SIZES, "p"),
+        "the consumer's wake-up fd is not the read end of a pipe",
+    );
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    let (r2, _w2) = rustix::pipe::pipe().unwrap();
+    assert_protocol(
+        ConsumerRing::open(vec![m(), r, r2], &SIZES, "p"),
+        "the producer's wake-up fd is not the write end of a pipe",
+    );
+    // A pipe opened again through /proc (as a named FIFO is opened) takes
+    // no RWF_NOWAIT: a peer holding it could make this side's reads wait.
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let again = |fd: &OwnedFd, mode| {
+        use std::os::fd::AsRawFd;
+        rustix::fs::open(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()),
+            mode | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap()
+    };
+    let (r_again, w_again) = (
+        again(&r, rustix::fs::OFlags::RDONLY),
+        again(&w, rustix::fs::OFlags::WRONLY),
+    );
+    assert_protocol(
+        ConsumerRing::open(vec![m(), r_again, w.try_clone().unwrap()], &SIZES, "p"),
+        "the consumer's wake-up fd does not take reads and writes that never wait",
+    );
+    assert_protocol(
+        ConsumerRing::open(vec![m(), r.try_clone().unwrap(), w_again], &SIZES, "p"),
+        "the producer's wake-up fd does not take reads and writes that never wait",
     );
     assert_protocol(
         ConsumerRing::open(vec![m(), m()], &SIZES, "p"),
@@ -509,7 +618,7 @@ fn a_producer_that_stops_mid_batch_is_caught_or_times_out() {
     c.recv_item(SHORT).unwrap();
     assert_protocol(c.recv_item(SHORT), "item sequence 0, expected 2 (replayed)");
     // It published one item of a batch of three and stopped.
-    for wake in [Wake::Futex, Wake::EventFd] {
+    for wake in [Wake::Futex, Wake::Pipe] {
         let (mut p, mut c, _raw) = pair(wake);
         p.send_item(0, 1, 0, false).unwrap();
         c.recv_item(SHORT).unwrap();
@@ -521,7 +630,7 @@ fn a_producer_that_stops_mid_batch_is_caught_or_times_out() {
 
 #[test]
 fn a_peer_that_keeps_clearing_the_waiting_word_costs_spinning_not_a_hang() {
-    for wake in [Wake::Futex, Wake::EventFd] {
+    for wake in [Wake::Futex, Wake::Pipe] {
         let (_p, mut c, raw) = pair(wake);
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
@@ -742,7 +851,7 @@ fn a_corrupt_item_tail_is_refused_where_it_is_read() {
 
 #[test]
 fn a_consumer_that_stops_releasing_makes_the_producer_time_out() {
-    for wake in [Wake::Futex, Wake::EventFd] {
+    for wake in [Wake::Futex, Wake::Pipe] {
         let (mut p, mut c, _raw) = pair(wake);
         for slot in 0..4 {
             p.send_item(slot, 1, 0, false).unwrap();
@@ -770,7 +879,7 @@ fn readable(fd: BorrowedFd<'_>, ms: i64) -> bool {
 
 #[test]
 fn begin_wait_arms_the_wake_fd_only_when_nothing_is_there() {
-    let (mut p, mut c, raw) = pair(Wake::EventFd);
+    let (mut p, mut c, raw) = pair(Wake::Pipe);
     // Nothing there: armed; an item then makes the fd readable.
     assert!(!c.begin_wait().unwrap());
     assert_eq!(
@@ -814,7 +923,7 @@ fn begin_wait_arms_the_wake_fd_only_when_nothing_is_there() {
 
 #[test]
 fn a_consumer_asleep_on_the_word_is_woken_by_futex_not_its_eventfd() {
-    for wake in [Wake::Futex, Wake::EventFd] {
+    for wake in [Wake::Futex, Wake::Pipe] {
         let (mut p, mut c, raw) = pair(wake);
         let raw = Arc::new(raw);
         let r = raw.clone();
@@ -823,7 +932,7 @@ fn a_consumer_asleep_on_the_word_is_woken_by_futex_not_its_eventfd() {
             let got = c.sleep_on_word(Duration::from_secs(10)).unwrap();
             (got, t0.elapsed(), c)
         });
-        let want = if wake == Wake::EventFd {
+        let want = if wake == Wake::Pipe {
             SLEEPS_ON_WORD
         } else {
             1
@@ -860,7 +969,7 @@ fn a_consumer_asleep_on_the_word_is_woken_by_futex_not_its_eventfd() {
 
 #[test]
 fn a_sleep_on_the_word_is_bounded_and_reports_nothing_to_take() {
-    let (_p, mut c, raw) = pair(Wake::EventFd);
+    let (_p, mut c, raw) = pair(Wake::Pipe);
     // Nobody publishes: the sleep lasts its bound, then says "nothing".
     let t0 = Instant::now();
     assert!(!c.sleep_on_word(SHORT).unwrap());
@@ -908,7 +1017,7 @@ fn a_sleep_on_the_word_is_bounded_and_reports_nothing_to_take() {
 
 #[test]
 fn a_word_sleep_in_steps_needs_no_borrow_of_the_ring_while_asleep() {
-    let (mut p, mut c, raw) = pair(Wake::EventFd);
+    let (mut p, mut c, raw) = pair(Wake::Pipe);
     let sleeper = c.sleeper();
     assert!(sleeper.wait_fd().is_some());
     // Nothing there: raised, slept (bounded) without the ring, lowered.
