@@ -46,7 +46,9 @@ fn fds_of_the_wrong_kind_are_refused_by_kind_before_any_ioctl() {
             &[ev.as_fd()],
             "it is 'anon_inode:[eventfd]'",
         );
-        refused_then_ok(&ch, &raw, &sync, &[pr.as_fd()], "it is 'pipe:");
+        let e = refused_then_ok(&ch, &raw, &sync, &[pr.as_fd()], "it is 'pipe:");
+        // The check's errno is kept, and named once.
+        assert_eq!(e.matches("(EINVAL)").count(), 1, "{e}");
         refused_then_ok(&ch, &raw, &sync, &[sealed.as_fd()], "it is '/memfd:hostile");
         refused_then_ok(&ch, &raw, &sync, &[raw.fd.as_fd()], "it is 'socket:");
         // A user fence whose fds are swapped, or are the wrong things.

@@ -751,7 +751,13 @@ impl Channel {
 
     /// A refusal of a received object, keeping the check's errno.
     fn refuse(&self, what: String, e: Error) -> Error {
-        let mut out = self.hostile(format!("{what} refused: {e}"));
+        // The check's words without its errno, which the refusal carries
+        // (and names once, at its end).
+        let check = match e.object() {
+            "" => format!("{}: {}", e.operation(), e.cause()),
+            obj => format!("{}: {obj}: {}", e.operation(), e.cause()),
+        };
+        let mut out = self.hostile(format!("{what} refused: {check}"));
         if let Some(errno) = e.errno() {
             out = out.with_errno(errno);
         }

@@ -532,7 +532,7 @@ pub fn lock() -> std::sync::MutexGuard<'static, ()> {
 
 /// Sends one hostile message; the receiver must refuse it with a protocol
 /// error containing `words`, close every fd, and still take the next
-/// (valid) message.
+/// (valid) message. Returns the refusal's text.
 #[track_caller]
 pub fn refused_then_ok(
     ch: &dmabuf::share::Channel,
@@ -540,7 +540,7 @@ pub fn refused_then_ok(
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
     words: &str,
-) {
+) -> String {
     let before = open_fds();
     raw.send(bytes, fds).unwrap();
     let e = ch.recv(T).unwrap_err();
@@ -548,6 +548,7 @@ pub fn refused_then_ok(
     assert_eq!(open_fds(), before, "fds kept after: {e}");
     raw.send(&msg(T_BYE, &[], 0), &[]).unwrap();
     assert!(matches!(ch.recv(T).unwrap(), dmabuf::share::Message::Bye));
+    e.to_string()
 }
 
 /// What a peer can do to a wake-up fd it shares with this process (an fd
