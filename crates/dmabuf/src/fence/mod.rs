@@ -175,36 +175,62 @@ pub(crate) fn fd_kind(fd: BorrowedFd<'_>) -> String {
         .unwrap_or_default()
 }
 
+/// What a waiter on fences does next, as [`wake_fds`] found them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Wakeup {
+    /// Sleep on the fds pushed (and whatever else the caller polls).
+    Fds,
+    /// Sleep on them, but look again within [`user::RECHECK`] on its own:
+    /// a user fence is active, and one can change without any fd becoming
+    /// readable (a local decision, a signaller stuck half-way, a wake-up
+    /// byte someone read).
+    Recheck,
+    /// A fence completed since the caller last looked: look again now,
+    /// without sleeping (a sleep now could wait for a wake-up that already
+    /// came and went, until the caller's deadline).
+    Now,
+}
+
 /// The fds worth polling to learn that `fence` may have signalled: kernel
 /// sync files, and user-fence wake-up pipes that are not readable yet (a
 /// readable pipe of a fence still active was written or hung up by someone
-/// else, and polling it would return at once, again and again). Returns whether
-/// the caller must also re-check on its own within
-/// [`user::RECHECK`]: true while any user fence is active, since a user
-/// fence can change without any fd becoming readable (a local decision, a
-/// signaller stuck half-way, a wake-up byte someone read).
-pub(crate) fn wake_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) -> bool {
+/// else, and polling it would return at once, again and again); and what
+/// the caller does next ([`Wakeup`]; the strongest of a set's parts).
+pub(crate) fn wake_fds<'a>(fence: &'a Fence, out: &mut Vec<BorrowedFd<'a>>) -> Wakeup {
     match fence {
-        Fence::Signalled => false,
+        Fence::Signalled => Wakeup::Now,
         Fence::Kernel(s) => {
             if !matches!(s.status(), Ok(FenceStatus::Active)) {
-                return false;
+                return Wakeup::Now;
             }
             use std::os::fd::AsFd;
             out.push(s.as_fd());
-            false
+            Wakeup::Fds
         }
         Fence::User(u) => {
             if u.status() != FenceStatus::Active {
-                return false;
+                return Wakeup::Now;
             }
             if !poll_readable(u.wake_fd(), Some(Instant::now())).unwrap_or(true) {
                 out.push(u.wake_fd());
             }
-            true
+            Wakeup::Recheck
         }
-        Fence::All(v) => v.iter().fold(false, |r, f| wake_fds(f, out) | r),
+        Fence::All(v) => wake_fds_all(v, out),
     }
+}
+
+/// [`wake_fds`] for a set of fences that must all complete: [`Wakeup::Now`]
+/// only once every one has (the parts that have are no reason to look
+/// again: the caller looks at the whole set); otherwise the strongest of
+/// the parts still active.
+pub(crate) fn wake_fds_all<'a>(fences: &'a [Fence], out: &mut Vec<BorrowedFd<'a>>) -> Wakeup {
+    fences
+        .iter()
+        .map(|f| wake_fds(f, out))
+        .filter(|w| *w != Wakeup::Now)
+        .max()
+        .unwrap_or(Wakeup::Now)
 }
 
 /// Any fence: kernel sync file, user fence, a set of them, or one known to
@@ -434,4 +460,50 @@ async fn wait_sync_file_async(s: &SyncFile) -> Result<()> {
     .await
     .map_err(io)?;
     s.status()?.into_result("sync-file wait", "sync file")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(u: &UserFence) -> Fence {
+        Fence::User(
+            UserFence::from_fds(
+                u.state_fd().try_clone_to_owned().unwrap(),
+                u.wake_fd().try_clone_to_owned().unwrap(),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_fence_that_completed_since_the_caller_looked_means_look_again_now() {
+        // The race behind a stall until the deadline: a waiter saw the
+        // fence active, the fence signalled, then the waiter asked what to
+        // sleep on. "No fd and no re-check" made it sleep on its other fds
+        // (a socket with nothing coming) until its deadline.
+        let u = UserFence::new().unwrap();
+        let f = received(&u);
+        let mut fds = Vec::new();
+        assert_eq!(wake_fds(&f, &mut fds), Wakeup::Recheck);
+        assert_eq!(fds.len(), 1);
+        u.signal().unwrap();
+        let mut fds = Vec::new();
+        assert_eq!(wake_fds(&f, &mut fds), Wakeup::Now);
+        assert!(fds.is_empty());
+        // In a set, a part done while another is active is no reason to
+        // look again (that would spin); every part done is.
+        let pending = UserFence::new().unwrap();
+        let set = [f.clone(), received(&pending)];
+        let mut fds = Vec::new();
+        assert_eq!(wake_fds_all(&set, &mut fds), Wakeup::Recheck);
+        assert_eq!(fds.len(), 1);
+        let all = Fence::All(set.to_vec().into());
+        assert_eq!(wake_fds(&all, &mut Vec::new()), Wakeup::Recheck);
+        pending.signal().unwrap();
+        assert_eq!(wake_fds_all(&set, &mut Vec::new()), Wakeup::Now);
+        assert_eq!(wake_fds(&all, &mut Vec::new()), Wakeup::Now);
+        assert_eq!(wake_fds_all(&[], &mut Vec::new()), Wakeup::Now);
+        assert_eq!(wake_fds(&Fence::Signalled, &mut Vec::new()), Wakeup::Now);
+    }
 }

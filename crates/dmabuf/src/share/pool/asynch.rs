@@ -26,7 +26,7 @@ use tokio::io::unix::AsyncFd;
 use super::{Consumer, Item, Lease, Producer, CALM_SLICE};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, Result};
-use crate::fence::{wake_fds, FenceStatus, RECHECK};
+use crate::fence::{wake_fds, wake_fds_all, FenceStatus, Wakeup, RECHECK};
 use crate::share::Channel;
 
 fn io_error(op: &'static str, obj: &str, e: std::io::Error) -> Error {
@@ -198,17 +198,21 @@ impl AsyncProducer {
             .flat_map(|(_, (s, r))| [s, r])
             .collect();
         let mut extra = Vec::new();
-        let mut recheck = self
+        let recheck = self
             .inner
             .peers
             .iter()
             .any(|p| p.alive && (p.leaving.is_some() || p.items.stalled()));
+        // A free buffer whose release fences have all completed since the
+        // caller looked is one to take now, not to wait for.
+        let mut wake = Wakeup::Fds;
         for &s in &self.inner.free {
-            for f in &self.inner.slots[s].releases {
-                recheck |= wake_fds(f, &mut extra);
-            }
+            wake = wake.max(wake_fds_all(&self.inner.slots[s].releases, &mut extra));
         }
-        any_readable(&fixed, &extra, recheck, op, &obj).await
+        match wake {
+            Wakeup::Now => Ok(()),
+            w => any_readable(&fixed, &extra, recheck || w == Wakeup::Recheck, op, &obj).await,
+        }
     }
 
     /// Sends a bye and awaits every buffer's return (as
@@ -300,7 +304,11 @@ impl AsyncConsumer {
                 self.inner.pump()?;
                 let item = self.inner.waiting.as_ref().expect("checked above");
                 let mut extra = Vec::new();
-                let recheck = wake_fds(&item.ready, &mut extra);
+                let recheck = match wake_fds(&item.ready, &mut extra) {
+                    // It completed since the look above: look again, now.
+                    Wakeup::Now => continue,
+                    w => w == Wakeup::Recheck,
+                };
                 let obj = self.inner.shared.channel.peer().to_string();
                 any_readable(&[&self.socket], &extra, recheck, op, &obj).await?;
                 continue;

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
+use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus, Wakeup};
 use crate::frame::Frame;
 use crate::share::ring::ConsumerSleep;
 use crate::share::{Channel, Message};
@@ -605,7 +605,11 @@ impl Consumer {
             }
             self.pump()?;
             let mut fds = vec![self.shared.channel.fd()];
-            let recheck = wake_fds(&item.ready, &mut fds);
+            let recheck = match wake_fds(&item.ready, &mut fds) {
+                // It completed since the look above: look again, now.
+                Wakeup::Now => continue,
+                w => w == Wakeup::Recheck,
+            };
             let obj = self.shared.channel.peer().to_string();
             if !poll_any(&fds, slice(deadline, recheck), op, &obj)? && past(deadline) {
                 return Err(timed_out(

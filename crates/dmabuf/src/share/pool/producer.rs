@@ -11,7 +11,7 @@ use super::{
 };
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
-use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus};
+use crate::fence::{monotonic_ns, wake_fds_all, Fence, FenceStatus, Wakeup};
 use crate::frame::Frame;
 use crate::share::{Channel, Message};
 
@@ -617,20 +617,22 @@ impl Producer {
     /// every consumer socket and ring wake-up still read, and the pending
     /// release fences of free slots; and whether to re-check on a timer as
     /// well (user fences, consumers leaving, items not taken off a ring).
-    pub(super) fn wait_fds(&self) -> (Vec<BorrowedFd<'_>>, bool) {
+    pub(super) fn wait_fds(&self) -> (Vec<BorrowedFd<'_>>, Wakeup) {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        let mut recheck = false;
+        let mut wake = Wakeup::Fds;
         for p in self.peers.iter().filter(|p| p.alive) {
             fds.push(p.channel.fd());
             fds.extend(p.items.wait_fd());
-            recheck |= p.leaving.is_some() || p.items.stalled();
-        }
-        for &s in &self.free {
-            for f in &self.slots[s].releases {
-                recheck |= wake_fds(f, &mut fds);
+            if p.leaving.is_some() || p.items.stalled() {
+                wake = Wakeup::Recheck;
             }
         }
-        (fds, recheck)
+        // A free buffer whose release fences have all completed since the
+        // caller looked is one to take now, not to sleep on.
+        for &s in &self.free {
+            wake = wake.max(wake_fds_all(&self.slots[s].releases, &mut fds));
+        }
+        (fds, wake)
     }
 
     /// While no buffer is free: drops every live consumer that has left
@@ -756,9 +758,14 @@ impl Producer {
                 continue;
             }
             let obj = self.object();
-            let woke = {
-                let (fds, recheck) = self.wait_fds();
-                poll_any(&fds, slice(deadline, recheck), "pool acquire", &obj)
+            let woke = match self.wait_fds() {
+                (_, Wakeup::Now) => Ok(true),
+                (fds, w) => poll_any(
+                    &fds,
+                    slice(deadline, w == Wakeup::Recheck),
+                    "pool acquire",
+                    &obj,
+                ),
             };
             self.disarm();
             if !woke? && past(deadline) {
@@ -856,9 +863,14 @@ impl Producer {
                 Ok(false) => {}
             }
             let obj = self.object();
-            let woke = {
-                let (fds, recheck) = self.wait_fds();
-                poll_any(&fds, slice(deadline, recheck), "pool finish", &obj)
+            let woke = match self.wait_fds() {
+                (_, Wakeup::Now) => Ok(true),
+                (fds, w) => poll_any(
+                    &fds,
+                    slice(deadline, w == Wakeup::Recheck),
+                    "pool finish",
+                    &obj,
+                ),
             };
             self.disarm();
             if !woke? && past(deadline) {
