@@ -349,3 +349,41 @@ fn the_async_producer_awaits_the_async_consumers_first_call() {
         assert!(asked.is_err(), "no item was there to take");
     });
 }
+
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[test]
+fn finish_waits_for_a_held_buffer_without_spinning_on_a_release_already_done() {
+    // A buffer came back with a release fence that has signalled, and is
+    // free, untaken; another is still held. Finish waits for the held one:
+    // the release that is done is no reason to look again (it would
+    // spin), only one to take a buffer.
+    let (mut producer, mut consumer, _pw, _cw) = pool();
+    for _ in 0..2 {
+        producer
+            .acquire(T)
+            .unwrap()
+            .submit(4096, Fence::Signalled)
+            .unwrap();
+    }
+    let first = consumer.next(T).unwrap().unwrap();
+    let done = UserFence::new().unwrap();
+    first.release(done.clone().into()).unwrap();
+    done.signal().unwrap();
+    let held = consumer.next(T).unwrap().unwrap();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        drop(held);
+        // The bye, then the end.
+        assert!(consumer.next(T).unwrap().is_none());
+    });
+    let (c0, t0) = (thread_cpu(), Instant::now());
+    producer.finish(T).unwrap();
+    let (cpu, wall) = (thread_cpu() - c0, t0.elapsed());
+    t.join().unwrap();
+    assert!(wall >= Duration::from_millis(300), "{wall:?}");
+    assert!(cpu < wall / 4, "finish used {cpu:?} of CPU in {wall:?}");
+}

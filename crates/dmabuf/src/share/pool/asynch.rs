@@ -158,7 +158,7 @@ impl AsyncProducer {
             if self.inner.not_ready().is_empty() {
                 return Ok(());
             }
-            self.wait("pool wait ready").await?;
+            self.wait("pool wait ready", false).await?;
         }
     }
 
@@ -173,21 +173,24 @@ impl AsyncProducer {
                 return Ok(self.inner.lease(slot));
             }
             self.inner.drop_stalled()?;
-            self.wait("pool acquire").await?;
+            self.wait("pool acquire", true).await?;
         }
     }
 
-    async fn wait(&mut self, op: &'static str) -> Result<()> {
+    /// Waits, armed, for a wake-up; `taking`: the caller takes a buffer
+    /// next (a free one whose release fences completed is then a reason
+    /// to return at once).
+    async fn wait(&mut self, op: &'static str, taking: bool) -> Result<()> {
         if self.inner.arm()? {
             self.inner.disarm();
             return Ok(());
         }
-        let r = self.wait_armed(op).await;
+        let r = self.wait_armed(op, taking).await;
         self.inner.disarm();
         r
     }
 
-    async fn wait_armed(&self, op: &'static str) -> Result<()> {
+    async fn wait_armed(&self, op: &'static str, taking: bool) -> Result<()> {
         let obj = self.inner.object();
         let fixed: Vec<&AsyncFd<OwnedFd>> = self
             .inner
@@ -204,10 +207,16 @@ impl AsyncProducer {
             .iter()
             .any(|p| p.alive && (p.leaving.is_some() || p.items.stalled()));
         // A free buffer whose release fences have all completed since the
-        // caller looked is one to take now, not to wait for.
+        // caller looked is one to take now, not to wait for, for a caller
+        // that takes one; for any other it is no reason to return (that
+        // would spin).
         let mut wake = Wakeup::Fds;
         for &s in &self.inner.free {
-            wake = wake.max(wake_fds_all(&self.inner.slots[s].releases, &mut extra));
+            let w = wake_fds_all(&self.inner.slots[s].releases, &mut extra);
+            wake = wake.max(match w {
+                Wakeup::Now if !taking => Wakeup::Fds,
+                w => w,
+            });
         }
         match wake {
             Wakeup::Now => Ok(()),
@@ -229,7 +238,7 @@ impl AsyncProducer {
             if !pending || !self.inner.peers.iter().any(|p| p.alive) {
                 return Ok(());
             }
-            match self.wait("pool finish").await {
+            match self.wait("pool finish", false).await {
                 // A consumer whose ring broke the protocol was dropped:
                 // as in `Producer::finish`, not an error at the end.
                 Err(e) if e.kind() == crate::error::ErrorKind::Protocol => {}

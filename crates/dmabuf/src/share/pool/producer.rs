@@ -617,7 +617,7 @@ impl Producer {
     /// every consumer socket and ring wake-up still read, and the pending
     /// release fences of free slots; and whether to re-check on a timer as
     /// well (user fences, consumers leaving, items not taken off a ring).
-    pub(super) fn wait_fds(&self) -> (Vec<BorrowedFd<'_>>, Wakeup) {
+    pub(super) fn wait_fds(&self, taking: bool) -> (Vec<BorrowedFd<'_>>, Wakeup) {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let mut wake = Wakeup::Fds;
         for p in self.peers.iter().filter(|p| p.alive) {
@@ -628,11 +628,34 @@ impl Producer {
             }
         }
         // A free buffer whose release fences have all completed since the
-        // caller looked is one to take now, not to sleep on.
+        // caller looked is one to take now, not to sleep on, for a caller
+        // that takes one (`taking`); it is no reason to look again for one
+        // that waits for something else (that would spin).
         for &s in &self.free {
-            wake = wake.max(wake_fds_all(&self.slots[s].releases, &mut fds));
+            let w = wake_fds_all(&self.slots[s].releases, &mut fds);
+            wake = wake.max(match w {
+                Wakeup::Now if !taking => Wakeup::Fds,
+                w => w,
+            });
         }
         (fds, wake)
+    }
+
+    /// Sleeps, armed, on what [`wait_fds`](Self::wait_fds) finds (for a
+    /// caller `taking` a buffer or not) until something is readable or
+    /// `deadline`; `Ok(true)` at once if a fence completed since the caller
+    /// looked. Whether something woke it.
+    fn sleep_armed(
+        &self,
+        taking: bool,
+        deadline: Option<Instant>,
+        op: &'static str,
+        obj: &str,
+    ) -> Result<bool> {
+        match self.wait_fds(taking) {
+            (_, Wakeup::Now) => Ok(true),
+            (fds, w) => poll_any(&fds, slice(deadline, w == Wakeup::Recheck), op, obj),
+        }
     }
 
     /// While no buffer is free: drops every live consumer that has left
@@ -758,15 +781,7 @@ impl Producer {
                 continue;
             }
             let obj = self.object();
-            let woke = match self.wait_fds() {
-                (_, Wakeup::Now) => Ok(true),
-                (fds, w) => poll_any(
-                    &fds,
-                    slice(deadline, w == Wakeup::Recheck),
-                    "pool acquire",
-                    &obj,
-                ),
-            };
+            let woke = self.sleep_armed(true, deadline, "pool acquire", &obj);
             self.disarm();
             if !woke? && past(deadline) {
                 return Err(timed_out(
@@ -863,15 +878,7 @@ impl Producer {
                 Ok(false) => {}
             }
             let obj = self.object();
-            let woke = match self.wait_fds() {
-                (_, Wakeup::Now) => Ok(true),
-                (fds, w) => poll_any(
-                    &fds,
-                    slice(deadline, w == Wakeup::Recheck),
-                    "pool finish",
-                    &obj,
-                ),
-            };
+            let woke = self.sleep_armed(false, deadline, "pool finish", &obj);
             self.disarm();
             if !woke? && past(deadline) {
                 return Err(timed_out(
