@@ -376,8 +376,7 @@ impl Shared {
             }
             // Never waits, whatever the peer did to the pipe (a full one
             // has a wake-up pending).
-            Some(fd) => crate::sys::wake::wake(fd)
-                .map_err(|e| Error::os("ring wake", self.name.clone(), e))?,
+            Some(fd) => wake::wake(fd).map_err(|e| Error::os("ring wake", self.name.clone(), e))?,
         }
         Ok(())
     }
@@ -401,8 +400,8 @@ impl Shared {
                     Ok(_) | Err(Errno::INTR) => {}
                     Err(e) => return Err(Error::os("ring wait", self.name.clone(), e)),
                 }
-                let got = crate::sys::wake::drain(&**fd)
-                    .map_err(|e| Error::os("ring wait", self.name.clone(), e))?;
+                let got =
+                    wake::drain(&**fd).map_err(|e| Error::os("ring wait", self.name.clone(), e))?;
                 // Hung up with nothing in it: every write end is closed
                 // (the peer's process is gone, or it closed its end), so
                 // the pipe polls ready for good. Sleep on the word instead,
@@ -419,7 +418,7 @@ impl Shared {
     fn end_wait(&self, flag: usize) {
         self.h(flag).store(0, Ordering::Relaxed);
         if let Some(fd) = &self.mine {
-            let _ = crate::sys::wake::drain(&**fd);
+            let _ = wake::drain(&**fd);
         }
     }
 
@@ -488,7 +487,7 @@ impl Position {
 }
 
 fn wake_pipe(name: &str) -> Result<(OwnedFd, OwnedFd)> {
-    crate::sys::wake::pipe().map_err(|e| Error::os("pipe", name.to_string(), e))
+    wake::pipe().map_err(|e| Error::os("pipe", name.to_string(), e))
 }
 
 /// The producer's end of a ring. See the module documentation.
@@ -1022,13 +1021,9 @@ fn sleep_on_consumer_word(
 /// ignores). The producer made the pipe and may hold the same file
 /// description: only such calls keep it from blocking this side.
 fn check_wake_end(fd: &OwnedFd, end: wake::End, name: &str) -> Result<()> {
-    let what = match end {
-        wake::End::Read => "the consumer's wake-up fd",
-        wake::End::Write => "the producer's wake-up fd",
-    };
-    let want = match end {
-        wake::End::Read => "the read end of a pipe",
-        wake::End::Write => "the write end of a pipe",
+    let (what, want) = match end {
+        wake::End::Read => ("the consumer's wake-up fd", "the read end of a pipe"),
+        wake::End::Write => ("the producer's wake-up fd", "the write end of a pipe"),
     };
     if !wake::is_end(fd, end).unwrap_or(false) {
         return Err(protocol(name, format!("{what} is not {want}")));

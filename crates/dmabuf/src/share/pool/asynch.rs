@@ -26,7 +26,7 @@ use tokio::io::unix::AsyncFd;
 use super::{Consumer, Item, Lease, Producer, CALM_SLICE};
 use crate::buffer::Buffer;
 use crate::error::{Errno, Error, Result};
-use crate::fence::{wake_fds, wake_fds_all, FenceStatus, Wakeup, RECHECK};
+use crate::fence::{wake_fds, FenceStatus, Wakeup, RECHECK};
 use crate::share::Channel;
 
 fn io_error(op: &'static str, obj: &str, e: std::io::Error) -> Error {
@@ -201,26 +201,9 @@ impl AsyncProducer {
             .flat_map(|(_, (s, r))| [s, r])
             .collect();
         let mut extra = Vec::new();
-        let recheck = self
-            .inner
-            .peers
-            .iter()
-            .any(|p| p.alive && (p.leaving.is_some() || p.items.stalled()));
-        // A free buffer whose release fences have all completed since the
-        // caller looked is one to take now, not to wait for, for a caller
-        // that takes one; for any other it is no reason to return (that
-        // would spin).
-        let mut wake = Wakeup::Fds;
-        for &s in &self.inner.free {
-            let w = wake_fds_all(&self.inner.slots[s].releases, &mut extra);
-            wake = wake.max(match w {
-                Wakeup::Now if !taking => Wakeup::Fds,
-                w => w,
-            });
-        }
-        match wake {
+        match self.inner.release_wakeup(taking, &mut extra) {
             Wakeup::Now => Ok(()),
-            w => any_readable(&fixed, &extra, recheck || w == Wakeup::Recheck, op, &obj).await,
+            w => any_readable(&fixed, &extra, w == Wakeup::Recheck, op, &obj).await,
         }
     }
 

@@ -619,26 +619,43 @@ impl Producer {
     /// well (user fences, consumers leaving, items not taken off a ring).
     pub(super) fn wait_fds(&self, taking: bool) -> (Vec<BorrowedFd<'_>>, Wakeup) {
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        let mut wake = Wakeup::Fds;
         for p in self.peers.iter().filter(|p| p.alive) {
             fds.push(p.channel.fd());
             fds.extend(p.items.wait_fd());
-            if p.leaving.is_some() || p.items.stalled() {
-                wake = Wakeup::Recheck;
-            }
         }
-        // A free buffer whose release fences have all completed since the
-        // caller looked is one to take now, not to sleep on, for a caller
-        // that takes one (`taking`); it is no reason to look again for one
-        // that waits for something else (that would spin).
+        let wake = self.release_wakeup(taking, &mut fds);
+        (fds, wake)
+    }
+
+    /// The pending release fences' fds of free slots, pushed on `out`, and
+    /// what a waiter does next: re-check on a timer too while a user fence
+    /// is pending, a consumer is leaving or items wait untaken on a ring.
+    /// A free buffer whose release fences have all completed since the
+    /// caller looked is one to take now, not to sleep on, for a caller
+    /// that takes one (`taking`); it is no reason to look again for one
+    /// that waits for something else (that would spin). Shared by the
+    /// blocking and the async producer.
+    pub(super) fn release_wakeup<'a>(
+        &'a self,
+        taking: bool,
+        out: &mut Vec<BorrowedFd<'a>>,
+    ) -> Wakeup {
+        let mut wake = Wakeup::Fds;
+        if self
+            .peers
+            .iter()
+            .any(|p| p.alive && (p.leaving.is_some() || p.items.stalled()))
+        {
+            wake = Wakeup::Recheck;
+        }
         for &s in &self.free {
-            let w = wake_fds_all(&self.slots[s].releases, &mut fds);
+            let w = wake_fds_all(&self.slots[s].releases, out);
             wake = wake.max(match w {
                 Wakeup::Now if !taking => Wakeup::Fds,
                 w => w,
             });
         }
-        (fds, wake)
+        wake
     }
 
     /// Sleeps, armed, on what [`wait_fds`](Self::wait_fds) finds (for a
