@@ -269,3 +269,55 @@ fn buffers_and_mappings_are_send_and_sync() {
     check::<Fence>();
     check::<UserFence>();
 }
+
+/// Minor page faults of this thread so far (`/proc/thread-self/stat`,
+/// field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(7).unwrap().parse().unwrap()
+}
+
+/// Faults taken while a write window touches one byte of every page of
+/// `map`, then a read window reads them back.
+fn faults_touching_every_page(map: &dmabuf::Mapping) -> u64 {
+    let pages = map.len() / 4096;
+    let before = minor_faults();
+    if map.is_writable() {
+        let mut w = map.write().unwrap();
+        for p in 0..pages {
+            assert!(w.set(p * 4096, p as u8));
+        }
+    }
+    let r = map.read().unwrap();
+    for p in 0..pages {
+        std::hint::black_box(r.get(p * 4096));
+    }
+    minor_faults() - before
+}
+
+#[test]
+fn a_populated_mapping_takes_no_page_fault_on_first_touch() {
+    const PAGES: usize = 256;
+    let size = (PAGES * 4096) as u64;
+    // Without populate, every page faults on its first touch.
+    let plain = buf(size, "populate-plain").map().unwrap();
+    assert!(faults_touching_every_page(&plain) >= PAGES as u64);
+    // Populated, writable: the pages are allocated and mapped writable.
+    let written = buf(size, "populate-write").map().unwrap();
+    assert!(written.populate().unwrap());
+    let f = faults_touching_every_page(&written);
+    assert!(f < 16, "{f} faults after populate");
+    // Populated, read-only: mapped for reading.
+    let read = buf(size, "populate-read").map_read_only().unwrap();
+    assert!(read.populate().unwrap());
+    let f = faults_touching_every_page(&read);
+    assert!(f < 16, "{f} faults after populate");
+    // Only the mapping's own range is populated.
+    let b = buf(size, "populate-range");
+    let half = b.map_range(size / 2..size, true).unwrap();
+    assert!(half.populate().unwrap());
+    assert!(faults_touching_every_page(&half) < 16);
+    let first = b.map_range(0..size / 2, true).unwrap();
+    assert!(faults_touching_every_page(&first) >= PAGES as u64 / 2);
+}

@@ -371,3 +371,40 @@ fn the_automatic_allocator_picks_the_system_heap_here() {
         Some("udma")
     );
 }
+
+/// Minor page faults of this thread so far (`/proc/thread-self/stat`,
+/// field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(7).unwrap().parse().unwrap()
+}
+
+/// Faults taken while a read window reads one byte of every page.
+fn faults_reading_every_page(map: &dmabuf::Mapping) -> u64 {
+    let before = minor_faults();
+    let r = map.read().unwrap();
+    for p in 0..map.len() / PAGE as usize {
+        std::hint::black_box(r.get(p * PAGE as usize));
+    }
+    drop(r);
+    minor_faults() - before
+}
+
+#[test]
+fn exporters_map_their_own_pages_and_the_kernel_does_not_populate_them() {
+    const PAGES: u64 = 64;
+    // The system heap maps every page at mmap (remap_pfn_range): no fault
+    // on first touch. MADV_POPULATE_* is EINVAL on such (VM_PFNMAP)
+    // mappings, which populate reports as `false`.
+    let h = heap(PAGES).map().unwrap();
+    assert!(!h.populate().unwrap());
+    let f = faults_reading_every_page(&h);
+    assert_eq!(f, 0, "heap: {f} faults reading {PAGES} pages");
+    // udmabuf maps one page per fault (vmf_insert_pfn): also VM_PFNMAP,
+    // also not populated on request, so every page faults once.
+    let u = udmabuf(PAGES).map().unwrap();
+    assert!(!u.populate().unwrap());
+    let f = faults_reading_every_page(&u);
+    assert!(f >= PAGES, "udmabuf: {f} faults reading {PAGES} pages");
+}

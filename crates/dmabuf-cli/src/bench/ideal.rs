@@ -136,6 +136,13 @@ impl Shm {
                 0,
             )
         }?;
+        // Every page mapped now, as the stream populates its buffers
+        // (`Mapping::populate`): no page fault on the first pass. Best
+        // effort, like the stream's: dma-bufs' raw page-frame mappings
+        // answer EINVAL (the system heap has mapped them all already).
+        // SAFETY: the range is exactly the mapping just made; populating
+        // faults its pages in and changes no byte.
+        let _ = unsafe { rustix::mm::madvise(p, len, rustix::mm::Advice::LinuxPopulateWrite) };
         let ptr = NonNull::new(p.cast::<u8>()).ok_or("mmap returned null")?;
         Ok(Shm { fd, ptr, len })
     }
