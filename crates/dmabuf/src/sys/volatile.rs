@@ -534,13 +534,25 @@ mod tests {
                 bulk::avx2::mismatch as _,
             ));
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+        {
+            v.push((
+                "avx512 (loads and compares: avx2)",
+                bulk::avx2::load as _,
+                bulk::avx512::store as _,
+                bulk::avx512::fill as _,
+                bulk::avx2::mismatch as _,
+            ));
+        }
         v
     }
 
     const LENS: std::ops::RangeInclusive<usize> = 0..=130;
 
     fn lens() -> impl Iterator<Item = usize> {
-        LENS.chain([255, 256, 257, 1000, 4099])
+        LENS.chain([255, 256, 257, 319, 320, 321, 383, 1000, 4099])
     }
 
     #[test]
