@@ -29,7 +29,7 @@ use std::ptr::NonNull;
 
 mod bulk;
 
-use bulk::{fill, load, mismatch, store};
+use bulk::{fill, load, mismatch, store, store_part};
 
 /// Bytes of the stack buffer a repeated pattern is unrolled into.
 const UNROLL: usize = 4096;
@@ -425,7 +425,7 @@ impl<'a> VolatileBytesMut<'a> {
             let n = (self.len - off).min(chunk.len());
             // SAFETY: `off + n <= len`: inside the writable view; `chunk`
             // is plain memory on this stack, which cannot overlap it.
-            unsafe { store(chunk.as_ptr(), self.ptr.as_ptr().add(off), n) };
+            unsafe { store_part(chunk.as_ptr(), self.ptr.as_ptr().add(off), n, self.len) };
             // `chunk` is whole repeats of `pattern`: the phase is kept.
             off += n;
         }
@@ -535,6 +535,14 @@ mod tests {
             ));
         }
         #[cfg(target_arch = "x86_64")]
+        v.push((
+            "rep movsb stores (the rest: words)",
+            bulk::words::load as _,
+            bulk::strings::store as _,
+            bulk::words::fill as _,
+            bulk::words::mismatch as _,
+        ));
+        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx2")
         {
@@ -552,7 +560,9 @@ mod tests {
     const LENS: std::ops::RangeInclusive<usize> = 0..=130;
 
     fn lens() -> impl Iterator<Item = usize> {
-        LENS.chain([255, 256, 257, 319, 320, 321, 383, 1000, 4099])
+        LENS.chain([
+            255, 256, 257, 319, 320, 321, 383, 1000, 2047, 2048, 2049, 4099,
+        ])
     }
 
     #[test]
@@ -688,7 +698,22 @@ mod tests {
         // than half the unroll buffer, longer than the buffer.
         for plen in [1usize, 3, 256, 251 * 16, 5000] {
             let pattern: Vec<u8> = (0..plen).map(|i| (i * 31 + 1) as u8).collect();
-            for len in [0usize, 1, 2, 255, 256, 257, 4095, 4096, 4097, 12_345] {
+            // (From 1 MiB, writes go as vector stores rather than string
+            // stores: both sides of that line.)
+            for len in [
+                0usize,
+                1,
+                2,
+                255,
+                256,
+                257,
+                4095,
+                4096,
+                4097,
+                12_345,
+                (1 << 20) - 1,
+                (1 << 20) + 5,
+            ] {
                 let mut backing = vec![0u8; len + 2];
                 let mut v = view(&mut backing[1..1 + len]);
                 v.write_repeated(&pattern);

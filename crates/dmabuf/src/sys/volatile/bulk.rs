@@ -107,6 +107,25 @@ pub(super) unsafe fn load(src: *const u8, dst: *mut u8, n: usize) {
 /// `dst..dst+n` must be writable mapped memory that no reference covers,
 /// `src..src+n` readable memory; they must not overlap.
 pub(super) unsafe fn store(src: *const u8, dst: *mut u8, n: usize) {
+    // SAFETY: the caller's contract.
+    unsafe { store_part(src, dst, n, n) }
+}
+
+/// [`store`] of `n` bytes that are part of one write of `whole` bytes
+/// (a repeated pattern written chunk by chunk): the write's size picks
+/// the way to store (see [`strings`]).
+///
+/// # Safety
+///
+/// As [`store`].
+pub(super) unsafe fn store_part(src: *const u8, dst: *mut u8, n: usize, whole: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if n >= strings::MIN && whole < strings::MAX_WHOLE && strings::fast() {
+        // SAFETY: the caller's contract.
+        return unsafe { strings::store(src, dst, n) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = whole;
     #[cfg(target_arch = "x86_64")]
     if n >= avx512::MIN && line_wide() {
         // SAFETY: AVX-512F and AVX2 are present (checked); the caller's
@@ -669,6 +688,76 @@ pub(super) mod avx512 {
             }
             let done = head + body;
             avx2::fill(dst.add(done), value, n - done);
+        }
+    }
+}
+
+/// Long stores as one string instruction, `rep movsb`, on CPUs that make
+/// it fast (ERMS, "enhanced rep movsb"), as the C library's `memcpy` does
+/// for copies of this size — in writes of less than [`MAX_WHOLE`] bytes.
+///
+/// Why: in a stream the producer writes lines its consumer's core has
+/// just read; which store keeps up depends on the write's size. Measured
+/// on this project's machine (AMD EPYC, 1 MiB of L2 per core, 2 shared
+/// cores, AVX-512, ERMS), `dmabuf stream` against a bare C ring whose
+/// copies the compiler made `rep movsq`, six alternating rounds per
+/// size, medians (the worst round): with the 64-byte stores of
+/// [`avx512`], 0.87 (0.80), 0.91 (0.89), 0.81 (0.74), 1.04 (0.88), 1.21
+/// (0.99) and 1.01 (0.92) of the ring at 16 KiB, 64 KiB, 256 KiB, 1 MiB,
+/// 4 MiB and 16 MiB; with `rep movsb`, 1.08 (1.03), 0.99 (0.92), 1.02
+/// (0.88), 0.93 (0.83), 0.99 (0.82) and 0.99 (0.94). So writes smaller
+/// than a core's L2, whose lines the other core holds, go as string
+/// stores, and larger ones as line-wide vector stores.
+///
+/// Inline assembly is opaque to the compiler, which can neither split,
+/// merge nor drop the stores: each shared byte is written once, in an
+/// order the CPU chooses (as with any bulk copy here).
+#[cfg(target_arch = "x86_64")]
+pub(super) mod strings {
+    use std::arch::asm;
+    use std::sync::OnceLock;
+
+    /// Stores of at least this many bytes use the string instruction
+    /// (the C library's default threshold on CPUs with 32-byte vectors).
+    pub(in crate::sys::volatile) const MIN: usize = 2048;
+
+    /// Writes of this many bytes or more use the vector stores instead.
+    pub(in crate::sys::volatile) const MAX_WHOLE: usize = 1 << 20;
+
+    /// Whether this CPU has ERMS (CPUID leaf 7, EBX bit 9). Asked once.
+    pub(in crate::sys::volatile) fn fast() -> bool {
+        static ERMS: OnceLock<bool> = OnceLock::new();
+        *ERMS.get_or_init(|| {
+            // SAFETY: CPUID exists on every x86-64 CPU; leaf 7 is asked
+            // only if the highest standard leaf (leaf 0's EAX) reaches it.
+            // (The intrinsics are `unsafe` in this crate's minimum Rust,
+            // safe in later ones.)
+            #[allow(unused_unsafe)]
+            unsafe {
+                use std::arch::x86_64::{__cpuid, __cpuid_count};
+                __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 9) != 0
+            }
+        })
+    }
+
+    /// [`super::store`] as one `rep movsb`.
+    ///
+    /// # Safety
+    ///
+    /// As [`super::store`].
+    pub(in crate::sys::volatile) unsafe fn store(src: *const u8, dst: *mut u8, n: usize) {
+        // SAFETY: `rep movsb` copies exactly `n` bytes forwards (the
+        // direction flag is clear, as the ABI guarantees at every call)
+        // from `src` to `dst`: the ranges the caller vouches for. It
+        // touches no memory else, no stack, and no flag.
+        unsafe {
+            asm!(
+                "rep movsb",
+                inout("rsi") src => _,
+                inout("rdi") dst => _,
+                inout("rcx") n => _,
+                options(nostack, preserves_flags),
+            );
         }
     }
 }
