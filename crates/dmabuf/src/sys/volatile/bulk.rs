@@ -15,15 +15,22 @@
 //!   the std detection is cached), the shared side is reached in aligned
 //!   32-byte volatile loads and stores of `__m256i`, four per loop turn,
 //!   with the head (up to the next 32-byte boundary) and the tail done in
-//!   the narrow way. Stores and fills of at least 320 bytes go wider still
-//!   on CPUs with AVX-512F: aligned 64-byte stores, a whole cache line
-//!   each, from inline assembly (see [`avx512`]). In a stream the
-//!   producer writes lines its consumer's core has just read; measured on
-//!   this project's machine (AMD EPYC, 2 shared cores, AVX-512), a bare
-//!   two-process ring in C writing 64 KiB, 256 KiB and 1 MiB items with
-//!   64-byte stores ran at 1.2–1.3× (median of six alternating runs each:
-//!   32.2 against 24.7, 38.1 against 28.4, 53.5 against 45.1 GiB/s) the
-//!   same ring with 32-byte stores. Elsewhere (other CPUs, or x86-64 without AVX2), in
+//!   the narrow way. **Stores go wider still**, because in a stream the
+//!   producer writes lines its consumer's core has just read, and how
+//!   fast that goes depends on how a line is written:
+//!   - a store of 2 KiB or more, in a write of less than 1 MiB, is one
+//!     `rep movsb` on CPUs with ERMS (see [`strings`]), as the C
+//!     library's `memcpy` does for copies of that size;
+//!   - other stores and fills of 320 bytes or more are aligned 64-byte
+//!     stores on CPUs with AVX-512F, a whole cache line each (see
+//!     [`avx512`]). Measured on this project's machine (AMD EPYC, 2
+//!     shared cores, AVX-512), a bare two-process ring in C writing
+//!     64 KiB, 256 KiB and 1 MiB items with 64-byte stores ran at
+//!     1.2–1.3× (median of six alternating runs each: 32.2 against 24.7,
+//!     38.1 against 28.4, 53.5 against 45.1 GiB/s) the same ring with
+//!     32-byte stores.
+//!
+//!   Both are inline assembly. Elsewhere (other CPUs, or x86-64 without AVX2), in
 //!   aligned 8-byte volatile accesses of `u64`, four per loop turn, with
 //!   byte accesses for the unaligned head and tail. The plain side
 //!   (caller's slice) is read or written unaligned. No operation promises
