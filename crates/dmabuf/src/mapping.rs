@@ -90,7 +90,7 @@ use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::reservation::Reservation;
 use crate::sys;
 use crate::sys::mem::Region;
-use crate::sys::object::{BorrowError, View};
+use crate::sys::object::{BorrowError, MemoryObject, View};
 pub use crate::sys::volatile::{OutOfRange, VolatileBytes, VolatileBytesMut};
 
 /// A handle on (a range of) a buffer's shared mapping. Cheap; make as
@@ -101,6 +101,15 @@ pub struct Mapping {
     region: Arc<Region>,
     range: Range<usize>,
     writable: bool,
+    /// The memory object, where the reservation keeps its word in it (a
+    /// window on the whole buffer may then claim and register in one
+    /// step), read once here: a window's common case then reaches the
+    /// word from the mapping directly, not through the buffer's handle
+    /// and its shared state (two more pointers, each a likely cache miss
+    /// where many buffers take turns, as in a pool).
+    joint: Option<Arc<MemoryObject>>,
+    /// Whether the buffer is a dma-buf (windows then bracket with `SYNC`).
+    dma_buf: bool,
 }
 
 /// The kind of a [`Window`]: [`ReadOnly`], [`WriteOnly`] or [`ReadWrite`]
@@ -152,11 +161,19 @@ impl Writable for ReadWrite {}
 
 impl Mapping {
     fn new(buffer: Buffer, region: Arc<Region>, range: Range<usize>, writable: bool) -> Mapping {
+        let memory = buffer.memory_object();
+        let joint = buffer
+            .reservation()
+            .shares_word_of(memory)
+            .then(|| memory.clone());
+        let dma_buf = buffer.dma_buf().is_some();
         Mapping {
             buffer,
             region,
             range,
             writable,
+            joint,
+            dma_buf,
         }
     }
 
@@ -300,29 +317,26 @@ impl Mapping {
             .with_errno(Errno::ACCESS));
         }
         let abs = self.range.start + range.start..self.range.start + range.end;
-        let memory = self.buffer.memory_object();
-        let reservation = self.buffer.reservation();
         // A window on the whole of a plain buffer with no fence listed:
         // its claim of the bytes and its count in the reservation in one
         // compare-and-swap of the word they share (see `sys::object`).
         // Anything else (or a claim in the way, or a rule that refuses it)
         // takes the two steps below, which wait or name the cause.
-        let joint = if reservation.shares_word_of(memory) {
-            let opened = Reservation::window_opened(access, self.buffer.dma_buf().is_some());
+        let joint = self.joint.as_ref().and_then(|memory| {
+            let opened = Reservation::window_opened(access, self.dma_buf);
             memory.claim_whole_with(&self.region, abs.clone(), access.writes(), opened)
-        } else {
-            None
-        };
+        });
         let bytes = match joint {
             Some(b) => b,
             None => {
                 // Ordering: check for fences and register the window in
                 // one step (see `begin_window`), before taking the bytes.
                 begin_window(&self.buffer, access, deadline, skip)?;
+                let memory = self.buffer.memory_object();
                 match memory.borrow(&self.region, abs.clone(), access.writes()) {
                     Ok(b) => b,
                     Err(e) => {
-                        reservation.cpu_end(access);
+                        self.buffer.reservation().cpu_end(access);
                         return Err(borrow_error(e, op, obj(), &abs));
                     }
                 }
@@ -335,8 +349,10 @@ impl Mapping {
             started: false,
             _mode: PhantomData,
         };
-        if let Some(d) = self.buffer.dma_buf() {
-            sync_start(d, access, deadline, &obj)?;
+        if self.dma_buf {
+            if let Some(d) = self.buffer.dma_buf() {
+                sync_start(d, access, deadline, &obj)?;
+            }
         }
         window.started = true;
         trace_event!(
@@ -618,7 +634,7 @@ impl<M: WindowMode> Window<'_, M> {
             return Ok(());
         };
         let mut result = Ok(());
-        if self.started {
+        if self.started && self.mapping.dma_buf {
             if let Some(d) = self.mapping.buffer.dma_buf() {
                 let flags = sys::dma_buf::DMA_BUF_SYNC_END | M::ACCESS.sync_flags();
                 let mut r = sys::dma_buf::sync(d, flags);
@@ -638,13 +654,16 @@ impl<M: WindowMode> Window<'_, M> {
         // The bytes go back and the window is counted closed, in one step
         // where the reservation's word is the memory object's (see
         // `window_excluding`).
-        let reservation = self.mapping.buffer.reservation();
-        if reservation.shares_word_of(self.mapping.buffer.memory_object()) {
+        // The reservation is reached (through the buffer's handle) only
+        // when a device access waits for this close.
+        if self.mapping.joint.is_some() {
             let old = bytes.release_with(Reservation::window_closed(M::ACCESS));
-            reservation.window_ended(old);
+            if Reservation::waiters_in(old) {
+                self.mapping.buffer.reservation().window_ended(old);
+            }
         } else {
             drop(bytes);
-            reservation.cpu_end(M::ACCESS);
+            self.mapping.buffer.reservation().cpu_end(M::ACCESS);
         }
         trace_event!(
             TRACE,

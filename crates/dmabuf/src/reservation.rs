@@ -422,6 +422,13 @@ impl Reservation {
         move |w| Windows(w).closed(access).0
     }
 
+    /// Whether the word `old` (as it was before a window was counted
+    /// closed) says device accesses wait for windows to close: only then
+    /// has [`Reservation::window_ended`] something to do.
+    pub(crate) fn waiters_in(old: u64) -> bool {
+        Windows(old).has(Windows::WAITERS)
+    }
+
     /// After a window was counted closed, `old` being the word before:
     /// wakes the device accesses waiting for windows to close, if any.
     pub(crate) fn window_ended(&self, old: u64) {
@@ -430,7 +437,7 @@ impl Reservation {
         // saw this window closed, or this close sees the flag, and taking
         // the lock here waits until it sleeps. With no waiter, no lock
         // and no notify (a system call).
-        if Windows(old).has(Windows::WAITERS) {
+        if Reservation::waiters_in(old) {
             drop(self.lock());
             self.changed.notify_all();
         }

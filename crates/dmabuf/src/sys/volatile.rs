@@ -81,6 +81,15 @@ fn sub_range(range: &Range<usize>, available: usize) -> Result<(), OutOfRange> {
     check(range.start, range.end - range.start, available)
 }
 
+/// The length of the run [`unrolled`] makes of a pattern of `p` bytes
+/// (not 0) for a view of `len` bytes.
+fn unrolled_len(p: usize, len: usize) -> usize {
+    if p > UNROLL / 2 {
+        return p;
+    }
+    (len / 4).div_ceil(p).clamp(1, UNROLL / p) * p
+}
+
 /// `pattern` (not empty) repeated into `buf` as many whole times as fit
 /// in a quarter of `len` (at least once, at most `UNROLL` bytes), or
 /// `pattern` itself if it is longer than half of `buf`: a run of whole
@@ -92,7 +101,7 @@ fn unrolled<'p>(pattern: &'p [u8], len: usize, buf: &'p mut [MaybeUninit<u8>; UN
     if p > UNROLL / 2 {
         return pattern;
     }
-    let reps = (len / 4).div_ceil(p).clamp(1, UNROLL / p);
+    let reps = unrolled_len(p, len) / p;
     for c in buf[..reps * p].chunks_exact_mut(p) {
         for (d, s) in c.iter_mut().zip(pattern) {
             d.write(*s);
@@ -244,6 +253,10 @@ impl<'a> VolatileBytes<'a> {
     pub fn mismatch_repeated(&self, pattern: &[u8]) -> Option<usize> {
         if pattern.is_empty() {
             return (self.len > 0).then_some(0);
+        }
+        if pattern.len() >= bulk::PERIOD_MIN {
+            // SAFETY: the whole view, readable; `pattern` is plain memory.
+            return unsafe { bulk::mismatch_repeated(self.ptr.as_ptr(), pattern, self.len) };
         }
         let mut buf = [MaybeUninit::uninit(); UNROLL];
         let chunk = unrolled(pattern, self.len, &mut buf);
@@ -417,6 +430,14 @@ impl<'a> VolatileBytesMut<'a> {
     pub fn write_repeated(&mut self, pattern: &[u8]) {
         if pattern.is_empty() {
             return;
+        }
+        if pattern.len() >= bulk::PERIOD_MIN {
+            let chunk = unrolled_len(pattern.len(), self.len);
+            // SAFETY: the whole writable view; `pattern` is plain memory,
+            // which cannot overlap it.
+            if unsafe { bulk::store_repeated(pattern, self.ptr.as_ptr(), self.len, chunk) } {
+                return;
+            }
         }
         let mut buf = [MaybeUninit::uninit(); UNROLL];
         let chunk = unrolled(pattern, self.len, &mut buf);
@@ -729,6 +750,106 @@ mod tests {
                 v.write_repeated(&[]);
                 assert_eq!(backing[0], 0, "nothing before");
                 assert_eq!(backing[len + 1], 0, "nothing after");
+            }
+        }
+    }
+
+    /// The ways a repeated pattern is compared straight from its period
+    /// (no unrolled copy) that this CPU can run: (name, store, mismatch);
+    /// a `None` store is the views' own choice.
+    #[allow(clippy::type_complexity)]
+    fn period_paths() -> Vec<(
+        &'static str,
+        Option<unsafe fn(&[u8], *mut u8, usize)>,
+        unsafe fn(*const u8, &[u8], usize) -> Option<usize>,
+    )> {
+        let mut v: Vec<(&'static str, Option<unsafe fn(&[u8], *mut u8, usize)>, _)> = vec![
+            ("dispatch", None, bulk::mismatch_repeated as _),
+            ("words", None, bulk::words::mismatch_repeated as _),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            v.push((
+                "avx2",
+                Some(bulk::avx2::store_repeated as _),
+                bulk::avx2::mismatch_repeated as _,
+            ));
+        }
+        v
+    }
+
+    #[test]
+    fn patterns_compared_and_written_by_period_keep_their_phase() {
+        // Periods held in registers (whole lanes dividing 256 bytes) and
+        // periods that are not; starts on a 64-byte boundary and off it;
+        // lengths around a lane, a 256-byte turn, and the choice between
+        // string and vector stores (1 MiB).
+        let lens = [
+            0usize,
+            1,
+            31,
+            32,
+            33,
+            255,
+            256,
+            257,
+            300,
+            511,
+            512,
+            513,
+            4096,
+            4097,
+            12_345,
+            (1 << 20) + 37,
+        ];
+        for plen in [32usize, 64, 96, 128, 160, 200, 256, 512] {
+            let pattern: Vec<u8> = (0..plen).map(|i| (i * 31 + 7) as u8).collect();
+            for (name, store, mismatch) in period_paths() {
+                for off in [0usize, 1, 31, 32, 33, 64] {
+                    for len in lens {
+                        let mut backing = vec![0u8; len + off + 128];
+                        let start = backing.as_ptr().align_offset(64) + off;
+                        let want: Vec<u8> = (0..len).map(|i| pattern[i % plen]).collect();
+                        let mut v = view(&mut backing[start..start + len]);
+                        match store {
+                            // SAFETY: the view's own range, exclusively
+                            // borrowed; `pattern` is another vector.
+                            Some(f) => unsafe { f(&pattern, v.ptr.as_ptr(), len) },
+                            None => v.write_repeated(&pattern),
+                        }
+                        let what = format!("{name}: period {plen}, start {off}, len {len}");
+                        assert_eq!(v.to_vec(), want, "{what}: written");
+                        let at = |v: &VolatileBytesMut<'_>| {
+                            // SAFETY: the view's own range.
+                            unsafe { mismatch(v.ptr.as_ptr(), &pattern, len) }
+                        };
+                        assert_eq!(at(&v), None, "{what}: equal");
+                        let mut positions =
+                            vec![0, 31, 32, 255, 256, 300, len / 2, len.saturating_sub(1)];
+                        positions.retain(|&p| p < len);
+                        for p in positions {
+                            // One flipped bit, then a second difference.
+                            let b = v.get(p).unwrap();
+                            assert!(v.set(p, b ^ 0x10));
+                            let later = (p + 40 < len).then(|| p + 40);
+                            if let Some(q) = later {
+                                let c = v.get(q).unwrap();
+                                assert!(v.set(q, c ^ 1));
+                            }
+                            assert_eq!(at(&v), Some(p), "{what}: differs at {p}");
+                            assert!(v.set(p, b));
+                            if let Some(q) = later {
+                                let c = v.get(q).unwrap();
+                                assert!(v.set(q, c ^ 1));
+                            }
+                        }
+                        assert!(backing[..start].iter().all(|&b| b == 0), "{what}: before");
+                        assert!(
+                            backing[start + len..].iter().all(|&b| b == 0),
+                            "{what}: after"
+                        );
+                    }
+                }
             }
         }
     }
