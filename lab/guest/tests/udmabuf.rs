@@ -446,6 +446,41 @@ fn a_udmabuf_and_its_memfd_as_a_portable_buffer_share_the_registry() {
 }
 
 #[test]
+fn a_udmabuf_over_all_of_its_memfd_and_the_memfd_never_hold_overlapping_windows() {
+    // The udmabuf allocator's case: one udmabuf over the whole of one
+    // memfd. A window on all of the udmabuf then claims the memfd too (no
+    // records kept); a window on the memfd must still be refused, and
+    // the other way round.
+    let dev = dev();
+    let m = fixed_memfd(2);
+    let u = Buffer::from_dma_buf(dev.create(&m, 0, 2 * PAGE).unwrap());
+    let p = Buffer::from_memfd(m.try_clone().unwrap(), "whole-alias").unwrap();
+    let (mu, mp) = (u.map().unwrap(), p.map().unwrap());
+    for round in 0..3 {
+        let w = mu.write().unwrap();
+        for e in [
+            mp.read().unwrap_err(),
+            mp.window::<dmabuf::mapping::ReadOnly>(PAGE as usize..2 * PAGE as usize, None)
+                .unwrap_err(),
+        ] {
+            assert_eq!(e.kind(), ErrorKind::Busy, "round {round}: {e}");
+            assert_eq!(e.errno(), Some(Errno::BUSY));
+        }
+        drop(w);
+        let w = mp.write().unwrap();
+        let e = mu.read().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy, "round {round}: {e}");
+        assert!(e.cause().contains("same memfd pages"), "{e}");
+        drop(w);
+        // Readers through both at once.
+        let (r1, r2) = (mu.read().unwrap(), mp.read().unwrap());
+        drop((r1, r2));
+    }
+    mu.write().unwrap().fill(9);
+    assert!(mp.read().unwrap().to_vec().iter().all(|&x| x == 9));
+}
+
+#[test]
 fn a_second_handle_on_a_dma_buf_is_the_same_buffer() {
     let dev = dev();
     let m = Memfd::new("second-handle", 2 * PAGE).unwrap();

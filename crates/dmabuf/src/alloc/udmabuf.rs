@@ -68,7 +68,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{
-    fcntl_add_seals, fcntl_get_seals, ftruncate, memfd_create, MemfdFlags, Mode, OFlags, SealFlags,
+    fcntl_add_seals, fcntl_get_seals, fstat, ftruncate, memfd_create, MemfdFlags, Mode, OFlags,
+    SealFlags,
 };
 
 use super::{allocation_size, named_buffer, Allocate, Backend};
@@ -299,11 +300,17 @@ fn record_backing(d: DmaBuf, ranges: &[Range<'_>]) -> Result<DmaBuf> {
     for (i, r) in ranges.iter().enumerate() {
         let target = MemoryObject::intern(r.memfd)
             .map_err(|e| Error::os("udmabuf", range_object(ranges, i), e))?;
+        // The whole memfd (sealed against shrinking, as udmabuf requires):
+        // a window on all of the udmabuf may then claim all of the memfd.
+        let memfd_size = fstat(r.memfd)
+            .map_err(|e| Error::os("udmabuf", range_object(ranges, i), e))?
+            .st_size;
         segments.push(Segment {
             offset,
             len: r.size,
             target,
             target_offset: r.offset,
+            whole_target: r.offset == 0 && u64::try_from(memfd_size) == Ok(r.size),
         });
         offset += r.size;
     }

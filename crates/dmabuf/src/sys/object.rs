@@ -24,7 +24,11 @@
 //!
 //! One case takes no lock: a borrow of a whole plain object (no backing)
 //! through a mapping of all of it, while the object's list is empty — the
-//! borrow a window on a whole buffer makes. It is a *claim* on the
+//! borrow a window on a whole buffer makes. An object made of the whole
+//! of one other object (a udmabuf over all of one memfd, as the udmabuf
+//! allocator makes them) counts as plain here: the claim is taken on
+//! that object first, then on this one, and given back if the second is
+//! refused. It is a *claim* on the
 //! object's atomic word ([`Claims`]): one compare-and-swap to take it, one
 //! atomic operation to give it back. A claim counts as covering every
 //! byte of the object. The list's borrows raise a flag in the same word,
@@ -32,7 +36,9 @@
 //! claims held at that moment, which the new borrow is checked against)
 //! and lower it, under the lock, once the list is empty again: while the
 //! flag is up no claim is granted, so a claim and a recorded borrow are
-//! always checked against each other.
+//! always checked against each other. (Two borrows racing for the same
+//! bytes may then both be refused, each for the other's claim taken
+//! half-way; never both granted.)
 //!
 //! The word has room for its owner's bits ([`RESERVED`]): the buffer
 //! layer keeps its reservation's CPU-window counts and flags there, so
@@ -114,6 +120,11 @@ pub struct Segment {
     pub target: Arc<MemoryObject>,
     /// Offset in the target.
     pub target_offset: u64,
+    /// Whether the segment is the whole of its target (`target_offset`
+    /// 0, and the target `len` bytes long): a claim of the whole object
+    /// made of it may then stand for a borrow of the target too (see
+    /// [`MemoryObject::borrow`]).
+    pub whole_target: bool,
 }
 
 /// A live borrow. Two shared borrows of the same range are the same
@@ -270,8 +281,19 @@ impl MemoryObject {
         let same = |a: &[Segment], b: &[Segment]| {
             a.len() == b.len()
                 && a.iter().zip(b).all(|(x, y)| {
-                    (x.offset, x.len, x.target.id, x.target_offset)
-                        == (y.offset, y.len, y.target.id, y.target_offset)
+                    (
+                        x.offset,
+                        x.len,
+                        x.target.id,
+                        x.target_offset,
+                        x.whole_target,
+                    ) == (
+                        y.offset,
+                        y.len,
+                        y.target.id,
+                        y.target_offset,
+                        y.whole_target,
+                    )
                 })
         };
         match self.backing.get() {
@@ -297,6 +319,21 @@ impl MemoryObject {
     /// The recorded backing (empty if none).
     pub fn backing(&self) -> &[Segment] {
         self.backing.get().map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// For a claim of all `len` bytes of this object: `Some(None)` for a
+    /// plain object, `Some(Some(target))` for one made of the whole of
+    /// `target` (which the claim must hold too), `None` where no claim
+    /// can stand for the borrow (the object is made of parts of others,
+    /// which only recorded borrows can name).
+    fn claim_target(&self, len: u64) -> Option<Option<&MemoryObject>> {
+        match self.backing() {
+            [] => Some(None),
+            [s] if s.offset == 0 && s.len == len && s.target_offset == 0 && s.whole_target => {
+                Some(Some(&*s.target))
+            }
+            _ => None,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Borrow>> {
@@ -354,25 +391,33 @@ impl MemoryObject {
         also: impl Fn(u64) -> Option<u64>,
     ) -> Option<View<'a>> {
         let whole = range.start == 0 && range.end == region.len() && range.end > 0;
-        if !whole
-            || region.owner() != self.id
-            || (exclusive && !region.is_writable())
-            || !self.backing().is_empty()
-        {
+        if !whole || region.owner() != self.id || (exclusive && !region.is_writable()) {
             return None;
         }
-        self.claims
+        let target = self.claim_target(range.end as u64)?;
+        if target.is_some_and(|t| !t.try_claim(exclusive)) {
+            return None;
+        }
+        let claimed = self
+            .claims
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
                 let claimed = Claims(c).claimed(exclusive)?.0;
                 Some((claimed & !RESERVED) | (also(claimed)? & RESERVED))
             })
-            .ok()?;
+            .is_ok();
+        if !claimed {
+            if let Some(t) = target {
+                t.release_claim(exclusive);
+            }
+            return None;
+        }
         Some(View {
             region,
             range,
             exclusive,
             object: self,
             own: None,
+            claimed_target: target,
             backing: Vec::new(),
             released: false,
         })
@@ -458,20 +503,33 @@ impl MemoryObject {
             end,
             exclusive,
         };
-        let view = |own: Option<Borrow>, backing: Vec<(&'a MemoryObject, Borrow)>| View {
+        let view = |own: Option<Borrow>,
+                    claimed_target: Option<&'a MemoryObject>,
+                    backing: Vec<(&'a MemoryObject, Borrow)>| View {
             region,
             range: range.clone(),
             exclusive,
             object: self,
             own,
+            claimed_target,
             backing,
             released: false,
         };
-        if via().next().is_none() {
-            // The whole of a plain object, nothing listed: a claim, no lock.
-            if start == 0 && range.end == region.len() && end > 0 && self.try_claim(exclusive) {
-                return Ok(view(None, Vec::new()));
+        // The whole of a plain object (or of one made of the whole of one
+        // other), nothing listed: a claim, no lock (the other's first).
+        if start == 0 && range.end == region.len() && end > 0 {
+            if let Some(target) = self.claim_target(end) {
+                if target.is_none_or(|t| t.try_claim(exclusive)) {
+                    if self.try_claim(exclusive) {
+                        return Ok(view(None, target, Vec::new()));
+                    }
+                    if let Some(t) = target {
+                        t.release_claim(exclusive);
+                    }
+                }
             }
+        }
+        if via().next().is_none() {
             // One object: its own lock makes the check and the record one
             // step.
             let mut live = self.lock();
@@ -486,7 +544,7 @@ impl MemoryObject {
             let own = new(start, end);
             live.push(own);
             drop(live);
-            return Ok(view(Some(own), Vec::new()));
+            return Ok(view(Some(own), None, Vec::new()));
         }
         // Several objects: hold the lock of each (once, taken in id order,
         // so that two such borrows cannot deadlock) while everything is
@@ -540,7 +598,7 @@ impl MemoryObject {
         }
         drop(locked);
         let (own, backing) = recorded?;
-        Ok(view(Some(own), backing))
+        Ok(view(Some(own), None, backing))
     }
 
     /// Removes the live borrow `b`.
@@ -590,6 +648,9 @@ pub struct View<'a> {
     object: &'a MemoryObject,
     /// `None`: a claim of the whole object (no record).
     own: Option<Borrow>,
+    /// With a claim: the object this one is made of the whole of, which
+    /// the claim holds too (see [`MemoryObject::claim_target`]).
+    claimed_target: Option<&'a MemoryObject>,
     backing: Vec<(&'a MemoryObject, Borrow)>,
     /// Given back already ([`View::release_with`]).
     released: bool,
@@ -644,12 +705,18 @@ impl View<'_> {
         let exclusive = self.exclusive;
         let with = |released: u64| (released & !RESERVED) | (also(released) & RESERVED);
         let old = match self.own {
-            None => self
-                .object
-                .claims
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                    Some(with(Claims(c).released(exclusive).0))
-                }),
+            None => {
+                let old =
+                    self.object
+                        .claims
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                            Some(with(Claims(c).released(exclusive).0))
+                        });
+                if let Some(t) = self.claimed_target {
+                    t.release_claim(exclusive);
+                }
+                old
+            }
             Some(b) => {
                 self.release_records(&b);
                 self.object
@@ -681,7 +748,12 @@ impl Drop for View<'_> {
         }
         match self.own {
             Some(b) => self.release_records(&b),
-            None => self.object.release_claim(self.exclusive),
+            None => {
+                self.object.release_claim(self.exclusive);
+                if let Some(t) = self.claimed_target {
+                    t.release_claim(self.exclusive);
+                }
+            }
         }
     }
 }
@@ -710,6 +782,7 @@ mod tests {
             len: 2 * page,
             target: target.clone(),
             target_offset: off,
+            whole_target: false,
         }]
     }
 
@@ -1044,6 +1117,136 @@ mod tests {
         assert!(u2.borrow(&r2, 0..1, false).is_err());
     }
 
+    /// A memfd of two pages and an object made of all of it (a sealed
+    /// memfd stands in for the udmabuf): the memfd's fd, object and
+    /// mapping, then the made-of object's.
+    #[allow(clippy::type_complexity)]
+    fn made_of_all(
+        page: u64,
+    ) -> (
+        (std::os::fd::OwnedFd, Arc<MemoryObject>, Arc<Region>),
+        (std::os::fd::OwnedFd, Arc<MemoryObject>, Arc<Region>),
+    ) {
+        let m = memfd(2 * page);
+        let mo = MemoryObject::intern(&m).unwrap();
+        let uf = memfd(2 * page);
+        let u = MemoryObject::intern(&uf).unwrap();
+        u.set_backing(vec![Segment {
+            offset: 0,
+            len: 2 * page,
+            target: mo.clone(),
+            target_offset: 0,
+            whole_target: true,
+        }])
+        .unwrap();
+        let rm = mo.region(&m, (2 * page) as usize, true).unwrap();
+        let ru = u.region(&uf, (2 * page) as usize, true).unwrap();
+        ((m, mo, rm), (uf, u, ru))
+    }
+
+    #[test]
+    fn a_claim_of_an_object_made_of_all_of_another_holds_that_one_too() {
+        let page = super::super::mem::page_size() as u64;
+        let len = (2 * page) as usize;
+        let ((_m, mo, rm), (_uf, u, ru)) = made_of_all(page);
+        let conflict =
+            |r: Result<View<'_>, BorrowError>| matches!(r, Err(BorrowError::Conflict { .. }));
+        // A window on all of it: claims, no record anywhere; the memfd
+        // counts the claim, and refuses its own windows while it lives.
+        for via_claim in [true, false] {
+            let w = if via_claim {
+                u.claim_whole_with(&ru, 0..len, true, Some).unwrap()
+            } else {
+                u.borrow(&ru, 0..len, true).unwrap()
+            };
+            assert_eq!((u.live_borrows(), mo.live_borrows()), (1, 1));
+            assert!(
+                u.lock().is_empty() && mo.lock().is_empty(),
+                "nothing recorded"
+            );
+            assert!(conflict(mo.borrow(&rm, 0..len, false)));
+            assert!(conflict(mo.borrow(&rm, page as usize..len, false)));
+            assert!(mo.claim_whole_with(&rm, 0..len, false, Some).is_none());
+            if via_claim {
+                w.release_with(|c| c);
+            } else {
+                drop(w);
+            }
+            assert_eq!(
+                (u.live_borrows(), mo.live_borrows()),
+                (0, 0),
+                "both given back"
+            );
+        }
+        // The other way: a writer on the memfd refuses the claim, and the
+        // refused claim leaves nothing behind on either object.
+        let v = mo.borrow(&rm, page as usize..len, true).unwrap();
+        assert!(u.claim_whole_with(&ru, 0..len, false, Some).is_none());
+        match u.borrow(&ru, 0..len, false) {
+            Err(BorrowError::Conflict { backing, .. }) => assert_eq!(backing, Some(mo.key())),
+            other => panic!("expected a conflict on the memfd, got {other:?}"),
+        }
+        drop(v);
+        assert_eq!((u.live_borrows(), mo.live_borrows()), (0, 0));
+        // Readers through both at once; a rule of the owner's bits that
+        // refuses gives the memfd's claim back too.
+        let a = u.claim_whole_with(&ru, 0..len, false, Some).unwrap();
+        let b = mo.borrow(&rm, 0..page as usize, false).unwrap();
+        assert!(u.claim_whole_with(&ru, 0..len, false, |_| None).is_none());
+        assert_eq!(mo.live_borrows(), 2);
+        drop((a, b));
+        assert_eq!((u.live_borrows(), mo.live_borrows()), (0, 0));
+        // Part of a memfd: recorded on it, never claimed.
+        let big = memfd(4 * page);
+        let bo = MemoryObject::intern(&big).unwrap();
+        let pf = memfd(2 * page);
+        let p = MemoryObject::intern(&pf).unwrap();
+        p.set_backing(two_pages_of(&bo, page, 0)).unwrap();
+        let rp = p.region(&pf, len, true).unwrap();
+        assert!(p.claim_whole_with(&rp, 0..len, true, Some).is_none());
+        let w = p.borrow(&rp, 0..len, true).unwrap();
+        assert_eq!(bo.lock().len(), 1, "recorded on the memfd");
+        drop(w);
+        assert_eq!(bo.live_borrows(), 0);
+    }
+
+    #[test]
+    fn writers_through_an_object_and_the_one_it_is_made_of_never_overlap() {
+        // Two threads race for exclusive windows on all of the memfd and
+        // on all of the object made of it: never both at once.
+        let page = super::super::mem::page_size() as u64;
+        let len = (2 * page) as usize;
+        let ((_m, mo, rm), (_uf, u, ru)) = made_of_all(page);
+        let inside = AtomicU64::new(0);
+        let granted = [AtomicU64::new(0), AtomicU64::new(0)];
+        std::thread::scope(|s| {
+            for (t, granted) in granted.iter().enumerate() {
+                let (inside, mo, rm, u, ru) = (&inside, &mo, &rm, &u, &ru);
+                s.spawn(move || {
+                    for i in 0..20_000 {
+                        let w = match (t, i % 2) {
+                            (0, 0) => u.claim_whole_with(ru, 0..len, true, Some),
+                            (0, _) => u.borrow(ru, 0..len, true).ok(),
+                            (_, 0) => mo.claim_whole_with(rm, 0..len, true, Some),
+                            _ => mo.borrow(rm, 0..len, true).ok(),
+                        };
+                        if let Some(w) = w {
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                            granted.fetch_add(1, Ordering::Relaxed);
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            drop(w);
+                        }
+                    }
+                });
+            }
+        });
+        // (One thread may get none: it can run its turns while the other
+        // sleeps holding its window.)
+        let got: u64 = granted.iter().map(|g| g.load(Ordering::Relaxed)).sum();
+        assert!(got > 0, "no window granted");
+        assert_eq!((u.live_borrows(), mo.live_borrows()), (0, 0));
+    }
+
     #[test]
     fn a_borrow_over_several_backing_ranges_records_on_each_or_on_none() {
         // An object of four pages made of two pieces of memfd `a` (its
@@ -1062,6 +1265,7 @@ mod tests {
             len: page,
             target: target.clone(),
             target_offset,
+            whole_target: false,
         };
         u.set_backing(vec![
             seg(0, &ao, 0),
