@@ -228,10 +228,17 @@ impl TimeCheck {
 
     /// Whether the limit has passed, with `items` sent so far.
     fn done(&mut self, items: u64) -> bool {
+        let start = self.start;
+        self.done_at(items, || start.elapsed())
+    }
+
+    /// [`done`](Self::done) with the time since the start read from `now`
+    /// (called only when the clock is due).
+    fn done_at(&mut self, items: u64, now: impl FnOnce() -> Duration) -> bool {
         if items < self.next_at {
             return false;
         }
-        let now = self.start.elapsed();
+        let now = now();
         self.stride = if now.saturating_sub(self.last) < FAST {
             (self.stride * 2).min(MAX_STRIDE)
         } else {
@@ -1087,23 +1094,47 @@ mod tests {
 
     #[test]
     fn a_time_limit_reads_the_clock_less_often_only_while_items_come_fast() {
-        // Items back to back: the stride grows to its bound, and the limit
-        // is still met within a fraction of a millisecond.
-        let mut t = TimeCheck::new(Duration::from_millis(20));
+        // On a clock the test drives (no scheduler in the way): items
+        // 100 ns apart. The stride grows to its bound, the clock is read
+        // about once per stride, and the limit is met within a stride.
+        let limit = Duration::from_millis(20);
+        let mut t = TimeCheck::new(limit);
+        let (mut items, mut reads) = (0u64, 0u64);
+        let at = |items: u64| Duration::from_nanos(items * 100);
+        while !t.done_at(items, || {
+            reads += 1;
+            at(items)
+        }) {
+            items += 1;
+        }
+        assert_eq!(t.stride, MAX_STRIDE, "{items} items");
+        assert!(
+            reads < items / (MAX_STRIDE / 2),
+            "{reads} reads for {items} items"
+        );
+        let over = at(items) - limit;
+        assert!(
+            over < Duration::from_nanos(100 * MAX_STRIDE),
+            "overshot by {over:?}"
+        );
+        // Items slower than FAST per stride: the clock every item.
+        let mut t = TimeCheck::new(Duration::from_secs(60));
+        for i in 0..5 {
+            let mut read = false;
+            assert!(!t.done_at(i, || {
+                read = true;
+                FAST * 2 * (i as u32 + 1)
+            }));
+            assert!(read, "item {i}");
+            assert_eq!(t.stride, 1, "item {i}");
+        }
+        // And with the real clock: the limit is met.
+        let mut t = TimeCheck::new(Duration::from_millis(5));
         let mut items = 0;
         while !t.done(items) {
             items += 1;
         }
-        let over = t.start.elapsed().saturating_sub(Duration::from_millis(20));
-        assert_eq!(t.stride, MAX_STRIDE, "{items} items");
-        assert!(over < Duration::from_millis(5), "overshot by {over:?}");
-        // Items slower than FAST per stride: the clock every item.
-        let mut t = TimeCheck::new(Duration::from_secs(60));
-        for i in 0..5 {
-            std::thread::sleep(FAST * 2);
-            assert!(!t.done(i));
-            assert_eq!(t.stride, 1, "item {i}");
-        }
+        assert!(t.start.elapsed() >= Duration::from_millis(5));
     }
 
     #[test]

@@ -449,6 +449,7 @@ pub(super) mod words {
         }
         None
     }
+
     /// [`super::mismatch_repeated`] the narrow way: [`mismatch`] against
     /// `period`, one period after the other.
     ///
