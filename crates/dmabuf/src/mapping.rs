@@ -318,8 +318,8 @@ impl Mapping {
         }
         let abs = self.range.start + range.start..self.range.start + range.end;
         // A window on the whole of a plain buffer (or of a udmabuf made
-        // here over all of one memfd, see `sys::object`) with no fence listed:
-        // its claim of the bytes and its count in the reservation in one
+        // here over all of one memfd) with no fence listed: its claim of
+        // the bytes and its count in the reservation in one
         // compare-and-swap of the word they share (see `sys::object`).
         // Anything else (or a claim in the way, or a rule that refuses it)
         // takes the two steps below, which wait or name the cause.
