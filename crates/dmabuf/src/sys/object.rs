@@ -503,31 +503,20 @@ impl MemoryObject {
             end,
             exclusive,
         };
-        let view = |own: Option<Borrow>,
-                    claimed_target: Option<&'a MemoryObject>,
-                    backing: Vec<(&'a MemoryObject, Borrow)>| View {
+        let view = |own: Option<Borrow>, backing: Vec<(&'a MemoryObject, Borrow)>| View {
             region,
             range: range.clone(),
             exclusive,
             object: self,
             own,
-            claimed_target,
+            claimed_target: None,
             backing,
             released: false,
         };
         // The whole of a plain object (or of one made of the whole of one
-        // other), nothing listed: a claim, no lock (the other's first).
-        if start == 0 && range.end == region.len() && end > 0 {
-            if let Some(target) = self.claim_target(end) {
-                if target.is_none_or(|t| t.try_claim(exclusive)) {
-                    if self.try_claim(exclusive) {
-                        return Ok(view(None, target, Vec::new()));
-                    }
-                    if let Some(t) = target {
-                        t.release_claim(exclusive);
-                    }
-                }
-            }
+        // other), nothing listed: a claim, no lock.
+        if let Some(v) = self.claim_whole_with(region, range.clone(), exclusive, Some) {
+            return Ok(v);
         }
         if via().next().is_none() {
             // One object: its own lock makes the check and the record one
@@ -544,7 +533,7 @@ impl MemoryObject {
             let own = new(start, end);
             live.push(own);
             drop(live);
-            return Ok(view(Some(own), None, Vec::new()));
+            return Ok(view(Some(own), Vec::new()));
         }
         // Several objects: hold the lock of each (once, taken in id order,
         // so that two such borrows cannot deadlock) while everything is
@@ -598,7 +587,7 @@ impl MemoryObject {
         }
         drop(locked);
         let (own, backing) = recorded?;
-        Ok(view(Some(own), None, backing))
+        Ok(view(Some(own), backing))
     }
 
     /// Removes the live borrow `b`.
