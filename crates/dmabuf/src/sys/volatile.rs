@@ -92,16 +92,17 @@ fn unrolled_len(p: usize, len: usize) -> usize {
 
 /// `pattern` (not empty) repeated into `buf` as many whole times as fit
 /// in a quarter of `len` (at least once, at most `UNROLL` bytes), or
-/// `pattern` itself if it is longer than half of `buf`: a run of whole
+/// `pattern` itself where the run is one repeat (among others, a pattern
+/// longer than half of `buf`): a run of whole
 /// repeats to compare or write with. Only the bytes used are written
 /// (no zeroing of the whole buffer first): for a small item the
 /// unrolling must not cost more than the item itself.
 fn unrolled<'p>(pattern: &'p [u8], len: usize, buf: &'p mut [MaybeUninit<u8>; UNROLL]) -> &'p [u8] {
     let p = pattern.len();
-    if p > UNROLL / 2 {
+    let reps = unrolled_len(p, len) / p;
+    if reps == 1 {
         return pattern;
     }
-    let reps = unrolled_len(p, len) / p;
     for c in buf[..reps * p].chunks_exact_mut(p) {
         for (d, s) in c.iter_mut().zip(pattern) {
             d.write(*s);
@@ -256,7 +257,10 @@ impl<'a> VolatileBytes<'a> {
         }
         if pattern.len() >= bulk::PERIOD_MIN {
             // SAFETY: the whole view, readable; `pattern` is plain memory.
-            return unsafe { bulk::mismatch_repeated(self.ptr.as_ptr(), pattern, self.len) };
+            let at = unsafe { bulk::mismatch_repeated(self.ptr.as_ptr(), pattern, self.len) };
+            if let Some(at) = at {
+                return at;
+            }
         }
         let mut buf = [MaybeUninit::uninit(); UNROLL];
         let chunk = unrolled(pattern, self.len, &mut buf);
@@ -763,10 +767,14 @@ mod tests {
         Option<unsafe fn(&[u8], *mut u8, usize)>,
         unsafe fn(*const u8, &[u8], usize) -> Option<usize>,
     )> {
-        let mut v: Vec<(&'static str, Option<unsafe fn(&[u8], *mut u8, usize)>, _)> = vec![
-            ("dispatch", None, bulk::mismatch_repeated as _),
-            ("words", None, bulk::words::mismatch_repeated as _),
-        ];
+        /// The views' own choice of compare.
+        unsafe fn by_view(shared: *const u8, period: &[u8], n: usize) -> Option<usize> {
+            // SAFETY: the caller's range, readable for the call.
+            unsafe { VolatileBytes::new(NonNull::new(shared.cast_mut()).unwrap(), n) }
+                .mismatch_repeated(period)
+        }
+        let mut v: Vec<(&'static str, Option<unsafe fn(&[u8], *mut u8, usize)>, _)> =
+            vec![("views", None, by_view as _)];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             v.push((

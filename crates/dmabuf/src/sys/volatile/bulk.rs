@@ -34,8 +34,9 @@
 //! * **Repeated patterns** (`write_repeated`, `mismatch_repeated` of the
 //!   views) of 128 bytes or more are written and compared straight from
 //!   the caller's copy of one period, not unrolled into a longer run on
-//!   the stack first ([`mismatch_repeated`], [`store_repeated`]; stores
-//!   only where they would be 32-byte lanes anyway). Where the period is
+//!   the stack first ([`mismatch_repeated`], [`store_repeated`]: on the
+//!   AVX2 path only, and stores only where they would be 32-byte lanes
+//!   anyway). Where the period is
 //!   a whole number of lanes dividing 256 bytes (32, 64, 128 or 256) and
 //!   the shared side starts on a lane, the period is held in eight
 //!   registers: a compare then loads only the shared bytes. Measured on
@@ -201,7 +202,7 @@ pub(super) unsafe fn mismatch(shared: *const u8, plain: *const u8, n: usize) -> 
 }
 
 /// Patterns at least this long are compared and written straight from
-/// the caller's copy, one period after the other
+/// the caller's copy on the wide path, one period after the other
 /// ([`mismatch_repeated`], [`store_repeated`]), not unrolled into a
 /// longer run first: a period is then long enough for the wide loops,
 /// and the unrolling (a copy on the stack the size of a quarter of the
@@ -210,9 +211,10 @@ pub(super) const PERIOD_MIN: usize = 128;
 
 /// The offset of the first of `n` bytes of shared memory at `shared`
 /// (volatile loads) that differs from `period` repeated (byte `i`
-/// against `period[i % period.len()]`), if any: [`mismatch`] against
-/// `period` itself, one period after the other (inlined into one loop on
-/// the wide path).
+/// against `period[i % period.len()]`), if any, compared straight
+/// against `period` on the wide path: `Some(answer)` there, `None`
+/// (nothing read) elsewhere, where the caller unrolls the pattern and
+/// compares with [`mismatch`].
 ///
 /// # Safety
 ///
@@ -221,14 +223,14 @@ pub(super) unsafe fn mismatch_repeated(
     shared: *const u8,
     period: &[u8],
     n: usize,
-) -> Option<usize> {
+) -> Option<Option<usize>> {
     #[cfg(target_arch = "x86_64")]
     if wide() {
         // SAFETY: AVX2 is present (checked); the caller's contract.
-        return unsafe { avx2::mismatch_repeated(shared, period, n) };
+        return Some(unsafe { avx2::mismatch_repeated(shared, period, n) });
     }
-    // SAFETY: the caller's contract.
-    unsafe { words::mismatch_repeated(shared, period, n) }
+    let _ = (shared, period, n);
+    None
 }
 
 /// Writes `period` repeated over the `n` bytes at `dst` (volatile
@@ -446,33 +448,6 @@ pub(super) mod words {
                 }
                 i += 1;
             }
-        }
-        None
-    }
-
-    /// [`super::mismatch_repeated`] the narrow way: [`mismatch`] against
-    /// `period`, one period after the other.
-    ///
-    /// # Safety
-    ///
-    /// As [`super::mismatch_repeated`].
-    pub(in crate::sys::volatile) unsafe fn mismatch_repeated(
-        shared: *const u8,
-        period: &[u8],
-        n: usize,
-    ) -> Option<usize> {
-        if period.is_empty() {
-            return (n > 0).then_some(0);
-        }
-        let mut off = 0;
-        while off < n {
-            let k = (n - off).min(period.len());
-            // SAFETY: `off + k <= n`: inside the caller's range; `period`
-            // is plain memory of at least `k` bytes.
-            if let Some(at) = unsafe { mismatch(shared.add(off), period.as_ptr(), k) } {
-                return Some(off + at);
-            }
-            off += k;
         }
         None
     }
