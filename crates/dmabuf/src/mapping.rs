@@ -631,7 +631,9 @@ impl<M: WindowMode> Window<'_, M> {
     }
 
     fn close(&mut self) -> Result<()> {
-        let Some(bytes) = self.bytes.take() else {
+        // Given back where it lies, not moved out first (see
+        // `View::release_with`).
+        let Some(bytes) = self.bytes.as_mut() else {
             return Ok(());
         };
         let mut result = Ok(());
@@ -659,11 +661,12 @@ impl<M: WindowMode> Window<'_, M> {
         // when a device access waits for this close.
         if self.mapping.joint.is_some() {
             let old = bytes.release_with(Reservation::window_closed(M::ACCESS));
+            self.bytes = None;
             if Reservation::waiters_in(old) {
                 self.mapping.buffer.reservation().window_ended(old);
             }
         } else {
-            drop(bytes);
+            self.bytes = None;
             self.mapping.buffer.reservation().cpu_end(M::ACCESS);
         }
         trace_event!(

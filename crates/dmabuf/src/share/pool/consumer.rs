@@ -12,7 +12,7 @@ use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds, Fence, FenceStatus, Wakeup};
 use crate::frame::Frame;
-use crate::share::ring::ConsumerSleep;
+use crate::share::ring::{ConsumerSleep, ItemDesc};
 use crate::share::{Channel, Message};
 
 /// The consuming end of a pool. See the module documentation.
@@ -301,6 +301,12 @@ impl Consumer {
     /// The next item on the ring, if one is there (no system call unless
     /// its ready fence travelled over the socket).
     pub(super) fn take_item(&mut self) -> Result<Option<Item>> {
+        Ok(self.take_desc()?.map(|(d, ready)| self.item(d, ready, 0)))
+    }
+
+    /// The next item's descriptor and ready fence, if one is there.
+    #[inline]
+    fn take_desc(&mut self) -> Result<Option<(ItemDesc, Fence)>> {
         let mut other = Vec::new();
         let got = self.items.recv_item(&self.shared.channel, &mut other);
         for m in other {
@@ -312,17 +318,24 @@ impl Consumer {
         // The ring checked slot, length and sequence (one more than the
         // last); the rest of the item comes from this side's own state.
         self.last_seq = d.seq;
-        Ok(Some(Item {
+        Ok(Some((d, ready)))
+    }
+
+    /// The item `d` describes, with its ready fence, stamped asked and
+    /// ready at `ready_ns` (0: not yet; see [`mark_ready`](Self::mark_ready)).
+    #[inline]
+    fn item(&self, d: ItemDesc, ready: Fence, ready_ns: u64) -> Item {
+        Item {
             shared: self.shared.clone(),
             slot: d.slot as u64,
             seq: d.seq,
             len: d.len,
             sent_ns: d.sent_ns,
-            asked_ns: 0,
-            ready_ns: 0,
+            asked_ns: ready_ns,
+            ready_ns,
             ready,
             released: false,
-        }))
+        }
     }
 
     /// Notes that this call to `next` found nothing to take and waits
@@ -338,14 +351,25 @@ impl Consumer {
     /// for it, or now if it did not wait), and notes whether items come
     /// close together (see [`spin`](Self::spin)).
     pub(super) fn mark_ready(&mut self, item: &mut Item) {
-        let now = monotonic_ns();
+        let asked = self.asked_ns;
+        let now = self.stamp_ready();
         item.ready_ns = now;
-        item.asked_ns = match std::mem::take(&mut self.asked_ns) {
+        item.asked_ns = match asked {
             0 => now,
             asked => asked.min(now),
         };
+    }
+
+    /// Reads the clock for an item ready now (and lowers the asked stamp:
+    /// an item stamped with it is one that did not wait), noting whether
+    /// items come close together.
+    #[inline]
+    fn stamp_ready(&mut self) -> u64 {
+        let now = monotonic_ns();
+        self.asked_ns = 0;
         self.busy = now.saturating_sub(self.last_ready_ns) < SPIN_GAP.as_nanos() as u64;
         self.last_ready_ns = now;
+        now
     }
 
     /// How long an empty ring is looked at again before sleeping: a few
@@ -437,12 +461,15 @@ impl Consumer {
         // The common case first: nothing left from an earlier call, and an
         // item on the ring whose ready fence has signalled.
         if self.waiting.is_none() && !self.ended {
-            match self.take_item() {
-                Ok(Some(mut item)) if matches!(item.ready, Fence::Signalled) => {
-                    self.mark_ready(&mut item);
-                    return Ok(Some(item));
+            match self.take_desc() {
+                Ok(Some((d, Fence::Signalled))) => {
+                    // Taken at once: asked when ready. The item is built
+                    // here, in the frame it is returned from, not copied
+                    // out of another call.
+                    let now = self.stamp_ready();
+                    return Ok(Some(self.item(d, Fence::Signalled, now)));
                 }
-                Ok(Some(item)) => self.waiting = Some(item),
+                Ok(Some((d, ready))) => self.waiting = Some(self.item(d, ready, 0)),
                 Ok(None) => {}
                 Err(e) => {
                     let r = Err(e);

@@ -13,6 +13,7 @@ use crate::buffer::Buffer;
 use crate::error::{Errno, Error, ErrorKind, Result};
 use crate::fence::{monotonic_ns, wake_fds_all, Fence, FenceStatus, Wakeup};
 use crate::frame::Frame;
+use crate::share::ring::FenceRef;
 use crate::share::{Channel, Message};
 
 #[derive(Debug)]
@@ -460,16 +461,27 @@ impl Producer {
         let mut other = Vec::new();
         while self.peers[i].alive {
             let p = &mut self.peers[i];
-            let got = p.items.recv_release(&p.channel, &mut other);
-            let mut r = Ok(());
-            // Messages met while looking for a release's fence (rare).
-            for m in other.drain(..) {
-                r = r.and_then(|_| self.handle(i, m));
-            }
-            let r = match (r, got) {
-                (Err(e), _) | (_, Err(e)) => Err(e),
-                (Ok(()), Ok(None)) => return Ok(()),
-                (Ok(()), Ok(Some((d, fence)))) => self.release(i, d.slot as u64, d.seq, fence),
+            let d = match p.items.next_release() {
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.drop_peer(i);
+                    return Err(e);
+                }
+            };
+            let r = match d.fence {
+                // The common case, with nothing to look up.
+                FenceRef::Signalled => self.release(i, d.slot as u64, d.seq, Fence::Signalled),
+                FenceRef::Socket(_) => {
+                    let fence = p.items.release_fence(&d, &p.channel, &mut other);
+                    // Messages met while looking for the fence (rare).
+                    let mut r = Ok(());
+                    for m in other.drain(..) {
+                        r = r.and_then(|_| self.handle(i, m));
+                    }
+                    r.and(fence)
+                        .and_then(|f| self.release(i, d.slot as u64, d.seq, f))
+                }
             };
             if let Err(e) = r {
                 self.drop_peer(i);

@@ -189,21 +189,24 @@ impl ProducerTransport {
         self.stash.sort(msg, self.ring.capacity(), obj)
     }
 
-    /// The next release and its fence, if one is there; socket messages
-    /// read meanwhile that are not fences go to `other`.
-    pub(super) fn recv_release(
+    /// The next release, if one is there (no system call).
+    pub(super) fn next_release(&mut self) -> Result<Option<ReleaseDesc>> {
+        self.ring.try_recv_release()
+    }
+
+    /// The fence release `d` names: the signalled one, or one that came
+    /// over `channel` before it; socket messages read meanwhile that are
+    /// not fences go to `other`.
+    pub(super) fn release_fence(
         &mut self,
+        d: &ReleaseDesc,
         channel: &Channel,
         other: &mut Vec<Message>,
-    ) -> Result<Option<(ReleaseDesc, Fence)>> {
-        let Some(d) = self.ring.try_recv_release()? else {
-            return Ok(None);
-        };
+    ) -> Result<Fence> {
         // Named only in an error: no formatting per release.
         let what = || format!("release of buffer {} (item {})", d.slot, d.seq);
         let cap = self.ring.capacity();
-        let f = resolve(d.fence, &mut self.stash, channel, cap, what, other)?;
-        Ok(Some((d, f)))
+        resolve(d.fence, &mut self.stash, channel, cap, what, other)
     }
 
     /// Drops the fences kept for releases not seen yet (the consumer is
