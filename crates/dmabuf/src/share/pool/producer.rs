@@ -52,16 +52,17 @@ pub(super) struct Slot {
     /// In a pool of frames: the slot's frame (`buffer` is its first
     /// buffer).
     pub(super) frame: Option<Frame>,
+    /// The most bytes an item of this slot may have (see
+    /// [`Slot::size`]), kept in the slot so that a submit reads no other
+    /// object for it.
+    pub(super) size: u64,
 }
 
 impl Slot {
     /// The most bytes an item of this slot may have: the buffer's size,
     /// or for a frame the sum of its buffers' sizes.
     pub(super) fn size(&self) -> u64 {
-        match &self.frame {
-            Some(f) => super::frame_bytes(f),
-            None => self.buffer.size(),
-        }
+        self.size
     }
 }
 
@@ -176,13 +177,15 @@ impl Producer {
             free: (0..buffers.len()).collect(),
             slots: buffers
                 .into_iter()
-                .map(|(buffer, frame)| Slot {
+                .zip(sizes)
+                .map(|((buffer, frame), size)| Slot {
                     buffer,
                     holders: vec![false; n],
                     releases: Vec::new(),
                     seq: 0,
                     busy: false,
                     frame,
+                    size,
                 })
                 .collect(),
             seq: 0,
