@@ -250,6 +250,38 @@ impl TimeCheck {
     }
 }
 
+/// When a producer with a [`Limit`] is done: after a count of items, or
+/// once its time has passed, with the clock read as [`TimeCheck`] reads it
+/// (every producer of `dmabuf stream` and of `dmabuf bench` stops this
+/// way, so that none pays for a clock read per item that another does
+/// not).
+#[derive(Debug)]
+pub struct Stop(StopKind);
+
+#[derive(Debug)]
+enum StopKind {
+    After(u64),
+    At(TimeCheck),
+}
+
+impl Stop {
+    /// Starts the clock of `limit` now (if it is a time).
+    pub fn new(limit: Limit) -> Stop {
+        Stop(match limit {
+            Limit::Count(n) => StopKind::After(n),
+            Limit::Time(d) => StopKind::At(TimeCheck::new(d)),
+        })
+    }
+
+    /// Whether a producer that has sent `items` items is done.
+    pub fn done(&mut self, items: u64) -> bool {
+        match &mut self.0 {
+            StopKind::After(n) => items >= *n,
+            StopKind::At(t) => t.done(items),
+        }
+    }
+}
+
 /// How the producer runs.
 #[derive(Debug, Clone, Copy)]
 pub struct ProduceOptions {
@@ -317,20 +349,9 @@ pub fn produce(
         error: None,
     };
     let mut bar = Progress::new(opts.progress, limit);
-    enum Stop {
-        After(u64),
-        At(TimeCheck),
-    }
-    let mut stop = match limit {
-        Limit::Count(n) => Stop::After(n),
-        Limit::Time(d) => Stop::At(TimeCheck::new(d)),
-    };
+    let mut stop = Stop::new(limit);
     loop {
-        let done = match &mut stop {
-            Stop::After(n) => report.items >= *n,
-            Stop::At(t) => t.done(report.items),
-        };
-        if done {
+        if stop.done(report.items) {
             break;
         }
         let before = producer.consumers();
@@ -1135,6 +1156,21 @@ mod tests {
             items += 1;
         }
         assert!(t.start.elapsed() >= Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_stop_ends_after_its_count_or_its_time() {
+        let mut s = Stop::new(Limit::Count(3));
+        assert!(!s.done(0) && !s.done(2));
+        assert!(s.done(3) && s.done(4));
+        let start = Instant::now();
+        let mut s = Stop::new(Limit::Time(Duration::from_millis(5)));
+        let mut items = 0;
+        while !s.done(items) {
+            items += 1;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(5));
+        assert!(items > 0);
     }
 
     #[test]

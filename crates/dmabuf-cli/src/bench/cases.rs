@@ -4,14 +4,14 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dmabuf::share::Listener;
 
 use super::ideal::{self, Ring, WakeKind, WakeRig};
 use super::BoxResult;
 use crate::pattern;
-use crate::stream::{self, Limit};
+use crate::stream::{self, Limit, Stop};
 
 /// Fewest buffers of the pool and of the ideal rings (also the buffers of
 /// `touch` and of the latency runs).
@@ -34,14 +34,6 @@ pub fn buffers_for(size: u64, in_flight: u64) -> usize {
 /// CLOCK_MONOTONIC now, in ns.
 pub fn now_ns() -> u64 {
     dmabuf::fence::monotonic_ns()
-}
-
-/// Whether a producer that has sent `n` items since `start` is done.
-pub fn done(limit: Limit, n: u64, start: Instant) -> bool {
-    match limit {
-        Limit::Count(c) => n >= c,
-        Limit::Time(d) => start.elapsed() >= d,
-    }
 }
 
 /// A bounded latency histogram (1 ns to 60 s, 3 significant digits).
@@ -270,10 +262,10 @@ fn write_items(
     gap: Option<Duration>,
 ) -> BoxResult<(u64, u64)> {
     let mut buf = vec![0u8; size as usize];
-    let start = Instant::now();
     let start_ns = now_ns();
+    let mut stop = Stop::new(limit);
     let mut n = 0u64;
-    while !done(limit, n, start) {
+    while !stop.done(n) {
         n += 1;
         pattern::fill(&mut buf[8..], n);
         stamp(&mut buf);
@@ -414,10 +406,10 @@ pub fn run_case(
         "touch" => {
             let mut bufs: Vec<Vec<u8>> =
                 (0..MIN_BUFFERS).map(|_| vec![0u8; size as usize]).collect();
-            let start = Instant::now();
             let start_ns = now_ns();
+            let mut stop = Stop::new(limit);
             let mut n = 0u64;
-            while !done(limit, n, start) {
+            while !stop.done(n) {
                 n += 1;
                 let b = &mut bufs[(n % MIN_BUFFERS as u64) as usize];
                 pattern::fill(&mut b[8..], n);

@@ -11,7 +11,12 @@
 //! item after a pause finds it asleep already) and then raises
 //! its waiting word and sleeps in `FUTEX_WAIT`; the other side issues a
 //! `FUTEX_WAKE` only when it sees that word raised. No descriptors, no
-//! validation, no fences: what zero-copy with wake-ups costs here.
+//! validation, no fences: what zero-copy with wake-ups costs here. Each
+//! side reads the clock once per item (the producer's stamp; the
+//! consumer's arrival, which also says whether items come close
+//! together), plus once per wait that does not end at once, and the
+//! producer for its time limit as every producer of the bench does
+//! ([`Stop`]): no more than the stream itself reads.
 //!
 //! **ideal-kind**: the same ring with its control page alone in the memfd
 //! and one buffer of the bench's backend per slot (a system-heap dma-buf,
@@ -51,7 +56,7 @@ use rustix::thread::futex;
 use super::cases::{now_ns, BenchReport, Lat};
 use super::BoxResult;
 use crate::pattern;
-use crate::stream::Limit;
+use crate::stream::{Limit, Stop};
 
 /// How long a side of the ideal ring looks again before sleeping (the
 /// library's `share::ring::DEFAULT_SPIN`).
@@ -447,6 +452,10 @@ fn wait(
     limit: Duration,
     ready: impl Fn() -> bool,
 ) -> BoxResult<()> {
+    // The clock is read only once there is something to wait for.
+    if ready() {
+        return Ok(());
+    }
     let start = Instant::now();
     loop {
         if ready() {
@@ -498,12 +507,12 @@ pub fn produce(
     limit: Limit,
     gap: Option<Duration>,
 ) -> BoxResult<(u64, u64)> {
-    let start = Instant::now();
     let start_ns = now_ns();
     let shm = &ring.ctl;
     let mut head = 0u64;
     let n = buffers as u64;
-    while !super::cases::done(limit, head, start) {
+    let mut stop = Stop::new(limit);
+    while !stop.done(head) {
         let tail = shm.w64(TAIL);
         wait(shm, P_WAIT, SPIN, Duration::from_secs(30), || {
             head - tail.load(Ordering::Acquire) < n
@@ -531,7 +540,9 @@ pub fn consume(ring: &Ring, size: u64, buffers: usize) -> BoxResult<BenchReport>
     let mut lat = Lat::new()?;
     let n = buffers as u64;
     let mut tail = 0u64;
-    let mut last: Option<Instant> = None;
+    // When the last item was checked (its `arrived` stamp: no second
+    // clock read per item), 0 before the first.
+    let mut last = 0u64;
     let mut busy = true;
     loop {
         let head = shm.w64(HEAD);
@@ -547,8 +558,9 @@ pub fn consume(ring: &Ring, size: u64, buffers: usize) -> BoxResult<BenchReport>
         }
         while tail < h {
             let seq = tail + 1;
+            let mut arrived = 0;
             let r = ring.with_slot((tail % n) as usize, size as usize, false, |b| {
-                let arrived = now_ns();
+                arrived = now_ns();
                 if let Some(at) = pattern::check(&b[8..], seq) {
                     return Err(format!("item {seq}: byte {} breaks the pattern", at + 8));
                 }
@@ -561,9 +573,8 @@ pub fn consume(ring: &Ring, size: u64, buffers: usize) -> BoxResult<BenchReport>
                 lat.record(r);
             }
             tail += 1;
-            let now = Instant::now();
-            busy = last.is_none_or(|t| now.duration_since(t) < BUSY_GAP);
-            last = Some(now);
+            busy = last == 0 || arrived.saturating_sub(last) < BUSY_GAP.as_nanos() as u64;
+            last = arrived;
             shm.w64(TAIL).store(tail, Ordering::Release);
             wake(shm, P_WAIT);
             rep.items += 1;

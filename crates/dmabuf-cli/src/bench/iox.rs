@@ -2,14 +2,14 @@
 //! iceoryx2's shared memory, with an event per sample to wake the
 //! subscriber (id 0: a sample, id 1: the end).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use iceoryx2::port::listener::Listener;
 use iceoryx2::port::notifier::Notifier;
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::prelude::*;
 
-use super::cases::{check_stamped, done, now_ns, ready, stamp, BenchReport, Lat};
+use super::cases::{check_stamped, now_ns, ready, stamp, BenchReport, Lat};
 use super::BoxResult;
 use crate::pattern;
 use crate::stream::Limit;
@@ -62,10 +62,10 @@ impl Producer {
     }
 
     pub fn run(&self, size: u64, limit: Limit, gap: Option<Duration>) -> BoxResult<(u64, u64)> {
-        let start = Instant::now();
         let start_ns = now_ns();
+        let mut stop = crate::stream::Stop::new(limit);
         let mut n = 0u64;
-        while !done(limit, n, start) {
+        while !stop.done(n) {
             n += 1;
             // `loan_slice` hands out a zeroed sample (iceoryx2 has no
             // safe way to an uninitialised one other than an element-wise
