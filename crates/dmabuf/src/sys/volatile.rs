@@ -159,6 +159,40 @@ impl fmt::Debug for VolatileBytesMut<'_> {
     }
 }
 
+/// A view of ordinary memory, for code that works on both (a window's
+/// bytes and a plain buffer go through the same volatile loops).
+///
+/// ```
+/// use dmabuf::mapping::VolatileBytes;
+/// let v = vec![1u8, 2, 3];
+/// assert_eq!(VolatileBytes::from(&v[..]).mismatch_repeated(&[1, 2, 3]), None);
+/// ```
+impl<'a> From<&'a [u8]> for VolatileBytes<'a> {
+    fn from(bytes: &'a [u8]) -> VolatileBytes<'a> {
+        // SAFETY: the shared borrow keeps the bytes readable and unwritten
+        // (a `[u8]` has no interior mutability) for `'a`.
+        unsafe { VolatileBytes::new(NonNull::from(bytes).cast(), bytes.len()) }
+    }
+}
+
+/// A writable view of ordinary memory (see the `From<&[u8]>` impl of
+/// [`VolatileBytes`]).
+///
+/// ```
+/// use dmabuf::mapping::VolatileBytesMut;
+/// let mut v = vec![0u8; 5];
+/// VolatileBytesMut::from(&mut v[..]).write_repeated(&[7, 8]);
+/// assert_eq!(v, [7, 8, 7, 8, 7]);
+/// ```
+impl<'a> From<&'a mut [u8]> for VolatileBytesMut<'a> {
+    fn from(bytes: &'a mut [u8]) -> VolatileBytesMut<'a> {
+        let len = bytes.len();
+        // SAFETY: the exclusive borrow keeps every other reference and
+        // view away from the bytes for `'a`.
+        unsafe { VolatileBytesMut::new(NonNull::from(bytes).cast(), len) }
+    }
+}
+
 impl<'a> VolatileBytes<'a> {
     /// A view of `len` bytes at `ptr`.
     ///
@@ -501,6 +535,23 @@ mod tests {
     }
 
     #[test]
+    fn views_of_plain_slices_read_and_write_those_slices() {
+        let mut v = vec![0u8; 1000];
+        VolatileBytesMut::from(&mut v[3..]).write_repeated(&[1, 2, 3]);
+        assert_eq!(&v[..6], &[0, 0, 0, 1, 2, 3]);
+        assert_eq!(v[999], [1, 2, 3][(999 - 3) % 3]);
+        let r = VolatileBytes::from(&v[3..]);
+        assert_eq!(r.len(), 997);
+        assert_eq!(r.mismatch_repeated(&[1, 2, 3]), None);
+        v[500] ^= 0xff;
+        assert_eq!(
+            VolatileBytes::from(&v[3..]).mismatch_repeated(&[1, 2, 3]),
+            Some(497)
+        );
+        assert!(VolatileBytes::from(&v[..0]).is_empty());
+    }
+
+    #[test]
     fn copies_and_fills_match_plain_ones_at_every_alignment() {
         let mut backing = vec![0u8; 300];
         let src: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
@@ -813,7 +864,7 @@ mod tests {
         for plen in [32usize, 64, 96, 128, 160, 200, 256, 512] {
             let pattern: Vec<u8> = (0..plen).map(|i| (i * 31 + 7) as u8).collect();
             for (name, store, mismatch) in period_paths() {
-                for off in [0usize, 1, 31, 32, 33, 64] {
+                for off in [0usize, 1, 8, 31, 32, 33, 64] {
                     for len in lens {
                         let mut backing = vec![0u8; len + off + 128];
                         let start = backing.as_ptr().align_offset(64) + off;

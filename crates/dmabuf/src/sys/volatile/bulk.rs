@@ -612,12 +612,26 @@ pub(super) mod avx2 {
         }))
     }
 
-    /// [`super::mismatch_repeated`] in 32-byte lanes. Where `shared` is
-    /// lane-aligned and the pattern a whole number of lanes dividing 256
-    /// bytes, the pattern is held in registers and each shared lane
-    /// compared with its register (eight per turn, nothing loaded from
-    /// the plain side); otherwise [`mismatch`] against `period`, one
-    /// period after the other, inlined here.
+    /// `period` as seen from `by` bytes in (byte `k` is `period[(by + k)
+    /// % p]`), in the first `p` bytes; for a pattern that
+    /// [`period_lanes`] takes (`p` divides [`PERIOD_TURN`]).
+    fn rotated(period: &[u8], by: usize) -> [u8; PERIOD_TURN] {
+        let p = period.len();
+        let by = by % p;
+        let mut r = [0u8; PERIOD_TURN];
+        // Two copies, not a division per byte.
+        r[..p - by].copy_from_slice(&period[by..]);
+        r[p - by..p].copy_from_slice(&period[..by]);
+        r
+    }
+
+    /// [`super::mismatch_repeated`] in 32-byte lanes. Where the pattern
+    /// is a whole number of lanes dividing 256 bytes, it is held in
+    /// registers and each shared lane compared with its register (eight
+    /// per turn, nothing loaded from the plain side), from the first lane
+    /// boundary of `shared` on (the bytes before it, and any other
+    /// pattern, by [`mismatch`] against `period`, one period after the
+    /// other, inlined here).
     ///
     /// # Safety
     ///
@@ -638,8 +652,20 @@ pub(super) mod avx2 {
         // handed to the narrow path against the plain pattern at the same
         // phase, which has at least as many bytes left.
         unsafe {
+            let h = head(shared, n);
             let lanes = match period_lanes(period) {
-                Some(l) if head(shared, n) == 0 => l,
+                Some(l) if h == 0 => l,
+                // Not lane-aligned: the bytes up to the first lane
+                // boundary against the pattern's start, then the rest
+                // aligned, against the pattern as seen from there.
+                Some(_) if h < n => {
+                    if let Some(at) = mismatch(shared, period.as_ptr(), h) {
+                        return Some(at);
+                    }
+                    let r = rotated(period, h);
+                    return mismatch_repeated(shared.add(h), &r[..period.len()], n - h)
+                        .map(|at| at + h);
+                }
                 _ => {
                     let mut off = 0;
                     while off < n {
@@ -688,11 +714,12 @@ pub(super) mod avx2 {
         }
     }
 
-    /// [`super::store_repeated`]'s stores in 32-byte lanes: where `dst`
-    /// is lane-aligned and the pattern a whole number of lanes dividing
-    /// 256 bytes, from registers holding it (eight stores per turn);
-    /// otherwise [`store`] of `period`, one period after the other,
-    /// inlined here.
+    /// [`super::store_repeated`]'s stores in 32-byte lanes: where the
+    /// pattern is a whole number of lanes dividing 256 bytes, from
+    /// registers holding it (eight stores per turn), from the first lane
+    /// boundary of `dst` on (the bytes before it, and any other pattern,
+    /// by [`store`] of `period`, one period after the other, inlined
+    /// here).
     ///
     /// # Safety
     ///
@@ -702,8 +729,16 @@ pub(super) mod avx2 {
         // SAFETY: (whole body) as in `mismatch_repeated`, with the
         // aligned volatile side being `dst`.
         unsafe {
+            let h = head(dst, n);
             let lanes = match period_lanes(period) {
-                Some(l) if head(dst, n) == 0 => l,
+                Some(l) if h == 0 => l,
+                // Not lane-aligned: as in `mismatch_repeated`.
+                Some(_) if h < n => {
+                    store(period.as_ptr(), dst, h);
+                    let r = rotated(period, h);
+                    store_repeated(&r[..period.len()], dst.add(h), n - h);
+                    return;
+                }
                 _ => {
                     let mut off = 0;
                     while off < n && !period.is_empty() {
