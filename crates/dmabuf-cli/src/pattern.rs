@@ -34,36 +34,32 @@ pub fn block(seq: u64) -> [u8; 256] {
     b
 }
 
-/// Bytes of the largest piece [`fill`] copies and [`check`] compares at
-/// once: 16 blocks, for items of at least 4 such pieces (smaller ones go
-/// block by block, where building the piece would cost as much as it
-/// saves). Large pieces let the C library's `memcpy`/`memcmp` run at
-/// full width, as the volatile views' fills and compares do.
-const PIECE: usize = 4096;
-
-/// The pattern of item `seq` over one [`PIECE`].
-fn piece(seq: u64) -> [u8; PIECE] {
-    let b = block(seq);
-    let mut p = [0u8; PIECE];
-    for c in p.chunks_exact_mut(256) {
-        c.copy_from_slice(&b);
-    }
-    p
+/// Writes the pattern of item `seq` into every byte of `buf` (the same
+/// volatile loop as [`fill_volatile`]: every case of `dmabuf bench`
+/// writes its items with the same code, so that they differ only in how
+/// the items travel).
+pub fn fill(buf: &mut [u8], seq: u64) {
+    fill_volatile(buf.into(), seq);
 }
 
-/// Writes the pattern of item `seq` into every byte of `buf`.
-pub fn fill(buf: &mut [u8], seq: u64) {
-    if buf.len() >= 4 * PIECE {
-        let p = piece(seq);
-        for c in buf.chunks_mut(PIECE) {
-            c.copy_from_slice(&p[..c.len()]);
-        }
-        return;
-    }
+/// Bytes at the start of a stamped item of `dmabuf bench` (its
+/// CLOCK_MONOTONIC stamp, written over the pattern).
+pub const STAMP: usize = 8;
+
+/// The first byte after the [`STAMP`] of item `seq` that breaks its
+/// pattern, if any, as an offset in `buf` (the whole item: [`fill`]ed,
+/// then stamped). The item is filled whole, not after its stamp, so that
+/// its stores start on the buffer's alignment, as the stream's do.
+pub fn check_stamped(buf: &[u8], seq: u64) -> Option<usize> {
+    let rest = buf.get(STAMP..)?;
+    // The pattern as seen from byte STAMP on.
     let b = block(seq);
-    for c in buf.chunks_mut(256) {
-        c.copy_from_slice(&b[..c.len()]);
-    }
+    let mut turned = [0u8; 256];
+    turned[..256 - STAMP].copy_from_slice(&b[STAMP..]);
+    turned[256 - STAMP..].copy_from_slice(&b[..STAMP]);
+    VolatileBytes::from(rest)
+        .mismatch_repeated(&turned)
+        .map(|at| at + STAMP)
 }
 
 /// Writes the pattern of item `seq` into every byte of a window's bytes
@@ -72,28 +68,11 @@ pub fn fill_volatile(mut buf: VolatileBytesMut<'_>, seq: u64) {
     buf.write_repeated(&block(seq));
 }
 
-/// [`check`] on a window's bytes, in place: each byte is loaded once
-/// (volatile) and compared with the repeated block; nothing is copied.
+/// The offset of the first byte of a window's bytes that breaks the
+/// pattern of item `seq`, if any: each byte is loaded once (volatile) and
+/// compared with the repeated block, in place; nothing is copied.
 pub fn check_volatile(buf: VolatileBytes<'_>, seq: u64) -> Option<usize> {
     buf.mismatch_repeated(&block(seq))
-}
-
-/// The offset of the first byte of `buf` that breaks the pattern of item
-/// `seq`, if any (reads every byte).
-pub fn check(buf: &[u8], seq: u64) -> Option<usize> {
-    let first_bad = |expected: &[u8], unit: usize| {
-        buf.chunks(unit).enumerate().find_map(|(n, c)| {
-            (c != &expected[..c.len()]).then(|| {
-                let i = c.iter().zip(expected).position(|(x, y)| x != y);
-                n * unit + i.unwrap_or(0)
-            })
-        })
-    };
-    if buf.len() >= 4 * PIECE {
-        first_bad(&piece(seq), PIECE)
-    } else {
-        first_bad(&block(seq), 256)
-    }
 }
 
 /// How to fill the buffer.
@@ -172,11 +151,30 @@ mod tests {
         }
     }
 
+    fn check(buf: &[u8], seq: u64) -> Option<usize> {
+        check_volatile(buf.into(), seq)
+    }
+
+    #[test]
+    fn a_stamped_item_is_checked_after_its_stamp() {
+        for len in [STAMP, 300, 4096, 70_000] {
+            let mut v = vec![0u8; len];
+            fill(&mut v, 9);
+            v[..STAMP].copy_from_slice(&u64::MAX.to_le_bytes());
+            assert_eq!(check_stamped(&v, 9), None, "{len}");
+            if len > STAMP {
+                assert_eq!(check_stamped(&v, 10), Some(STAMP), "{len}");
+                v[len - 1] ^= 4;
+                assert_eq!(check_stamped(&v, 9), Some(len - 1), "{len}");
+            }
+        }
+        assert_eq!(check_stamped(&[0u8; 3], 1), None);
+    }
+
     #[test]
     fn pattern_round_trips_and_finds_the_first_bad_byte() {
-        // Block by block, and piece by piece (from 16 KiB), with a last
-        // partial block or piece.
-        for len in [1000, 4 * PIECE + 1000] {
+        // Short and long, with a last partial block.
+        for len in [1000, 17 * 1024 + 1000] {
             let mut v = vec![0u8; len];
             fill(&mut v, 7);
             for (i, x) in v.iter().enumerate() {

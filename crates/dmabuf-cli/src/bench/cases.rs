@@ -95,18 +95,21 @@ pub struct BenchReport {
 /// consumer's warm-up).
 pub const WARM_UP: u64 = 20;
 
-/// Stamps the first 8 bytes of an item with CLOCK_MONOTONIC now.
-pub fn stamp(buf: &mut [u8]) {
-    buf[..8].copy_from_slice(&now_ns().to_le_bytes());
+/// Writes item `seq` into `buf`: the pattern over all of it, then its
+/// first [`pattern::STAMP`] bytes stamped with CLOCK_MONOTONIC now.
+pub fn fill_stamped(buf: &mut [u8], seq: u64) {
+    pattern::fill(buf, seq);
+    buf[..pattern::STAMP].copy_from_slice(&now_ns().to_le_bytes());
 }
 
-/// Checks the pattern of item `seq` after its 8-byte stamp; the stamp.
+/// Checks the pattern of item `seq` after its stamp ([`fill_stamped`]);
+/// the stamp.
 pub fn check_stamped(buf: &[u8], seq: u64) -> BoxResult<u64> {
-    if let Some(at) = pattern::check(&buf[8..], seq) {
-        return Err(format!("item {seq}: byte {} breaks the pattern", at + 8).into());
+    if let Some(at) = pattern::check_stamped(buf, seq) {
+        return Err(format!("item {seq}: byte {at} breaks the pattern").into());
     }
     let mut t = [0u8; 8];
-    t.copy_from_slice(&buf[..8]);
+    t.copy_from_slice(&buf[..pattern::STAMP]);
     Ok(u64::from_le_bytes(t))
 }
 
@@ -267,8 +270,7 @@ fn write_items(
     let mut n = 0u64;
     while !stop.done(n) {
         n += 1;
-        pattern::fill(&mut buf[8..], n);
-        stamp(&mut buf);
+        fill_stamped(&mut buf, n);
         w.write_all(&buf)?;
         if let Some(g) = gap {
             std::thread::sleep(g);
@@ -412,8 +414,7 @@ pub fn run_case(
             while !stop.done(n) {
                 n += 1;
                 let b = &mut bufs[(n % MIN_BUFFERS as u64) as usize];
-                pattern::fill(&mut b[8..], n);
-                stamp(b);
+                fill_stamped(b, n);
                 check_stamped(std::hint::black_box(b), n)?;
             }
             Ok(Run {

@@ -55,7 +55,6 @@ use rustix::thread::futex;
 
 use super::cases::{now_ns, BenchReport, Lat};
 use super::BoxResult;
-use crate::pattern;
 use crate::stream::{Limit, Stop};
 
 /// How long a side of the ideal ring looks again before sleeping (the
@@ -518,8 +517,7 @@ pub fn produce(
             head - tail.load(Ordering::Acquire) < n
         })?;
         ring.with_slot((head % n) as usize, size as usize, true, |b| {
-            pattern::fill(&mut b[8..], head + 1);
-            b[..8].copy_from_slice(&now_ns().to_le_bytes());
+            super::cases::fill_stamped(b, head + 1);
         })?;
         head += 1;
         shm.w64(HEAD).store(head, Ordering::Release);
@@ -561,12 +559,8 @@ pub fn consume(ring: &Ring, size: u64, buffers: usize) -> BoxResult<BenchReport>
             let mut arrived = 0;
             let r = ring.with_slot((tail % n) as usize, size as usize, false, |b| {
                 arrived = now_ns();
-                if let Some(at) = pattern::check(&b[8..], seq) {
-                    return Err(format!("item {seq}: byte {} breaks the pattern", at + 8));
-                }
-                let mut t = [0u8; 8];
-                t.copy_from_slice(&b[..8]);
-                Ok(arrived.saturating_sub(u64::from_le_bytes(t)))
+                let sent = super::cases::check_stamped(b, seq).map_err(|e| e.to_string())?;
+                Ok::<_, String>(arrived.saturating_sub(sent))
             })??;
             // The same warm-up as every other case's histogram.
             if tail >= super::cases::WARM_UP {

@@ -9,9 +9,8 @@ use iceoryx2::port::notifier::Notifier;
 use iceoryx2::port::publisher::Publisher;
 use iceoryx2::prelude::*;
 
-use super::cases::{check_stamped, now_ns, ready, stamp, BenchReport, Lat};
+use super::cases::{check_stamped, fill_stamped, now_ns, ready, BenchReport, Lat};
 use super::BoxResult;
-use crate::pattern;
 use crate::stream::Limit;
 
 const END: usize = 1;
@@ -71,8 +70,7 @@ impl Producer {
             // safe way to an uninitialised one other than an element-wise
             // closure, which measured slower); then every byte is written.
             let mut sample = self.publisher.loan_slice(size as usize)?;
-            pattern::fill(&mut sample.payload_mut()[8..], n);
-            stamp(sample.payload_mut());
+            fill_stamped(sample.payload_mut(), n);
             sample.send()?;
             self.notifier.notify()?;
             if let Some(g) = gap {
