@@ -3,14 +3,16 @@
 //! side by side in one run.
 //!
 //! For each item size every case does the same work: the producer writes
-//! every byte of the item (the pattern of `pattern`, with an 8-byte
-//! CLOCK_MONOTONIC stamp in front) and the consumer, another process,
-//! reads every byte and checks it. The cases:
+//! every byte of the item (the pattern of `pattern`; where the item
+//! carries its own CLOCK_MONOTONIC stamp, written over its first 8 bytes)
+//! and the consumer, another process, reads every byte and checks it,
+//! all with the same volatile loops. The cases:
 //!
 //! 1. **ideal** — the reference: a bare shared-memory ring of the same
 //!    number of buffers between two processes, slot handoff by atomics
 //!    and a futex wake-up only when the other side sleeps, written with
-//!    `rustix` alone (see `bench::ideal`). Every throughput is reported as
+//!    `rustix` and those loops alone (see `bench::ideal`). Every
+//!    throughput is reported as
 //!    a ratio to it.
 //! 2. **ideal-kind** — the same bare ring, with its buffers of the kind
 //!    the stream uses: one buffer of the backend per slot (system heap,

@@ -1,5 +1,7 @@
 //! The references: the `ideal` ring and the raw wake-up, written with
-//! `rustix` alone (no `dmabuf` library).
+//! `rustix` alone: of the `dmabuf` library only the byte loops that every
+//! case of the bench writes and checks its items with (volatile views of
+//! plain slices, see `cases::fill_stamped`), no mapping, ring or pool.
 //!
 //! **ideal**: a memfd shared by two processes holds one control page and
 //! the same number of buffers as the pool. The producer writes the pattern
@@ -38,7 +40,7 @@
 //! `unsafe`, and the library's own mapping layer is deliberately not used
 //! (the reference must not depend on the code it measures; `ideal-kind`
 //! takes its buffers from the library's allocator, and nothing of it after
-//! that). [`Shm`] and [`sync`] hold the only `unsafe` blocks of the CLI:
+//! that but the byte loops every case shares). [`Shm`] and [`sync`] hold the only `unsafe` blocks of the CLI:
 //! the mapping, the atomic words of its control page, the byte slices of
 //! its buffers, which are only formed by the side that owns the buffer
 //! under the head/tail protocol above (both sides are this program), and
