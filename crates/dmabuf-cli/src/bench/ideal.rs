@@ -40,11 +40,11 @@
 //! `unsafe`, and the library's own mapping layer is deliberately not used
 //! (the reference must not depend on the code it measures; `ideal-kind`
 //! takes its buffers from the library's allocator, and nothing of it after
-//! that but the byte loops every case shares). [`Shm`] and [`sync`] hold the only `unsafe` blocks of the CLI:
-//! the mapping, the atomic words of its control page, the byte slices of
-//! its buffers, which are only formed by the side that owns the buffer
-//! under the head/tail protocol above (both sides are this program), and
-//! the raw `DMA_BUF_IOCTL_SYNC`.
+//! that but the byte loops every case shares). [`Shm`] and [`sync`] hold
+//! the only `unsafe` blocks of the CLI: the mapping, the atomic words of
+//! its control page, the byte slices of its buffers, which are only formed
+//! by the side that owns the buffer under the head/tail protocol above
+//! (both sides are this program), and the raw `DMA_BUF_IOCTL_SYNC`.
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
