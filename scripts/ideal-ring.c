@@ -14,12 +14,13 @@
  *
  * Prints one JSON line: GiB/s from the producer's first write to the
  * consumer's last check. With `pieces`, the pattern is copied and compared
- * 4 KiB at a time (one piece built per item), as `dmabuf bench`'s ideal
- * does from 16 KiB; without, 256 bytes at a time. The buffers are touched
- * before the clock starts. Each side reads the clock once per item (the
- * producer's stamp, the consumer's arrival, which also says whether items
- * come close together), plus once per wait and once every 64 items for
- * the producer's time limit.
+ * 4 KiB at a time (one piece built per item); without, 256 bytes at a
+ * time (`dmabuf bench`'s ideal now fills the whole item with 32-byte
+ * vector stores, then stamps it). The buffers are touched before the
+ * clock starts. Each side reads the clock once per item (the producer's
+ * stamp, the consumer's arrival, which also says whether items come close
+ * together), plus while a wait that does not end at once spins, and once
+ * every 64 items for the producer's time limit.
  */
 #define _GNU_SOURCE
 #include <linux/futex.h>

@@ -12,8 +12,7 @@
 //!    number of buffers between two processes, slot handoff by atomics
 //!    and a futex wake-up only when the other side sleeps, written with
 //!    `rustix` and those loops alone (see `bench::ideal`). Every
-//!    throughput is reported as
-//!    a ratio to it.
+//!    throughput is reported as a ratio to it.
 //! 2. **ideal-kind** — the same bare ring, with its buffers of the kind
 //!    the stream uses: one buffer of the backend per slot (system heap,
 //!    udmabuf or memfd), allocated as the stream allocates its own, each
