@@ -51,15 +51,17 @@ pub const STAMP: usize = 8;
 /// then stamped). The item is filled whole, not after its stamp, so that
 /// its stores start on the buffer's alignment, as the stream's do.
 pub fn check_stamped(buf: &[u8], seq: u64) -> Option<usize> {
-    let rest = buf.get(STAMP..)?;
-    // The pattern as seen from byte STAMP on.
     let b = block(seq);
-    let mut turned = [0u8; 256];
-    turned[..256 - STAMP].copy_from_slice(&b[STAMP..]);
-    turned[256 - STAMP..].copy_from_slice(&b[..STAMP]);
-    VolatileBytes::from(rest)
-        .mismatch_repeated(&turned)
-        .map(|at| at + STAMP)
+    let v = VolatileBytes::from(buf);
+    // The rest of the first block in place, then the blocks after it with
+    // the loop every check uses (the pattern starts over at each block, so
+    // no rotated copy of it is needed).
+    let first = buf.len().min(b.len());
+    if let Ok(Some(at)) = v.mismatch_at(STAMP, b.get(STAMP..first)?) {
+        return Some(STAMP + at);
+    }
+    let rest = v.subslice(first..buf.len()).ok()?;
+    check_volatile(rest, seq).map(|at| first + at)
 }
 
 /// Writes the pattern of item `seq` into every byte of a window's bytes
@@ -164,6 +166,12 @@ mod tests {
             assert_eq!(check_stamped(&v, 9), None, "{len}");
             if len > STAMP {
                 assert_eq!(check_stamped(&v, 10), Some(STAMP), "{len}");
+                // Either side of the end of the first block.
+                for at in [255, 256].into_iter().filter(|&at| at + 1 < len) {
+                    v[at] ^= 4;
+                    assert_eq!(check_stamped(&v, 9), Some(at), "{len} {at}");
+                    v[at] ^= 4;
+                }
                 v[len - 1] ^= 4;
                 assert_eq!(check_stamped(&v, 9), Some(len - 1), "{len}");
             }
